@@ -1,0 +1,41 @@
+# libLWFM: the two commands of the README.
+#   make demo   installs missing Debian packages, builds, runs the main job
+#   make test   same set-up, then the whole test suite
+# Other targets: make build, make bench, make clean.
+
+BUILD ?= build
+PYTHON := /usr/bin/python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEPS := gcc g++ meson ninja-build pkg-config cmake libdnnl-dev zlib1g-dev libzip-dev \
+        libpng-dev libjpeg-dev python3-numpy python3-torch python3-pytest python3-scipy
+export PYTHONPATH := $(CURDIR)/bindings/python:$(CURDIR)/tools$(if $(PYTHONPATH),:$(PYTHONPATH))
+export LWFM_LIBRARY := $(CURDIR)/$(BUILD)/liblwfm.so
+
+.PHONY: all deps build demo test bench clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "== installing missing packages:" $$missing; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD) --buildtype=release
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+demo: build
+	$(PYTHON) examples/demo.py --build $(BUILD)
+
+test: build
+	meson test -C $(BUILD) --print-errorlogs --num-processes 2
+
+bench: build
+	$(PYTHON) bench/bench_backbone.py --library $(LWFM_LIBRARY)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,217 @@
+"""Python bindings for libLWFM (ctypes over the C ABI in include/lwfm/lwfm.h).
+
+    import lwfm
+    with lwfm.Model("models/omniglot.npz") as model:
+        feats = model.features(images)          # (n, C, fh, fw) float32
+
+The shared library is the one named by the environment variable
+``LWFM_LIBRARY`` when it is set, otherwise the installed ``liblwfm.so.0``.
+It is loaded on first use, so the pure-Python tools of this package
+(``python3 -m lwfm.convert``) work without it.
+"""
+
+import ctypes
+import json
+import os
+import threading
+import weakref
+
+import numpy as np
+
+__all__ = ["Error", "Model", "library_version", "LIBRARY_ENV"]
+
+LIBRARY_ENV = "LWFM_LIBRARY"
+_SONAME = "liblwfm.so.0"
+
+_PRECISIONS = {"fp32": 0, "bf16": 1}
+
+
+class Error(RuntimeError):
+    """A libLWFM call failed. ``status`` is the numeric lwfm_status,
+    ``status_name`` its short description, ``str(err)`` the library's detail."""
+
+    def __init__(self, status, status_name, message):
+        super().__init__(message or status_name)
+        self.status = status
+        self.status_name = status_name
+
+
+_lib = None
+_lib_lock = threading.Lock()
+
+_p = ctypes.c_void_p
+_i64 = ctypes.c_int64
+_size = ctypes.c_size_t
+_fptr = ctypes.POINTER(ctypes.c_float)
+
+
+def _declare(lib):
+    def fn(name, restype, *argtypes):
+        f = getattr(lib, name)
+        f.restype = restype
+        f.argtypes = list(argtypes)
+
+    st = ctypes.c_int
+    fn("lwfm_version", ctypes.c_char_p)
+    fn("lwfm_status_string", ctypes.c_char_p, st)
+    fn("lwfm_last_error", ctypes.c_char_p)
+    fn("lwfm_load_options_create", st, ctypes.POINTER(_p))
+    fn("lwfm_load_options_destroy", None, _p)
+    fn("lwfm_load_options_set_precision", st, _p, ctypes.c_int)
+    fn("lwfm_load_options_set_max_total_bytes", st, _p, ctypes.c_uint64)
+    fn("lwfm_model_load", st, ctypes.POINTER(_p), ctypes.c_char_p, _p)
+    fn("lwfm_model_load_from_memory", st, ctypes.POINTER(_p), ctypes.c_char_p, _size, _p)
+    fn("lwfm_model_destroy", None, _p)
+    fn("lwfm_model_method", ctypes.c_int, _p)
+    fn("lwfm_model_config_json", st, _p, ctypes.c_char_p, _size, ctypes.POINTER(_size))
+    fn("lwfm_model_input_shape", st, _p, ctypes.POINTER(_i64), ctypes.POINTER(_i64),
+       ctypes.POINTER(_i64))
+    fn("lwfm_model_feature_shape", st, _p, _i64, _i64, ctypes.POINTER(_i64),
+       ctypes.POINTER(_i64), ctypes.POINTER(_i64))
+    fn("lwfm_model_features", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
+
+
+def _library():
+    global _lib
+    with _lib_lock:
+        if _lib is None:
+            path = os.environ.get(LIBRARY_ENV) or _SONAME
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError as e:
+                raise OSError(
+                    f"cannot load libLWFM from '{path}' ({e}); build it with 'make' and set "
+                    f"{LIBRARY_ENV}=/path/to/liblwfm.so, or install it") from None
+            _declare(lib)
+            _lib = lib
+        return _lib
+
+
+def _check(status):
+    if status != 0:
+        lib = _library()
+        detail = lib.lwfm_last_error().decode("utf-8", "replace")
+        name = lib.lwfm_status_string(status).decode()
+        raise Error(status, name, detail)
+
+
+def library_version():
+    """Run-time version string of the loaded shared library."""
+    return _library().lwfm_version().decode()
+
+
+def _as_images(images, name="images"):
+    """float32, C-contiguous, 4-D (a single 3-D image gets a batch axis)."""
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise ValueError(f"{name} must be (n, channels, height, width), got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _fp(arr):
+    return arr.ctypes.data_as(_fptr)
+
+
+class Model:
+    """A loaded weight file (``.npz``, see docs/weight-format.md).
+
+    The underlying C model is immutable and thread-safe: one Model may be
+    shared by many Python threads; the C calls release the GIL.
+    Close it with ``close()``, a ``with`` block, or let it be collected.
+    """
+
+    def __init__(self, path, precision="fp32", max_total_bytes=None):
+        lib = _library()
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        opts = _p()
+        _check(lib.lwfm_load_options_create(ctypes.byref(opts)))
+        try:
+            _check(lib.lwfm_load_options_set_precision(opts, _PRECISIONS[precision]))
+            if max_total_bytes is not None:
+                _check(lib.lwfm_load_options_set_max_total_bytes(opts, int(max_total_bytes)))
+            handle = _p()
+            _check(lib.lwfm_model_load(ctypes.byref(handle), os.fsencode(path), opts))
+        finally:
+            lib.lwfm_load_options_destroy(opts)
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, lib.lwfm_model_destroy, handle)
+        self.path = str(path)
+        self.precision = precision
+        self._config = None
+
+    # -- lifetime ---------------------------------------------------------
+    def close(self):
+        """Release the model (idempotent)."""
+        self._finalizer()
+        self._handle = None
+
+    @property
+    def closed(self):
+        return not self._finalizer.alive
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _h(self):
+        if not self._finalizer.alive:
+            raise ValueError("operation on a closed lwfm.Model")
+        return self._handle
+
+    def __repr__(self):
+        if self.closed:
+            return "<lwfm.Model (closed)>"
+        c = self.config
+        return f"<lwfm.Model {c['method']} / {c['backbone']} from {self.path!r}>"
+
+    # -- information ------------------------------------------------------
+    @property
+    def config(self):
+        """The model's configuration (dict): method, backbone, parameters,
+        preprocessing."""
+        if self._config is None:
+            lib, h = _library(), self._h()
+            n = _size()
+            st = lib.lwfm_model_config_json(h, None, 0, ctypes.byref(n))
+            if st not in (0, 12):  # 12: LWFM_ERR_BUFFER_TOO_SMALL, expected when sizing
+                _check(st)
+            buf = ctypes.create_string_buffer(n.value + 1)
+            _check(lib.lwfm_model_config_json(h, buf, n.value + 1, None))
+            self._config = json.loads(buf.value.decode())
+        return dict(self._config)
+
+    @property
+    def input_shape(self):
+        """(channels, height, width) the model was trained on."""
+        c, h, w = _i64(), _i64(), _i64()
+        _check(_library().lwfm_model_input_shape(self._h(), ctypes.byref(c), ctypes.byref(h),
+                                                 ctypes.byref(w)))
+        return (c.value, h.value, w.value)
+
+    def feature_shape(self, height=None, width=None):
+        """(C, fh, fw) of one image's feature map for an input size."""
+        _, h0, w0 = self.input_shape
+        c, fh, fw = _i64(), _i64(), _i64()
+        _check(_library().lwfm_model_feature_shape(
+            self._h(), h0 if height is None else height, w0 if width is None else width,
+            ctypes.byref(c), ctypes.byref(fh), ctypes.byref(fw)))
+        return (c.value, fh.value, fw.value)
+
+    # -- compute ------------------------------------------------------------
+    def features(self, images):
+        """Backbone features of normalised images.
+
+        images: (n, channels, height, width) array (any float dtype; converted
+        to C-contiguous float32 only if needed). Returns float32
+        (n, C, fh, fw)."""
+        x = _as_images(images)
+        n, c, h, w = x.shape
+        C, fh, fw = self.feature_shape(h, w)
+        out = np.empty((n, C, fh, fw), dtype=np.float32)
+        _check(_library().lwfm_model_features(self._h(), _fp(x), n, c, h, w, _fp(out), out.size))
+        return out

@@ -1,0 +1,249 @@
+/*
+ * libLWFM: few-shot image classification with the LWFM-SPM metric
+ * (Layer-Wise Feature Metric of Semantic-Pixel Matching) and its peers.
+ *
+ * This is the only public header. It is C99 and C++ clean.
+ *
+ * ---------------------------------------------------------------------------
+ * THREAD SAFETY
+ * ---------------------------------------------------------------------------
+ *  - A loaded lwfm_model is immutable: any number of threads may use the same
+ *    model at once through the calls documented as "thread-safe".
+ *  - An lwfm_backbone handle is an execution context (cached primitives and
+ *    scratch buffers for the input shapes it has seen). It is NOT thread-safe:
+ *    use one per thread. Creating one is cheap; it shares the model's weights.
+ *  - lwfm_model_destroy() and lwfm_backbone_destroy() must not race with calls
+ *    that use the same handle. Handles keep their model alive (reference
+ *    counting), so a model may be destroyed before the handles made from it.
+ *  - Error details are kept per thread (lwfm_last_error()).
+ *  - The log callback is process-global; set it before other threads use the
+ *    library.
+ *  - Parallel work inside a call uses OpenMP (GNU libgomp, the runtime oneDNN
+ *    uses). Control the thread count with OMP_NUM_THREADS or omp_set_num_threads.
+ *
+ * ---------------------------------------------------------------------------
+ * CONVENTIONS
+ * ---------------------------------------------------------------------------
+ *  - Every fallible call returns lwfm_status (LWFM_OK == 0). Out-parameters
+ *    come first and are left untouched when a call fails; output buffers are
+ *    not written unless the call succeeds.
+ *  - Tensors are dense float32, row-major. Images are NCHW
+ *    (image, channel, row, column), already normalised as the model's
+ *    configuration says (see lwfm_model_config_json()). Features are
+ *    (image, channel, row, column) as well.
+ *  - Sizes are int64_t element counts; capacities are counted in elements
+ *    (not bytes) of the buffer the caller owns.
+ *  - The library never prints, never aborts and never exits on bad input.
+ */
+#ifndef LWFM_LWFM_H
+#define LWFM_LWFM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** @name Version
+ *  The soname is liblwfm.so.LWFM_ABI_VERSION; it changes on every ABI break.
+ *  @{ */
+#define LWFM_VERSION_MAJOR 0
+#define LWFM_VERSION_MINOR 1
+#define LWFM_VERSION_PATCH 0
+#define LWFM_VERSION_STRING "0.1.0"
+#define LWFM_ABI_VERSION 0
+/** @} */
+
+#if defined(_WIN32) && defined(LWFM_BUILDING)
+#define LWFM_API __declspec(dllexport)
+#elif defined(__GNUC__) && defined(LWFM_BUILDING)
+#define LWFM_API __attribute__((visibility("default")))
+#else
+#define LWFM_API
+#endif
+
+/** Status codes. Values are pinned: they are part of the ABI. */
+typedef enum lwfm_status {
+    LWFM_OK = 0,
+    LWFM_ERR_INVALID_ARGUMENT = 1, /**< NULL pointer, zero/negative count, value out of range */
+    LWFM_ERR_OUT_OF_MEMORY = 2,    /**< an allocation failed */
+    LWFM_ERR_IO = 3,               /**< a file could not be opened or read */
+    LWFM_ERR_FORMAT = 4,           /**< malformed weight file (zip, npy header, truncated member) */
+    LWFM_ERR_MISSING_KEY = 5,      /**< the weight file lacks a tensor the model needs */
+    LWFM_ERR_SHAPE = 6,            /**< a tensor or argument has the wrong shape */
+    LWFM_ERR_DTYPE = 7,            /**< a weight-file array has an unsupported dtype */
+    LWFM_ERR_LIMIT = 8,            /**< a resource limit was exceeded (sizes, counts) */
+    LWFM_ERR_UNSUPPORTED = 9,      /**< well-formed but not supported (unknown method, backbone) */
+    LWFM_ERR_WRONG_KIND = 10,      /**< the call does not apply to this model's method */
+    LWFM_ERR_NONFINITE = 11,       /**< NaN or infinity in an input tensor */
+    LWFM_ERR_BUFFER_TOO_SMALL = 12,/**< an output buffer is smaller than needed */
+    LWFM_ERR_BACKEND = 13,         /**< oneDNN reported a failure */
+    LWFM_ERR_INTERNAL = 14         /**< a bug in libLWFM; please report it */
+} lwfm_status;
+
+/** Method a weight file implements. Values are pinned. */
+typedef enum lwfm_method {
+    LWFM_METHOD_LWFM_SPM = 0,
+    LWFM_METHOD_DN4 = 1,
+    LWFM_METHOD_MML = 2,
+    LWFM_METHOD_RCN = 3
+} lwfm_method;
+
+/** Arithmetic precision of the backbone, chosen at load time. */
+typedef enum lwfm_precision {
+    LWFM_PRECISION_FP32 = 0,
+    LWFM_PRECISION_BF16 = 1
+} lwfm_precision;
+
+/** Log levels for the log callback. */
+typedef enum lwfm_log_level {
+    LWFM_LOG_DEBUG = 0,
+    LWFM_LOG_INFO = 1,
+    LWFM_LOG_WARN = 2,
+    LWFM_LOG_ERROR = 3
+} lwfm_log_level;
+
+/** Opaque handles. */
+typedef struct lwfm_model lwfm_model;               /**< immutable loaded model */
+typedef struct lwfm_backbone lwfm_backbone;         /**< per-thread feature extractor */
+typedef struct lwfm_load_options lwfm_load_options; /**< options for lwfm_model_load() */
+
+/* ------------------------------------------------------------------------- */
+/** @name Library information and errors
+ *  @{ */
+
+/** Version string of the library at run time, e.g. "0.1.0". Static storage. */
+LWFM_API const char *lwfm_version(void);
+
+/** Packed run-time version: major * 10000 + minor * 100 + patch. */
+LWFM_API int lwfm_version_number(void);
+
+/** Short, static English description of a status code ("invalid argument").
+ *  Unknown codes give "unknown status". Never NULL. Thread-safe. */
+LWFM_API const char *lwfm_status_string(lwfm_status status);
+
+/** Detail message of the most recent failed call made by the calling thread,
+ *  for example "weights.npz: member 'feature_extractor.layer1.0.conv1.weight':
+ *  expected shape (64, 64, 3, 3), got (64, 64, 1, 1)". Empty string when the
+ *  last call succeeded. The pointer stays valid until the next libLWFM call on
+ *  the same thread. Never NULL. */
+LWFM_API const char *lwfm_last_error(void);
+
+/** Log callback. `message` is NUL-terminated and valid only during the call. */
+typedef void (*lwfm_log_fn)(lwfm_log_level level, const char *message, void *user_data);
+
+/** Install a log callback receiving messages at `min_level` and above.
+ *  NULL restores the default, which is silence. Process-global: call it before
+ *  other threads use the library. */
+LWFM_API void lwfm_set_log_callback(lwfm_log_fn fn, void *user_data, lwfm_log_level min_level);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @name Load options
+ *  @{ */
+
+/** Create load options with defaults: fp32, limits as documented in
+ *  docs/weight-format.md. Destroy with lwfm_load_options_destroy(). */
+LWFM_API lwfm_status lwfm_load_options_create(lwfm_load_options **out);
+
+/** Destroy load options. NULL is accepted. */
+LWFM_API void lwfm_load_options_destroy(lwfm_load_options *options);
+
+/** Backbone precision (default LWFM_PRECISION_FP32). */
+LWFM_API lwfm_status lwfm_load_options_set_precision(lwfm_load_options *options,
+                                                     lwfm_precision precision);
+
+/** Upper bound on the total decompressed size of all arrays in a weight file,
+ *  in bytes (default 1 GiB). Loading a larger file fails with LWFM_ERR_LIMIT. */
+LWFM_API lwfm_status lwfm_load_options_set_max_total_bytes(lwfm_load_options *options,
+                                                           uint64_t bytes);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @name Model
+ *  @{ */
+
+/** Load a weight file (NumPy .npz, see docs/weight-format.md).
+ *  `options` may be NULL for defaults. The file is fully validated and closed
+ *  before the call returns; the model holds one copy of the weights, already
+ *  in the backbone's compute layout. On success *out owns a reference, to be
+ *  released with lwfm_model_destroy(). Thread-safe. */
+LWFM_API lwfm_status lwfm_model_load(lwfm_model **out, const char *path,
+                                     const lwfm_load_options *options);
+
+/** Same as lwfm_model_load() from a buffer in memory (`size` bytes). The
+ *  buffer is not referenced after the call returns. */
+LWFM_API lwfm_status lwfm_model_load_from_memory(lwfm_model **out, const void *data, size_t size,
+                                                 const lwfm_load_options *options);
+
+/** Release the caller's reference. The model is freed when the last handle
+ *  made from it is destroyed as well. NULL is accepted. */
+LWFM_API void lwfm_model_destroy(lwfm_model *model);
+
+/** The method the model implements. `model` must not be NULL. */
+LWFM_API lwfm_method lwfm_model_method(const lwfm_model *model);
+
+/** The model's configuration as a JSON object (method, backbone, every
+ *  parameter of the method, preprocessing). Writes at most `capacity` bytes
+ *  including the terminating NUL into `buffer`; `*length` (may be NULL)
+ *  receives the string length without NUL. If `capacity` is too small the
+ *  call fails with LWFM_ERR_BUFFER_TOO_SMALL, writes nothing to `buffer` and
+ *  still sets `*length`, so call it once with capacity 0 to size the buffer.
+ *  Thread-safe. */
+LWFM_API lwfm_status lwfm_model_config_json(const lwfm_model *model, char *buffer, size_t capacity,
+                                            size_t *length);
+
+/** Input the model expects: channels and the preprocessed image size
+ *  (e.g. 3, 84, 84). The forward calls accept any height and width for which
+ *  every layer gets a non-empty input (as PyTorch does); others fail with
+ *  LWFM_ERR_SHAPE. */
+LWFM_API lwfm_status lwfm_model_input_shape(const lwfm_model *model, int64_t *channels,
+                                            int64_t *height, int64_t *width);
+
+/** Shape of the feature map produced for one image of `height` x `width`
+ *  pixels: `*channels` (sum of the tapped layers' channels) x `*fh` x `*fw`.
+ *  Fails with LWFM_ERR_SHAPE when the input is too small for the backbone. */
+LWFM_API lwfm_status lwfm_model_feature_shape(const lwfm_model *model, int64_t height,
+                                              int64_t width, int64_t *channels, int64_t *fh,
+                                              int64_t *fw);
+
+/** Backbone features of a batch of images, thread-safe form: equivalent to
+ *  lwfm_backbone_forward() on an execution context taken from a pool inside
+ *  the model. See lwfm_backbone_forward() for the arguments. */
+LWFM_API lwfm_status lwfm_model_features(const lwfm_model *model, const float *images, int64_t n,
+                                         int64_t channels, int64_t height, int64_t width,
+                                         float *features, size_t capacity);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @name Backbone
+ *  @{ */
+
+/** Create an execution context for `model`'s backbone. It takes a reference
+ *  on the model. Not thread-safe: one per thread. */
+LWFM_API lwfm_status lwfm_backbone_create(lwfm_backbone **out, lwfm_model *model);
+
+/** Destroy a backbone context. NULL is accepted. */
+LWFM_API void lwfm_backbone_destroy(lwfm_backbone *backbone);
+
+/** Run the backbone on `n` images, NCHW float32 (n x channels x height x
+ *  width, normalised), and write the concatenated tapped feature maps,
+ *  (n, C, fh, fw) float32 with C, fh, fw from lwfm_model_feature_shape(), to
+ *  `features`, which holds `capacity` floats. NaN or infinite pixels give
+ *  LWFM_ERR_NONFINITE. Primitives for a shape are created on first use and
+ *  reused; scratch buffers grow to the largest batch seen and are reused. */
+LWFM_API lwfm_status lwfm_backbone_forward(lwfm_backbone *backbone, const float *images, int64_t n,
+                                           int64_t channels, int64_t height, int64_t width,
+                                           float *features, size_t capacity);
+
+/** @} */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LWFM_LWFM_H */

@@ -1,0 +1,756 @@
+/* Backbone execution on oneDNN (v2 C API).
+ *
+ * A backbone is a list of ops (convolution with folded BatchNorm, bias,
+ * activation and optional residual accumulation fused as oneDNN post-ops;
+ * max pooling) over a few activation buffers kept in oneDNN's blocked layout.
+ * Some op outputs are "taps": they are reordered to plain NCHW and
+ * adaptively average-pooled (PyTorch's bin rule) into the caller's output.
+ *
+ * A plan holds the primitives for one input shape (chunk size, h, w); a
+ * context keeps a few plans, the activation buffers and the scratchpad, and
+ * is used by one thread at a time. The net itself is immutable after build.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backbone/net_internal.h"
+#include "core/core.h"
+
+/* Images per forward chunk: bounds activation memory for large batches and
+ * keeps a chunk's activations cache-friendly. LWFM_BATCH_CHUNK overrides. */
+#define LWFM_DEFAULT_CHUNK 16
+#define LWFM_MAX_PLANS 8
+#define BN_EPS 1e-5
+
+#define DNNL_CHECK(call, what)                                                                   \
+    do {                                                                                         \
+        dnnl_status_t s_ = (call);                                                               \
+        if (s_ != dnnl_success) {                                                                \
+            st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: %s failed (dnnl status %d)", what,       \
+                             (int)s_);                                                           \
+            goto done;                                                                           \
+        }                                                                                        \
+    } while (0)
+
+/* ------------------------------------------------------------------------ */
+/* Building                                                                 */
+
+static lwfm__op *push_op(lwfm__net *net) {
+    if (net->n_ops == net->cap_ops) {
+        int cap = net->cap_ops ? net->cap_ops * 2 : 32;
+        lwfm__op *ops = realloc(net->ops, (size_t)cap * sizeof *ops);
+        if (!ops) return NULL;
+        net->ops = ops;
+        net->cap_ops = cap;
+    }
+    lwfm__op *op = &net->ops[net->n_ops++];
+    memset(op, 0, sizeof *op);
+    op->tap = -1;
+    return op;
+}
+
+lwfm_status lwfm__net_add_conv(lwfm__net *net, const lwfm__archive *ar, const char *conv_key,
+                               const char *bias_key, const char *bn_prefix, int ic, int oc, int k,
+                               int stride, int pad, int src, int dst, int accumulate,
+                               lwfm__act act, float alpha) {
+    lwfm_status st;
+    const float *w, *b = NULL, *g = NULL, *beta = NULL, *mu = NULL, *var = NULL;
+    int64_t wshape[4] = {oc, ic, k, k}, vshape[1] = {oc};
+    if ((st = lwfm__archive_get_f32(ar, conv_key, 4, wshape, &w))) return st;
+    if (bias_key && (st = lwfm__archive_get_f32(ar, bias_key, 1, vshape, &b))) return st;
+    if (bn_prefix) {
+        char key[160];
+        const float **dst_ptrs[4] = {&g, &beta, &mu, &var};
+        static const char *suffix[4] = {"weight", "bias", "running_mean", "running_var"};
+        for (int i = 0; i < 4; i++) {
+            snprintf(key, sizeof key, "%s.%s", bn_prefix, suffix[i]);
+            if ((st = lwfm__archive_get_f32(ar, key, 1, vshape, dst_ptrs[i]))) return st;
+        }
+        for (int o = 0; o < oc; o++)
+            if (!(var[o] >= 0.0f))
+                return lwfm__error(LWFM_ERR_FORMAT, "tensor '%s.running_var' has a negative value",
+                                   bn_prefix);
+    }
+    lwfm__op *op = push_op(net);
+    if (!op) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory building the backbone");
+    op->kind = LWFM_OP_CONV;
+    op->src = src;
+    op->dst = dst;
+    op->accumulate = accumulate;
+    op->ic = ic;
+    op->oc = oc;
+    op->kh = op->kw = k;
+    op->sh = op->sw = stride;
+    op->ph = op->pw = pad;
+    op->act = act;
+    op->alpha = alpha;
+    snprintf(op->name, sizeof op->name, "%s", conv_key);
+    size_t per_oc = (size_t)ic * k * k;
+    op->w_plain = lwfm__alloc((size_t)oc * per_oc * sizeof(float));
+    op->bias = lwfm__alloc((size_t)oc * sizeof(float));
+    if (!op->w_plain || !op->bias)
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory building the backbone");
+    /* Fold eval-mode BatchNorm: y = (conv(x) + b - mu) * g / sqrt(var + eps) + beta. */
+    for (int o = 0; o < oc; o++) {
+        double scale = 1.0, shift = b ? b[o] : 0.0;
+        if (bn_prefix) {
+            scale = g[o] / sqrt((double)var[o] + BN_EPS);
+            shift = (shift - mu[o]) * scale + beta[o];
+        }
+        for (size_t i = 0; i < per_oc; i++)
+            op->w_plain[o * per_oc + i] = (float)(w[o * per_oc + i] * scale);
+        op->bias[o] = (float)shift;
+    }
+    return LWFM_OK;
+}
+
+lwfm_status lwfm__net_add_maxpool(lwfm__net *net, int channels, int k, int stride, int pad,
+                                  int src, int dst) {
+    lwfm__op *op = push_op(net);
+    if (!op) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory building the backbone");
+    op->kind = LWFM_OP_MAXPOOL;
+    op->src = src;
+    op->dst = dst;
+    op->ic = op->oc = channels;
+    op->kh = op->kw = k;
+    op->sh = op->sw = stride;
+    op->ph = op->pw = pad;
+    snprintf(op->name, sizeof op->name, "maxpool");
+    return LWFM_OK;
+}
+
+void lwfm__net_mark_tap(lwfm__net *net, int slot) {
+    if (net->n_ops > 0) net->ops[net->n_ops - 1].tap = slot;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shapes                                                                   */
+
+static int64_t out_dim(int64_t in, int k, int s, int p) {
+    int64_t span = in + 2 * (int64_t)p - k;
+    return span < 0 ? 0 : span / s + 1;
+}
+
+/* Walk the op list for an input of h x w; fills per-op output sizes
+ * (arrays of n_ops, may be NULL). Fails with LWFM_ERR_SHAPE when a layer
+ * would get an empty input. */
+static lwfm_status walk_shapes(const lwfm__net *net, int64_t h, int64_t w, int64_t *oh,
+                               int64_t *ow) {
+    int64_t bh[LWFM_NET_NBUF] = {0}, bw[LWFM_NET_NBUF] = {0};
+    for (int i = 0; i < net->n_ops; i++) {
+        const lwfm__op *op = &net->ops[i];
+        int64_t ih = op->src == LWFM_NET_INPUT ? h : bh[op->src];
+        int64_t iw = op->src == LWFM_NET_INPUT ? w : bw[op->src];
+        int64_t h2 = out_dim(ih, op->kh, op->sh, op->ph), w2 = out_dim(iw, op->kw, op->sw, op->pw);
+        if (ih < 1 || iw < 1 || h2 < 1 || w2 < 1)
+            return lwfm__error(LWFM_ERR_SHAPE,
+                               "input of %lld x %lld pixels is too small for this backbone "
+                               "('%s' would get %lld x %lld)",
+                               (long long)h, (long long)w, op->name, (long long)h2,
+                               (long long)w2);
+        if (op->accumulate && (bh[op->dst] != h2 || bw[op->dst] != w2))
+            return lwfm__error(LWFM_ERR_INTERNAL, "residual shape mismatch at '%s'", op->name);
+        bh[op->dst] = h2;
+        bw[op->dst] = w2;
+        if (oh) oh[i] = h2;
+        if (ow) ow[i] = w2;
+    }
+    return LWFM_OK;
+}
+
+lwfm_status lwfm__net_out_shape(const lwfm__net *net, int64_t h, int64_t w, int64_t *c,
+                                int64_t *fh, int64_t *fw) {
+    if (h < 1 || w < 1 || h > 65536 || w > 65536)
+        return lwfm__error(LWFM_ERR_SHAPE, "image size %lld x %lld out of range (1..65536)",
+                           (long long)h, (long long)w);
+    int64_t oh[256], ow[256];
+    if (net->n_ops > 256) return lwfm__error(LWFM_ERR_INTERNAL, "too many ops");
+    lwfm_status st = walk_shapes(net, h, w, oh, ow);
+    if (st) return st;
+    int64_t th = -1, tw = -1;
+    for (int i = 0; i < net->n_ops; i++) {
+        if (net->ops[i].tap < 0) continue;
+        if (net->feature_size > 0) continue;
+        if (th >= 0 && (th != oh[i] || tw != ow[i]))
+            return lwfm__error(LWFM_ERR_SHAPE,
+                               "feature_size 0 keeps taps at native size, but for a %lld x %lld "
+                               "input the tapped layers differ in size (%lld x %lld vs %lld x %lld)",
+                               (long long)h, (long long)w, (long long)th, (long long)tw,
+                               (long long)oh[i], (long long)ow[i]);
+        th = oh[i];
+        tw = ow[i];
+    }
+    *c = net->out_channels;
+    *fh = net->feature_size > 0 ? net->feature_size : th;
+    *fw = net->feature_size > 0 ? net->feature_size : tw;
+    return LWFM_OK;
+}
+
+int lwfm__net_in_channels(const lwfm__net *net) { return net->in_channels; }
+
+/* ------------------------------------------------------------------------ */
+/* Primitive creation                                                       */
+
+static dnnl_data_type_t act_dt(const lwfm__net *net) {
+    return net->precision == LWFM_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+}
+
+/* Memory descriptor of an activation buffer: blocked by 16 channels (the
+ * layout oneDNN's AVX-512 kernels use; channel counts are padded). */
+static void act_md(dnnl_memory_desc_t *md, int64_t n, int64_t c, int64_t h, int64_t w,
+                   dnnl_data_type_t dt) {
+    dnnl_dims_t d = {n, c, h, w};
+    dnnl_memory_desc_init_by_tag(md, 4, d, dt, dnnl_nChw16c);
+}
+
+static lwfm_status make_attr(dnnl_primitive_attr_t *attr, const lwfm__op *op) {
+    lwfm_status st = LWFM_OK;
+    dnnl_post_ops_t po = NULL;
+    *attr = NULL;
+    DNNL_CHECK(dnnl_primitive_attr_create(attr), "attr create");
+    DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user),
+               "scratchpad mode");
+    if (op->kind == LWFM_OP_CONV && (op->accumulate || op->act != LWFM_ACT_NONE)) {
+        DNNL_CHECK(dnnl_post_ops_create(&po), "post-ops create");
+        if (op->accumulate) DNNL_CHECK(dnnl_post_ops_append_sum(po, 1.0f), "sum post-op");
+        if (op->act != LWFM_ACT_NONE)
+            DNNL_CHECK(dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu,
+                                                    op->act == LWFM_ACT_LRELU ? op->alpha : 0.0f,
+                                                    0.0f),
+                       "eltwise post-op");
+        DNNL_CHECK(dnnl_primitive_attr_set_post_ops(*attr, po), "set post-ops");
+    }
+done:
+    if (po) dnnl_post_ops_destroy(po);
+    if (st && *attr) {
+        dnnl_primitive_attr_destroy(*attr);
+        *attr = NULL;
+    }
+    return st;
+}
+
+/* Primitive descriptor of op i for a batch of n with input ih x iw. */
+static lwfm_status op_pd(const lwfm__net *net, const lwfm__op *op, int64_t n, int64_t ih,
+                         int64_t iw, dnnl_primitive_desc_t *pd) {
+    lwfm_status st = LWFM_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_memory_desc_t src, dst, wmd, bmd;
+    dnnl_data_type_t dt = act_dt(net);
+    int64_t oh = out_dim(ih, op->kh, op->sh, op->ph), ow = out_dim(iw, op->kw, op->sw, op->pw);
+    dnnl_dims_t strides = {op->sh, op->sw}, pad = {op->ph, op->pw};
+    *pd = NULL;
+    if ((st = make_attr(&attr, op))) return st;
+    if (op->src == LWFM_NET_INPUT) {
+        dnnl_dims_t d = {n, op->ic, ih, iw};
+        /* The input arrives as plain NCHW (converted to bf16 first in bf16 mode). */
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(&src, 4, d, dt, dnnl_nchw), "src md");
+    } else {
+        act_md(&src, n, op->ic, ih, iw, dt);
+    }
+    act_md(&dst, n, op->oc, oh, ow, dt);
+    if (op->kind == LWFM_OP_CONV) {
+        dnnl_dims_t wd = {op->oc, op->ic, op->kh, op->kw}, bd = {op->oc};
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(&wmd, 4, wd, dt, dnnl_format_tag_any), "w md");
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(&bmd, 1, bd, dnnl_f32, dnnl_x), "b md");
+        dnnl_convolution_desc_t cd;
+        DNNL_CHECK(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference,
+                                                      dnnl_convolution_direct, &src, &wmd, &bmd,
+                                                      &dst, strides, pad, pad),
+                   "convolution desc");
+        DNNL_CHECK(dnnl_primitive_desc_create(pd, &cd, attr, net->engine, NULL),
+                   "convolution primitive desc");
+    } else {
+        dnnl_dims_t kernel = {op->kh, op->kw}, dil = {0, 0};
+        dnnl_pooling_v2_desc_t pdsc;
+        DNNL_CHECK(dnnl_pooling_v2_forward_desc_init(&pdsc, dnnl_forward_inference,
+                                                     dnnl_pooling_max, &src, &dst, strides, kernel,
+                                                     dil, pad, pad),
+                   "pooling desc");
+        DNNL_CHECK(dnnl_primitive_desc_create(pd, &pdsc, attr, net->engine, NULL),
+                   "pooling primitive desc");
+    }
+done:
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return st;
+}
+
+/* Run a reorder between two memory descriptors once (weights at build). */
+static lwfm_status reorder_once(dnnl_engine_t eng, const dnnl_memory_desc_t *from, void *src,
+                                const dnnl_memory_desc_t *to, void *dst) {
+    lwfm_status st = LWFM_OK;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_memory_t ms = NULL, md = NULL;
+    dnnl_stream_t stream = NULL;
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, eng, to, eng, NULL), "reorder desc");
+    DNNL_CHECK(dnnl_primitive_create(&prim, pd), "reorder create");
+    DNNL_CHECK(dnnl_memory_create(&ms, from, eng, src), "memory");
+    DNNL_CHECK(dnnl_memory_create(&md, to, eng, dst), "memory");
+    DNNL_CHECK(dnnl_stream_create(&stream, eng, dnnl_stream_default_flags), "stream");
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, md}};
+    DNNL_CHECK(dnnl_primitive_execute(prim, stream, 2, args), "reorder");
+    DNNL_CHECK(dnnl_stream_wait(stream), "stream wait");
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    if (ms) dnnl_memory_destroy(ms);
+    if (md) dnnl_memory_destroy(md);
+    if (prim) dnnl_primitive_destroy(prim);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    return st;
+}
+
+/* Lay out every conv's weights as oneDNN prefers them for the model's own
+ * image size, then drop the plain copy: the net holds one copy of weights. */
+static lwfm_status finalise_weights(lwfm__net *net) {
+    lwfm_status st = LWFM_OK;
+    int64_t oh[256], ow[256];
+    if ((st = walk_shapes(net, net->canonical_h, net->canonical_w, oh, ow))) return st;
+    for (int i = 0; i < net->n_ops; i++) {
+        lwfm__op *op = &net->ops[i];
+        if (op->kind != LWFM_OP_CONV) continue;
+        int64_t ih = net->canonical_h, iw = net->canonical_w;
+        for (int j = i - 1; j >= 0 && op->src != LWFM_NET_INPUT; j--)
+            if (net->ops[j].dst == op->src) {
+                ih = oh[j];
+                iw = ow[j];
+                break;
+            }
+        dnnl_primitive_desc_t pd = NULL;
+        if ((st = op_pd(net, op, LWFM_DEFAULT_CHUNK, ih, iw, &pd))) return st;
+        op->w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        dnnl_primitive_desc_destroy(pd);
+        size_t bytes = dnnl_memory_desc_get_size(&op->w_md);
+        op->w_data = lwfm__alloc(bytes);
+        if (!op->w_data) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (weights)");
+        dnnl_memory_desc_t plain;
+        dnnl_dims_t wd = {op->oc, op->ic, op->kh, op->kw};
+        dnnl_memory_desc_init_by_tag(&plain, 4, wd, dnnl_f32, dnnl_oihw);
+        if ((st = reorder_once(net->engine, &plain, op->w_plain, &op->w_md, op->w_data)))
+            return st;
+        lwfm__free(op->w_plain);
+        op->w_plain = NULL;
+    }
+    return LWFM_OK;
+}
+
+lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm__archive *ar,
+                            lwfm_precision precision) {
+    lwfm_status st = LWFM_OK;
+    lwfm__net *net = calloc(1, sizeof *net);
+    if (!net) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    net->precision = precision;
+    net->in_channels = cfg->input_channels;
+    net->feature_size = cfg->feature_size;
+    net->canonical_h = net->canonical_w = cfg->image_size > 0 ? cfg->image_size : 84;
+    DNNL_CHECK(dnnl_engine_create(&net->engine, dnnl_cpu, 0), "engine create");
+    const char *prefix = lwfm__backbone_prefix(cfg);
+    switch (cfg->backbone) {
+    case LWFM_BACKBONE_RESNET18: st = lwfm__build_resnet18(net, cfg, ar, prefix); break;
+    case LWFM_BACKBONE_CONV64F: st = lwfm__build_conv64f(net, cfg, ar, prefix); break;
+    default:
+        st = lwfm__error(LWFM_ERR_UNSUPPORTED, "backbone '%s' is not implemented yet",
+                         lwfm__backbone_name(cfg->backbone));
+    }
+    if (st) goto done;
+    int off = 0;
+    for (int t = 0; t < net->n_taps; t++) {
+        net->tap_offset[t] = off;
+        off += net->tap_channels[t];
+    }
+    net->out_channels = off;
+    st = finalise_weights(net);
+done:
+    if (st) {
+        lwfm__net_free(net);
+        return st;
+    }
+    *out = net;
+    return LWFM_OK;
+}
+
+void lwfm__net_free(lwfm__net *net) {
+    if (!net) return;
+    for (int i = 0; i < net->n_ops; i++) {
+        lwfm__free(net->ops[i].w_plain);
+        lwfm__free(net->ops[i].w_data);
+        lwfm__free(net->ops[i].bias);
+    }
+    free(net->ops);
+    if (net->engine) dnnl_engine_destroy(net->engine);
+    free(net);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Plans and contexts                                                       */
+
+typedef struct plan_op {
+    dnnl_primitive_t prim;
+    dnnl_memory_t src, dst, wts, bias, scratch;
+    void *w_local; /* weights reordered for this plan when its layout differs */
+} plan_op;
+
+typedef struct plan_tap {
+    dnnl_primitive_t reorder; /* blocked activation -> plain NCHW */
+    dnnl_memory_t from, to, scratch;
+    int64_t h, w;             /* native size of the tapped map */
+} plan_tap;
+
+typedef struct plan {
+    int64_t n, h, w;
+    plan_op *ops;
+    plan_tap taps[LWFM_MAX_TAPS];
+    dnnl_primitive_t in_reorder; /* f32 input -> bf16 (bf16 mode only) */
+    dnnl_memory_t in_from, in_to, in_scratch;
+    size_t buf_bytes[LWFM_NET_NBUF];
+    size_t scratch_bytes;
+    size_t tap_bytes;   /* plain copy of the largest pooled tap */
+    size_t in_bytes;    /* bf16 copy of the input */
+    unsigned long last_used;
+} plan;
+
+struct lwfm__net_ctx {
+    const lwfm__net *net;
+    dnnl_stream_t stream;
+    plan *plans[LWFM_MAX_PLANS];
+    int n_plans;
+    unsigned long tick;
+    int chunk;
+    void *buf[LWFM_NET_NBUF];
+    size_t buf_cap[LWFM_NET_NBUF];
+    void *scratch, *tap_tmp, *in_tmp;
+    size_t scratch_cap, tap_cap, in_cap;
+};
+
+static void plan_free(const lwfm__net *net, plan *p) {
+    if (!p) return;
+    if (p->ops) {
+        for (int i = 0; i < net->n_ops; i++) {
+            plan_op *o = &p->ops[i];
+            if (o->prim) dnnl_primitive_destroy(o->prim);
+            if (o->src) dnnl_memory_destroy(o->src);
+            if (o->dst) dnnl_memory_destroy(o->dst);
+            if (o->wts) dnnl_memory_destroy(o->wts);
+            if (o->bias) dnnl_memory_destroy(o->bias);
+            if (o->scratch) dnnl_memory_destroy(o->scratch);
+            lwfm__free(o->w_local);
+        }
+        free(p->ops);
+    }
+    for (int t = 0; t < LWFM_MAX_TAPS; t++) {
+        plan_tap *tp = &p->taps[t];
+        if (tp->reorder) dnnl_primitive_destroy(tp->reorder);
+        if (tp->from) dnnl_memory_destroy(tp->from);
+        if (tp->to) dnnl_memory_destroy(tp->to);
+        if (tp->scratch) dnnl_memory_destroy(tp->scratch);
+    }
+    if (p->in_reorder) dnnl_primitive_destroy(p->in_reorder);
+    if (p->in_from) dnnl_memory_destroy(p->in_from);
+    if (p->in_to) dnnl_memory_destroy(p->in_to);
+    if (p->in_scratch) dnnl_memory_destroy(p->in_scratch);
+    free(p);
+}
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+/* Create a reorder primitive with a user scratchpad; memory objects are
+ * created without data (handles are set before each execution). */
+static lwfm_status make_reorder(const lwfm__net *net, const dnnl_memory_desc_t *from,
+                                const dnnl_memory_desc_t *to, dnnl_primitive_t *prim,
+                                dnnl_memory_t *mfrom, dnnl_memory_t *mto, dnnl_memory_t *mscr,
+                                size_t *scratch_bytes) {
+    lwfm_status st = LWFM_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    DNNL_CHECK(dnnl_primitive_attr_create(&attr), "attr create");
+    DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user),
+               "scratchpad mode");
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, net->engine, to, net->engine, attr),
+               "reorder desc");
+    DNNL_CHECK(dnnl_primitive_create(prim, pd), "reorder create");
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    *scratch_bytes = max_sz(*scratch_bytes, dnnl_memory_desc_get_size(smd));
+    DNNL_CHECK(dnnl_memory_create(mfrom, from, net->engine, DNNL_MEMORY_NONE), "memory");
+    DNNL_CHECK(dnnl_memory_create(mto, to, net->engine, DNNL_MEMORY_NONE), "memory");
+    DNNL_CHECK(dnnl_memory_create(mscr, smd, net->engine, DNNL_MEMORY_NONE), "memory");
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return st;
+}
+
+static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64_t w,
+                               plan **out) {
+    lwfm_status st = LWFM_OK;
+    dnnl_primitive_desc_t pd = NULL;
+    int64_t oh[256], ow[256];
+    dnnl_data_type_t dt = act_dt(net);
+    plan *p = calloc(1, sizeof *p);
+    if (!p || !(p->ops = calloc((size_t)net->n_ops, sizeof *p->ops))) {
+        st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory creating backbone plan");
+        goto done;
+    }
+    p->n = n;
+    p->h = h;
+    p->w = w;
+    if ((st = walk_shapes(net, h, w, oh, ow))) goto done;
+    int64_t bh[LWFM_NET_NBUF] = {0}, bw[LWFM_NET_NBUF] = {0};
+    for (int i = 0; i < net->n_ops; i++) {
+        const lwfm__op *op = &net->ops[i];
+        plan_op *po = &p->ops[i];
+        int64_t ih = op->src == LWFM_NET_INPUT ? h : bh[op->src];
+        int64_t iw = op->src == LWFM_NET_INPUT ? w : bw[op->src];
+        if ((st = op_pd(net, op, n, ih, iw, &pd))) goto done;
+        DNNL_CHECK(dnnl_primitive_create(&po->prim, pd), "primitive create");
+        const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+        /* copied: the descriptors die with pd */
+        const dnnl_memory_desc_t dst_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+        const dnnl_memory_desc_t *dmd = &dst_md;
+        const dnnl_memory_desc_t *scr = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+        p->scratch_bytes = max_sz(p->scratch_bytes, dnnl_memory_desc_get_size(scr));
+        p->buf_bytes[op->dst] = max_sz(p->buf_bytes[op->dst], dnnl_memory_desc_get_size(dmd));
+        DNNL_CHECK(dnnl_memory_create(&po->src, smd, net->engine, DNNL_MEMORY_NONE), "memory");
+        DNNL_CHECK(dnnl_memory_create(&po->dst, dmd, net->engine, DNNL_MEMORY_NONE), "memory");
+        DNNL_CHECK(dnnl_memory_create(&po->scratch, scr, net->engine, DNNL_MEMORY_NONE), "memory");
+        if (op->kind == LWFM_OP_CONV) {
+            const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+            const dnnl_memory_desc_t *bmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
+            void *wdata = op->w_data;
+            if (!dnnl_memory_desc_equal(wmd, &op->w_md)) {
+                /* This shape wants another weight layout: keep a private copy. */
+                lwfm__log(LWFM_LOG_DEBUG, "plan %lldx%lldx%lld: '%s' needs its own weight layout",
+                          (long long)n, (long long)h, (long long)w, op->name);
+                po->w_local = lwfm__alloc(dnnl_memory_desc_get_size(wmd));
+                if (!po->w_local) {
+                    st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (weights)");
+                    goto done;
+                }
+                if ((st = reorder_once(net->engine, &op->w_md, op->w_data, wmd, po->w_local)))
+                    goto done;
+                wdata = po->w_local;
+            }
+            DNNL_CHECK(dnnl_memory_create(&po->wts, wmd, net->engine, wdata), "memory");
+            DNNL_CHECK(dnnl_memory_create(&po->bias, bmd, net->engine, op->bias), "memory");
+        }
+        dnnl_primitive_desc_destroy(pd);
+        pd = NULL;
+        bh[op->dst] = oh[i];
+        bw[op->dst] = ow[i];
+        if (op->tap >= 0) {
+            plan_tap *tp = &p->taps[op->tap];
+            dnnl_memory_desc_t plain;
+            dnnl_dims_t d = {n, op->oc, oh[i], ow[i]};
+            tp->h = oh[i];
+            tp->w = ow[i];
+            if (net->feature_size > 0) {
+                DNNL_CHECK(dnnl_memory_desc_init_by_tag(&plain, 4, d, dnnl_f32, dnnl_nchw), "md");
+                p->tap_bytes = max_sz(p->tap_bytes, dnnl_memory_desc_get_size(&plain));
+            } else {
+                /* Native size: write straight into the caller's (n, C, h, w) output. */
+                dnnl_dims_t s = {(int64_t)net->out_channels * oh[i] * ow[i], oh[i] * ow[i], ow[i], 1};
+                DNNL_CHECK(dnnl_memory_desc_init_by_strides(&plain, 4, d, dnnl_f32, s), "md");
+            }
+            if ((st = make_reorder(net, dmd, &plain, &tp->reorder, &tp->from, &tp->to,
+                                   &tp->scratch, &p->scratch_bytes)))
+                goto done;
+        }
+    }
+    if (dt != dnnl_f32) {
+        dnnl_memory_desc_t from, to;
+        dnnl_dims_t d = {n, net->in_channels, h, w};
+        dnnl_memory_desc_init_by_tag(&from, 4, d, dnnl_f32, dnnl_nchw);
+        dnnl_memory_desc_init_by_tag(&to, 4, d, dt, dnnl_nchw);
+        p->in_bytes = dnnl_memory_desc_get_size(&to);
+        if ((st = make_reorder(net, &from, &to, &p->in_reorder, &p->in_from, &p->in_to,
+                               &p->in_scratch, &p->scratch_bytes)))
+            goto done;
+    }
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (st) {
+        plan_free(net, p);
+        return st;
+    }
+    *out = p;
+    return LWFM_OK;
+}
+
+lwfm_status lwfm__net_ctx_create(lwfm__net_ctx **out, const lwfm__net *net) {
+    lwfm_status st = LWFM_OK;
+    lwfm__net_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    ctx->net = net;
+    ctx->chunk = LWFM_DEFAULT_CHUNK;
+    const char *env = getenv("LWFM_BATCH_CHUNK");
+    if (env) {
+        int c = atoi(env);
+        if (c >= 1 && c <= 4096) ctx->chunk = c;
+    }
+    DNNL_CHECK(dnnl_stream_create(&ctx->stream, net->engine, dnnl_stream_default_flags),
+               "stream create");
+done:
+    if (st) {
+        free(ctx);
+        return st;
+    }
+    *out = ctx;
+    return LWFM_OK;
+}
+
+void lwfm__net_ctx_free(lwfm__net_ctx *ctx) {
+    if (!ctx) return;
+    for (int i = 0; i < ctx->n_plans; i++) plan_free(ctx->net, ctx->plans[i]);
+    for (int b = 0; b < LWFM_NET_NBUF; b++) lwfm__free(ctx->buf[b]);
+    lwfm__free(ctx->scratch);
+    lwfm__free(ctx->tap_tmp);
+    lwfm__free(ctx->in_tmp);
+    if (ctx->stream) dnnl_stream_destroy(ctx->stream);
+    free(ctx);
+}
+
+static lwfm_status get_plan(lwfm__net_ctx *ctx, int64_t n, int64_t h, int64_t w, plan **out) {
+    ctx->tick++;
+    for (int i = 0; i < ctx->n_plans; i++) {
+        plan *p = ctx->plans[i];
+        if (p->n == n && p->h == h && p->w == w) {
+            p->last_used = ctx->tick;
+            *out = p;
+            return LWFM_OK;
+        }
+    }
+    plan *p;
+    lwfm_status st = plan_create(ctx->net, n, h, w, &p);
+    if (st) return st;
+    p->last_used = ctx->tick;
+    if (ctx->n_plans == LWFM_MAX_PLANS) { /* evict the least recently used */
+        int lru = 0;
+        for (int i = 1; i < ctx->n_plans; i++)
+            if (ctx->plans[i]->last_used < ctx->plans[lru]->last_used) lru = i;
+        plan_free(ctx->net, ctx->plans[lru]);
+        ctx->plans[lru] = p;
+    } else {
+        ctx->plans[ctx->n_plans++] = p;
+    }
+    *out = p;
+    return LWFM_OK;
+}
+
+static int grow(void **buf, size_t *cap, size_t need) {
+    if (need <= *cap) return 0;
+    void *nb = lwfm__alloc(need);
+    if (!nb) return 1;
+    lwfm__free(*buf);
+    *buf = nb;
+    *cap = need;
+    return 0;
+}
+
+/* Adaptive average pooling, PyTorch's bin rule, of a plain (n, c, h, w) map
+ * into channels [off, off + c) of the (n, C, fs, fs) output. */
+static void adaptive_pool(const float *in, int64_t n, int64_t c, int64_t h, int64_t w, float *out,
+                          int64_t C, int64_t off, int fs) {
+#pragma omp parallel for schedule(static)
+    for (int64_t nc = 0; nc < n * c; nc++) {
+        int64_t img = nc / c, ch = nc % c;
+        const float *src = in + nc * h * w;
+        float *dst = out + ((img * C) + off + ch) * fs * fs;
+        for (int i = 0; i < fs; i++) {
+            int64_t r0 = (i * h) / fs, r1 = ((i + 1) * h + fs - 1) / fs;
+            for (int j = 0; j < fs; j++) {
+                int64_t c0 = (j * w) / fs, c1 = ((j + 1) * w + fs - 1) / fs;
+                float acc = 0.0f;
+                for (int64_t r = r0; r < r1; r++)
+                    for (int64_t q = c0; q < c1; q++) acc += src[r * w + q];
+                dst[i * fs + j] = acc / (float)((r1 - r0) * (c1 - c0));
+            }
+        }
+    }
+}
+
+/* Grow the context's buffers for plan p (no output is touched here). */
+static lwfm_status plan_reserve(lwfm__net_ctx *ctx, const plan *p) {
+    for (int b = 0; b < LWFM_NET_NBUF; b++)
+        if (grow(&ctx->buf[b], &ctx->buf_cap[b], p->buf_bytes[b]))
+            return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for activations (%zu bytes)",
+                               p->buf_bytes[b]);
+    if (grow(&ctx->scratch, &ctx->scratch_cap, p->scratch_bytes) ||
+        grow(&ctx->tap_tmp, &ctx->tap_cap, p->tap_bytes) ||
+        grow(&ctx->in_tmp, &ctx->in_cap, p->in_bytes))
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for backbone scratch");
+    return LWFM_OK;
+}
+
+static lwfm_status run_plan(lwfm__net_ctx *ctx, plan *p, const float *x, float *out) {
+    lwfm_status st = LWFM_OK;
+    const lwfm__net *net = ctx->net;
+    void *input = (void *)x;
+    if (p->in_reorder) {
+        dnnl_memory_set_data_handle(p->in_from, input);
+        dnnl_memory_set_data_handle(p->in_to, ctx->in_tmp);
+        dnnl_memory_set_data_handle(p->in_scratch, ctx->scratch);
+        dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, p->in_from}, {DNNL_ARG_TO, p->in_to},
+                                {DNNL_ARG_SCRATCHPAD, p->in_scratch}};
+        DNNL_CHECK(dnnl_primitive_execute(p->in_reorder, ctx->stream, 3, a), "input reorder");
+        input = ctx->in_tmp;
+    }
+    for (int i = 0; i < net->n_ops; i++) {
+        const lwfm__op *op = &net->ops[i];
+        plan_op *po = &p->ops[i];
+        void *dst = ctx->buf[op->dst];
+        dnnl_memory_set_data_handle(po->src, op->src == LWFM_NET_INPUT ? input : ctx->buf[op->src]);
+        dnnl_memory_set_data_handle(po->dst, dst);
+        dnnl_memory_set_data_handle(po->scratch, ctx->scratch);
+        dnnl_exec_arg_t a[5];
+        int na = 0;
+        a[na++] = (dnnl_exec_arg_t){DNNL_ARG_SRC, po->src};
+        a[na++] = (dnnl_exec_arg_t){DNNL_ARG_DST, po->dst};
+        a[na++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, po->scratch};
+        if (op->kind == LWFM_OP_CONV) {
+            a[na++] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, po->wts};
+            a[na++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, po->bias};
+        }
+        DNNL_CHECK(dnnl_primitive_execute(po->prim, ctx->stream, na, a), op->name);
+        if (op->tap >= 0) {
+            plan_tap *tp = &p->taps[op->tap];
+            int64_t off = net->tap_offset[op->tap];
+            void *to = net->feature_size > 0 ? ctx->tap_tmp : (void *)(out + off * tp->h * tp->w);
+            dnnl_memory_set_data_handle(tp->from, dst);
+            dnnl_memory_set_data_handle(tp->to, to);
+            dnnl_memory_set_data_handle(tp->scratch, ctx->scratch);
+            dnnl_exec_arg_t r[3] = {{DNNL_ARG_FROM, tp->from}, {DNNL_ARG_TO, tp->to},
+                                    {DNNL_ARG_SCRATCHPAD, tp->scratch}};
+            DNNL_CHECK(dnnl_primitive_execute(tp->reorder, ctx->stream, 3, r), "tap reorder");
+            if (net->feature_size > 0) {
+                DNNL_CHECK(dnnl_stream_wait(ctx->stream), "stream wait");
+                adaptive_pool(ctx->tap_tmp, p->n, op->oc, tp->h, tp->w, out, net->out_channels,
+                              off, net->feature_size);
+            }
+        }
+    }
+    DNNL_CHECK(dnnl_stream_wait(ctx->stream), "stream wait");
+done:
+    return st;
+}
+
+lwfm_status lwfm__net_forward(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h, int64_t w,
+                              float *out) {
+    int64_t C, fh, fw;
+    lwfm_status st = lwfm__net_out_shape(ctx->net, h, w, &C, &fh, &fw);
+    if (st) return st;
+    /* Create every plan and buffer first, so that a failure (out of memory,
+     * unsupported shape) leaves the output untouched. */
+    int64_t full = n < ctx->chunk ? n : ctx->chunk, rest = n % full;
+    plan *pf = NULL, *pr = NULL;
+    if ((st = get_plan(ctx, full, h, w, &pf))) return st;
+    if (rest && (st = get_plan(ctx, rest, h, w, &pr))) return st;
+    if ((st = plan_reserve(ctx, pf))) return st;
+    if (pr && (st = plan_reserve(ctx, pr))) return st;
+    int64_t in_per = (int64_t)ctx->net->in_channels * h * w, out_per = C * fh * fw;
+    for (int64_t i = 0; i < n; i += full) {
+        plan *p = n - i >= full ? pf : pr;
+        if ((st = run_plan(ctx, p, x + i * in_per, out + i * out_per))) return st;
+    }
+    return LWFM_OK;
+}

@@ -1,0 +1,38 @@
+/* Backbone networks on oneDNN (v2 C API).
+ *
+ * lwfm__net is immutable once built: the layer list with BatchNorm folded
+ * into the convolutions and weights reordered once into oneDNN's compute
+ * layout. lwfm__net_ctx is a per-thread execution context holding plans
+ * (primitives + activation buffers) per input shape. */
+#ifndef LWFM_BACKBONE_NET_H
+#define LWFM_BACKBONE_NET_H
+
+#include <dnnl.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "io/npz.h"
+
+typedef struct lwfm__net lwfm__net;
+typedef struct lwfm__net_ctx lwfm__net_ctx;
+
+/* Build the backbone described by cfg from the archive tensors (names are
+ * lwfm__backbone_prefix(cfg) + the backbone's own keys). */
+lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm__archive *ar,
+                            lwfm_precision precision);
+void lwfm__net_free(lwfm__net *net);
+
+/* Output feature shape for an input of h x w: channels, fh, fw. */
+lwfm_status lwfm__net_out_shape(const lwfm__net *net, int64_t h, int64_t w, int64_t *c,
+                                int64_t *fh, int64_t *fw);
+int lwfm__net_in_channels(const lwfm__net *net);
+
+lwfm_status lwfm__net_ctx_create(lwfm__net_ctx **out, const lwfm__net *net);
+void lwfm__net_ctx_free(lwfm__net_ctx *ctx);
+
+/* Forward n images (n x c x h x w, NCHW f32, already validated) into out
+ * (n x C x fh x fw). */
+lwfm_status lwfm__net_forward(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h, int64_t w,
+                              float *out);
+
+#endif

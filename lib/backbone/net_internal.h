@@ -1,0 +1,62 @@
+/* Private to lib/backbone: the op list a backbone builder produces. */
+#ifndef LWFM_BACKBONE_NET_INTERNAL_H
+#define LWFM_BACKBONE_NET_INTERNAL_H
+
+#include "backbone/net.h"
+
+typedef enum lwfm__op_kind { LWFM_OP_CONV, LWFM_OP_MAXPOOL } lwfm__op_kind;
+typedef enum lwfm__act { LWFM_ACT_NONE, LWFM_ACT_RELU, LWFM_ACT_LRELU } lwfm__act;
+
+#define LWFM_NET_INPUT (-1) /* buffer id of the network input */
+#define LWFM_NET_NBUF 3     /* activation buffers a backbone may use */
+
+typedef struct lwfm__op {
+    lwfm__op_kind kind;
+    int src, dst;      /* buffer ids; src may be LWFM_NET_INPUT */
+    int accumulate;    /* conv: add the result to what dst already holds */
+    int ic, oc;        /* channels in and out (equal for pooling) */
+    int kh, kw, sh, sw, ph, pw;
+    lwfm__act act;
+    float alpha;       /* negative slope for LWFM_ACT_LRELU */
+    int tap;           /* tap slot this op's output feeds, or -1 */
+    /* convolution parameters (owned) */
+    float *w_plain;            /* folded OIHW weights until the net is finalised */
+    void *w_data;              /* weights in compute layout, described by w_md */
+    dnnl_memory_desc_t w_md;
+    float *bias;               /* oc floats (folded BatchNorm shift) */
+    char name[96];             /* key of the conv weight, for messages */
+} lwfm__op;
+
+struct lwfm__net {
+    dnnl_engine_t engine;
+    lwfm_precision precision;
+    int in_channels;
+    lwfm__op *ops;
+    int n_ops, cap_ops;
+    int n_taps;
+    int tap_channels[LWFM_MAX_TAPS];
+    int tap_offset[LWFM_MAX_TAPS];
+    int out_channels;
+    int feature_size;
+    int canonical_h, canonical_w; /* the model's image size: weights are laid out for it */
+};
+
+/* Builder API used by the per-architecture files. `conv_key` names the
+ * (oc, ic, kh, kw) weight; `bn_prefix` (may be NULL) names BatchNorm
+ * tensors "<bn_prefix>.weight/.bias/.running_mean/.running_var" folded into
+ * the conv; `bias_key` (may be NULL) names a conv bias. */
+lwfm_status lwfm__net_add_conv(lwfm__net *net, const lwfm__archive *ar, const char *conv_key,
+                               const char *bias_key, const char *bn_prefix, int ic, int oc, int k,
+                               int stride, int pad, int src, int dst, int accumulate,
+                               lwfm__act act, float alpha);
+lwfm_status lwfm__net_add_maxpool(lwfm__net *net, int channels, int k, int stride, int pad,
+                                  int src, int dst);
+/* Mark the output of the last op added as tap slot `slot`. */
+void lwfm__net_mark_tap(lwfm__net *net, int slot);
+
+lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
+                                 const char *prefix);
+lwfm_status lwfm__build_conv64f(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
+                                const char *prefix);
+
+#endif

@@ -1,0 +1,220 @@
+/* Model configuration: the "config/..." arrays of a weight file. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "core/core.h"
+
+static const char *kMethods[] = {"lwfm-spm", "dn4", "mml", "rcn"};
+static const char *kBackbones[] = {"resnet18", "conv64f", "resnet12"};
+
+const char *lwfm__method_name(lwfm_method m) {
+    return (unsigned)m < 4 ? kMethods[m] : "unknown";
+}
+
+const char *lwfm__backbone_name(lwfm__backbone_kind b) {
+    return (unsigned)b < 3 ? kBackbones[b] : "unknown";
+}
+
+const char *lwfm__backbone_prefix(const lwfm__config *cfg) {
+    switch (cfg->method) {
+    case LWFM_METHOD_LWFM_SPM: return "feature_extractor.";
+    case LWFM_METHOD_RCN: return "feature_encoder.";
+    default: return "";
+    }
+}
+
+/* Optional integer: absent keeps *v. Present but malformed is an error. */
+static lwfm_status opt_int(const lwfm__archive *ar, const char *key, int lo, int hi, int *v) {
+    if (!lwfm__archive_find(ar, key)) return LWFM_OK;
+    int64_t x;
+    lwfm_status st = lwfm__archive_get_int(ar, key, &x);
+    if (st) return st;
+    if (x < lo || x > hi)
+        return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' = %lld is outside [%d, %d]", key,
+                           (long long)x, lo, hi);
+    *v = (int)x;
+    return LWFM_OK;
+}
+
+static lwfm_status opt_float(const lwfm__archive *ar, const char *key, double lo, double hi,
+                             double *v) {
+    if (!lwfm__archive_find(ar, key)) return LWFM_OK;
+    double x;
+    lwfm_status st = lwfm__archive_get_float(ar, key, &x);
+    if (st) return st;
+    if (!(x >= lo && x <= hi))
+        return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' = %g is outside [%g, %g]", key, x,
+                           lo, hi);
+    *v = x;
+    return LWFM_OK;
+}
+
+static lwfm_status read_norm(const lwfm__archive *ar, const char *key, double *vals, int *n,
+                             int positive) {
+    const lwfm__tensor *t = lwfm__archive_find(ar, key);
+    if (!t) return LWFM_OK;
+    if (!t->f32 || t->ndim > 1 || (t->numel != 1 && t->numel != 3))
+        return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' must be 1 or 3 floats", key);
+    for (size_t i = 0; i < t->numel; i++) {
+        vals[i] = t->f32[i];
+        if (!isfinite(vals[i]) || (positive && !(vals[i] > 0)))
+            return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' has an invalid entry %g", key,
+                               vals[i]);
+    }
+    *n = (int)t->numel;
+    return LWFM_OK;
+}
+
+static lwfm_status lookup(const char *key, const char *value, const char *const *names, int count,
+                          int *out) {
+    for (int i = 0; i < count; i++)
+        if (strcmp(value, names[i]) == 0) {
+            *out = i;
+            return LWFM_OK;
+        }
+    return lwfm__error(LWFM_ERR_UNSUPPORTED, "config '%s' = '%s' is not supported", key, value);
+}
+
+lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
+    lwfm_status st;
+    lwfm__config c;
+    memset(&c, 0, sizeof c);
+    char s[64];
+    int64_t v;
+
+    if ((st = lwfm__archive_get_int(ar, "config/format_version", &v))) return st;
+    if (v != LWFM_FORMAT_VERSION)
+        return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                           "weight-file format version %lld; this library reads version %d",
+                           (long long)v, LWFM_FORMAT_VERSION);
+    c.format_version = (int)v;
+    int idx = 0;
+    if ((st = lwfm__archive_get_string(ar, "config/method", s, sizeof s))) return st;
+    if ((st = lookup("config/method", s, kMethods, 4, &idx))) return st;
+    c.method = (lwfm_method)idx;
+    if ((st = lwfm__archive_get_string(ar, "config/backbone", s, sizeof s))) return st;
+    if ((st = lookup("config/backbone", s, kBackbones, 3, &idx))) return st;
+    c.backbone = (lwfm__backbone_kind)idx;
+
+    /* Defaults: spec section 4 (lwfm-spm) and peers.md (dn4: k = 3). */
+    c.first_padding = 3;
+    c.feature_size = 3;
+    c.temperature = 0.2;
+    c.temperature_attn = 5.0;
+    c.matcher_prob = 0.25;
+    c.learnable_matcher = 1;
+    c.top_k = 1;
+    c.neighbor_k = c.method == LWFM_METHOD_MML ? 1 : 3;
+    c.image_size = 84;
+    c.resize = 92;
+    c.n_norm = 3;
+    c.mean[0] = 125.3 / 255, c.mean[1] = 123.0 / 255, c.mean[2] = 113.9 / 255;
+    c.std[0] = 63.0 / 255, c.std[1] = 62.1 / 255, c.std[2] = 66.7 / 255;
+
+    const lwfm__tensor *ids = lwfm__archive_find(ar, "config/hyperpixel_ids");
+    if (ids) {
+        size_t n;
+        int64_t vals[LWFM_MAX_TAPS];
+        if ((st = lwfm__archive_get_int_array(ar, "config/hyperpixel_ids", vals, LWFM_MAX_TAPS, &n)))
+            return st;
+        if (n == 0) return lwfm__error(LWFM_ERR_FORMAT, "config 'config/hyperpixel_ids' is empty");
+        for (size_t i = 0; i < n; i++) {
+            if (vals[i] < 0 || vals[i] > 64 || (i > 0 && vals[i] <= vals[i - 1]))
+                return lwfm__error(LWFM_ERR_FORMAT,
+                                   "config 'config/hyperpixel_ids' must be strictly increasing "
+                                   "block ids");
+            c.hyperpixel_ids[i] = (int)vals[i];
+        }
+        c.n_taps = (int)n;
+    } else {
+        c.n_taps = 1;
+        c.hyperpixel_ids[0] = c.backbone == LWFM_BACKBONE_CONV64F ? 3 : 8;
+        if (c.backbone == LWFM_BACKBONE_RESNET18) {
+            c.n_taps = 2;
+            c.hyperpixel_ids[0] = 7;
+            c.hyperpixel_ids[1] = 8;
+        }
+    }
+    if ((st = opt_int(ar, "config/first_padding", 0, 16, &c.first_padding))) return st;
+    if ((st = opt_int(ar, "config/feature_size", 0, 64, &c.feature_size))) return st;
+    if ((st = opt_float(ar, "config/temperature", 1e-6, 1e6, &c.temperature))) return st;
+    if ((st = opt_float(ar, "config/temperature_attn", 1e-6, 1e6, &c.temperature_attn))) return st;
+    if ((st = opt_float(ar, "config/matcher_prob", 0.0, 1e6, &c.matcher_prob))) return st;
+    if ((st = opt_int(ar, "config/learnable_matcher", 0, 1, &c.learnable_matcher))) return st;
+    if ((st = opt_int(ar, "config/top_k", 1, 4096, &c.top_k))) return st;
+    if ((st = opt_int(ar, "config/neighbor_k", 1, 4096, &c.neighbor_k))) return st;
+    if ((st = opt_int(ar, "config/image_size", 8, 4096, &c.image_size))) return st;
+    if ((st = opt_int(ar, "config/resize", 0, 8192, &c.resize))) return st;
+    if ((st = read_norm(ar, "config/mean", c.mean, &c.n_norm, 0))) return st;
+    int n_std = c.n_norm;
+    if ((st = read_norm(ar, "config/std", c.std, &n_std, 1))) return st;
+    if (n_std != c.n_norm)
+        return lwfm__error(LWFM_ERR_FORMAT, "config 'config/mean' and 'config/std' differ in length");
+    if (c.resize != 0 && c.resize < c.image_size)
+        return lwfm__error(LWFM_ERR_FORMAT, "config 'config/resize' (%d) is smaller than "
+                           "'config/image_size' (%d)", c.resize, c.image_size);
+    if (c.feature_size == 0 && c.method == LWFM_METHOD_LWFM_SPM)
+        return lwfm__error(LWFM_ERR_FORMAT, "lwfm-spm needs config 'config/feature_size' >= 1");
+
+    /* Input channels come from the first convolution's weight. */
+    char key[160];
+    snprintf(key, sizeof key, "%s%s", lwfm__backbone_prefix(&c),
+             c.backbone == LWFM_BACKBONE_RESNET18 ? "initial_block.conv1.weight"
+             : c.backbone == LWFM_BACKBONE_CONV64F ? "features.0.weight"
+                                                   : "layer1.0.conv1.weight");
+    const lwfm__tensor *first = lwfm__archive_find(ar, key);
+    if (!first) return lwfm__error(LWFM_ERR_MISSING_KEY, "missing tensor '%s'", key);
+    if (first->ndim != 4 || first->shape[1] < 1 || first->shape[1] > 4)
+        return lwfm__error(LWFM_ERR_SHAPE, "tensor '%s' must be (out, 1..4, kh, kw)", key);
+    c.input_channels = (int)first->shape[1];
+    if (c.n_norm != 1 && c.n_norm != c.input_channels)
+        return lwfm__error(LWFM_ERR_FORMAT, "config 'config/mean' has %d entries for a %d-channel "
+                           "model", c.n_norm, c.input_channels);
+    *out = c;
+    return LWFM_OK;
+}
+
+/* Append formatted text; tracks the full length even past cap. */
+static void put(char *buf, size_t cap, size_t *len, const char *fmt, ...) LWFM_PRINTF(4, 5);
+static void put(char *buf, size_t cap, size_t *len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char *dst = *len < cap ? buf + *len : NULL;
+    int n = vsnprintf(dst, dst ? cap - *len : 0, fmt, ap);
+    va_end(ap);
+    if (n > 0) *len += (size_t)n;
+}
+
+static void put_list(char *buf, size_t cap, size_t *len, const char *name, const double *v, int n) {
+    put(buf, cap, len, ", \"%s\": [", name);
+    for (int i = 0; i < n; i++) put(buf, cap, len, "%s%.9g", i ? ", " : "", v[i]);
+    put(buf, cap, len, "]");
+}
+
+size_t lwfm__config_json(const lwfm__config *c, char *buf, size_t cap) {
+    size_t len = 0;
+    put(buf, cap, &len, "{\"format_version\": %d, \"method\": \"%s\", \"backbone\": \"%s\"",
+        c->format_version, lwfm__method_name(c->method), lwfm__backbone_name(c->backbone));
+    put(buf, cap, &len, ", \"input_channels\": %d", c->input_channels);
+    if (c->backbone == LWFM_BACKBONE_RESNET18)
+        put(buf, cap, &len, ", \"first_padding\": %d", c->first_padding);
+    put(buf, cap, &len, ", \"hyperpixel_ids\": [");
+    for (int i = 0; i < c->n_taps; i++) put(buf, cap, &len, "%s%d", i ? ", " : "", c->hyperpixel_ids[i]);
+    put(buf, cap, &len, "], \"feature_size\": %d", c->feature_size);
+    if (c->method == LWFM_METHOD_LWFM_SPM)
+        put(buf, cap, &len,
+            ", \"temperature\": %.9g, \"temperature_attn\": %.9g, \"matcher_prob\": %.9g, "
+            "\"learnable_matcher\": %s, \"top_k\": %d",
+            c->temperature, c->temperature_attn, c->matcher_prob,
+            c->learnable_matcher ? "true" : "false", c->top_k);
+    if (c->method == LWFM_METHOD_DN4 || c->method == LWFM_METHOD_MML)
+        put(buf, cap, &len, ", \"neighbor_k\": %d", c->neighbor_k);
+    put(buf, cap, &len, ", \"image_size\": %d, \"resize\": %d", c->image_size, c->resize);
+    put_list(buf, cap, &len, "mean", c->mean, c->n_norm);
+    put_list(buf, cap, &len, "std", c->std, c->n_norm);
+    put(buf, cap, &len, "}");
+    if (cap > 0 && len >= cap) buf[cap - 1] = '\0';
+    return len;
+}

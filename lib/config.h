@@ -1,0 +1,58 @@
+/* Model configuration: read from the "config/..." arrays of a weight file
+ * (docs/weight-format.md), validated, and rendered as JSON. */
+#ifndef LWFM_CONFIG_H
+#define LWFM_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "io/npz.h"
+#include "lwfm/lwfm.h"
+
+#define LWFM_MAX_TAPS 16
+#define LWFM_FORMAT_VERSION 1
+
+typedef enum lwfm__backbone_kind {
+    LWFM_BACKBONE_RESNET18 = 0,
+    LWFM_BACKBONE_CONV64F = 1,
+    LWFM_BACKBONE_RESNET12 = 2
+} lwfm__backbone_kind;
+
+typedef struct lwfm__config {
+    int format_version;
+    lwfm_method method;
+    lwfm__backbone_kind backbone;
+    int input_channels;              /* from the first conv weight (1 or 3) */
+    int first_padding;               /* resnet18 stem padding */
+    int n_taps;
+    int hyperpixel_ids[LWFM_MAX_TAPS];
+    int feature_size;                /* 0: taps kept at native size */
+    double temperature;
+    double temperature_attn;
+    double matcher_prob;
+    int learnable_matcher;
+    int top_k;
+    int neighbor_k;                  /* dn4 / mml */
+    int image_size;
+    int resize;
+    int n_norm;                      /* entries in mean/std: 1 or 3 */
+    double mean[3];
+    double std[3];
+} lwfm__config;
+
+const char *lwfm__method_name(lwfm_method m);
+const char *lwfm__backbone_name(lwfm__backbone_kind b);
+
+/* Parse and validate the configuration; every violated rule gives a status
+ * and a message naming the key. */
+lwfm_status lwfm__config_read(lwfm__config *cfg, const lwfm__archive *ar);
+
+/* Key prefix of the backbone's tensors for this method
+ * ("feature_extractor." for lwfm-spm, "" for dn4/mml). */
+const char *lwfm__backbone_prefix(const lwfm__config *cfg);
+
+/* JSON rendering; returns the length needed (without NUL), writes at most
+ * cap bytes (always NUL-terminated when cap > 0). */
+size_t lwfm__config_json(const lwfm__config *cfg, char *buf, size_t cap);
+
+#endif

@@ -1,0 +1,43 @@
+/* Aligned allocation and checked arithmetic helpers. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+
+void *lwfm__alloc(size_t bytes) {
+    size_t rounded;
+    if (lwfm__add_size(bytes, 63, &rounded)) return NULL;
+    rounded &= ~(size_t)63;
+    if (rounded == 0) rounded = 64;
+    return aligned_alloc(64, rounded);
+}
+
+void *lwfm__calloc(size_t count, size_t size) {
+    size_t bytes;
+    if (lwfm__mul_size(count, size, &bytes)) return NULL;
+    void *p = lwfm__alloc(bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+void lwfm__free(void *p) { free(p); }
+
+int lwfm__numel(const int64_t *dims, int n, size_t *out) {
+    size_t total = 1;
+    for (int i = 0; i < n; i++) {
+        if (dims[i] < 0) return 1;
+        if ((uint64_t)dims[i] > SIZE_MAX) return 1;
+        if (lwfm__mul_size(total, (size_t)dims[i], &total)) return 1;
+    }
+    *out = total;
+    return 0;
+}
+
+int lwfm__all_finite(const float *x, size_t n) {
+    /* Branch-free accumulation so the loop vectorises. x*0 is 0 for finite x
+     * and NaN for NaN/Inf. */
+    float acc = 0.0f;
+    for (size_t i = 0; i < n; i++) acc += x[i] * 0.0f;
+    return acc == 0.0f;
+}

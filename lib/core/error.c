@@ -1,0 +1,88 @@
+/* Per-thread error details, status strings, logging, versions. */
+#include <stdio.h>
+#include <string.h>
+
+#include "core.h"
+
+#define LWFM_ERROR_CAP 1024
+
+static _Thread_local char tls_error[LWFM_ERROR_CAP];
+
+static lwfm_log_fn g_log_fn = NULL;
+static void *g_log_user = NULL;
+static lwfm_log_level g_log_min = LWFM_LOG_WARN;
+
+LWFM_API const char *lwfm_version(void) { return LWFM_VERSION_STRING; }
+
+LWFM_API int lwfm_version_number(void) {
+    return LWFM_VERSION_MAJOR * 10000 + LWFM_VERSION_MINOR * 100 + LWFM_VERSION_PATCH;
+}
+
+LWFM_API const char *lwfm_status_string(lwfm_status status) {
+    switch (status) {
+    case LWFM_OK: return "ok";
+    case LWFM_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case LWFM_ERR_OUT_OF_MEMORY: return "out of memory";
+    case LWFM_ERR_IO: return "input/output error";
+    case LWFM_ERR_FORMAT: return "malformed weight file";
+    case LWFM_ERR_MISSING_KEY: return "missing tensor in weight file";
+    case LWFM_ERR_SHAPE: return "wrong shape";
+    case LWFM_ERR_DTYPE: return "unsupported dtype";
+    case LWFM_ERR_LIMIT: return "resource limit exceeded";
+    case LWFM_ERR_UNSUPPORTED: return "unsupported configuration";
+    case LWFM_ERR_WRONG_KIND: return "call does not apply to this model's method";
+    case LWFM_ERR_NONFINITE: return "non-finite value in input";
+    case LWFM_ERR_BUFFER_TOO_SMALL: return "output buffer too small";
+    case LWFM_ERR_BACKEND: return "oneDNN backend error";
+    case LWFM_ERR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+LWFM_API const char *lwfm_last_error(void) { return tls_error; }
+
+void lwfm__error_clear(void) { tls_error[0] = '\0'; }
+
+lwfm_status lwfm__error(lwfm_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tls_error, sizeof tls_error, fmt, ap);
+    va_end(ap);
+    lwfm__log(LWFM_LOG_DEBUG, "error %d (%s): %s", (int)status, lwfm_status_string(status),
+              tls_error);
+    return status;
+}
+
+lwfm_status lwfm__error_prefix(lwfm_status status, const char *fmt, ...) {
+    char prefix[256];
+    char old[LWFM_ERROR_CAP - 300]; /* keeps prefix + old within the buffer */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    size_t keep = strnlen(tls_error, sizeof old - 1);
+    memcpy(old, tls_error, keep);
+    old[keep] = '\0';
+    if (old[0])
+        snprintf(tls_error, sizeof tls_error, "%s: %s", prefix, old);
+    else
+        snprintf(tls_error, sizeof tls_error, "%s: %s", prefix, lwfm_status_string(status));
+    return status;
+}
+
+LWFM_API void lwfm_set_log_callback(lwfm_log_fn fn, void *user_data, lwfm_log_level min_level) {
+    g_log_fn = fn;
+    g_log_user = user_data;
+    g_log_min = min_level;
+}
+
+void lwfm__log(lwfm_log_level level, const char *fmt, ...) {
+    lwfm_log_fn fn = g_log_fn;
+    if (!fn || level < g_log_min) return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fn(level, msg, g_log_user);
+}

@@ -1,0 +1,48 @@
+"""Shared fixtures: reference models exported to weight files."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+for sub in ("bindings/python", "tools"):
+    p = str(ROOT / sub)
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import lwfm_ref  # noqa: E402
+from lwfm.weights import save_weights  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+DN4_DIR = SHARED / "checkpoints" / "dn4"
+
+torch.set_num_threads(2)
+
+
+def rel_err(got, expect):
+    """max |got - expect| / max |expect| (the project's parity measure)."""
+    got, expect = np.asarray(got, np.float64), np.asarray(expect, np.float64)
+    return float(np.abs(got - expect).max() / max(np.abs(expect).max(), 1e-30))
+
+
+def export(tmp_path, config, seed=0, name="model.npz"):
+    """Reference LWFMSPM(config) with random weights and BatchNorm statistics,
+    written as a weight file. Returns (path, model in eval mode)."""
+    torch.manual_seed(seed)
+    model = lwfm_ref.LWFMSPM(config).eval()
+    lwfm_ref.randomize_bn(model, seed=seed + 1)
+    path = tmp_path / name
+    save_weights(path, {k: v.detach().numpy() for k, v in model.state_dict().items()},
+                 model.config)
+    return path, model
+
+
+@pytest.fixture
+def lib():
+    import lwfm
+    if not os.environ.get("LWFM_LIBRARY"):
+        pytest.skip("LWFM_LIBRARY is not set (run through 'make test')")
+    return lwfm
