@@ -59,8 +59,7 @@ def main():
     cases = [
         ("resnet18", "ResNet-18 taps [7, 8], fs 3 (LWFM-SPM default)",
          lwfm_ref.make_config()),
-        ("conv64f", "Conv-64F, native 21x21 (DN4)",
-         dict(lwfm_ref.make_config(backbone="conv64f", hyperpixel_ids=[3], feature_size=0))),
+        ("conv64f", "Conv-64F, native 21x21 (DN4)", dict(lwfm_ref.DN4_CONFIG)),
     ]
     print(f"libLWFM {lwfm.library_version()} vs PyTorch {torch.__version__}, "
           f"{args.threads} threads, batch {args.batch} x 3 x {args.size} x {args.size}, "
@@ -72,9 +71,12 @@ def main():
     for name, label, cfg in cases:
         if args.only and name != args.only:
             continue
-        model = lwfm_ref.LWFMSPM(cfg).eval()
+        if cfg["method"] == "lwfm-spm":
+            model = lwfm_ref.LWFMSPM(cfg).eval()
+            ref = model.feature_extractor
+        else:  # a peer method's file holds the bare backbone
+            model = ref = lwfm_ref.build_backbone(cfg).eval()
         lwfm_ref.randomize_bn(model, seed=1)
-        ref = model.feature_extractor
         macs = count_macs(ref, args.size, torch)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.npz")

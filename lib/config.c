@@ -155,8 +155,9 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     if (c.resize != 0 && c.resize < c.image_size)
         return lwfm__error(LWFM_ERR_FORMAT, "config 'config/resize' (%d) is smaller than "
                            "'config/image_size' (%d)", c.resize, c.image_size);
-    if (c.feature_size == 0 && c.method == LWFM_METHOD_LWFM_SPM)
-        return lwfm__error(LWFM_ERR_FORMAT, "lwfm-spm needs config 'config/feature_size' >= 1");
+    if (c.feature_size < 2 && c.method == LWFM_METHOD_LWFM_SPM)
+        return lwfm__error(LWFM_ERR_FORMAT, "lwfm-spm needs config 'config/feature_size' >= 2 "
+                           "(its attention normalises over the fs*fs positions)");
 
     /* Input channels come from the first convolution's weight. */
     char key[160];

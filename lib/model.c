@@ -1,31 +1,14 @@
 /* Model loading, configuration access and the backbone handle. */
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "backbone/net.h"
-#include "config.h"
 #include "core/core.h"
 #include "io/npz.h"
+#include "model.h"
 
 struct lwfm_load_options {
     lwfm_precision precision;
     lwfm__npz_limits limits;
-};
-
-/* A pool of backbone contexts lets the thread-safe model-level calls reuse
- * primitives and buffers without a context per call. */
-#define LWFM_POOL_MAX 16
-
-struct lwfm_model {
-    atomic_int refs;
-    lwfm__config cfg;
-    lwfm__net *net;
-    lwfm_precision precision;
-    pthread_mutex_t pool_lock;
-    lwfm__net_ctx *pool[LWFM_POOL_MAX];
-    int pool_n;
 };
 
 struct lwfm_backbone {
@@ -73,11 +56,15 @@ LWFM_API lwfm_status lwfm_load_options_set_max_total_bytes(lwfm_load_options *op
 static void model_free(lwfm_model *m) {
     for (int i = 0; i < m->pool_n; i++) lwfm__net_ctx_free(m->pool[i]);
     lwfm__net_free(m->net);
+    lwfm__matcher_free(&m->matcher);
+    if (m->engine) dnnl_engine_destroy(m->engine);
     pthread_mutex_destroy(&m->pool_lock);
     free(m);
 }
 
-static void model_release(lwfm_model *m) {
+void lwfm__model_retain(lwfm_model *m) { atomic_fetch_add(&m->refs, 1); }
+
+void lwfm__model_release(lwfm_model *m) {
     if (m && atomic_fetch_sub(&m->refs, 1) == 1) model_free(m);
 }
 
@@ -91,6 +78,32 @@ static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
     m->precision = opts ? opts->precision : LWFM_PRECISION_FP32;
     if ((st = lwfm__config_read(&m->cfg, ar))) goto fail;
     if ((st = lwfm__net_build(&m->net, &m->cfg, ar, m->precision))) goto fail;
+    if (dnnl_engine_create(&m->engine, dnnl_cpu, 0) != dnnl_success) {
+        st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: engine create failed");
+        goto fail;
+    }
+    /* Tapped layers: channel slices of the concatenated feature map. */
+    int64_t C, fh, fw;
+    if ((st = lwfm__net_out_shape(m->net, m->cfg.image_size, m->cfg.image_size, &C, &fh, &fw)))
+        goto fail;
+    m->layers.n = m->cfg.n_taps;
+    m->layers.C = (int)C;
+    m->layers.P = (int)(fh * fw);
+    for (int l = 0, off = 0; l < m->cfg.n_taps; l++) {
+        m->layers.off[l] = off;
+        m->layers.dim[l] = lwfm__net_tap_channels(m->net, l);
+        off += m->layers.dim[l];
+    }
+    if (m->cfg.method == LWFM_METHOD_LWFM_SPM && m->cfg.matcher_prob > 0) {
+        if (m->cfg.top_k > m->layers.P) {
+            st = lwfm__error(LWFM_ERR_FORMAT, "config top_k = %d exceeds the %d positions of a "
+                             "%dx%d feature map", m->cfg.top_k, m->layers.P, m->cfg.feature_size,
+                             m->cfg.feature_size);
+            goto fail;
+        }
+        if ((st = lwfm__matcher_load(&m->matcher, ar, &m->layers, m->cfg.learnable_matcher)))
+            goto fail;
+    }
     *out = m;
     return LWFM_OK;
 fail:
@@ -128,7 +141,7 @@ LWFM_API lwfm_status lwfm_model_load_from_memory(lwfm_model **out, const void *d
     return LWFM_OK;
 }
 
-LWFM_API void lwfm_model_destroy(lwfm_model *model) { model_release(model); }
+LWFM_API void lwfm_model_destroy(lwfm_model *model) { lwfm__model_release(model); }
 
 LWFM_API lwfm_method lwfm_model_method(const lwfm_model *model) { return model->cfg.method; }
 
@@ -170,31 +183,43 @@ LWFM_API lwfm_status lwfm_model_feature_shape(const lwfm_model *model, int64_t h
     return LWFM_OK;
 }
 
-/* Validate a forward call's arguments; returns the number of output floats. */
+lwfm_status lwfm__check_images(const lwfm_model *m, const char *what, const float *images,
+                               int64_t n, int64_t channels, int64_t height, int64_t width,
+                               int64_t *C, int64_t *fh, int64_t *fw) {
+    if (!images) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s is NULL", what);
+    if (n <= 0)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s: image count must be > 0, got %lld",
+                           what, (long long)n);
+    if (channels != m->cfg.input_channels)
+        return lwfm__error(LWFM_ERR_SHAPE, "%s: model takes %d-channel images, got %lld channels",
+                           what, m->cfg.input_channels, (long long)channels);
+    lwfm_status st = lwfm__net_out_shape(m->net, height, width, C, fh, fw);
+    if (st) return st;
+    size_t in_n;
+    int64_t in_dims[4] = {n, channels, height, width};
+    if (lwfm__numel(in_dims, 4, &in_n) || in_n > ((size_t)1 << 40))
+        return lwfm__error(LWFM_ERR_LIMIT, "%s: batch of %lld images is too large", what,
+                           (long long)n);
+    if (!lwfm__all_finite(images, in_n))
+        return lwfm__error(LWFM_ERR_NONFINITE, "%s contain NaN or infinite values", what);
+    return LWFM_OK;
+}
+
+/* Validate a forward call's arguments including the output capacity. */
 static lwfm_status check_forward(const lwfm_model *m, const float *images, int64_t n,
                                  int64_t channels, int64_t height, int64_t width,
                                  const float *features, size_t capacity) {
-    if (!images || !features)
-        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "images or features is NULL");
-    if (n <= 0) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "image count must be > 0, got %lld",
-                                   (long long)n);
-    if (channels != m->cfg.input_channels)
-        return lwfm__error(LWFM_ERR_SHAPE, "model takes %d-channel images, got %lld channels",
-                           m->cfg.input_channels, (long long)channels);
+    if (!features) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "features is NULL");
     int64_t c, fh, fw;
-    lwfm_status st = lwfm__net_out_shape(m->net, height, width, &c, &fh, &fw);
+    lwfm_status st = lwfm__check_images(m, "images", images, n, channels, height, width, &c, &fh,
+                                        &fw);
     if (st) return st;
-    size_t in_n, out_n;
-    int64_t in_dims[4] = {n, channels, height, width}, out_dims[4] = {n, c, fh, fw};
-    if (lwfm__numel(in_dims, 4, &in_n) || lwfm__numel(out_dims, 4, &out_n) ||
-        in_n > ((size_t)1 << 40))
-        return lwfm__error(LWFM_ERR_LIMIT, "batch of %lld images is too large", (long long)n);
-    if (capacity < out_n)
+    size_t out_n;
+    int64_t out_dims[4] = {n, c, fh, fw};
+    if (lwfm__numel(out_dims, 4, &out_n) || capacity < out_n)
         return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
-                           "features buffer holds %zu floats, %lld x %lld x %lld x %lld = %zu needed",
-                           capacity, (long long)n, (long long)c, (long long)fh, (long long)fw, out_n);
-    if (!lwfm__all_finite(images, in_n))
-        return lwfm__error(LWFM_ERR_NONFINITE, "input images contain NaN or infinite values");
+                           "features buffer holds %zu floats, %lld x %lld x %lld x %lld needed",
+                           capacity, (long long)n, (long long)c, (long long)fh, (long long)fw);
     return LWFM_OK;
 }
 
@@ -208,7 +233,7 @@ LWFM_API lwfm_status lwfm_backbone_create(lwfm_backbone **out, lwfm_model *model
         free(b);
         return st;
     }
-    atomic_fetch_add(&model->refs, 1);
+    lwfm__model_retain(model);
     b->model = model;
     *out = b;
     return LWFM_OK;
@@ -217,7 +242,7 @@ LWFM_API lwfm_status lwfm_backbone_create(lwfm_backbone **out, lwfm_model *model
 LWFM_API void lwfm_backbone_destroy(lwfm_backbone *backbone) {
     if (!backbone) return;
     lwfm__net_ctx_free(backbone->ctx);
-    model_release(backbone->model);
+    lwfm__model_release(backbone->model);
     free(backbone);
 }
 
@@ -254,6 +279,18 @@ static void pool_give(lwfm_model *m, lwfm__net_ctx *ctx) {
     lwfm__net_ctx_free(ctx);
 }
 
+lwfm_status lwfm__model_forward(const lwfm_model *model, const float *images, int64_t n, int64_t h,
+                                int64_t w, float *out) {
+    /* The pool is mutable scratch behind an immutable model. */
+    lwfm_model *m = (lwfm_model *)model;
+    lwfm__net_ctx *ctx;
+    lwfm_status st = pool_take(m, &ctx);
+    if (st) return st;
+    st = lwfm__net_forward(ctx, images, n, h, w, out);
+    pool_give(m, ctx);
+    return st;
+}
+
 LWFM_API lwfm_status lwfm_model_features(const lwfm_model *model, const float *images, int64_t n,
                                          int64_t channels, int64_t height, int64_t width,
                                          float *features, size_t capacity) {
@@ -261,11 +298,5 @@ LWFM_API lwfm_status lwfm_model_features(const lwfm_model *model, const float *i
     if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
     lwfm_status st = check_forward(model, images, n, channels, height, width, features, capacity);
     if (st) return st;
-    /* The pool is mutable scratch behind an immutable model. */
-    lwfm_model *m = (lwfm_model *)model;
-    lwfm__net_ctx *ctx;
-    if ((st = pool_take(m, &ctx))) return st;
-    st = lwfm__net_forward(ctx, images, n, height, width, features);
-    pool_give(m, ctx);
-    return st;
+    return lwfm__model_forward(model, images, n, height, width, features);
 }

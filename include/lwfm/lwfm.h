@@ -108,6 +108,7 @@ typedef enum lwfm_log_level {
 typedef struct lwfm_model lwfm_model;               /**< immutable loaded model */
 typedef struct lwfm_backbone lwfm_backbone;         /**< per-thread feature extractor */
 typedef struct lwfm_load_options lwfm_load_options; /**< options for lwfm_model_load() */
+typedef struct lwfm_support lwfm_support;           /**< prepared support set */
 
 /* ------------------------------------------------------------------------- */
 /** @name Library information and errors
@@ -239,6 +240,100 @@ LWFM_API void lwfm_backbone_destroy(lwfm_backbone *backbone);
 LWFM_API lwfm_status lwfm_backbone_forward(lwfm_backbone *backbone, const float *images, int64_t n,
                                            int64_t channels, int64_t height, int64_t width,
                                            float *features, size_t capacity);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @name Episodes
+ *
+ *  An episode: `n_support` labelled support images of `way` classes and
+ *  `n_query` query images; the result is logits (n_query, way) float32,
+ *  row-major; the predicted class of a query is the argmax of its row.
+ *  Labels are int32 in 0..way-1, in any order; every class needs at least
+ *  one support image and classes may have different numbers of them (class
+ *  means are taken over each class's own supports). Images are NCHW float32,
+ *  normalised as the model's configuration says; support and query images
+ *  may differ in size. Errors leave `logits` untouched.
+ *  @{ */
+
+/** Score one episode from images: backbone, LWE fuser and SPM matcher.
+ *  `capacity` is the number of floats `logits` holds (>= n_query * way).
+ *  Thread-safe. */
+LWFM_API lwfm_status lwfm_episode_score(const lwfm_model *model, const float *support,
+                                        int64_t n_support, const int32_t *support_labels,
+                                        const float *query, int64_t n_query, int64_t channels,
+                                        int64_t height, int64_t width, int64_t way, float *logits,
+                                        size_t capacity);
+
+/** Score one episode from feature maps as lwfm_model_features() produces
+ *  them: (n, channels, fh, fw) float32 with the model's feature shape.
+ *  Thread-safe. */
+LWFM_API lwfm_status lwfm_episode_score_features(const lwfm_model *model,
+                                                 const float *support_features, int64_t n_support,
+                                                 const int32_t *support_labels,
+                                                 const float *query_features, int64_t n_query,
+                                                 int64_t channels, int64_t fh, int64_t fw,
+                                                 int64_t way, float *logits, size_t capacity);
+
+/** Prepare a support set once (backbone and every support-side step of the
+ *  metric) to score any number of query batches with lwfm_support_score().
+ *  Takes a reference on the model; the images and labels are copied as
+ *  needed and not referenced after the call. Destroy with
+ *  lwfm_support_destroy(). */
+LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
+                                          const float *support, int64_t n_support,
+                                          const int32_t *support_labels, int64_t channels,
+                                          int64_t height, int64_t width, int64_t way);
+
+/** Same as lwfm_support_prepare() from support feature maps. */
+LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_model *model,
+                                                   const float *support_features, int64_t n_support,
+                                                   const int32_t *support_labels, int64_t channels,
+                                                   int64_t fh, int64_t fw, int64_t way);
+
+/** Destroy a prepared support set. NULL is accepted. Must not race with
+ *  lwfm_support_score() on the same set. */
+LWFM_API void lwfm_support_destroy(lwfm_support *support);
+
+/** Number of classes of a prepared support set (0 for NULL). */
+LWFM_API int64_t lwfm_support_way(const lwfm_support *support);
+
+/** Number of support images of a prepared support set (0 for NULL). */
+LWFM_API int64_t lwfm_support_count(const lwfm_support *support);
+
+/** Logits (n_query, way) of query images against a prepared support set.
+ *  Thread-safe: any number of threads may score against one support set at
+ *  once (each call has its own scratch). */
+LWFM_API lwfm_status lwfm_support_score(const lwfm_support *support, const float *query,
+                                        int64_t n_query, int64_t channels, int64_t height,
+                                        int64_t width, float *logits, size_t capacity);
+
+/** Same as lwfm_support_score() from query feature maps. Thread-safe. */
+LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
+                                                 const float *query_features, int64_t n_query,
+                                                 int64_t channels, int64_t fh, int64_t fw,
+                                                 float *logits, size_t capacity);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @name Assignment solver
+ *  @{ */
+
+/** Exact minimum-cost perfect assignment (linear sum assignment) of the
+ *  `n` x `n` row-major cost matrix `cost`, the problem the SPM matcher solves
+ *  per pair: `assignment[i]` receives the column given to row i (a
+ *  permutation of 0..n-1) and `*total_cost` (may be NULL) the sum of the
+ *  chosen costs, accumulated in row order. Shortest augmenting paths
+ *  (Hungarian / Jonker-Volgenant), O(n^3) in the worst case, deterministic;
+ *  exact for integer costs of magnitude up to 2^53 / (8 n), otherwise optimal
+ *  up to rounding (about n * DBL_EPSILON * max|cost|). Fails with
+ *  LWFM_ERR_INVALID_ARGUMENT (NULL `cost` or `assignment`, n < 1),
+ *  LWFM_ERR_LIMIT (n > 4096), LWFM_ERR_NONFINITE (a NaN or infinite cost; the
+ *  message names its row and column) or LWFM_ERR_OUT_OF_MEMORY; outputs are
+ *  untouched on failure. Allocates O(n) scratch per call. Thread-safe. */
+LWFM_API lwfm_status lwfm_linear_assignment(const double *cost, int64_t n, int64_t *assignment,
+                                            double *total_cost);
 
 /** @} */
 

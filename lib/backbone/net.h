@@ -26,6 +26,7 @@ void lwfm__net_free(lwfm__net *net);
 lwfm_status lwfm__net_out_shape(const lwfm__net *net, int64_t h, int64_t w, int64_t *c,
                                 int64_t *fh, int64_t *fw);
 int lwfm__net_in_channels(const lwfm__net *net);
+int lwfm__net_tap_channels(const lwfm__net *net, int tap);
 
 lwfm_status lwfm__net_ctx_create(lwfm__net_ctx **out, const lwfm__net *net);
 void lwfm__net_ctx_free(lwfm__net_ctx *ctx);

@@ -18,7 +18,8 @@ import weakref
 
 import numpy as np
 
-__all__ = ["Error", "Model", "library_version", "LIBRARY_ENV"]
+__all__ = ["Error", "Model", "SupportSet", "library_version", "linear_assignment",
+           "LIBRARY_ENV"]
 
 LIBRARY_ENV = "LWFM_LIBRARY"
 _SONAME = "liblwfm.so.0"
@@ -69,6 +70,22 @@ def _declare(lib):
     fn("lwfm_model_feature_shape", st, _p, _i64, _i64, ctypes.POINTER(_i64),
        ctypes.POINTER(_i64), ctypes.POINTER(_i64))
     fn("lwfm_model_features", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
+    _i32p = ctypes.POINTER(ctypes.c_int32)
+    fn("lwfm_episode_score", st, _p, _fptr, _i64, _i32p, _fptr, _i64, _i64, _i64, _i64, _i64,
+       _fptr, _size)
+    fn("lwfm_episode_score_features", st, _p, _fptr, _i64, _i32p, _fptr, _i64, _i64, _i64, _i64,
+       _i64, _fptr, _size)
+    fn("lwfm_support_prepare", st, ctypes.POINTER(_p), _p, _fptr, _i64, _i32p, _i64, _i64, _i64,
+       _i64)
+    fn("lwfm_support_prepare_features", st, ctypes.POINTER(_p), _p, _fptr, _i64, _i32p, _i64,
+       _i64, _i64, _i64)
+    fn("lwfm_support_destroy", None, _p)
+    fn("lwfm_support_way", _i64, _p)
+    fn("lwfm_support_count", _i64, _p)
+    fn("lwfm_support_score", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
+    fn("lwfm_support_score_features", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
+    fn("lwfm_linear_assignment", st, ctypes.POINTER(ctypes.c_double), _i64,
+       ctypes.POINTER(_i64), ctypes.POINTER(ctypes.c_double))
 
 
 def _library():
@@ -112,6 +129,36 @@ def _as_images(images, name="images"):
 
 def _fp(arr):
     return arr.ctypes.data_as(_fptr)
+
+
+def _as_labels(labels, n):
+    """int32 C-contiguous labels, one per support item; way = max + 1."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or lab.shape[0] != n:
+        raise ValueError(f"support_labels must be a 1-D array of {n} labels, got shape "
+                         f"{lab.shape}")
+    if lab.size and not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"support_labels must be integers, got dtype {lab.dtype}")
+    lab = np.ascontiguousarray(lab, dtype=np.int32)
+    return lab, (int(lab.max()) + 1 if lab.size else 0)
+
+
+def _lp(arr):
+    return arr.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+
+
+def linear_assignment(cost):
+    """Exact minimum-cost assignment of a square cost matrix (libLWFM's
+    solver). Returns (assignment, total): assignment[i] is row i's column."""
+    c = np.ascontiguousarray(cost, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"cost must be a square matrix, got shape {c.shape}")
+    out = np.empty(c.shape[0], dtype=np.int64)
+    total = ctypes.c_double()
+    _check(_library().lwfm_linear_assignment(
+        c.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), c.shape[0],
+        out.ctypes.data_as(ctypes.POINTER(_i64)), ctypes.byref(total)))
+    return out, total.value
 
 
 class Model:
@@ -214,4 +261,99 @@ class Model:
         C, fh, fw = self.feature_shape(h, w)
         out = np.empty((n, C, fh, fw), dtype=np.float32)
         _check(_library().lwfm_model_features(self._h(), _fp(x), n, c, h, w, _fp(out), out.size))
+        return out
+
+    def episode_score(self, support, support_labels, query, way=None):
+        """Logits (n_query, way) float32 of one episode from images.
+
+        support: (n_s, channels, H, W) normalised images; support_labels:
+        n_s integers in 0..way-1 (any order, every class at least once);
+        query: (n_q, channels, H', W'). ``way`` defaults to max(label) + 1."""
+        s, q = _as_images(support, "support"), _as_images(query, "query")
+        lab, w = _as_labels(support_labels, s.shape[0])
+        way = w if way is None else int(way)
+        if q.shape[1] != s.shape[1] or q.shape[2:] != s.shape[2:]:
+            # different sizes are fine for the C API's two-call path
+            sup = self.prepare_support(s, lab, way)
+            try:
+                return sup.score(q)
+            finally:
+                sup.close()
+        out = np.empty((q.shape[0], way), dtype=np.float32)
+        _check(_library().lwfm_episode_score(self._h(), _fp(s), s.shape[0], _lp(lab), _fp(q),
+                                             q.shape[0], s.shape[1], s.shape[2], s.shape[3], way,
+                                             _fp(out), out.size))
+        return out
+
+    def score_features(self, support_feats, support_labels, query_feats, way=None):
+        """Logits (n_query, way) from feature maps as ``features()`` returns
+        them: (n, C, fs, fs) float32."""
+        s = _as_images(support_feats, "support_feats")
+        q = _as_images(query_feats, "query_feats")
+        lab, w = _as_labels(support_labels, s.shape[0])
+        way = w if way is None else int(way)
+        if q.shape[1:] != s.shape[1:]:
+            raise ValueError(f"support features {s.shape[1:]} and query features {q.shape[1:]} "
+                             "differ in shape")
+        out = np.empty((q.shape[0], way), dtype=np.float32)
+        _check(_library().lwfm_episode_score_features(
+            self._h(), _fp(s), s.shape[0], _lp(lab), _fp(q), q.shape[0], s.shape[1], s.shape[2],
+            s.shape[3], way, _fp(out), out.size))
+        return out
+
+    def prepare_support(self, support, support_labels, way=None, features=False):
+        """A :class:`SupportSet`: the support side done once, to score any
+        number of query batches. ``features=True`` takes feature maps
+        instead of images."""
+        return SupportSet(self, support, support_labels, way, features)
+
+
+class SupportSet:
+    """A prepared support set (see :meth:`Model.prepare_support`).
+
+    ``score(query)`` is thread-safe: many threads may score against one
+    SupportSet at once. Close with ``close()``, ``with``, or let it be
+    collected; it keeps its model alive."""
+
+    def __init__(self, model, support, support_labels, way=None, features=False):
+        lib = _library()
+        s = _as_images(support, "support")
+        lab, w = _as_labels(support_labels, s.shape[0])
+        self.way = w if way is None else int(way)
+        self.features = bool(features)
+        handle = _p()
+        fn = lib.lwfm_support_prepare_features if features else lib.lwfm_support_prepare
+        _check(fn(ctypes.byref(handle), model._h(), _fp(s), s.shape[0], _lp(lab), s.shape[1],
+                  s.shape[2], s.shape[3], self.way))
+        self._handle = handle
+        self._model = model  # keeps the Python object (and so its handle) alive
+        self._finalizer = weakref.finalize(self, lib.lwfm_support_destroy, handle)
+        self.shape = s.shape[1:]
+
+    def close(self):
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self):
+        return int(_library().lwfm_support_count(self._h()))
+
+    def _h(self):
+        if not self._finalizer.alive:
+            raise ValueError("operation on a closed lwfm.SupportSet")
+        return self._handle
+
+    def score(self, query):
+        """Logits (n_query, way) float32 of query images (or feature maps,
+        if the set was prepared from features)."""
+        q = _as_images(query, "query")
+        out = np.empty((q.shape[0], self.way), dtype=np.float32)
+        lib = _library()
+        fn = lib.lwfm_support_score_features if self.features else lib.lwfm_support_score
+        _check(fn(self._h(), _fp(q), q.shape[0], q.shape[1], q.shape[2], q.shape[3], _fp(out),
+                  out.size))
         return out

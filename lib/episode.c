@@ -1,0 +1,500 @@
+/* The episode pipeline: support preparation, query scoring, and the public
+ * episode / prepared-support / LWE / SPM calls (spec section 3).
+ *
+ * Work is split so that everything depending on one image only is done
+ * once per image (centring, unit vectors, the matcher MLP g_l), the layer
+ * correlations of all (support, query) pairs come from one GEMM per layer,
+ * and the per-pair steps (attention, assignment, matched cosines) run in
+ * parallel over queries. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "core/gemm.h"
+#include "model.h"
+#include "spm/assign.h"
+
+#define COS_EPS 1e-8
+/* Correlation matrices of one query chunk are kept below this many floats. */
+#define R_BUDGET_FLOATS ((size_t)16 << 20)
+
+/* Images after the per-image steps. */
+typedef struct side {
+    int64_t n;
+    float *X;  /* n x P x C: centred features, position-major */
+    float *U;  /* n x P x C: per-layer unit vectors */
+    float *G;  /* n x P x C: g_l(X) (SPM only) */
+    float *gn; /* n x P x L: |g_l| (SPM only) */
+} side;
+
+struct lwfm_support {
+    lwfm_model *model;
+    int64_t way;
+    int32_t *labels;
+    int64_t *count; /* supports per class */
+    side s;
+};
+
+static void side_free(side *s) {
+    lwfm__free(s->X);
+    lwfm__free(s->U);
+    lwfm__free(s->G);
+    lwfm__free(s->gn);
+    memset(s, 0, sizeof *s);
+}
+
+static int spm_on(const lwfm_model *m) { return m->cfg.matcher_prob > 0; }
+
+/* Per-image work for n feature maps (n x C x P). */
+static lwfm_status side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out) {
+    const lwfm__layers *ly = &m->layers;
+    const int64_t C = ly->C, P = ly->P, L = ly->n;
+    lwfm_status st = LWFM_OK;
+    dnnl_stream_t stream = NULL;
+    float *tmp = NULL;
+    side s = {.n = n};
+    size_t cells = (size_t)n * P * C;
+    s.X = lwfm__alloc(cells * sizeof(float));
+    s.U = lwfm__alloc(cells * sizeof(float));
+    if (!s.X || !s.U) goto oom;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        lwfm__lwe_prepare_image(ly, feats + i * C * P, s.X + i * P * C, s.U + i * P * C);
+    if (spm_on(m)) {
+        s.G = lwfm__alloc(cells * sizeof(float));
+        s.gn = lwfm__alloc((size_t)n * P * L * sizeof(float));
+        tmp = lwfm__alloc(lwfm__matcher_tmp_floats(&m->matcher, ly, n * P) * sizeof(float));
+        if (!s.G || !s.gn || !tmp) goto oom;
+        if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success) {
+            st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
+            goto done;
+        }
+        st = lwfm__matcher_apply(&m->matcher, ly, m->engine, stream, n * P, s.X, s.G, s.gn, tmp);
+    }
+    goto done;
+oom:
+    st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory preparing %lld images", (long long)n);
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    lwfm__free(tmp);
+    if (st) side_free(&s);
+    else *out = s;
+    return st;
+}
+
+/* Per-thread scratch of the pair loop. */
+typedef struct pair_scratch {
+    double *sacc;  /* way x C: sum over the class's supports of pooled attended support maps */
+    double *wqacc; /* way x L x P: sum over the class's supports of the query weights */
+    double *macc;  /* way: sum of SPM scores */
+    double *ws, *wq, *attn, *spm;
+    int *sigma;
+} pair_scratch;
+
+static size_t scratch_doubles(int64_t way, int C, int L, int P) {
+    return (size_t)way * C + (size_t)way * L * P + (size_t)way + 2 * (size_t)P +
+           2 * (size_t)P * P + lwfm__spm_work_doubles(P) + (size_t)P; /* + sigma (as doubles) */
+}
+
+static void scratch_bind(pair_scratch *ps, double *base, int64_t way, int C, int L, int P) {
+    ps->sacc = base;
+    ps->wqacc = ps->sacc + (size_t)way * C;
+    ps->macc = ps->wqacc + (size_t)way * L * P;
+    ps->ws = ps->macc + way;
+    ps->wq = ps->ws + P;
+    ps->attn = ps->wq + P;
+    ps->spm = ps->attn + 2 * (size_t)P * P;
+    ps->sigma = (int *)(ps->spm + lwfm__spm_work_doubles(P));
+}
+
+/* Logits of one query q (row of Q) against the prepared support set.
+ * R[l] holds the chunk's correlations of layer l: row j*P + a (support
+ * position), column qi*P + b (query position), leading dimension ldr. */
+static void score_query(const lwfm_model *m, const side *S, const int32_t *labels,
+                        const int64_t *count, int64_t way, const side *Q, int64_t q, int64_t qi,
+                        float *const *R, int64_t ldr, pair_scratch *ps, float *logits) {
+    const lwfm__layers *ly = &m->layers;
+    const int C = ly->C, P = ly->P, L = ly->n;
+    const lwfm__config *cfg = &m->cfg;
+    const int spm = spm_on(m);
+    const float *Xq = Q->X + q * P * C;
+    memset(ps->sacc, 0, sizeof(double) * ((size_t)way * C + (size_t)way * L * P + way));
+
+    for (int64_t j = 0; j < S->n; j++) {
+        const int c = labels[j];
+        const float *Xs = S->X + j * P * C;
+        double *sacc = ps->sacc + (size_t)c * C;
+        double best = -INFINITY;
+        for (int l = 0; l < L; l++) {
+            const float *Rp = R[l] + (j * P) * ldr + qi * P;
+            const int off = ly->off[l], d = ly->dim[l];
+            lwfm__lwe_attention(Rp, ldr, P, cfg->temperature_attn, ps->ws, ps->wq, ps->attn);
+            /* attended support map, pooled (sum over positions; / P later) */
+            for (int a = 0; a < P; a++) {
+                const double w = ps->ws[a];
+                const float *x = Xs + (int64_t)a * C + off;
+                double *acc = sacc + off;
+                for (int k = 0; k < d; k++) acc[k] += w * x[k];
+            }
+            double *wqa = ps->wqacc + ((size_t)c * L + l) * P;
+            for (int b = 0; b < P; b++) wqa[b] += ps->wq[b];
+            if (spm) {
+                const int64_t gs = j * P * C + off, gq = q * P * C + off;
+                double s = lwfm__spm_pair_score(Rp, ldr, P, S->G + gs, S->gn + j * P * L + l,
+                                                Q->G + gq, Q->gn + q * P * L + l, C, L, d,
+                                                cfg->top_k, ps->sigma, NULL, ps->spm);
+                s *= cfg->matcher_prob;
+                if (s > best) best = s;
+            }
+        }
+        if (spm) ps->macc[c] += best;
+    }
+
+    for (int64_t c = 0; c < way; c++) {
+        /* base = cos(pool(mean_j S'), pool(mean_j Q')) */
+        const double scale = 1.0 / ((double)P * count[c]);
+        const double *sacc = ps->sacc + (size_t)c * C;
+        double dot = 0.0, ns = 0.0, nq = 0.0;
+        for (int l = 0; l < L; l++) {
+            const double *wqa = ps->wqacc + ((size_t)c * L + l) * P;
+            for (int k = ly->off[l]; k < ly->off[l] + ly->dim[l]; k++) {
+                double qv = 0.0;
+                for (int b = 0; b < P; b++) qv += wqa[b] * Xq[(int64_t)b * C + k];
+                double sv = sacc[k] * scale;
+                qv *= scale;
+                dot += sv * qv;
+                ns += sv * sv;
+                nq += qv * qv;
+            }
+        }
+        double den = sqrt(ns) * sqrt(nq);
+        double base = dot / (den > COS_EPS ? den : COS_EPS);
+        double match = spm ? ps->macc[c] / (double)count[c] : 0.0;
+        logits[q * way + c] = (float)((base + match) / cfg->temperature);
+    }
+}
+
+/* Logits (Q->n x way) of prepared queries against a prepared support set. */
+static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t *labels,
+                               const int64_t *count, int64_t way, const side *Q, float *logits) {
+    const lwfm__layers *ly = &m->layers;
+    const int C = ly->C, P = ly->P, L = ly->n;
+    lwfm_status st = LWFM_OK;
+    dnnl_stream_t stream = NULL;
+    float *R[LWFM_MAX_TAPS] = {0};
+    double *scratch = NULL;
+    int threads = omp_get_max_threads();
+
+    /* queries per chunk so that the L correlation blocks stay bounded */
+    size_t per_query = (size_t)S->n * P * P * L;
+    int64_t chunk = (int64_t)(R_BUDGET_FLOATS / (per_query ? per_query : 1));
+    if (chunk < 1) chunk = 1;
+    if (chunk > Q->n) chunk = Q->n;
+    size_t sd = scratch_doubles(way, C, L, P);
+    scratch = lwfm__alloc(sd * sizeof(double) * (size_t)threads);
+    for (int l = 0; l < L; l++)
+        if (!(R[l] = lwfm__alloc((size_t)S->n * P * chunk * P * sizeof(float)))) scratch = NULL;
+    if (!scratch) {
+        st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",
+                         (long long)Q->n);
+        goto done;
+    }
+    if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success) {
+        st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
+        goto done;
+    }
+    for (int64_t q0 = 0; q0 < Q->n; q0 += chunk) {
+        int64_t nq = Q->n - q0 < chunk ? Q->n - q0 : chunk, ldr = nq * P;
+        for (int l = 0; l < L; l++)
+            if ((st = lwfm__gemm_abt(m->engine, stream, S->n * P, nq * P, ly->dim[l],
+                                     S->U + ly->off[l], C, Q->U + q0 * P * C + ly->off[l], C, R[l],
+                                     ldr, 0)))
+                goto done;
+#pragma omp parallel
+        {
+            pair_scratch ps;
+            scratch_bind(&ps, scratch + sd * (size_t)omp_get_thread_num(), way, C, L, P);
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t qi = 0; qi < nq; qi++)
+                score_query(m, S, labels, count, way, Q, q0 + qi, qi, R, ldr, &ps, logits);
+        }
+    }
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    for (int l = 0; l < L; l++) lwfm__free(R[l]);
+    lwfm__free(scratch);
+    return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Argument checks                                                          */
+
+static lwfm_status check_kind(const lwfm_model *m) {
+    if (m->cfg.method != LWFM_METHOD_LWFM_SPM)
+        return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                           "episode scoring for method '%s' is not available in this version",
+                           lwfm__method_name(m->cfg.method));
+    return LWFM_OK;
+}
+
+/* Labels: 0..way-1, every class present. Fills count (way entries). */
+static lwfm_status check_labels(const int32_t *labels, int64_t n, int64_t way, int64_t *count) {
+    if (!labels) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support_labels is NULL");
+    if (way < 2)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be >= 2, got %lld", (long long)way);
+    if (n < way)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
+                           "%lld support images cannot cover %lld classes", (long long)n,
+                           (long long)way);
+    memset(count, 0, sizeof(int64_t) * (size_t)way);
+    for (int64_t j = 0; j < n; j++) {
+        if (labels[j] < 0 || labels[j] >= way)
+            return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
+                               "support label %lld is %d; labels must be in 0..%lld", (long long)j,
+                               (int)labels[j], (long long)(way - 1));
+        count[labels[j]]++;
+    }
+    for (int64_t c = 0; c < way; c++)
+        if (count[c] == 0)
+            return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
+                               "class %lld has no support image (every class 0..%lld needs one)",
+                               (long long)c, (long long)(way - 1));
+    return LWFM_OK;
+}
+
+/* Feature maps given by the caller: shape must be the model's (C, fs, fs). */
+static lwfm_status check_features(const lwfm_model *m, const char *what, const float *f, int64_t n,
+                                  int64_t C, int64_t fh, int64_t fw) {
+    if (!f) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s is NULL", what);
+    if (n <= 0)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s: count must be > 0, got %lld", what,
+                           (long long)n);
+    if (C != m->layers.C || fh * fw != m->layers.P || fh != m->cfg.feature_size)
+        return lwfm__error(LWFM_ERR_SHAPE,
+                           "%s: model features are (%d, %d, %d), got (%lld, %lld, %lld)", what,
+                           m->layers.C, m->cfg.feature_size, m->cfg.feature_size, (long long)C,
+                           (long long)fh, (long long)fw);
+    size_t cells;
+    int64_t dims[2] = {n, C * fh * fw};
+    if (lwfm__numel(dims, 2, &cells) || cells > ((size_t)1 << 36))
+        return lwfm__error(LWFM_ERR_LIMIT, "%s: %lld feature maps is too many", what, (long long)n);
+    if (!lwfm__all_finite(f, cells))
+        return lwfm__error(LWFM_ERR_NONFINITE, "%s contain NaN or infinite values", what);
+    return LWFM_OK;
+}
+
+static lwfm_status check_logits(const float *logits, int64_t n_query, int64_t way,
+                                size_t capacity) {
+    if (!logits) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "logits is NULL");
+    if ((uint64_t)n_query * (uint64_t)way > capacity)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
+                           "logits buffer holds %zu floats, %lld x %lld needed", capacity,
+                           (long long)n_query, (long long)way);
+    return LWFM_OK;
+}
+
+/* Compute into a private buffer, then copy: the caller's output is only
+ * written on success. */
+static lwfm_status finish(lwfm_status st, float *tmp, float *logits, size_t n) {
+    if (!st) memcpy(logits, tmp, n * sizeof(float));
+    lwfm__free(tmp);
+    return st;
+}
+
+/* Backbone + per-image preparation of n images. */
+static lwfm_status images_to_side(const lwfm_model *m, const char *what, const float *images,
+                                  int64_t n, int64_t c, int64_t h, int64_t w, side *out) {
+    int64_t C, fh, fw;
+    lwfm_status st = lwfm__check_images(m, what, images, n, c, h, w, &C, &fh, &fw);
+    if (st) return st;
+    float *feats = lwfm__alloc((size_t)n * C * fh * fw * sizeof(float));
+    if (!feats) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for %s features", what);
+    st = lwfm__model_forward(m, images, n, h, w, feats);
+    if (!st) st = side_prepare(m, feats, n, out);
+    lwfm__free(feats);
+    return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Prepared support sets                                                    */
+
+static lwfm_status support_new(lwfm_model *m, const int32_t *labels, int64_t n, int64_t way,
+                               lwfm_support **out) {
+    lwfm_support *s = calloc(1, sizeof *s);
+    if (!s) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    s->labels = malloc(sizeof(int32_t) * (size_t)n);
+    s->count = malloc(sizeof(int64_t) * (size_t)way);
+    if (!s->labels || !s->count) {
+        free(s->labels);
+        free(s->count);
+        free(s);
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    memcpy(s->labels, labels, sizeof(int32_t) * (size_t)n);
+    s->way = way;
+    s->model = m;
+    *out = s;
+    return LWFM_OK;
+}
+
+LWFM_API void lwfm_support_destroy(lwfm_support *support) {
+    if (!support) return;
+    side_free(&support->s);
+    free(support->labels);
+    free(support->count);
+    if (support->model) lwfm__model_release(support->model);
+    free(support);
+}
+
+static lwfm_status support_finish(lwfm_support *s, lwfm_status st, lwfm_support **out) {
+    if (st) {
+        s->model = NULL; /* no reference taken yet */
+        lwfm_support_destroy(s);
+        return st;
+    }
+    lwfm__model_retain(s->model);
+    *out = s;
+    return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
+                                          const float *support, int64_t n_support,
+                                          const int32_t *support_labels, int64_t channels,
+                                          int64_t height, int64_t width, int64_t way) {
+    lwfm__error_clear();
+    if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
+    lwfm_status st = check_kind(model);
+    if (st) return st;
+    lwfm_support *s;
+    if (way < 2 || way > ((int64_t)1 << 24))
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be in 2..%d, got %lld", 1 << 24,
+                           (long long)way);
+    if (!support_labels) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support_labels is NULL");
+    if (n_support <= 0)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support: image count must be > 0");
+    if ((st = support_new(model, support_labels, n_support, way, &s))) return st;
+    st = check_labels(support_labels, n_support, way, s->count);
+    if (!st) st = images_to_side(model, "support images", support, n_support, channels, height,
+                                 width, &s->s);
+    return support_finish(s, st, out);
+}
+
+LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_model *model,
+                                                   const float *support_features, int64_t n_support,
+                                                   const int32_t *support_labels, int64_t channels,
+                                                   int64_t fh, int64_t fw, int64_t way) {
+    lwfm__error_clear();
+    if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
+    lwfm_status st = check_kind(model);
+    if (st) return st;
+    if ((st = check_features(model, "support features", support_features, n_support, channels, fh,
+                             fw)))
+        return st;
+    if (way < 2 || way > ((int64_t)1 << 24))
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be in 2..%d, got %lld", 1 << 24,
+                           (long long)way);
+    if (!support_labels) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support_labels is NULL");
+    lwfm_support *s;
+    if ((st = support_new(model, support_labels, n_support, way, &s))) return st;
+    st = check_labels(support_labels, n_support, way, s->count);
+    if (!st) st = side_prepare(model, support_features, n_support, &s->s);
+    return support_finish(s, st, out);
+}
+
+LWFM_API int64_t lwfm_support_way(const lwfm_support *support) {
+    return support ? support->way : 0;
+}
+
+LWFM_API int64_t lwfm_support_count(const lwfm_support *support) {
+    return support ? support->s.n : 0;
+}
+
+static lwfm_status score_with(const lwfm_support *sp, side *Q, float *logits, size_t capacity) {
+    size_t n = (size_t)Q->n * (size_t)sp->way;
+    float *tmp = lwfm__alloc(n * sizeof(float));
+    lwfm_status st = tmp ? score_sides(sp->model, &sp->s, sp->labels, sp->count, sp->way, Q, tmp)
+                         : lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    side_free(Q);
+    (void)capacity;
+    return finish(st, tmp, logits, n);
+}
+
+LWFM_API lwfm_status lwfm_support_score(const lwfm_support *support, const float *query,
+                                        int64_t n_query, int64_t channels, int64_t height,
+                                        int64_t width, float *logits, size_t capacity) {
+    lwfm__error_clear();
+    if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
+    lwfm_status st = check_logits(logits, n_query > 0 ? n_query : 0, support->way, capacity);
+    if (st) return st;
+    side Q;
+    if ((st = images_to_side(support->model, "query images", query, n_query, channels, height,
+                             width, &Q)))
+        return st;
+    return score_with(support, &Q, logits, capacity);
+}
+
+LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
+                                                 const float *query_features, int64_t n_query,
+                                                 int64_t channels, int64_t fh, int64_t fw,
+                                                 float *logits, size_t capacity) {
+    lwfm__error_clear();
+    if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
+    lwfm_status st = check_features(support->model, "query features", query_features, n_query,
+                                    channels, fh, fw);
+    if (!st) st = check_logits(logits, n_query, support->way, capacity);
+    if (st) return st;
+    side Q;
+    if ((st = side_prepare(support->model, query_features, n_query, &Q))) return st;
+    return score_with(support, &Q, logits, capacity);
+}
+
+/* ------------------------------------------------------------------------ */
+/* One-shot episodes                                                        */
+
+LWFM_API lwfm_status lwfm_episode_score(const lwfm_model *model, const float *support,
+                                        int64_t n_support, const int32_t *support_labels,
+                                        const float *query, int64_t n_query, int64_t channels,
+                                        int64_t height, int64_t width, int64_t way, float *logits,
+                                        size_t capacity) {
+    lwfm__error_clear();
+    if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
+    lwfm_status st;
+    int64_t C, fh, fw;
+    /* Check everything cheap before any backbone work. */
+    if ((st = check_logits(logits, n_query > 0 ? n_query : 0, way > 0 ? way : 0, capacity)) ||
+        (st = lwfm__check_images(model, "query images", query, n_query, channels, height, width,
+                                 &C, &fh, &fw)))
+        return st;
+    lwfm_support *s = NULL;
+    if ((st = lwfm_support_prepare(&s, (lwfm_model *)model, support, n_support, support_labels,
+                                   channels, height, width, way)))
+        return st;
+    st = lwfm_support_score(s, query, n_query, channels, height, width, logits, capacity);
+    lwfm_support_destroy(s);
+    return st;
+}
+
+LWFM_API lwfm_status lwfm_episode_score_features(const lwfm_model *model,
+                                                 const float *support_features, int64_t n_support,
+                                                 const int32_t *support_labels,
+                                                 const float *query_features, int64_t n_query,
+                                                 int64_t channels, int64_t fh, int64_t fw,
+                                                 int64_t way, float *logits, size_t capacity) {
+    lwfm__error_clear();
+    if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
+    lwfm_status st;
+    if ((st = check_kind(model)) ||
+        (st = check_features(model, "query features", query_features, n_query, channels, fh, fw)) ||
+        (st = check_logits(logits, n_query, way > 0 ? way : 0, capacity)))
+        return st;
+    lwfm_support *s = NULL;
+    if ((st = lwfm_support_prepare_features(&s, (lwfm_model *)model, support_features, n_support,
+                                            support_labels, channels, fh, fw, way)))
+        return st;
+    st = lwfm_support_score_features(s, query_features, n_query, channels, fh, fw, logits,
+                                     capacity);
+    lwfm_support_destroy(s);
+    return st;
+}

@@ -1,0 +1,70 @@
+/* LWE kernels (see lwe.h). */
+#include "lwe/lwe.h"
+
+#include <math.h>
+
+#define UNIT_EPS 1e-6 /* step 2: sqrt(sum of squares + 1e-6) */
+#define VAR_EPS 1e-5  /* step 3: (R - mean) / sqrt(var + 1e-5) */
+
+void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X, float *U) {
+    const int C = ly->C, P = ly->P;
+    for (int p = 0; p < P; p++) {
+        double mean = 0.0;
+        for (int c = 0; c < C; c++) mean += feat[(int64_t)c * P + p];
+        mean /= C;
+        float *x = X + (int64_t)p * C;
+        for (int c = 0; c < C; c++) x[c] = (float)(feat[(int64_t)c * P + p] - mean);
+        float *u = U + (int64_t)p * C;
+        for (int l = 0; l < ly->n; l++) {
+            const float *xs = x + ly->off[l];
+            double ss = 0.0;
+            for (int c = 0; c < ly->dim[l]; c++) ss += (double)xs[c] * xs[c];
+            float inv = (float)(1.0 / sqrt(ss + UNIT_EPS));
+            for (int c = 0; c < ly->dim[l]; c++) u[ly->off[l] + c] = xs[c] * inv;
+        }
+    }
+}
+
+/* In place: z-score along one axis of the P x P matrix m (unbiased
+ * variance), then softmax of z / t along the same axis. `stride_in` steps
+ * along the normalised axis, `stride_out` between the independent lines. */
+static void norm_softmax(double *m, int P, int stride_in, int stride_out, double t) {
+    for (int line = 0; line < P; line++) {
+        double *v = m + (int64_t)line * stride_out;
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < P; i++) mean += v[i * stride_in];
+        mean /= P;
+        for (int i = 0; i < P; i++) {
+            double d = v[i * stride_in] - mean;
+            var += d * d;
+        }
+        var /= P - 1; /* unbiased; P >= 2 is checked when the model loads */
+        double inv = 1.0 / sqrt(var + VAR_EPS), mx = -INFINITY;
+        for (int i = 0; i < P; i++) {
+            v[i * stride_in] = (v[i * stride_in] - mean) * inv / t;
+            if (v[i * stride_in] > mx) mx = v[i * stride_in];
+        }
+        double sum = 0.0;
+        for (int i = 0; i < P; i++) sum += (v[i * stride_in] = exp(v[i * stride_in] - mx));
+        for (int i = 0; i < P; i++) v[i * stride_in] /= sum;
+    }
+}
+
+void lwfm__lwe_attention(const float *R, int64_t ldr, int P, double t_attn, double *ws,
+                         double *wq, double *work) {
+    double *As = work, *Aq = work + (int64_t)P * P; /* both (a, b) row-major */
+    for (int a = 0; a < P; a++)
+        for (int b = 0; b < P; b++) As[a * P + b] = Aq[a * P + b] = R[a * ldr + b];
+    norm_softmax(As, P, P, 1, t_attn); /* along a, for each column b */
+    norm_softmax(Aq, P, 1, P, t_attn); /* along b, for each row a */
+    for (int a = 0; a < P; a++) {
+        double s = 0.0;
+        for (int b = 0; b < P; b++) s += As[a * P + b];
+        ws[a] = s;
+    }
+    for (int b = 0; b < P; b++) {
+        double s = 0.0;
+        for (int a = 0; a < P; a++) s += Aq[a * P + b];
+        wq[b] = s;
+    }
+}

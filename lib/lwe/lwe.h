@@ -1,0 +1,34 @@
+/* LWE: the layer-wise embedding fuser of LWFM-SPM (spec section 3, steps
+ * 1-6). Kernels over plain arrays; the episode pipeline (episode.c) and the
+ * public lwfm_lwe handle call them. Private to liblwfm. */
+#ifndef LWFM_LWE_H
+#define LWFM_LWE_H
+
+#include <stdint.h>
+
+#include "config.h"
+
+/* The tapped layers of a feature map: layer l owns channels
+ * [off[l], off[l] + dim[l]) of C; P positions per image. */
+typedef struct lwfm__layers {
+    int n;
+    int off[LWFM_MAX_TAPS];
+    int dim[LWFM_MAX_TAPS];
+    int C;
+    int P;
+} lwfm__layers;
+
+/* Steps 1-2 for one image. feat: (C, P) as the backbone writes it.
+ * X (P x C, position-major): centred features (channel mean per position
+ * subtracted). U (P x C): X with each layer's slice of each position divided
+ * by sqrt(sum of squares + 1e-6). */
+void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X, float *U);
+
+/* Steps 3-4 for one pair and layer. R[a * ldr + b] is the correlation of
+ * support position a with query position b (P x P). Writes the support
+ * weights ws[a] = sum_b softmax_a(Rs / t)[a, b] and the query weights
+ * wq[b] = sum_a softmax_b(Rq / t)[a, b]. work: 2 * P * P doubles. */
+void lwfm__lwe_attention(const float *R, int64_t ldr, int P, double t_attn, double *ws,
+                         double *wq, double *work);
+
+#endif

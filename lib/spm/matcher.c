@@ -1,0 +1,119 @@
+/* SPM matcher (see matcher.h). */
+#include "spm/matcher.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "core/gemm.h"
+#include "spm/assign.h"
+
+#define COS_EPS 1e-8
+
+lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const lwfm__layers *ly,
+                               int learnable) {
+    memset(m, 0, sizeof *m);
+    m->learnable = learnable;
+    if (!learnable) return LWFM_OK;
+    for (int l = 0; l < ly->n; l++) {
+        int d = ly->dim[l], h = d / 2;
+        if (h < 1) return lwfm__error(LWFM_ERR_SHAPE, "layer %d has %d channels; the matcher needs >= 2", l, d);
+        char key[96];
+        const float *w;
+        int64_t s1[2] = {h, d}, s2[2] = {d, h};
+        lwfm_status st;
+        m->hid[l] = h;
+        snprintf(key, sizeof key, "matchers.%d.linear.0.weight", l);
+        if ((st = lwfm__archive_get_f32(ar, key, 2, s1, &w))) return st;
+        if (!(m->w1[l] = lwfm__alloc((size_t)h * d * sizeof(float)))) goto oom;
+        memcpy(m->w1[l], w, (size_t)h * d * sizeof(float));
+        snprintf(key, sizeof key, "matchers.%d.linear.2.weight", l);
+        if ((st = lwfm__archive_get_f32(ar, key, 2, s2, &w))) return st;
+        if (!(m->w2[l] = lwfm__alloc((size_t)h * d * sizeof(float)))) goto oom;
+        memcpy(m->w2[l], w, (size_t)h * d * sizeof(float));
+    }
+    return LWFM_OK;
+oom:
+    return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (matcher weights)");
+}
+
+void lwfm__matcher_free(lwfm__matcher *m) {
+    for (int l = 0; l < LWFM_MAX_TAPS; l++) {
+        lwfm__free(m->w1[l]);
+        lwfm__free(m->w2[l]);
+    }
+    memset(m, 0, sizeof *m);
+}
+
+size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, int64_t rows) {
+    int h = 0;
+    for (int l = 0; l < ly->n; l++)
+        if (m->hid[l] > h) h = m->hid[l];
+    return (size_t)rows * (size_t)(h > 0 ? h : 1);
+}
+
+lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly,
+                                dnnl_engine_t engine, dnnl_stream_t stream, int64_t rows,
+                                const float *X, float *G, float *gnorm, float *tmp) {
+    const int C = ly->C, L = ly->n;
+    lwfm_status st;
+    for (int l = 0; l < L; l++) {
+        const int off = ly->off[l], d = ly->dim[l], h = m->hid[l];
+        if (m->learnable) {
+            /* tmp = relu(X_l W1^T); G_l = relu(tmp W2^T) + X_l */
+            if ((st = lwfm__gemm_abt(engine, stream, rows, h, d, X + off, C, m->w1[l], d, tmp, h, 1)))
+                return st;
+            if ((st = lwfm__gemm_abt(engine, stream, rows, d, h, tmp, h, m->w2[l], h, G + off, C, 1)))
+                return st;
+        }
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *x = X + r * C + off;
+            float *g = G + r * C + off;
+            double ss = 0.0;
+            for (int c = 0; c < d; c++) {
+                g[c] = m->learnable ? g[c] + x[c] : x[c];
+                ss += (double)g[c] * g[c];
+            }
+            gnorm[r * L + l] = (float)sqrt(ss);
+        }
+    }
+    return LWFM_OK;
+}
+
+size_t lwfm__spm_work_doubles(int P) {
+    return (size_t)P * P + lwfm__assign_work_doubles(P) + (size_t)P;
+}
+
+double lwfm__spm_pair_score(const float *R, int64_t ldr, int P, const float *Gs, const float *ns,
+                            const float *Gq, const float *nq, int64_t ldg, int64_t nstride, int d,
+                            int top_k, int *sigma, float *sim, double *work) {
+    double *cost = work, *solver = work + (size_t)P * P;
+    double *c = solver + lwfm__assign_work_doubles(P);
+    for (int a = 0; a < P; a++)
+        for (int b = 0; b < P; b++) cost[a * P + b] = 1.0 - (double)R[a * ldr + b];
+    /* Costs are finite (inputs were checked), so the solver cannot fail. */
+    lwfm__assign_solve(cost, P, sigma, NULL, solver);
+    for (int a = 0; a < P; a++) {
+        const float *u = Gs + (int64_t)a * ldg, *v = Gq + (int64_t)sigma[a] * ldg;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int k = 0; k < d; k++) dot += u[k] * v[k];
+        double den = (double)ns[a * nstride] * nq[sigma[a] * nstride];
+        c[a] = dot / (den > COS_EPS ? den : COS_EPS);
+        if (sim) sim[a] = (float)c[a];
+    }
+    /* sum of the top_k largest c_a: partial selection sort (P is small) */
+    double sum = 0.0;
+    for (int k = 0; k < top_k && k < P; k++) {
+        int best = k;
+        for (int a = k + 1; a < P; a++)
+            if (c[a] > c[best]) best = a;
+        double t = c[k];
+        c[k] = c[best];
+        c[best] = t;
+        sum += c[k];
+    }
+    return sum;
+}

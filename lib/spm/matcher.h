@@ -1,0 +1,45 @@
+/* SPM: the semantic-pixel matcher of LWFM-SPM (spec section 3, step 7):
+ * the learnable matcher g_l and the per-pair assignment score. Private. */
+#ifndef LWFM_SPM_MATCHER_H
+#define LWFM_SPM_MATCHER_H
+
+#include <dnnl.h>
+#include <stdint.h>
+
+#include "io/npz.h"
+#include "lwe/lwe.h"
+
+typedef struct lwfm__matcher {
+    int learnable;                /* 0: g is the identity */
+    int hid[LWFM_MAX_TAPS];       /* d_l / 2 */
+    float *w1[LWFM_MAX_TAPS];     /* (hid, d) row-major */
+    float *w2[LWFM_MAX_TAPS];     /* (d, hid) row-major */
+} lwfm__matcher;
+
+/* Load `matchers.{l}.linear.0.weight` (d/2, d) and `.linear.2.weight`
+ * (d, d/2) for every layer when learnable. */
+lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const lwfm__layers *ly,
+                               int learnable);
+void lwfm__matcher_free(lwfm__matcher *m);
+
+/* Bytes of scratch lwfm__matcher_apply needs for `rows` position vectors. */
+size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, int64_t rows);
+
+/* G = g_l(X) on each layer's slice of `rows` position vectors (row stride
+ * C, as lwfm__lwe_prepare_image lays them out); gnorm[r * L + l] = |G_l(r)|. */
+lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly,
+                                dnnl_engine_t engine, dnnl_stream_t stream, int64_t rows,
+                                const float *X, float *G, float *gnorm, float *tmp);
+
+/* Step 7 for one pair and one layer: assignment on the cost 1 - R (R as in
+ * lwfm__lwe_attention), then c_a = cos(g(u_a), g(v_sigma(a))) and the sum of
+ * the top_k largest c_a (returned). Gs/Gq point at the layer's slice of the
+ * support / query position rows (stride ldg), ns/nq at their norms (stride
+ * nstride). sigma (P ints) and sim (P floats, may be NULL) receive the
+ * assignment and the c_a. work: lwfm__spm_work_doubles(P) doubles. */
+size_t lwfm__spm_work_doubles(int P);
+double lwfm__spm_pair_score(const float *R, int64_t ldr, int P, const float *Gs, const float *ns,
+                            const float *Gq, const float *nq, int64_t ldg, int64_t nstride, int d,
+                            int top_k, int *sigma, float *sim, double *work);
+
+#endif
