@@ -84,93 +84,107 @@ done:
     return st;
 }
 
-/* Per-thread scratch of the pair loop. */
+/* Per-thread scratch of the pair loop (floats; the solver's part doubles). */
 typedef struct pair_scratch {
-    double *sacc;  /* way x C: sum over the class's supports of pooled attended support maps */
-    double *wqacc; /* way x L x P: sum over the class's supports of the query weights */
-    double *macc;  /* way: sum of SPM scores */
-    double *ws, *wq, *attn, *spm;
+    float *sacc;  /* way x C: sum over the class's supports of pooled attended support maps */
+    float *wqacc; /* way x L x P: sum over the class's supports of the query weights */
+    double *macc; /* way: sum of SPM scores */
+    float *ws, *wq, *attn, *qv;
+    double *spm;
     int *sigma;
 } pair_scratch;
 
-static size_t scratch_doubles(int64_t way, int C, int L, int P) {
-    return (size_t)way * C + (size_t)way * L * P + (size_t)way + 2 * (size_t)P +
-           2 * (size_t)P * P + lwfm__spm_work_doubles(P) + (size_t)P; /* + sigma (as doubles) */
+static size_t scratch_bytes(int64_t way, int C, int L, int P) {
+    size_t floats = (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + 2 * (size_t)P * P + C;
+    size_t doubles = (size_t)way + lwfm__spm_work_doubles(P);
+    return (floats * sizeof(float) + 63) / 64 * 64 + doubles * sizeof(double) + P * sizeof(int) +
+           64;
 }
 
-static void scratch_bind(pair_scratch *ps, double *base, int64_t way, int C, int L, int P) {
-    ps->sacc = base;
+static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L, int P) {
+    float *f = (float *)base;
+    ps->sacc = f;
     ps->wqacc = ps->sacc + (size_t)way * C;
-    ps->macc = ps->wqacc + (size_t)way * L * P;
-    ps->ws = ps->macc + way;
+    ps->ws = ps->wqacc + (size_t)way * L * P;
     ps->wq = ps->ws + P;
     ps->attn = ps->wq + P;
-    ps->spm = ps->attn + 2 * (size_t)P * P;
+    ps->qv = ps->attn + 2 * (size_t)P * P;
+    size_t floats = (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + 2 * (size_t)P * P + C;
+    double *d = (double *)(base + (floats * sizeof(float) + 63) / 64 * 64);
+    ps->macc = d;
+    ps->spm = d + way;
     ps->sigma = (int *)(ps->spm + lwfm__spm_work_doubles(P));
 }
 
 /* Logits of one query q (row of Q) against the prepared support set.
  * R[l] holds the chunk's correlations of layer l: row j*P + a (support
  * position), column qi*P + b (query position), leading dimension ldr. */
-static void score_query(const lwfm_model *m, const side *S, const int32_t *labels,
-                        const int64_t *count, int64_t way, const side *Q, int64_t q, int64_t qi,
-                        float *const *R, int64_t ldr, pair_scratch *ps, float *logits) {
+LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const int32_t *labels,
+                                       const int64_t *count, int64_t way, const side *Q,
+                                       int64_t q, int64_t qi, float *const *R, int64_t ldr,
+                                       pair_scratch *ps, float *logits) {
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     const lwfm__config *cfg = &m->cfg;
     const int spm = spm_on(m);
+    const float t_attn = (float)cfg->temperature_attn;
     const float *Xq = Q->X + q * P * C;
-    memset(ps->sacc, 0, sizeof(double) * ((size_t)way * C + (size_t)way * L * P + way));
+    memset(ps->sacc, 0, sizeof(float) * ((size_t)way * C + (size_t)way * L * P));
+    memset(ps->macc, 0, sizeof(double) * (size_t)way);
 
     for (int64_t j = 0; j < S->n; j++) {
         const int c = labels[j];
         const float *Xs = S->X + j * P * C;
-        double *sacc = ps->sacc + (size_t)c * C;
+        float *sacc = ps->sacc + (size_t)c * C;
         double best = -INFINITY;
         for (int l = 0; l < L; l++) {
             const float *Rp = R[l] + (j * P) * ldr + qi * P;
             const int off = ly->off[l], d = ly->dim[l];
-            lwfm__lwe_attention(Rp, ldr, P, cfg->temperature_attn, ps->ws, ps->wq, ps->attn);
+            lwfm__lwe_attention(Rp, ldr, P, t_attn, ps->ws, ps->wq, ps->attn);
             /* attended support map, pooled (sum over positions; / P later) */
             for (int a = 0; a < P; a++) {
-                const double w = ps->ws[a];
+                const float w = ps->ws[a];
                 const float *x = Xs + (int64_t)a * C + off;
-                double *acc = sacc + off;
+                float *acc = sacc + off;
                 for (int k = 0; k < d; k++) acc[k] += w * x[k];
             }
-            double *wqa = ps->wqacc + ((size_t)c * L + l) * P;
+            float *wqa = ps->wqacc + ((size_t)c * L + l) * P;
             for (int b = 0; b < P; b++) wqa[b] += ps->wq[b];
             if (spm) {
                 const int64_t gs = j * P * C + off, gq = q * P * C + off;
-                double s = lwfm__spm_pair_score(Rp, ldr, P, S->G + gs, S->gn + j * P * L + l,
-                                                Q->G + gq, Q->gn + q * P * L + l, C, L, d,
-                                                cfg->top_k, ps->sigma, NULL, ps->spm);
-                s *= cfg->matcher_prob;
-                if (s > best) best = s;
+                double sc = lwfm__spm_pair_score(Rp, ldr, P, S->G + gs, S->gn + j * P * L + l,
+                                                 Q->G + gq, Q->gn + q * P * L + l, C, L, d,
+                                                 cfg->top_k, ps->sigma, NULL, ps->spm);
+                sc *= cfg->matcher_prob;
+                if (sc > best) best = sc;
             }
         }
         if (spm) ps->macc[c] += best;
     }
 
     for (int64_t c = 0; c < way; c++) {
-        /* base = cos(pool(mean_j S'), pool(mean_j Q')) */
-        const double scale = 1.0 / ((double)P * count[c]);
-        const double *sacc = ps->sacc + (size_t)c * C;
-        double dot = 0.0, ns = 0.0, nq = 0.0;
+        /* base = cos(pool(mean_j S'), pool(mean_j Q')); the common factor
+         * 1 / (P n_c) cancels except against the cosine's 1e-8 floor. */
+        const float *sacc = ps->sacc + (size_t)c * C;
+        float *qv = ps->qv;
         for (int l = 0; l < L; l++) {
-            const double *wqa = ps->wqacc + ((size_t)c * L + l) * P;
-            for (int k = ly->off[l]; k < ly->off[l] + ly->dim[l]; k++) {
-                double qv = 0.0;
-                for (int b = 0; b < P; b++) qv += wqa[b] * Xq[(int64_t)b * C + k];
-                double sv = sacc[k] * scale;
-                qv *= scale;
-                dot += sv * qv;
-                ns += sv * sv;
-                nq += qv * qv;
+            const float *wqa = ps->wqacc + ((size_t)c * L + l) * P;
+            const int off = ly->off[l], d = ly->dim[l];
+            for (int k = 0; k < d; k++) qv[off + k] = 0.0f;
+            for (int b = 0; b < P; b++) {
+                const float w = wqa[b], *x = Xq + (int64_t)b * C + off;
+                for (int k = 0; k < d; k++) qv[off + k] += w * x[k];
             }
         }
-        double den = sqrt(ns) * sqrt(nq);
-        double base = dot / (den > COS_EPS ? den : COS_EPS);
+        double dot = 0.0, ns = 0.0, nq = 0.0;
+        for (int k = 0; k < C; k++) {
+            dot += (double)sacc[k] * qv[k];
+            ns += (double)sacc[k] * sacc[k];
+            nq += (double)qv[k] * qv[k];
+        }
+        const double scale = 1.0 / ((double)P * count[c]);
+        double den = sqrt(ns) * sqrt(nq) * scale * scale;
+        double base = dot * scale * scale / (den > COS_EPS ? den : COS_EPS);
         double match = spm ? ps->macc[c] / (double)count[c] : 0.0;
         logits[q * way + c] = (float)((base + match) / cfg->temperature);
     }
@@ -184,7 +198,7 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     lwfm_status st = LWFM_OK;
     dnnl_stream_t stream = NULL;
     float *R[LWFM_MAX_TAPS] = {0};
-    double *scratch = NULL;
+    char *scratch = NULL;
     int threads = omp_get_max_threads();
 
     /* queries per chunk so that the L correlation blocks stay bounded */
@@ -192,8 +206,8 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     int64_t chunk = (int64_t)(R_BUDGET_FLOATS / (per_query ? per_query : 1));
     if (chunk < 1) chunk = 1;
     if (chunk > Q->n) chunk = Q->n;
-    size_t sd = scratch_doubles(way, C, L, P);
-    scratch = lwfm__alloc(sd * sizeof(double) * (size_t)threads);
+    size_t sd = scratch_bytes(way, C, L, P);
+    scratch = lwfm__alloc(sd * (size_t)threads);
     for (int l = 0; l < L; l++)
         if (!(R[l] = lwfm__alloc((size_t)S->n * P * chunk * P * sizeof(float)))) scratch = NULL;
     if (!scratch) {

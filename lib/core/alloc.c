@@ -34,10 +34,11 @@ int lwfm__numel(const int64_t *dims, int n, size_t *out) {
     return 0;
 }
 
-int lwfm__all_finite(const float *x, size_t n) {
-    /* Branch-free accumulation so the loop vectorises. x*0 is 0 for finite x
-     * and NaN for NaN/Inf. */
-    float acc = 0.0f;
-    for (size_t i = 0; i < n; i++) acc += x[i] * 0.0f;
-    return acc == 0.0f;
+LWFM_MULTIARCH int lwfm__all_finite(const float *x, size_t n) {
+    /* A float is NaN or infinite exactly when its exponent bits are all
+     * ones; integer tests keep the loop vectorisable. */
+    const uint32_t *bits = (const uint32_t *)x;
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad |= (bits[i] & 0x7f800000u) == 0x7f800000u;
+    return !bad;
 }

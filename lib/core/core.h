@@ -15,6 +15,17 @@
 #define LWFM_PRINTF(a, b)
 #endif
 
+/* Hot loops are compiled for several x86-64 levels and picked at load time
+ * (GCC function multi-versioning): the library runs on any x86-64 CPU and
+ * uses AVX2 / AVX-512 where present. Off under sanitizers and other
+ * compilers. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && !defined(LWFM_NO_MULTIARCH)
+#define LWFM_MULTIARCH __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define LWFM_MULTIARCH
+#endif
+
 /* Record a detail message for the calling thread and return `status`.
  * Typical use: return lwfm__error(LWFM_ERR_SHAPE, "expected %d", n); */
 lwfm_status lwfm__error(lwfm_status status, const char *fmt, ...) LWFM_PRINTF(2, 3);

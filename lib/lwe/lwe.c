@@ -3,10 +3,12 @@
 
 #include <math.h>
 
+#include "core/core.h"
+
 #define UNIT_EPS 1e-6 /* step 2: sqrt(sum of squares + 1e-6) */
 #define VAR_EPS 1e-5  /* step 3: (R - mean) / sqrt(var + 1e-5) */
 
-void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X, float *U) {
+LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X, float *U) {
     const int C = ly->C, P = ly->P;
     for (int p = 0; p < P; p++) {
         double mean = 0.0;
@@ -27,10 +29,12 @@ void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X
 
 /* In place: z-score along one axis of the P x P matrix m (unbiased
  * variance), then softmax of z / t along the same axis. `stride_in` steps
- * along the normalised axis, `stride_out` between the independent lines. */
-static void norm_softmax(double *m, int P, int stride_in, int stride_out, double t) {
+ * along the normalised axis, `stride_out` between the independent lines.
+ * Single precision is ample here: the inputs are correlations in [-1, 1]
+ * and P is small; means and variances accumulate in double. */
+static inline void norm_softmax(float *m, int P, int stride_in, int stride_out, float t) {
     for (int line = 0; line < P; line++) {
-        double *v = m + (int64_t)line * stride_out;
+        float *v = m + (int64_t)line * stride_out;
         double mean = 0.0, var = 0.0;
         for (int i = 0; i < P; i++) mean += v[i * stride_in];
         mean /= P;
@@ -39,32 +43,34 @@ static void norm_softmax(double *m, int P, int stride_in, int stride_out, double
             var += d * d;
         }
         var /= P - 1; /* unbiased; P >= 2 is checked when the model loads */
-        double inv = 1.0 / sqrt(var + VAR_EPS), mx = -INFINITY;
+        const float scale = (float)(1.0 / (sqrt(var + VAR_EPS) * t));
+        const float fmean = (float)mean;
+        float mx = -INFINITY;
         for (int i = 0; i < P; i++) {
-            v[i * stride_in] = (v[i * stride_in] - mean) * inv / t;
-            if (v[i * stride_in] > mx) mx = v[i * stride_in];
+            float z = (v[i * stride_in] - fmean) * scale;
+            v[i * stride_in] = z;
+            mx = z > mx ? z : mx;
         }
-        double sum = 0.0;
-        for (int i = 0; i < P; i++) sum += (v[i * stride_in] = exp(v[i * stride_in] - mx));
-        for (int i = 0; i < P; i++) v[i * stride_in] /= sum;
+        float sum = 0.0f;
+        for (int i = 0; i < P; i++) sum += (v[i * stride_in] = expf(v[i * stride_in] - mx));
+        const float inv = 1.0f / sum;
+        for (int i = 0; i < P; i++) v[i * stride_in] *= inv;
     }
 }
 
-void lwfm__lwe_attention(const float *R, int64_t ldr, int P, double t_attn, double *ws,
-                         double *wq, double *work) {
-    double *As = work, *Aq = work + (int64_t)P * P; /* both (a, b) row-major */
+LWFM_MULTIARCH void lwfm__lwe_attention(const float *R, int64_t ldr, int P, float t_attn,
+                                        float *ws, float *wq, float *work) {
+    float *As = work, *Aq = work + (int64_t)P * P; /* both (a, b) row-major */
     for (int a = 0; a < P; a++)
         for (int b = 0; b < P; b++) As[a * P + b] = Aq[a * P + b] = R[a * ldr + b];
     norm_softmax(As, P, P, 1, t_attn); /* along a, for each column b */
     norm_softmax(Aq, P, 1, P, t_attn); /* along b, for each row a */
     for (int a = 0; a < P; a++) {
-        double s = 0.0;
+        float s = 0.0f;
         for (int b = 0; b < P; b++) s += As[a * P + b];
         ws[a] = s;
     }
-    for (int b = 0; b < P; b++) {
-        double s = 0.0;
-        for (int a = 0; a < P; a++) s += Aq[a * P + b];
-        wq[b] = s;
-    }
+    for (int b = 0; b < P; b++) wq[b] = 0.0f;
+    for (int a = 0; a < P; a++)
+        for (int b = 0; b < P; b++) wq[b] += Aq[a * P + b];
 }

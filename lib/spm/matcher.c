@@ -86,7 +86,7 @@ size_t lwfm__spm_work_doubles(int P) {
     return (size_t)P * P + lwfm__assign_work_doubles(P) + (size_t)P;
 }
 
-double lwfm__spm_pair_score(const float *R, int64_t ldr, int P, const float *Gs, const float *ns,
+LWFM_MULTIARCH double lwfm__spm_pair_score(const float *R, int64_t ldr, int P, const float *Gs, const float *ns,
                             const float *Gq, const float *nq, int64_t ldg, int64_t nstride, int d,
                             int top_k, int *sigma, float *sim, double *work) {
     double *cost = work, *solver = work + (size_t)P * P;
