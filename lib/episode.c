@@ -97,8 +97,9 @@ typedef struct pair_scratch {
 static size_t scratch_bytes(int64_t way, int C, int L, int P) {
     size_t floats = (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + 2 * (size_t)P * P + C;
     size_t doubles = (size_t)way + lwfm__spm_work_doubles(P);
-    return (floats * sizeof(float) + 63) / 64 * 64 + doubles * sizeof(double) + P * sizeof(int) +
-           64;
+    size_t bytes = (floats * sizeof(float) + 63) / 64 * 64 + doubles * sizeof(double) +
+                   (size_t)P * sizeof(int);
+    return (bytes + 63) / 64 * 64; /* each thread's slice starts 64-byte aligned */
 }
 
 static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L, int P) {
