@@ -13,21 +13,13 @@
 
 #include "core/core.h"
 #include "core/gemm.h"
+#include "episode.h"
 #include "model.h"
 #include "spm/assign.h"
 
 #define COS_EPS 1e-8
 /* Correlation matrices of one query chunk are kept below this many floats. */
 #define R_BUDGET_FLOATS ((size_t)16 << 20)
-
-/* Images after the per-image steps. */
-typedef struct side {
-    int64_t n;
-    float *X;  /* n x P x C: centred features, position-major */
-    float *U;  /* n x P x C: per-layer unit vectors */
-    float *G;  /* n x P x C: g_l(X) (SPM only) */
-    float *gn; /* n x P x L: |g_l| (SPM only) */
-} side;
 
 struct lwfm_support {
     lwfm_model *model;
@@ -37,7 +29,7 @@ struct lwfm_support {
     side s;
 };
 
-static void side_free(side *s) {
+void lwfm__side_free(side *s) {
     lwfm__free(s->X);
     lwfm__free(s->U);
     lwfm__free(s->G);
@@ -45,10 +37,9 @@ static void side_free(side *s) {
     memset(s, 0, sizeof *s);
 }
 
-static int spm_on(const lwfm_model *m) { return m->cfg.matcher_prob > 0; }
 
 /* Per-image work for n feature maps (n x C x P). */
-static lwfm_status side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out) {
+lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out) {
     const lwfm__layers *ly = &m->layers;
     const int64_t C = ly->C, P = ly->P, L = ly->n;
     lwfm_status st = LWFM_OK;
@@ -62,7 +53,7 @@ static lwfm_status side_prepare(const lwfm_model *m, const float *feats, int64_t
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++)
         lwfm__lwe_prepare_image(ly, feats + i * C * P, s.X + i * P * C, s.U + i * P * C);
-    if (spm_on(m)) {
+    if (lwfm__spm_on(m)) {
         s.G = lwfm__alloc(cells * sizeof(float));
         s.gn = lwfm__alloc((size_t)n * P * L * sizeof(float));
         tmp = lwfm__alloc(lwfm__matcher_tmp_floats(&m->matcher, ly, n * P) * sizeof(float));
@@ -79,7 +70,7 @@ oom:
 done:
     if (stream) dnnl_stream_destroy(stream);
     lwfm__free(tmp);
-    if (st) side_free(&s);
+    if (st) lwfm__side_free(&s);
     else *out = s;
     return st;
 }
@@ -127,7 +118,7 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     const lwfm__config *cfg = &m->cfg;
-    const int spm = spm_on(m);
+    const int spm = lwfm__spm_on(m);
     const float t_attn = (float)cfg->temperature_attn;
     const float *Xq = Q->X + q * P * C;
     memset(ps->sacc, 0, sizeof(float) * ((size_t)way * C + (size_t)way * L * P));
@@ -280,7 +271,7 @@ static lwfm_status check_labels(const int32_t *labels, int64_t n, int64_t way, i
 }
 
 /* Feature maps given by the caller: shape must be the model's (C, fs, fs). */
-static lwfm_status check_features(const lwfm_model *m, const char *what, const float *f, int64_t n,
+lwfm_status lwfm__check_features(const lwfm_model *m, const char *what, const float *f, int64_t n,
                                   int64_t C, int64_t fh, int64_t fw) {
     if (!f) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s is NULL", what);
     if (n <= 0)
@@ -327,7 +318,7 @@ static lwfm_status images_to_side(const lwfm_model *m, const char *what, const f
     float *feats = lwfm__alloc((size_t)n * C * fh * fw * sizeof(float));
     if (!feats) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for %s features", what);
     st = lwfm__model_forward(m, images, n, h, w, feats);
-    if (!st) st = side_prepare(m, feats, n, out);
+    if (!st) st = lwfm__side_prepare(m, feats, n, out);
     lwfm__free(feats);
     return st;
 }
@@ -356,7 +347,7 @@ static lwfm_status support_new(lwfm_model *m, const int32_t *labels, int64_t n, 
 
 LWFM_API void lwfm_support_destroy(lwfm_support *support) {
     if (!support) return;
-    side_free(&support->s);
+    lwfm__side_free(&support->s);
     free(support->labels);
     free(support->count);
     if (support->model) lwfm__model_release(support->model);
@@ -404,7 +395,7 @@ LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_mode
     if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
     lwfm_status st = check_kind(model);
     if (st) return st;
-    if ((st = check_features(model, "support features", support_features, n_support, channels, fh,
+    if ((st = lwfm__check_features(model, "support features", support_features, n_support, channels, fh,
                              fw)))
         return st;
     if (way < 2 || way > ((int64_t)1 << 24))
@@ -414,7 +405,7 @@ LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_mode
     lwfm_support *s;
     if ((st = support_new(model, support_labels, n_support, way, &s))) return st;
     st = check_labels(support_labels, n_support, way, s->count);
-    if (!st) st = side_prepare(model, support_features, n_support, &s->s);
+    if (!st) st = lwfm__side_prepare(model, support_features, n_support, &s->s);
     return support_finish(s, st, out);
 }
 
@@ -431,7 +422,7 @@ static lwfm_status score_with(const lwfm_support *sp, side *Q, float *logits, si
     float *tmp = lwfm__alloc(n * sizeof(float));
     lwfm_status st = tmp ? score_sides(sp->model, &sp->s, sp->labels, sp->count, sp->way, Q, tmp)
                          : lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
-    side_free(Q);
+    lwfm__side_free(Q);
     (void)capacity;
     return finish(st, tmp, logits, n);
 }
@@ -456,12 +447,12 @@ LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
                                                  float *logits, size_t capacity) {
     lwfm__error_clear();
     if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
-    lwfm_status st = check_features(support->model, "query features", query_features, n_query,
+    lwfm_status st = lwfm__check_features(support->model, "query features", query_features, n_query,
                                     channels, fh, fw);
     if (!st) st = check_logits(logits, n_query, support->way, capacity);
     if (st) return st;
     side Q;
-    if ((st = side_prepare(support->model, query_features, n_query, &Q))) return st;
+    if ((st = lwfm__side_prepare(support->model, query_features, n_query, &Q))) return st;
     return score_with(support, &Q, logits, capacity);
 }
 
@@ -501,7 +492,7 @@ LWFM_API lwfm_status lwfm_episode_score_features(const lwfm_model *model,
     if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
     lwfm_status st;
     if ((st = check_kind(model)) ||
-        (st = check_features(model, "query features", query_features, n_query, channels, fh, fw)) ||
+        (st = lwfm__check_features(model, "query features", query_features, n_query, channels, fh, fw)) ||
         (st = check_logits(logits, n_query, way > 0 ? way : 0, capacity)))
         return st;
     lwfm_support *s = NULL;

@@ -109,6 +109,8 @@ typedef struct lwfm_model lwfm_model;               /**< immutable loaded model 
 typedef struct lwfm_backbone lwfm_backbone;         /**< per-thread feature extractor */
 typedef struct lwfm_load_options lwfm_load_options; /**< options for lwfm_model_load() */
 typedef struct lwfm_support lwfm_support;           /**< prepared support set */
+typedef struct lwfm_lwe lwfm_lwe;                   /**< LWE fuser of a model (per-pair view) */
+typedef struct lwfm_spm lwfm_spm;                   /**< SPM matcher of a model (per-pair view) */
 
 /* ------------------------------------------------------------------------- */
 /** @name Library information and errors
@@ -313,6 +315,54 @@ LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
                                                  const float *query_features, int64_t n_query,
                                                  int64_t channels, int64_t fh, int64_t fw,
                                                  float *logits, size_t capacity);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @name LWE fuser and SPM matcher, one pair at a time
+ *
+ *  What an episode computes for one (support, query) pair of feature maps
+ *  (each channels x fh x fw, the model's feature shape), exposed to explain
+ *  a decision or to build other pipelines on the two stages. P = fh * fw
+ *  positions (row-major), L = lwfm_model_layers() tapped layers; per-layer
+ *  outputs are (L, P) row-major and `capacity` counts the elements of each
+ *  such buffer (>= L * P). Both handles take a reference on the model; their
+ *  calls are thread-safe.
+ *  @{ */
+
+/** Number of tapped layers L of a model's feature map (0 for NULL). */
+LWFM_API int64_t lwfm_model_layers(const lwfm_model *model);
+
+/** The LWE fuser of an LWFM-SPM model (LWFM_ERR_WRONG_KIND otherwise). */
+LWFM_API lwfm_status lwfm_lwe_create(lwfm_lwe **out, lwfm_model *model);
+/** Destroy an LWE handle. NULL is accepted. */
+LWFM_API void lwfm_lwe_destroy(lwfm_lwe *lwe);
+
+/** Attention of one pair: `support_weights[l * P + a]` (ws of spec step 4,
+ *  positive, summing to P over a) and `query_weights[l * P + b]` (wq), and in
+ *  `*global_similarity` (may be NULL) the cosine of the pooled attended maps
+ *  (step 6 with this single support). */
+LWFM_API lwfm_status lwfm_lwe_pair(const lwfm_lwe *lwe, const float *support_feature,
+                                   const float *query_feature, int64_t channels, int64_t fh,
+                                   int64_t fw, float *support_weights, float *query_weights,
+                                   size_t capacity, float *global_similarity);
+
+/** The SPM matcher of an LWFM-SPM model with SPM on (matcher_prob > 0);
+ *  LWFM_ERR_WRONG_KIND otherwise. */
+LWFM_API lwfm_status lwfm_spm_create(lwfm_spm **out, lwfm_model *model);
+/** Destroy an SPM handle. NULL is accepted. */
+LWFM_API void lwfm_spm_destroy(lwfm_spm *spm);
+
+/** Semantic-pixel matching of one pair: per layer l, the optimal assignment
+ *  `assignment[l * P + a]` (query position matched to support position a),
+ *  the matched similarities `similarity[l * P + a]` = cos(g_l(u_a),
+ *  g_l(v_assignment)), `layer_scores[l]` = matcher_prob x the sum of the
+ *  top_k similarities (L floats), and `*score` (may be NULL) = the maximum
+ *  over layers, the pair's SPM term. */
+LWFM_API lwfm_status lwfm_spm_pair(const lwfm_spm *spm, const float *support_feature,
+                                   const float *query_feature, int64_t channels, int64_t fh,
+                                   int64_t fw, int64_t *assignment, float *similarity,
+                                   float *layer_scores, size_t capacity, float *score);
 
 /** @} */
 

@@ -84,6 +84,14 @@ def _declare(lib):
     fn("lwfm_support_count", _i64, _p)
     fn("lwfm_support_score", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
     fn("lwfm_support_score_features", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
+    fn("lwfm_model_layers", _i64, _p)
+    fn("lwfm_lwe_create", st, ctypes.POINTER(_p), _p)
+    fn("lwfm_lwe_destroy", None, _p)
+    fn("lwfm_lwe_pair", st, _p, _fptr, _fptr, _i64, _i64, _i64, _fptr, _fptr, _size, _fptr)
+    fn("lwfm_spm_create", st, ctypes.POINTER(_p), _p)
+    fn("lwfm_spm_destroy", None, _p)
+    fn("lwfm_spm_pair", st, _p, _fptr, _fptr, _i64, _i64, _i64, ctypes.POINTER(_i64), _fptr,
+       _fptr, _size, _fptr)
     fn("lwfm_linear_assignment", st, ctypes.POINTER(ctypes.c_double), _i64,
        ctypes.POINTER(_i64), ctypes.POINTER(ctypes.c_double))
 
@@ -300,6 +308,60 @@ class Model:
             self._h(), _fp(s), s.shape[0], _lp(lab), _fp(q), q.shape[0], s.shape[1], s.shape[2],
             s.shape[3], way, _fp(out), out.size))
         return out
+
+    def _pair_inputs(self, support_feature, query_feature):
+        s = _as_images(support_feature, "support_feature")
+        q = _as_images(query_feature, "query_feature")
+        if s.shape[0] != 1 or q.shape != s.shape:
+            raise ValueError("support_feature and query_feature must each be one (C, fh, fw) map "
+                             f"of the same shape, got {s.shape[1:]} and {q.shape[1:]}")
+        n_layers = int(_library().lwfm_model_layers(self._h()))
+        return s, q, n_layers, s.shape[2] * s.shape[3]
+
+    def _pair_handle(self, kind):
+        """Lazily created LWE / SPM handle, released with the model."""
+        attr = "_" + kind
+        h = getattr(self, attr, None)
+        if h is None:
+            lib = _library()
+            h = _p()
+            _check(getattr(lib, f"lwfm_{kind}_create")(ctypes.byref(h), self._h()))
+            setattr(self, attr, h)
+            weakref.finalize(self, getattr(lib, f"lwfm_{kind}_destroy"), h)
+        return h
+
+    def lwe_pair(self, support_feature, query_feature):
+        """The LWE fuser on one (support, query) pair of feature maps.
+
+        Returns ``(support_weights, query_weights, global_similarity)``: the
+        attention weights per layer and position, (L, fh*fw) float32 each,
+        and the cosine of the pair's pooled attended maps."""
+        s, q, n_layers, n_pos = self._pair_inputs(support_feature, query_feature)
+        ws = np.empty((n_layers, n_pos), np.float32)
+        wq = np.empty((n_layers, n_pos), np.float32)
+        g = ctypes.c_float()
+        _check(_library().lwfm_lwe_pair(self._pair_handle("lwe"), _fp(s), _fp(q), s.shape[1],
+                                        s.shape[2], s.shape[3], _fp(ws), _fp(wq), ws.size,
+                                        ctypes.byref(g)))
+        return ws, wq, g.value
+
+    def spm_pair(self, support_feature, query_feature):
+        """The SPM matcher on one (support, query) pair of feature maps.
+
+        Returns ``(assignment, similarity, layer_scores, score)``:
+        assignment[l, a] is the query position matched to support position a
+        in layer l (int64), similarity[l, a] the matched cosine, layer_scores
+        matcher_prob x top-k sums per layer, score their maximum."""
+        s, q, n_layers, n_pos = self._pair_inputs(support_feature, query_feature)
+        asg = np.empty((n_layers, n_pos), np.int64)
+        sim = np.empty((n_layers, n_pos), np.float32)
+        layer = np.empty(n_layers, np.float32)
+        score = ctypes.c_float()
+        _check(_library().lwfm_spm_pair(self._pair_handle("spm"), _fp(s), _fp(q), s.shape[1],
+                                        s.shape[2], s.shape[3], asg.ctypes.data_as(
+                                            ctypes.POINTER(_i64)), _fp(sim), _fp(layer),
+                                        asg.size, ctypes.byref(score)))
+        return asg, sim, layer, score.value
 
     def prepare_support(self, support, support_labels, way=None, features=False):
         """A :class:`SupportSet`: the support side done once, to score any

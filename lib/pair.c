@@ -1,0 +1,221 @@
+/* Per-pair inspection handles: the LWE fuser (attention weights, attended
+ * global similarity) and the SPM matcher (Hungarian correspondences and
+ * matched similarities) for one (support, query) pair of feature maps.
+ * They compute exactly what an episode computes for that pair, and let a
+ * user see why a query was matched to a class. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "episode.h"
+
+#define COS_EPS 1e-8
+
+struct lwfm_lwe {
+    lwfm_model *model;
+};
+
+struct lwfm_spm {
+    lwfm_model *model;
+};
+
+static lwfm_status check_lwfm(const lwfm_model *m, const char *what) {
+    if (m->cfg.method != LWFM_METHOD_LWFM_SPM)
+        return lwfm__error(LWFM_ERR_WRONG_KIND, "%s needs an lwfm-spm model, this one is '%s'",
+                           what, lwfm__method_name(m->cfg.method));
+    return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_lwe_create(lwfm_lwe **out, lwfm_model *model) {
+    lwfm__error_clear();
+    if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
+    lwfm_status st = check_lwfm(model, "the LWE fuser");
+    if (st) return st;
+    lwfm_lwe *h = calloc(1, sizeof *h);
+    if (!h) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    lwfm__model_retain(model);
+    h->model = model;
+    *out = h;
+    return LWFM_OK;
+}
+
+LWFM_API void lwfm_lwe_destroy(lwfm_lwe *lwe) {
+    if (!lwe) return;
+    lwfm__model_release(lwe->model);
+    free(lwe);
+}
+
+LWFM_API lwfm_status lwfm_spm_create(lwfm_spm **out, lwfm_model *model) {
+    lwfm__error_clear();
+    if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
+    lwfm_status st = check_lwfm(model, "the SPM matcher");
+    if (st) return st;
+    if (!lwfm__spm_on(model))
+        return lwfm__error(LWFM_ERR_WRONG_KIND,
+                           "this model has SPM switched off (matcher_prob = 0): no matcher");
+    lwfm_spm *h = calloc(1, sizeof *h);
+    if (!h) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    lwfm__model_retain(model);
+    h->model = model;
+    *out = h;
+    return LWFM_OK;
+}
+
+LWFM_API void lwfm_spm_destroy(lwfm_spm *spm) {
+    if (!spm) return;
+    lwfm__model_release(spm->model);
+    free(spm);
+}
+
+LWFM_API int64_t lwfm_model_layers(const lwfm_model *model) {
+    return model ? model->layers.n : 0;
+}
+
+/* Prepare the pair (support image 0, query image 1) and its per-layer
+ * correlation matrices R (L x P x P, R[a][b]). */
+static lwfm_status prepare_pair(const lwfm_model *m, const float *sf, const float *qf,
+                                int64_t channels, int64_t fh, int64_t fw, side *S, side *Q,
+                                float **R) {
+    const lwfm__layers *ly = &m->layers;
+    const int C = ly->C, P = ly->P, L = ly->n;
+    lwfm_status st;
+    memset(S, 0, sizeof *S);
+    memset(Q, 0, sizeof *Q);
+    *R = NULL;
+    if ((st = lwfm__check_features(m, "support feature", sf, 1, channels, fh, fw)) ||
+        (st = lwfm__check_features(m, "query feature", qf, 1, channels, fh, fw)))
+        return st;
+    if ((st = lwfm__side_prepare(m, sf, 1, S))) return st;
+    if ((st = lwfm__side_prepare(m, qf, 1, Q))) goto fail;
+    if (!(*R = lwfm__alloc((size_t)L * P * P * sizeof(float)))) {
+        st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+        goto fail;
+    }
+    for (int l = 0; l < L; l++)
+        for (int a = 0; a < P; a++)
+            for (int b = 0; b < P; b++) {
+                const float *u = S->U + (int64_t)a * C + ly->off[l];
+                const float *v = Q->U + (int64_t)b * C + ly->off[l];
+                double dot = 0.0;
+                for (int k = 0; k < ly->dim[l]; k++) dot += (double)u[k] * v[k];
+                (*R)[((size_t)l * P + a) * P + b] = (float)dot;
+            }
+    return LWFM_OK;
+fail:
+    lwfm__side_free(S);
+    lwfm__side_free(Q);
+    return st;
+}
+
+static lwfm_status check_cap(size_t capacity, const lwfm_model *m) {
+    size_t need = (size_t)m->layers.n * (size_t)m->layers.P;
+    if (capacity < need)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
+                           "output buffers hold %zu elements, layers x positions = %zu needed",
+                           capacity, need);
+    return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_lwe_pair(const lwfm_lwe *lwe, const float *support_feature,
+                                   const float *query_feature, int64_t channels, int64_t fh,
+                                   int64_t fw, float *support_weights, float *query_weights,
+                                   size_t capacity, float *global_similarity) {
+    lwfm__error_clear();
+    if (!lwe || !support_weights || !query_weights)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "lwe or an output is NULL");
+    const lwfm_model *m = lwe->model;
+    const lwfm__layers *ly = &m->layers;
+    const int C = ly->C, P = ly->P, L = ly->n;
+    lwfm_status st = check_cap(capacity, m);
+    if (st) return st;
+    side S, Q;
+    float *R;
+    if ((st = prepare_pair(m, support_feature, query_feature, channels, fh, fw, &S, &Q, &R)))
+        return st;
+    float *work = lwfm__alloc((size_t)(2 * P * P + 2 * P) * sizeof(float) +
+                              (size_t)2 * C * sizeof(double));
+    if (!work) {
+        st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    float *ws = work + 2 * P * P, *wq = ws + P;
+    double *ps = (double *)(wq + P), *pq = ps + C; /* pooled attended maps */
+    for (int l = 0; l < L; l++) {
+        lwfm__lwe_attention(R + (size_t)l * P * P, P, P, (float)m->cfg.temperature_attn, ws, wq,
+                            work);
+        for (int k = ly->off[l]; k < ly->off[l] + ly->dim[l]; k++) {
+            double s = 0.0, q = 0.0;
+            for (int a = 0; a < P; a++) {
+                s += (double)ws[a] * S.X[(int64_t)a * C + k];
+                q += (double)wq[a] * Q.X[(int64_t)a * C + k];
+            }
+            ps[k] = s / P;
+            pq[k] = q / P;
+        }
+        memcpy(support_weights + (size_t)l * P, ws, (size_t)P * sizeof(float));
+        memcpy(query_weights + (size_t)l * P, wq, (size_t)P * sizeof(float));
+    }
+    if (global_similarity) {
+        double dot = 0.0, ns = 0.0, nq = 0.0;
+        for (int k = 0; k < C; k++) {
+            dot += ps[k] * pq[k];
+            ns += ps[k] * ps[k];
+            nq += pq[k] * pq[k];
+        }
+        double den = sqrt(ns) * sqrt(nq);
+        *global_similarity = (float)(dot / (den > COS_EPS ? den : COS_EPS));
+    }
+done:
+    lwfm__free(work);
+    lwfm__free(R);
+    lwfm__side_free(&S);
+    lwfm__side_free(&Q);
+    return st;
+}
+
+LWFM_API lwfm_status lwfm_spm_pair(const lwfm_spm *spm, const float *support_feature,
+                                   const float *query_feature, int64_t channels, int64_t fh,
+                                   int64_t fw, int64_t *assignment, float *similarity,
+                                   float *layer_scores, size_t capacity, float *score) {
+    lwfm__error_clear();
+    if (!spm || !assignment || !similarity || !layer_scores)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "spm or an output is NULL");
+    const lwfm_model *m = spm->model;
+    const lwfm__layers *ly = &m->layers;
+    const int C = ly->C, P = ly->P, L = ly->n;
+    lwfm_status st = check_cap(capacity, m);
+    if (st) return st;
+    side S, Q;
+    float *R;
+    if ((st = prepare_pair(m, support_feature, query_feature, channels, fh, fw, &S, &Q, &R)))
+        return st;
+    double *work = lwfm__alloc(lwfm__spm_work_doubles(P) * sizeof(double) +
+                               (size_t)P * (sizeof(int) + sizeof(float)));
+    if (!work) {
+        st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    int *sigma = (int *)(work + lwfm__spm_work_doubles(P));
+    float *sim = (float *)(sigma + P);
+    double best = -INFINITY;
+    for (int l = 0; l < L; l++) {
+        double s = lwfm__spm_pair_score(R + (size_t)l * P * P, P, P, S.G + ly->off[l], S.gn + l,
+                                        Q.G + ly->off[l], Q.gn + l, C, L, ly->dim[l],
+                                        m->cfg.top_k, sigma, sim, work);
+        s *= m->cfg.matcher_prob;
+        best = s > best ? s : best;
+        layer_scores[l] = (float)s;
+        for (int a = 0; a < P; a++) {
+            assignment[(size_t)l * P + a] = sigma[a];
+            similarity[(size_t)l * P + a] = sim[a];
+        }
+    }
+    if (score) *score = (float)best;
+done:
+    lwfm__free(work);
+    lwfm__free(R);
+    lwfm__side_free(&S);
+    lwfm__side_free(&Q);
+    return st;
+}
