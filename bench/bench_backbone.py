@@ -66,6 +66,7 @@ def main():
           f"{args.reps} reps (median)")
     print(f"{'backbone':<10} {'torch img/s':>12} {'lwfm img/s':>11} {'ratio':>7} "
           f"{'torch GF/s':>11} {'lwfm GF/s':>10} {'max rel err':>12}")
+    peak = matmul_peak(Path(args.library).parent, args.threads)
     x = torch.randn(args.batch, 3, args.size, args.size)
     xn = x.numpy()
     for name, label, cfg in cases:
@@ -106,6 +107,21 @@ def main():
         gflop = 2.0 * macs * args.batch / 1e9
         print(f"{name:<10} {args.batch / tr:12.1f} {args.batch / tl:11.1f} {tr / tl:7.2f} "
               f"{gflop / tr:11.1f} {gflop / tl:10.1f} {err:12.2e}   {label}")
+        if peak:
+            print(f"{'':<10} share of the oneDNN fp32 matmul peak ({peak:.0f} GFLOP/s): "
+                  f"PyTorch {100 * gflop / tr / peak:.0f}%, libLWFM {100 * gflop / tl / peak:.0f}%")
+
+
+def matmul_peak(build_dir, threads):
+    """GFLOP/s of a 2048^3 oneDNN fp32 matmul (bench_peak, built with the
+    library), or None when the binary is not there."""
+    import subprocess
+    exe = build_dir / "bench_peak"
+    if not exe.exists():
+        return None
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([str(exe), "2048", "10"], capture_output=True, text=True, env=env)
+    return float(out.stdout) if out.returncode == 0 else None
 
 
 def count_macs(backbone, size, torch):

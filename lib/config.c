@@ -19,9 +19,12 @@ const char *lwfm__backbone_name(lwfm__backbone_kind b) {
 
 const char *lwfm__backbone_prefix(const lwfm__config *cfg) {
     switch (cfg->method) {
-    case LWFM_METHOD_LWFM_SPM: return "feature_extractor.";
-    case LWFM_METHOD_RCN: return "feature_encoder.";
-    default: return "";
+    case LWFM_METHOD_LWFM_SPM:
+        return "feature_extractor.";
+    case LWFM_METHOD_RCN:
+        return "feature_encoder.";
+    default:
+        return "";
     }
 }
 
@@ -117,7 +120,8 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     if (ids) {
         size_t n;
         int64_t vals[LWFM_MAX_TAPS];
-        if ((st = lwfm__archive_get_int_array(ar, "config/hyperpixel_ids", vals, LWFM_MAX_TAPS, &n)))
+        if ((st =
+                 lwfm__archive_get_int_array(ar, "config/hyperpixel_ids", vals, LWFM_MAX_TAPS, &n)))
             return st;
         if (n == 0) return lwfm__error(LWFM_ERR_FORMAT, "config 'config/hyperpixel_ids' is empty");
         for (size_t i = 0; i < n; i++) {
@@ -151,18 +155,21 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     int n_std = c.n_norm;
     if ((st = read_norm(ar, "config/std", c.std, &n_std, 1))) return st;
     if (n_std != c.n_norm)
-        return lwfm__error(LWFM_ERR_FORMAT, "config 'config/mean' and 'config/std' differ in length");
+        return lwfm__error(LWFM_ERR_FORMAT,
+                           "config 'config/mean' and 'config/std' differ in length");
     if (c.resize != 0 && c.resize < c.image_size)
-        return lwfm__error(LWFM_ERR_FORMAT, "config 'config/resize' (%d) is smaller than "
-                           "'config/image_size' (%d)", c.resize, c.image_size);
+        return lwfm__error(LWFM_ERR_FORMAT,
+                           "config 'config/resize' (%d) is smaller than "
+                           "'config/image_size' (%d)",
+                           c.resize, c.image_size);
     if (c.feature_size < 2 && c.method == LWFM_METHOD_LWFM_SPM)
         return lwfm__error(LWFM_ERR_FORMAT, "lwfm-spm needs config 'config/feature_size' >= 2 "
-                           "(its attention normalises over the fs*fs positions)");
+                                            "(its attention normalises over the fs*fs positions)");
 
     /* Input channels come from the first convolution's weight. */
     char key[160];
     snprintf(key, sizeof key, "%s%s", lwfm__backbone_prefix(&c),
-             c.backbone == LWFM_BACKBONE_RESNET18 ? "initial_block.conv1.weight"
+             c.backbone == LWFM_BACKBONE_RESNET18  ? "initial_block.conv1.weight"
              : c.backbone == LWFM_BACKBONE_CONV64F ? "features.0.weight"
                                                    : "layer1.0.conv1.weight");
     const lwfm__tensor *first = lwfm__archive_find(ar, key);
@@ -171,8 +178,10 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
         return lwfm__error(LWFM_ERR_SHAPE, "tensor '%s' must be (out, 1..4, kh, kw)", key);
     c.input_channels = (int)first->shape[1];
     if (c.n_norm != 1 && c.n_norm != c.input_channels)
-        return lwfm__error(LWFM_ERR_FORMAT, "config 'config/mean' has %d entries for a %d-channel "
-                           "model", c.n_norm, c.input_channels);
+        return lwfm__error(LWFM_ERR_FORMAT,
+                           "config 'config/mean' has %d entries for a %d-channel "
+                           "model",
+                           c.n_norm, c.input_channels);
     *out = c;
     return LWFM_OK;
 }
@@ -202,7 +211,8 @@ size_t lwfm__config_json(const lwfm__config *c, char *buf, size_t cap) {
     if (c->backbone == LWFM_BACKBONE_RESNET18)
         put(buf, cap, &len, ", \"first_padding\": %d", c->first_padding);
     put(buf, cap, &len, ", \"hyperpixel_ids\": [");
-    for (int i = 0; i < c->n_taps; i++) put(buf, cap, &len, "%s%d", i ? ", " : "", c->hyperpixel_ids[i]);
+    for (int i = 0; i < c->n_taps; i++)
+        put(buf, cap, &len, "%s%d", i ? ", " : "", c->hyperpixel_ids[i]);
     put(buf, cap, &len, "], \"feature_size\": %d", c->feature_size);
     if (c->method == LWFM_METHOD_LWFM_SPM)
         put(buf, cap, &len,

@@ -22,20 +22,20 @@ typedef struct lwfm__config {
     int format_version;
     lwfm_method method;
     lwfm__backbone_kind backbone;
-    int input_channels;              /* from the first conv weight (1 or 3) */
-    int first_padding;               /* resnet18 stem padding */
+    int input_channels; /* from the first conv weight (1 or 3) */
+    int first_padding;  /* resnet18 stem padding */
     int n_taps;
     int hyperpixel_ids[LWFM_MAX_TAPS];
-    int feature_size;                /* 0: taps kept at native size */
+    int feature_size; /* 0: taps kept at native size */
     double temperature;
     double temperature_attn;
     double matcher_prob;
     int learnable_matcher;
     int top_k;
-    int neighbor_k;                  /* dn4 / mml */
+    int neighbor_k; /* dn4 / mml */
     int image_size;
     int resize;
-    int n_norm;                      /* entries in mean/std: 1 or 3 */
+    int n_norm; /* entries in mean/std: 1 or 3 */
     double mean[3];
     double std[3];
 } lwfm__config;

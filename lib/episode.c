@@ -18,6 +18,7 @@
 #include "spm/assign.h"
 
 #define COS_EPS 1e-8
+#define LWFM_MAX_WAY (1 << 24)
 /* Correlation matrices of one query chunk are kept below this many floats. */
 #define R_BUDGET_FLOATS ((size_t)16 << 20)
 
@@ -36,7 +37,6 @@ void lwfm__side_free(side *s) {
     lwfm__free(s->gn);
     memset(s, 0, sizeof *s);
 }
-
 
 /* Per-image work for n feature maps (n x C x P). */
 lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out) {
@@ -70,8 +70,10 @@ oom:
 done:
     if (stream) dnnl_stream_destroy(stream);
     lwfm__free(tmp);
-    if (st) lwfm__side_free(&s);
-    else *out = s;
+    if (st)
+        lwfm__side_free(&s);
+    else
+        *out = s;
     return st;
 }
 
@@ -112,9 +114,9 @@ static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L
  * R[l] holds the chunk's correlations of layer l: row j*P + a (support
  * position), column qi*P + b (query position), leading dimension ldr. */
 LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const int32_t *labels,
-                                       const int64_t *count, int64_t way, const side *Q,
-                                       int64_t q, int64_t qi, float *const *R, int64_t ldr,
-                                       pair_scratch *ps, float *logits) {
+                                       const int64_t *count, int64_t way, const side *Q, int64_t q,
+                                       int64_t qi, float *const *R, int64_t ldr, pair_scratch *ps,
+                                       float *logits) {
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     const lwfm__config *cfg = &m->cfg;
@@ -248,8 +250,9 @@ static lwfm_status check_kind(const lwfm_model *m) {
 /* Labels: 0..way-1, every class present. Fills count (way entries). */
 static lwfm_status check_labels(const int32_t *labels, int64_t n, int64_t way, int64_t *count) {
     if (!labels) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support_labels is NULL");
-    if (way < 2)
-        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be >= 2, got %lld", (long long)way);
+    if (way < 2 || way > LWFM_MAX_WAY)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be in 2..%d, got %lld",
+                           LWFM_MAX_WAY, (long long)way);
     if (n < way)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
                            "%lld support images cannot cover %lld classes", (long long)n,
@@ -272,7 +275,7 @@ static lwfm_status check_labels(const int32_t *labels, int64_t n, int64_t way, i
 
 /* Feature maps given by the caller: shape must be the model's (C, fs, fs). */
 lwfm_status lwfm__check_features(const lwfm_model *m, const char *what, const float *f, int64_t n,
-                                  int64_t C, int64_t fh, int64_t fw) {
+                                 int64_t C, int64_t fh, int64_t fw) {
     if (!f) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s is NULL", what);
     if (n <= 0)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s: count must be > 0, got %lld", what,
@@ -326,19 +329,27 @@ static lwfm_status images_to_side(const lwfm_model *m, const char *what, const f
 /* ------------------------------------------------------------------------ */
 /* Prepared support sets                                                    */
 
-static lwfm_status support_new(lwfm_model *m, const int32_t *labels, int64_t n, int64_t way,
-                               lwfm_support **out) {
+/* A support set with validated labels (no reference on the model yet). */
+static lwfm_status support_begin(lwfm_model *m, const int32_t *labels, int64_t n, int64_t way,
+                                 lwfm_support **out) {
+    if (n <= 0)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support: count must be > 0, got %lld",
+                           (long long)n);
+    lwfm_status st;
+    int64_t *count = malloc(sizeof(int64_t) * (size_t)(way >= 2 && way <= LWFM_MAX_WAY ? way : 1));
+    if (!count) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    if ((st = check_labels(labels, n, way, count))) {
+        free(count);
+        return st;
+    }
     lwfm_support *s = calloc(1, sizeof *s);
-    if (!s) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
-    s->labels = malloc(sizeof(int32_t) * (size_t)n);
-    s->count = malloc(sizeof(int64_t) * (size_t)way);
-    if (!s->labels || !s->count) {
-        free(s->labels);
-        free(s->count);
+    if (!s || !(s->labels = malloc(sizeof(int32_t) * (size_t)n))) {
         free(s);
+        free(count);
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     }
     memcpy(s->labels, labels, sizeof(int32_t) * (size_t)n);
+    s->count = count;
     s->way = way;
     s->model = m;
     *out = s;
@@ -374,16 +385,9 @@ LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
     lwfm_status st = check_kind(model);
     if (st) return st;
     lwfm_support *s;
-    if (way < 2 || way > ((int64_t)1 << 24))
-        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be in 2..%d, got %lld", 1 << 24,
-                           (long long)way);
-    if (!support_labels) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support_labels is NULL");
-    if (n_support <= 0)
-        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support: image count must be > 0");
-    if ((st = support_new(model, support_labels, n_support, way, &s))) return st;
-    st = check_labels(support_labels, n_support, way, s->count);
-    if (!st) st = images_to_side(model, "support images", support, n_support, channels, height,
-                                 width, &s->s);
+    if ((st = support_begin(model, support_labels, n_support, way, &s))) return st;
+    st =
+        images_to_side(model, "support images", support, n_support, channels, height, width, &s->s);
     return support_finish(s, st, out);
 }
 
@@ -395,17 +399,12 @@ LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_mode
     if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
     lwfm_status st = check_kind(model);
     if (st) return st;
-    if ((st = lwfm__check_features(model, "support features", support_features, n_support, channels, fh,
-                             fw)))
+    if ((st = lwfm__check_features(model, "support features", support_features, n_support, channels,
+                                   fh, fw)))
         return st;
-    if (way < 2 || way > ((int64_t)1 << 24))
-        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be in 2..%d, got %lld", 1 << 24,
-                           (long long)way);
-    if (!support_labels) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support_labels is NULL");
     lwfm_support *s;
-    if ((st = support_new(model, support_labels, n_support, way, &s))) return st;
-    st = check_labels(support_labels, n_support, way, s->count);
-    if (!st) st = lwfm__side_prepare(model, support_features, n_support, &s->s);
+    if ((st = support_begin(model, support_labels, n_support, way, &s))) return st;
+    st = lwfm__side_prepare(model, support_features, n_support, &s->s);
     return support_finish(s, st, out);
 }
 
@@ -448,7 +447,7 @@ LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
     lwfm__error_clear();
     if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
     lwfm_status st = lwfm__check_features(support->model, "query features", query_features, n_query,
-                                    channels, fh, fw);
+                                          channels, fh, fw);
     if (!st) st = check_logits(logits, n_query, support->way, capacity);
     if (st) return st;
     side Q;
@@ -470,8 +469,8 @@ LWFM_API lwfm_status lwfm_episode_score(const lwfm_model *model, const float *su
     int64_t C, fh, fw;
     /* Check everything cheap before any backbone work. */
     if ((st = check_logits(logits, n_query > 0 ? n_query : 0, way > 0 ? way : 0, capacity)) ||
-        (st = lwfm__check_images(model, "query images", query, n_query, channels, height, width,
-                                 &C, &fh, &fw)))
+        (st = lwfm__check_images(model, "query images", query, n_query, channels, height, width, &C,
+                                 &fh, &fw)))
         return st;
     lwfm_support *s = NULL;
     if ((st = lwfm_support_prepare(&s, (lwfm_model *)model, support, n_support, support_labels,
@@ -492,15 +491,16 @@ LWFM_API lwfm_status lwfm_episode_score_features(const lwfm_model *model,
     if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
     lwfm_status st;
     if ((st = check_kind(model)) ||
-        (st = lwfm__check_features(model, "query features", query_features, n_query, channels, fh, fw)) ||
+        (st = lwfm__check_features(model, "query features", query_features, n_query, channels, fh,
+                                   fw)) ||
         (st = check_logits(logits, n_query, way > 0 ? way : 0, capacity)))
         return st;
     lwfm_support *s = NULL;
     if ((st = lwfm_support_prepare_features(&s, (lwfm_model *)model, support_features, n_support,
                                             support_labels, channels, fh, fw, way)))
         return st;
-    st = lwfm_support_score_features(s, query_features, n_query, channels, fh, fw, logits,
-                                     capacity);
+    st =
+        lwfm_support_score_features(s, query_features, n_query, channels, fh, fw, logits, capacity);
     lwfm_support_destroy(s);
     return st;
 }

@@ -14,7 +14,9 @@ typedef struct side {
     float *gn; /* n x P x L: |g_l| (SPM only) */
 } side;
 
-static inline int lwfm__spm_on(const lwfm_model *m) { return m->cfg.matcher_prob > 0; }
+static inline int lwfm__spm_on(const lwfm_model *m) {
+    return m->cfg.matcher_prob > 0;
+}
 
 /* Centring, unit vectors and (with SPM) the matcher MLP for n feature maps
  * (n x C x P, validated). */

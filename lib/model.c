@@ -29,7 +29,9 @@ LWFM_API lwfm_status lwfm_load_options_create(lwfm_load_options **out) {
     return LWFM_OK;
 }
 
-LWFM_API void lwfm_load_options_destroy(lwfm_load_options *options) { free(options); }
+LWFM_API void lwfm_load_options_destroy(lwfm_load_options *options) {
+    free(options);
+}
 
 LWFM_API lwfm_status lwfm_load_options_set_precision(lwfm_load_options *options,
                                                      lwfm_precision precision) {
@@ -62,7 +64,9 @@ static void model_free(lwfm_model *m) {
     free(m);
 }
 
-void lwfm__model_retain(lwfm_model *m) { atomic_fetch_add(&m->refs, 1); }
+void lwfm__model_retain(lwfm_model *m) {
+    atomic_fetch_add(&m->refs, 1);
+}
 
 void lwfm__model_release(lwfm_model *m) {
     if (m && atomic_fetch_sub(&m->refs, 1) == 1) model_free(m);
@@ -96,9 +100,10 @@ static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
     }
     if (m->cfg.method == LWFM_METHOD_LWFM_SPM && m->cfg.matcher_prob > 0) {
         if (m->cfg.top_k > m->layers.P) {
-            st = lwfm__error(LWFM_ERR_FORMAT, "config top_k = %d exceeds the %d positions of a "
-                             "%dx%d feature map", m->cfg.top_k, m->layers.P, m->cfg.feature_size,
-                             m->cfg.feature_size);
+            st = lwfm__error(LWFM_ERR_FORMAT,
+                             "config top_k = %d exceeds the %d positions of a "
+                             "%dx%d feature map",
+                             m->cfg.top_k, m->layers.P, m->cfg.feature_size, m->cfg.feature_size);
             goto fail;
         }
         if ((st = lwfm__matcher_load(&m->matcher, ar, &m->layers, m->cfg.learnable_matcher)))
@@ -141,9 +146,13 @@ LWFM_API lwfm_status lwfm_model_load_from_memory(lwfm_model **out, const void *d
     return LWFM_OK;
 }
 
-LWFM_API void lwfm_model_destroy(lwfm_model *model) { lwfm__model_release(model); }
+LWFM_API void lwfm_model_destroy(lwfm_model *model) {
+    lwfm__model_release(model);
+}
 
-LWFM_API lwfm_method lwfm_model_method(const lwfm_model *model) { return model->cfg.method; }
+LWFM_API lwfm_method lwfm_model_method(const lwfm_model *model) {
+    return model ? model->cfg.method : (lwfm_method)-1;
+}
 
 LWFM_API lwfm_status lwfm_model_config_json(const lwfm_model *model, char *buffer, size_t capacity,
                                             size_t *length) {
@@ -153,8 +162,8 @@ LWFM_API lwfm_status lwfm_model_config_json(const lwfm_model *model, char *buffe
     size_t need = lwfm__config_json(&model->cfg, NULL, 0);
     if (length) *length = need;
     if (capacity < need + 1)
-        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL, "configuration needs %zu bytes, buffer has %zu",
-                           need + 1, capacity);
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
+                           "configuration needs %zu bytes, buffer has %zu", need + 1, capacity);
     lwfm__config_json(&model->cfg, buffer, capacity);
     return LWFM_OK;
 }
@@ -188,8 +197,8 @@ lwfm_status lwfm__check_images(const lwfm_model *m, const char *what, const floa
                                int64_t *C, int64_t *fh, int64_t *fw) {
     if (!images) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s is NULL", what);
     if (n <= 0)
-        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s: image count must be > 0, got %lld",
-                           what, (long long)n);
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s: image count must be > 0, got %lld", what,
+                           (long long)n);
     if (channels != m->cfg.input_channels)
         return lwfm__error(LWFM_ERR_SHAPE, "%s: model takes %d-channel images, got %lld channels",
                            what, m->cfg.input_channels, (long long)channels);
@@ -211,8 +220,8 @@ static lwfm_status check_forward(const lwfm_model *m, const float *images, int64
                                  const float *features, size_t capacity) {
     if (!features) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "features is NULL");
     int64_t c, fh, fw;
-    lwfm_status st = lwfm__check_images(m, "images", images, n, channels, height, width, &c, &fh,
-                                        &fw);
+    lwfm_status st =
+        lwfm__check_images(m, "images", images, n, channels, height, width, &c, &fh, &fw);
     if (st) return st;
     size_t out_n;
     int64_t out_dims[4] = {n, c, fh, fw};
@@ -251,8 +260,8 @@ LWFM_API lwfm_status lwfm_backbone_forward(lwfm_backbone *backbone, const float 
                                            float *features, size_t capacity) {
     lwfm__error_clear();
     if (!backbone) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "backbone is NULL");
-    lwfm_status st = check_forward(backbone->model, images, n, channels, height, width, features,
-                                   capacity);
+    lwfm_status st =
+        check_forward(backbone->model, images, n, channels, height, width, features, capacity);
     if (st) return st;
     return lwfm__net_forward(backbone->ctx, images, n, height, width, features);
 }

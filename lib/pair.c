@@ -27,39 +27,35 @@ static lwfm_status check_lwfm(const lwfm_model *m, const char *what) {
     return LWFM_OK;
 }
 
-LWFM_API lwfm_status lwfm_lwe_create(lwfm_lwe **out, lwfm_model *model) {
+/* Both handles are a counted reference to an LWFM-SPM model. */
+static lwfm_status handle_new(void **out, lwfm_model *model, const char *what, int need_spm) {
     lwfm__error_clear();
     if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
-    lwfm_status st = check_lwfm(model, "the LWE fuser");
+    lwfm_status st = check_lwfm(model, what);
     if (st) return st;
-    lwfm_lwe *h = calloc(1, sizeof *h);
+    if (need_spm && !lwfm__spm_on(model))
+        return lwfm__error(LWFM_ERR_WRONG_KIND,
+                           "this model has SPM switched off (matcher_prob = 0): no matcher");
+    lwfm_model **h = calloc(1, sizeof *h);
     if (!h) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     lwfm__model_retain(model);
-    h->model = model;
+    *h = model;
     *out = h;
     return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_lwe_create(lwfm_lwe **out, lwfm_model *model) {
+    return handle_new((void **)out, model, "the LWE fuser", 0);
+}
+
+LWFM_API lwfm_status lwfm_spm_create(lwfm_spm **out, lwfm_model *model) {
+    return handle_new((void **)out, model, "the SPM matcher", 1);
 }
 
 LWFM_API void lwfm_lwe_destroy(lwfm_lwe *lwe) {
     if (!lwe) return;
     lwfm__model_release(lwe->model);
     free(lwe);
-}
-
-LWFM_API lwfm_status lwfm_spm_create(lwfm_spm **out, lwfm_model *model) {
-    lwfm__error_clear();
-    if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
-    lwfm_status st = check_lwfm(model, "the SPM matcher");
-    if (st) return st;
-    if (!lwfm__spm_on(model))
-        return lwfm__error(LWFM_ERR_WRONG_KIND,
-                           "this model has SPM switched off (matcher_prob = 0): no matcher");
-    lwfm_spm *h = calloc(1, sizeof *h);
-    if (!h) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
-    lwfm__model_retain(model);
-    h->model = model;
-    *out = h;
-    return LWFM_OK;
 }
 
 LWFM_API void lwfm_spm_destroy(lwfm_spm *spm) {
@@ -133,8 +129,8 @@ LWFM_API lwfm_status lwfm_lwe_pair(const lwfm_lwe *lwe, const float *support_fea
     float *R;
     if ((st = prepare_pair(m, support_feature, query_feature, channels, fh, fw, &S, &Q, &R)))
         return st;
-    float *work = lwfm__alloc((size_t)(2 * P * P + 2 * P) * sizeof(float) +
-                              (size_t)2 * C * sizeof(double));
+    float *work =
+        lwfm__alloc((size_t)(2 * P * P + 2 * P) * sizeof(float) + (size_t)2 * C * sizeof(double));
     if (!work) {
         st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
         goto done;
@@ -201,8 +197,8 @@ LWFM_API lwfm_status lwfm_spm_pair(const lwfm_spm *spm, const float *support_fea
     double best = -INFINITY;
     for (int l = 0; l < L; l++) {
         double s = lwfm__spm_pair_score(R + (size_t)l * P * P, P, P, S.G + ly->off[l], S.gn + l,
-                                        Q.G + ly->off[l], Q.gn + l, C, L, ly->dim[l],
-                                        m->cfg.top_k, sigma, sim, work);
+                                        Q.G + ly->off[l], Q.gn + l, C, L, ly->dim[l], m->cfg.top_k,
+                                        sigma, sim, work);
         s *= m->cfg.matcher_prob;
         best = s > best ? s : best;
         layer_scores[l] = (float)s;

@@ -186,7 +186,7 @@ LWFM_API lwfm_status lwfm_model_load_from_memory(lwfm_model **out, const void *d
  *  made from it is destroyed as well. NULL is accepted. */
 LWFM_API void lwfm_model_destroy(lwfm_model *model);
 
-/** The method the model implements. `model` must not be NULL. */
+/** The method the model implements; (lwfm_method)-1 for NULL. */
 LWFM_API lwfm_method lwfm_model_method(const lwfm_model *model);
 
 /** The model's configuration as a JSON object (method, backbone, every

@@ -25,14 +25,14 @@
 #define LWFM_MAX_PLANS 8
 #define BN_EPS 1e-5
 
-#define DNNL_CHECK(call, what)                                                                   \
-    do {                                                                                         \
-        dnnl_status_t s_ = (call);                                                               \
-        if (s_ != dnnl_success) {                                                                \
-            st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: %s failed (dnnl status %d)", what,       \
-                             (int)s_);                                                           \
-            goto done;                                                                           \
-        }                                                                                        \
+#define DNNL_CHECK(call, what)                                                                     \
+    do {                                                                                           \
+        dnnl_status_t s_ = (call);                                                                 \
+        if (s_ != dnnl_success) {                                                                  \
+            st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: %s failed (dnnl status %d)", what,         \
+                             (int)s_);                                                             \
+            goto done;                                                                             \
+        }                                                                                          \
     } while (0)
 
 /* ------------------------------------------------------------------------ */
@@ -54,8 +54,8 @@ static lwfm__op *push_op(lwfm__net *net) {
 
 lwfm_status lwfm__net_add_conv(lwfm__net *net, const lwfm__archive *ar, const char *conv_key,
                                const char *bias_key, const char *bn_prefix, int ic, int oc, int k,
-                               int stride, int pad, int src, int dst, int accumulate,
-                               lwfm__act act, float alpha) {
+                               int stride, int pad, int src, int dst, int accumulate, lwfm__act act,
+                               float alpha) {
     lwfm_status st;
     const float *w, *b = NULL, *g = NULL, *beta = NULL, *mu = NULL, *var = NULL;
     int64_t wshape[4] = {oc, ic, k, k}, vshape[1] = {oc};
@@ -107,8 +107,8 @@ lwfm_status lwfm__net_add_conv(lwfm__net *net, const lwfm__archive *ar, const ch
     return LWFM_OK;
 }
 
-lwfm_status lwfm__net_add_maxpool(lwfm__net *net, int channels, int k, int stride, int pad,
-                                  int src, int dst) {
+lwfm_status lwfm__net_add_maxpool(lwfm__net *net, int channels, int k, int stride, int pad, int src,
+                                  int dst) {
     lwfm__op *op = push_op(net);
     if (!op) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory building the backbone");
     op->kind = LWFM_OP_MAXPOOL;
@@ -149,8 +149,7 @@ static lwfm_status walk_shapes(const lwfm__net *net, int64_t h, int64_t w, int64
             return lwfm__error(LWFM_ERR_SHAPE,
                                "input of %lld x %lld pixels is too small for this backbone "
                                "('%s' would get %lld x %lld)",
-                               (long long)h, (long long)w, op->name, (long long)h2,
-                               (long long)w2);
+                               (long long)h, (long long)w, op->name, (long long)h2, (long long)w2);
         if (op->accumulate && (bh[op->dst] != h2 || bw[op->dst] != w2))
             return lwfm__error(LWFM_ERR_INTERNAL, "residual shape mismatch at '%s'", op->name);
         bh[op->dst] = h2;
@@ -161,8 +160,8 @@ static lwfm_status walk_shapes(const lwfm__net *net, int64_t h, int64_t w, int64
     return LWFM_OK;
 }
 
-lwfm_status lwfm__net_out_shape(const lwfm__net *net, int64_t h, int64_t w, int64_t *c,
-                                int64_t *fh, int64_t *fw) {
+lwfm_status lwfm__net_out_shape(const lwfm__net *net, int64_t h, int64_t w, int64_t *c, int64_t *fh,
+                                int64_t *fw) {
     if (h < 1 || w < 1 || h > 65536 || w > 65536)
         return lwfm__error(LWFM_ERR_SHAPE, "image size %lld x %lld out of range (1..65536)",
                            (long long)h, (long long)w);
@@ -175,11 +174,12 @@ lwfm_status lwfm__net_out_shape(const lwfm__net *net, int64_t h, int64_t w, int6
         if (net->ops[i].tap < 0) continue;
         if (net->feature_size > 0) continue;
         if (th >= 0 && (th != oh[i] || tw != ow[i]))
-            return lwfm__error(LWFM_ERR_SHAPE,
-                               "feature_size 0 keeps taps at native size, but for a %lld x %lld "
-                               "input the tapped layers differ in size (%lld x %lld vs %lld x %lld)",
-                               (long long)h, (long long)w, (long long)th, (long long)tw,
-                               (long long)oh[i], (long long)ow[i]);
+            return lwfm__error(
+                LWFM_ERR_SHAPE,
+                "feature_size 0 keeps taps at native size, but for a %lld x %lld "
+                "input the tapped layers differ in size (%lld x %lld vs %lld x %lld)",
+                (long long)h, (long long)w, (long long)th, (long long)tw, (long long)oh[i],
+                (long long)ow[i]);
         th = oh[i];
         tw = ow[i];
     }
@@ -189,9 +189,13 @@ lwfm_status lwfm__net_out_shape(const lwfm__net *net, int64_t h, int64_t w, int6
     return LWFM_OK;
 }
 
-int lwfm__net_in_channels(const lwfm__net *net) { return net->in_channels; }
+int lwfm__net_in_channels(const lwfm__net *net) {
+    return net->in_channels;
+}
 
-int lwfm__net_tap_channels(const lwfm__net *net, int tap) { return net->tap_channels[tap]; }
+int lwfm__net_tap_channels(const lwfm__net *net, int tap) {
+    return net->tap_channels[tap];
+}
 
 /* ------------------------------------------------------------------------ */
 /* Primitive creation                                                       */
@@ -330,8 +334,7 @@ static lwfm_status finalise_weights(lwfm__net *net) {
         dnnl_memory_desc_t plain;
         dnnl_dims_t wd = {op->oc, op->ic, op->kh, op->kw};
         dnnl_memory_desc_init_by_tag(&plain, 4, wd, dnnl_f32, dnnl_oihw);
-        if ((st = reorder_once(net->engine, &plain, op->w_plain, &op->w_md, op->w_data)))
-            return st;
+        if ((st = reorder_once(net->engine, &plain, op->w_plain, &op->w_md, op->w_data))) return st;
         lwfm__free(op->w_plain);
         op->w_plain = NULL;
     }
@@ -350,8 +353,12 @@ lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm
     DNNL_CHECK(dnnl_engine_create(&net->engine, dnnl_cpu, 0), "engine create");
     const char *prefix = lwfm__backbone_prefix(cfg);
     switch (cfg->backbone) {
-    case LWFM_BACKBONE_RESNET18: st = lwfm__build_resnet18(net, cfg, ar, prefix); break;
-    case LWFM_BACKBONE_CONV64F: st = lwfm__build_conv64f(net, cfg, ar, prefix); break;
+    case LWFM_BACKBONE_RESNET18:
+        st = lwfm__build_resnet18(net, cfg, ar, prefix);
+        break;
+    case LWFM_BACKBONE_CONV64F:
+        st = lwfm__build_conv64f(net, cfg, ar, prefix);
+        break;
     default:
         st = lwfm__error(LWFM_ERR_UNSUPPORTED, "backbone '%s' is not implemented yet",
                          lwfm__backbone_name(cfg->backbone));
@@ -397,7 +404,7 @@ typedef struct plan_op {
 typedef struct plan_tap {
     dnnl_primitive_t reorder; /* blocked activation -> plain NCHW */
     dnnl_memory_t from, to, scratch;
-    int64_t h, w;             /* native size of the tapped map */
+    int64_t h, w; /* native size of the tapped map */
 } plan_tap;
 
 typedef struct plan {
@@ -408,8 +415,8 @@ typedef struct plan {
     dnnl_memory_t in_from, in_to, in_scratch;
     size_t buf_bytes[LWFM_NET_NBUF];
     size_t scratch_bytes;
-    size_t tap_bytes;   /* plain copy of the largest pooled tap */
-    size_t in_bytes;    /* bf16 copy of the input */
+    size_t tap_bytes; /* plain copy of the largest pooled tap */
+    size_t in_bytes;  /* bf16 copy of the input */
     unsigned long last_used;
 } plan;
 
@@ -455,7 +462,9 @@ static void plan_free(const lwfm__net *net, plan *p) {
     free(p);
 }
 
-static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+static size_t max_sz(size_t a, size_t b) {
+    return a > b ? a : b;
+}
 
 /* Create a reorder primitive with a user scratchpad; memory objects are
  * created without data (handles are set before each execution). */
@@ -483,8 +492,7 @@ done:
     return st;
 }
 
-static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64_t w,
-                               plan **out) {
+static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64_t w, plan **out) {
     lwfm_status st = LWFM_OK;
     dnnl_primitive_desc_t pd = NULL;
     int64_t oh[256], ow[256];
@@ -510,15 +518,18 @@ static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64
         /* copied: the descriptors die with pd */
         const dnnl_memory_desc_t dst_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
         const dnnl_memory_desc_t *dmd = &dst_md;
-        const dnnl_memory_desc_t *scr = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+        const dnnl_memory_desc_t *scr =
+            dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
         p->scratch_bytes = max_sz(p->scratch_bytes, dnnl_memory_desc_get_size(scr));
         p->buf_bytes[op->dst] = max_sz(p->buf_bytes[op->dst], dnnl_memory_desc_get_size(dmd));
         DNNL_CHECK(dnnl_memory_create(&po->src, smd, net->engine, DNNL_MEMORY_NONE), "memory");
         DNNL_CHECK(dnnl_memory_create(&po->dst, dmd, net->engine, DNNL_MEMORY_NONE), "memory");
         DNNL_CHECK(dnnl_memory_create(&po->scratch, scr, net->engine, DNNL_MEMORY_NONE), "memory");
         if (op->kind == LWFM_OP_CONV) {
-            const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-            const dnnl_memory_desc_t *bmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
+            const dnnl_memory_desc_t *wmd =
+                dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+            const dnnl_memory_desc_t *bmd =
+                dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
             void *wdata = op->w_data;
             if (!dnnl_memory_desc_equal(wmd, &op->w_md)) {
                 /* This shape wants another weight layout: keep a private copy. */
@@ -551,11 +562,12 @@ static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64
                 p->tap_bytes = max_sz(p->tap_bytes, dnnl_memory_desc_get_size(&plain));
             } else {
                 /* Native size: write straight into the caller's (n, C, h, w) output. */
-                dnnl_dims_t s = {(int64_t)net->out_channels * oh[i] * ow[i], oh[i] * ow[i], ow[i], 1};
+                dnnl_dims_t s = {(int64_t)net->out_channels * oh[i] * ow[i], oh[i] * ow[i], ow[i],
+                                 1};
                 DNNL_CHECK(dnnl_memory_desc_init_by_strides(&plain, 4, d, dnnl_f32, s), "md");
             }
-            if ((st = make_reorder(net, dmd, &plain, &tp->reorder, &tp->from, &tp->to,
-                                   &tp->scratch, &p->scratch_bytes)))
+            if ((st = make_reorder(net, dmd, &plain, &tp->reorder, &tp->from, &tp->to, &tp->scratch,
+                                   &p->scratch_bytes)))
                 goto done;
         }
     }
@@ -692,7 +704,8 @@ static lwfm_status run_plan(lwfm__net_ctx *ctx, plan *p, const float *x, float *
         dnnl_memory_set_data_handle(p->in_from, input);
         dnnl_memory_set_data_handle(p->in_to, ctx->in_tmp);
         dnnl_memory_set_data_handle(p->in_scratch, ctx->scratch);
-        dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, p->in_from}, {DNNL_ARG_TO, p->in_to},
+        dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, p->in_from},
+                                {DNNL_ARG_TO, p->in_to},
                                 {DNNL_ARG_SCRATCHPAD, p->in_scratch}};
         DNNL_CHECK(dnnl_primitive_execute(p->in_reorder, ctx->stream, 3, a), "input reorder");
         input = ctx->in_tmp;
@@ -721,13 +734,14 @@ static lwfm_status run_plan(lwfm__net_ctx *ctx, plan *p, const float *x, float *
             dnnl_memory_set_data_handle(tp->from, dst);
             dnnl_memory_set_data_handle(tp->to, to);
             dnnl_memory_set_data_handle(tp->scratch, ctx->scratch);
-            dnnl_exec_arg_t r[3] = {{DNNL_ARG_FROM, tp->from}, {DNNL_ARG_TO, tp->to},
+            dnnl_exec_arg_t r[3] = {{DNNL_ARG_FROM, tp->from},
+                                    {DNNL_ARG_TO, tp->to},
                                     {DNNL_ARG_SCRATCHPAD, tp->scratch}};
             DNNL_CHECK(dnnl_primitive_execute(tp->reorder, ctx->stream, 3, r), "tap reorder");
             if (net->feature_size > 0) {
                 DNNL_CHECK(dnnl_stream_wait(ctx->stream), "stream wait");
-                adaptive_pool(ctx->tap_tmp, p->n, op->oc, tp->h, tp->w, out, net->out_channels,
-                              off, net->feature_size);
+                adaptive_pool(ctx->tap_tmp, p->n, op->oc, tp->h, tp->w, out, net->out_channels, off,
+                              net->feature_size);
             }
         }
     }

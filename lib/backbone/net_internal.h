@@ -12,19 +12,19 @@ typedef enum lwfm__act { LWFM_ACT_NONE, LWFM_ACT_RELU, LWFM_ACT_LRELU } lwfm__ac
 
 typedef struct lwfm__op {
     lwfm__op_kind kind;
-    int src, dst;      /* buffer ids; src may be LWFM_NET_INPUT */
-    int accumulate;    /* conv: add the result to what dst already holds */
-    int ic, oc;        /* channels in and out (equal for pooling) */
+    int src, dst;   /* buffer ids; src may be LWFM_NET_INPUT */
+    int accumulate; /* conv: add the result to what dst already holds */
+    int ic, oc;     /* channels in and out (equal for pooling) */
     int kh, kw, sh, sw, ph, pw;
     lwfm__act act;
-    float alpha;       /* negative slope for LWFM_ACT_LRELU */
-    int tap;           /* tap slot this op's output feeds, or -1 */
+    float alpha; /* negative slope for LWFM_ACT_LRELU */
+    int tap;     /* tap slot this op's output feeds, or -1 */
     /* convolution parameters (owned) */
-    float *w_plain;            /* folded OIHW weights until the net is finalised */
-    void *w_data;              /* weights in compute layout, described by w_md */
+    float *w_plain; /* folded OIHW weights until the net is finalised */
+    void *w_data;   /* weights in compute layout, described by w_md */
     dnnl_memory_desc_t w_md;
-    float *bias;               /* oc floats (folded BatchNorm shift) */
-    char name[96];             /* key of the conv weight, for messages */
+    float *bias;   /* oc floats (folded BatchNorm shift) */
+    char name[96]; /* key of the conv weight, for messages */
 } lwfm__op;
 
 struct lwfm__net {
@@ -47,10 +47,10 @@ struct lwfm__net {
  * the conv; `bias_key` (may be NULL) names a conv bias. */
 lwfm_status lwfm__net_add_conv(lwfm__net *net, const lwfm__archive *ar, const char *conv_key,
                                const char *bias_key, const char *bn_prefix, int ic, int oc, int k,
-                               int stride, int pad, int src, int dst, int accumulate,
-                               lwfm__act act, float alpha);
-lwfm_status lwfm__net_add_maxpool(lwfm__net *net, int channels, int k, int stride, int pad,
-                                  int src, int dst);
+                               int stride, int pad, int src, int dst, int accumulate, lwfm__act act,
+                               float alpha);
+lwfm_status lwfm__net_add_maxpool(lwfm__net *net, int channels, int k, int stride, int pad, int src,
+                                  int dst);
 /* Mark the output of the last op added as tap slot `slot`. */
 void lwfm__net_mark_tap(lwfm__net *net, int slot);
 

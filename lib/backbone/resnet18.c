@@ -27,7 +27,8 @@ lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const 
     lwfm_status st;
     char w[160], bn[160];
     int last = cfg->hyperpixel_ids[cfg->n_taps - 1];
-    if (last > 8) return lwfm__error(LWFM_ERR_UNSUPPORTED, "resnet18 has blocks 0..8, not %d", last);
+    if (last > 8)
+        return lwfm__error(LWFM_ERR_UNSUPPORTED, "resnet18 has blocks 0..8, not %d", last);
 
     snprintf(w, sizeof w, "%sinitial_block.conv1.weight", prefix);
     snprintf(bn, sizeof bn, "%sinitial_block.bn1", prefix);
@@ -53,8 +54,8 @@ lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const 
         if (stride != 1 || in_c != out_c) {
             snprintf(w, sizeof w, "%slayer%d.%d.downsample.0.weight", prefix, layer, idx);
             snprintf(bn, sizeof bn, "%slayer%d.%d.downsample.1", prefix, layer, idx);
-            if ((st = lwfm__net_add_conv(net, ar, w, NULL, bn, in_c, out_c, 1, stride, 0, cur, d,
-                                         0, LWFM_ACT_NONE, 0.0f)))
+            if ((st = lwfm__net_add_conv(net, ar, w, NULL, bn, in_c, out_c, 1, stride, 0, cur, d, 0,
+                                         LWFM_ACT_NONE, 0.0f)))
                 return st;
             out = d;
         }

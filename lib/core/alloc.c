@@ -21,7 +21,9 @@ void *lwfm__calloc(size_t count, size_t size) {
     return p;
 }
 
-void lwfm__free(void *p) { free(p); }
+void lwfm__free(void *p) {
+    free(p);
+}
 
 int lwfm__numel(const int64_t *dims, int n, size_t *out) {
     size_t total = 1;

@@ -19,7 +19,7 @@
  * (GCC function multi-versioning): the library runs on any x86-64 CPU and
  * uses AVX2 / AVX-512 where present. Off under sanitizers and other
  * compilers. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) &&                             \
     !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && !defined(LWFM_NO_MULTIARCH)
 #define LWFM_MULTIARCH __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else

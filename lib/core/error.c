@@ -12,7 +12,9 @@ static lwfm_log_fn g_log_fn = NULL;
 static void *g_log_user = NULL;
 static lwfm_log_level g_log_min = LWFM_LOG_WARN;
 
-LWFM_API const char *lwfm_version(void) { return LWFM_VERSION_STRING; }
+LWFM_API const char *lwfm_version(void) {
+    return LWFM_VERSION_STRING;
+}
 
 LWFM_API int lwfm_version_number(void) {
     return LWFM_VERSION_MAJOR * 10000 + LWFM_VERSION_MINOR * 100 + LWFM_VERSION_PATCH;
@@ -20,28 +22,47 @@ LWFM_API int lwfm_version_number(void) {
 
 LWFM_API const char *lwfm_status_string(lwfm_status status) {
     switch (status) {
-    case LWFM_OK: return "ok";
-    case LWFM_ERR_INVALID_ARGUMENT: return "invalid argument";
-    case LWFM_ERR_OUT_OF_MEMORY: return "out of memory";
-    case LWFM_ERR_IO: return "input/output error";
-    case LWFM_ERR_FORMAT: return "malformed weight file";
-    case LWFM_ERR_MISSING_KEY: return "missing tensor in weight file";
-    case LWFM_ERR_SHAPE: return "wrong shape";
-    case LWFM_ERR_DTYPE: return "unsupported dtype";
-    case LWFM_ERR_LIMIT: return "resource limit exceeded";
-    case LWFM_ERR_UNSUPPORTED: return "unsupported configuration";
-    case LWFM_ERR_WRONG_KIND: return "call does not apply to this model's method";
-    case LWFM_ERR_NONFINITE: return "non-finite value in input";
-    case LWFM_ERR_BUFFER_TOO_SMALL: return "output buffer too small";
-    case LWFM_ERR_BACKEND: return "oneDNN backend error";
-    case LWFM_ERR_INTERNAL: return "internal error";
+    case LWFM_OK:
+        return "ok";
+    case LWFM_ERR_INVALID_ARGUMENT:
+        return "invalid argument";
+    case LWFM_ERR_OUT_OF_MEMORY:
+        return "out of memory";
+    case LWFM_ERR_IO:
+        return "input/output error";
+    case LWFM_ERR_FORMAT:
+        return "malformed weight file";
+    case LWFM_ERR_MISSING_KEY:
+        return "missing tensor in weight file";
+    case LWFM_ERR_SHAPE:
+        return "wrong shape";
+    case LWFM_ERR_DTYPE:
+        return "unsupported dtype";
+    case LWFM_ERR_LIMIT:
+        return "resource limit exceeded";
+    case LWFM_ERR_UNSUPPORTED:
+        return "unsupported configuration";
+    case LWFM_ERR_WRONG_KIND:
+        return "call does not apply to this model's method";
+    case LWFM_ERR_NONFINITE:
+        return "non-finite value in input";
+    case LWFM_ERR_BUFFER_TOO_SMALL:
+        return "output buffer too small";
+    case LWFM_ERR_BACKEND:
+        return "oneDNN backend error";
+    case LWFM_ERR_INTERNAL:
+        return "internal error";
     }
     return "unknown status";
 }
 
-LWFM_API const char *lwfm_last_error(void) { return tls_error; }
+LWFM_API const char *lwfm_last_error(void) {
+    return tls_error;
+}
 
-void lwfm__error_clear(void) { tls_error[0] = '\0'; }
+void lwfm__error_clear(void) {
+    tls_error[0] = '\0';
+}
 
 lwfm_status lwfm__error(lwfm_status status, const char *fmt, ...) {
     va_list ap;

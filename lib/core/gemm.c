@@ -3,14 +3,14 @@
 
 #include "core/core.h"
 
-#define CHECK(call, what)                                                                        \
-    do {                                                                                         \
-        dnnl_status_t s_ = (call);                                                               \
-        if (s_ != dnnl_success) {                                                                \
-            st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN matmul: %s failed (dnnl status %d)",      \
-                             what, (int)s_);                                                     \
-            goto done;                                                                           \
-        }                                                                                        \
+#define CHECK(call, what)                                                                          \
+    do {                                                                                           \
+        dnnl_status_t s_ = (call);                                                                 \
+        if (s_ != dnnl_success) {                                                                  \
+            st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN matmul: %s failed (dnnl status %d)", what,  \
+                             (int)s_);                                                             \
+            goto done;                                                                             \
+        }                                                                                          \
     } while (0)
 
 lwfm_status lwfm__gemm_abt(dnnl_engine_t engine, dnnl_stream_t stream, int64_t M, int64_t N,
@@ -51,8 +51,8 @@ lwfm_status lwfm__gemm_abt(dnnl_engine_t engine, dnnl_stream_t stream, int64_t M
     CHECK(dnnl_memory_create(&mb, &b_md, engine, (void *)B), "memory");
     CHECK(dnnl_memory_create(&mc, &c_md, engine, C), "memory");
     CHECK(dnnl_memory_create(&ms, s_md, engine, scratch), "memory");
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc},
-                               {DNNL_ARG_SCRATCHPAD, ms}};
+    dnnl_exec_arg_t args[4] = {
+        {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, ms}};
     CHECK(dnnl_primitive_execute(prim, stream, 4, args), "execute");
     CHECK(dnnl_stream_wait(stream), "wait");
 done:

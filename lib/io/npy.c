@@ -203,10 +203,18 @@ static int parse_descr(const char *d, npy_dtype *t) {
     int size = d[2] - '0';
     if (order != '<' && order != '>' && order != '|') return 0;
     switch (kind) {
-    case 'f': if (size != 2 && size != 4 && size != 8) return 0; break;
-    case 'i': case 'u': if (size != 1 && size != 2 && size != 4 && size != 8) return 0; break;
-    case 'b': if (size != 1) return 0; break;
-    default: return 0;
+    case 'f':
+        if (size != 2 && size != 4 && size != 8) return 0;
+        break;
+    case 'i':
+    case 'u':
+        if (size != 1 && size != 2 && size != 4 && size != 8) return 0;
+        break;
+    case 'b':
+        if (size != 1) return 0;
+        break;
+    default:
+        return 0;
     }
     if (order == '|' && size != 1) return 0;
     t->kind = kind;
@@ -296,10 +304,18 @@ static lwfm_status convert_int(int64_t *dst, const uint8_t *src, size_t n, npy_d
         } else {
             /* Sign-extend from size*8 bits. */
             switch (t.size) {
-            case 1: dst[i] = (int8_t)(uint8_t)u; break;
-            case 2: dst[i] = (int16_t)(uint16_t)u; break;
-            case 4: dst[i] = (int32_t)(uint32_t)u; break;
-            default: dst[i] = (int64_t)u; break;
+            case 1:
+                dst[i] = (int8_t)(uint8_t)u;
+                break;
+            case 2:
+                dst[i] = (int16_t)(uint16_t)u;
+                break;
+            case 4:
+                dst[i] = (int32_t)(uint32_t)u;
+                break;
+            default:
+                dst[i] = (int64_t)u;
+                break;
             }
         }
     }
@@ -312,11 +328,11 @@ void lwfm__format_shape(char *buf, size_t cap, const int64_t *shape, int ndim) {
     size_t len = 0;
     if (cap == 0) return;
     buf[0] = '\0';
-#define APPEND(...)                                                          \
-    do {                                                                     \
-        int k_ = snprintf(buf + len, cap - len, __VA_ARGS__);                \
-        if (k_ < 0 || (size_t)k_ >= cap - len) return; /* truncated */      \
-        len += (size_t)k_;                                                   \
+#define APPEND(...)                                                                                \
+    do {                                                                                           \
+        int k_ = snprintf(buf + len, cap - len, __VA_ARGS__);                                      \
+        if (k_ < 0 || (size_t)k_ >= cap - len) return; /* truncated */                             \
+        len += (size_t)k_;                                                                         \
     } while (0)
     APPEND("(");
     for (int i = 0; i < ndim; i++) APPEND(i ? ", %lld" : "%lld", (long long)shape[i]);
@@ -348,15 +364,15 @@ lwfm_status lwfm__npy_parse(lwfm__tensor *t, const char *name, const void *data,
     int major = b[6], minor = b[7];
     if (major < 1 || major > 3 || minor != 0)
         return lwfm__error(LWFM_ERR_UNSUPPORTED,
-                           ".npy format version %d.%d is not supported (1.0, 2.0, 3.0 are)",
-                           major, minor);
+                           ".npy format version %d.%d is not supported (1.0, 2.0, 3.0 are)", major,
+                           minor);
     size_t pre = major == 1 ? 10 : 12;
     if (size < pre) return lwfm__error(LWFM_ERR_FORMAT, "truncated .npy preamble");
     size_t hlen = major == 1 ? (size_t)load_uint(b + 8, 2, 0) : (size_t)load_uint(b + 8, 4, 0);
     if (hlen > size - pre)
         return lwfm__error(LWFM_ERR_FORMAT,
-                           ".npy header length %zu exceeds the %zu bytes left in the member",
-                           hlen, size - pre);
+                           ".npy header length %zu exceeds the %zu bytes left in the member", hlen,
+                           size - pre);
 
     /* Header. */
     if ((st = parse_header((const char *)b + pre, hlen, &h))) return st;
@@ -374,10 +390,9 @@ lwfm_status lwfm__npy_parse(lwfm__tensor *t, const char *name, const void *data,
     uint64_t numel = 1;
     for (int i = 0; i < h.ndim; i++) {
         if (h.dims[i] > lim->max_elements || h.dims[i] > (uint64_t)INT64_MAX)
-            return lwfm__error(LWFM_ERR_LIMIT,
-                               "dimension %d is %llu, more than max_elements = %llu", i,
-                               (unsigned long long)h.dims[i],
-                               (unsigned long long)lim->max_elements);
+            return lwfm__error(
+                LWFM_ERR_LIMIT, "dimension %d is %llu, more than max_elements = %llu", i,
+                (unsigned long long)h.dims[i], (unsigned long long)lim->max_elements);
         if (__builtin_mul_overflow(numel, h.dims[i], &numel)) numel = UINT64_MAX;
     }
     int64_t shape[LWFM_NPZ_MAX_NDIM] = {0};
@@ -390,8 +405,7 @@ lwfm_status lwfm__npy_parse(lwfm__tensor *t, const char *name, const void *data,
     }
     size_t n, need, outbytes;
     if (numel > SIZE_MAX || lwfm__mul_size((size_t)numel, (size_t)dt.size, &need) ||
-        lwfm__mul_size((size_t)numel, dt.kind == 'f' ? sizeof(float) : sizeof(int64_t),
-                       &outbytes))
+        lwfm__mul_size((size_t)numel, dt.kind == 'f' ? sizeof(float) : sizeof(int64_t), &outbytes))
         return lwfm__error(LWFM_ERR_LIMIT, "array too large for this machine");
     n = (size_t)numel;
 
@@ -403,8 +417,7 @@ lwfm_status lwfm__npy_parse(lwfm__tensor *t, const char *name, const void *data,
                                "truncated data: %zu bytes present, %zu expected for %zu "
                                "elements of '%s'",
                                avail, need, n, h.descr);
-        return lwfm__error(LWFM_ERR_FORMAT,
-                           "%zu trailing bytes after the %zu bytes of array data",
+        return lwfm__error(LWFM_ERR_FORMAT, "%zu trailing bytes after the %zu bytes of array data",
                            avail - need, need);
     }
     const uint8_t *src = b + pre + hlen;

@@ -62,17 +62,21 @@ static const char *errno_text(int e, char *buf, size_t cap) {
 /* Status for a libzip error code. */
 static lwfm_status zip_status(int code) {
     switch (code) {
-    case ZIP_ER_MEMORY: return LWFM_ERR_OUT_OF_MEMORY;
+    case ZIP_ER_MEMORY:
+        return LWFM_ERR_OUT_OF_MEMORY;
     case ZIP_ER_NOENT:
     case ZIP_ER_OPEN:
     case ZIP_ER_READ:
     case ZIP_ER_SEEK:
-    case ZIP_ER_TELL: return LWFM_ERR_IO;
+    case ZIP_ER_TELL:
+        return LWFM_ERR_IO;
     case ZIP_ER_MULTIDISK:
     case ZIP_ER_COMPNOTSUPP:
     case ZIP_ER_ENCRNOTSUPP:
-    case ZIP_ER_NOPASSWD: return LWFM_ERR_UNSUPPORTED;
-    default: return LWFM_ERR_FORMAT; /* NOZIP, INCONS, CRC, EOF, ZLIB, ... */
+    case ZIP_ER_NOPASSWD:
+        return LWFM_ERR_UNSUPPORTED;
+    default:
+        return LWFM_ERR_FORMAT; /* NOZIP, INCONS, CRC, EOF, ZLIB, ... */
     }
 }
 
@@ -166,31 +170,33 @@ static lwfm_status scan_entries(zip_t *za, const char *src, const lwfm__npz_limi
         } else if (len <= 4 || !ends_with(name, len, ".npy")) {
             st = lwfm__error(LWFM_ERR_FORMAT,
                              "%s: member '%s' is not a .npy array (only <name>.npy members are "
-                             "allowed)", src, name);
+                             "allowed)",
+                             src, name);
         } else if (zs.encryption_method != ZIP_EM_NONE) {
             st = lwfm__error(LWFM_ERR_UNSUPPORTED, "%s: member '%s' is encrypted", src, name);
         } else if (zs.comp_method != ZIP_CM_STORE && zs.comp_method != ZIP_CM_DEFLATE) {
             st = lwfm__error(LWFM_ERR_UNSUPPORTED,
                              "%s: member '%s': compression method %d is not supported (only "
-                             "stored or deflate)", src, name, (int)zs.comp_method);
+                             "stored or deflate)",
+                             src, name, (int)zs.comp_method);
         } else if (impossible_size(&zs)) {
             st = lwfm__error(LWFM_ERR_FORMAT,
                              "%s: member '%s': declared size of %llu bytes is impossible for %llu "
-                             "%s bytes", src, name, (unsigned long long)zs.size,
+                             "%s bytes",
+                             src, name, (unsigned long long)zs.size,
                              (unsigned long long)zs.comp_size,
                              zs.comp_method == ZIP_CM_STORE ? "stored" : "deflated");
         } else if (zs.size > lim->max_member_bytes || zs.size > SIZE_MAX) {
             st = lwfm__error(LWFM_ERR_LIMIT,
                              "%s: member '%s': decompressed size of %llu bytes exceeds "
-                             "max_member_bytes = %llu; " NPZ_RAISE_HINT, src, name,
-                             (unsigned long long)zs.size,
+                             "max_member_bytes = %llu; " NPZ_RAISE_HINT,
+                             src, name, (unsigned long long)zs.size,
                              (unsigned long long)lim->max_member_bytes);
-        } else if (__builtin_add_overflow(total, zs.size, &total) ||
-                   total > lim->max_total_bytes) {
+        } else if (__builtin_add_overflow(total, zs.size, &total) || total > lim->max_total_bytes) {
             st = lwfm__error(LWFM_ERR_LIMIT,
                              "%s: member '%s': total decompressed size of the archive exceeds "
-                             "max_total_bytes = %llu; " NPZ_RAISE_HINT, src, name,
-                             (unsigned long long)lim->max_total_bytes);
+                             "max_total_bytes = %llu; " NPZ_RAISE_HINT,
+                             src, name, (unsigned long long)lim->max_total_bytes);
         } else {
             e[k].index = i;
             e[k].name = name;
@@ -220,8 +226,8 @@ static lwfm_status scan_entries(zip_t *za, const char *src, const lwfm__npz_limi
 static lwfm_status read_member(zip_t *za, const npz_entry *e, const char *src, uint8_t *buf) {
     zip_file_t *zf = zip_fopen_index(za, e->index, 0);
     if (!zf)
-        return lwfm__error(zip_status(zip_error_code_zip(zip_get_error(za))),
-                           "%s: member '%s': %s", src, e->name, zip_strerror(za));
+        return lwfm__error(zip_status(zip_error_code_zip(zip_get_error(za))), "%s: member '%s': %s",
+                           src, e->name, zip_strerror(za));
     lwfm_status st = LWFM_OK;
     size_t got = 0;
     zip_int64_t r = 1;
@@ -258,9 +264,8 @@ static lwfm_status read_entries(zip_t *za, const npz_entry *e, size_t n, const c
     for (size_t i = 0; i < n; i++) {
         uint8_t *buf = malloc(e[i].size ? e[i].size : 1);
         if (!buf)
-            return lwfm__error(LWFM_ERR_OUT_OF_MEMORY,
-                               "%s: member '%s': cannot allocate %zu bytes", src, e[i].name,
-                               e[i].size);
+            return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "%s: member '%s': cannot allocate %zu bytes",
+                               src, e[i].name, e[i].size);
         lwfm_status st = read_member(za, &e[i], src, buf);
         if (!st) {
             char name[NPZ_MAX_NAME + 1];
@@ -350,8 +355,7 @@ static lwfm_status read_archive(lwfm__archive *out, const npz_input *in,
     return LWFM_OK;
 }
 
-lwfm_status lwfm__npz_read_file(lwfm__archive *out, const char *path,
-                                const lwfm__npz_limits *lim) {
+lwfm_status lwfm__npz_read_file(lwfm__archive *out, const char *path, const lwfm__npz_limits *lim) {
     if (!out) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "archive pointer is NULL");
     memset(out, 0, sizeof *out);
     if (!path) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "path is NULL");
@@ -422,8 +426,8 @@ lwfm_status lwfm__archive_get_f32(const lwfm__archive *ar, const char *name, int
         char want[256], got[256];
         lwfm__format_shape(want, sizeof want, shape, ndim);
         lwfm__format_shape(got, sizeof got, t->shape, t->ndim);
-        return lwfm__error(LWFM_ERR_SHAPE, "%s: tensor '%s': expected shape %s, got %s",
-                           ar->source, name, want, got);
+        return lwfm__error(LWFM_ERR_SHAPE, "%s: tensor '%s': expected shape %s, got %s", ar->source,
+                           name, want, got);
     }
     *out = t->f32;
     return LWFM_OK;

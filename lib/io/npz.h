@@ -12,10 +12,10 @@
 #define LWFM_NPZ_MAX_NDIM 8
 
 typedef struct lwfm__npz_limits {
-    uint64_t max_total_bytes;   /* sum of decompressed member sizes (default 1 GiB) */
-    uint64_t max_member_bytes;  /* one decompressed member (default 1 GiB) */
-    uint32_t max_members;       /* number of members (default 4096) */
-    uint64_t max_elements;      /* elements of one array (default 2^28) */
+    uint64_t max_total_bytes;  /* sum of decompressed member sizes (default 1 GiB) */
+    uint64_t max_member_bytes; /* one decompressed member (default 1 GiB) */
+    uint32_t max_members;      /* number of members (default 4096) */
+    uint64_t max_elements;     /* elements of one array (default 2^28) */
 } lwfm__npz_limits;
 
 void lwfm__npz_limits_default(lwfm__npz_limits *lim);
@@ -25,13 +25,13 @@ void lwfm__npz_limits_default(lwfm__npz_limits *lim);
  * (|b1 |i1 |u1 <i2 <u2 <i4 <u4 <i8 <u8, either byte order) are converted to
  * int64 into `i64`. Exactly one of f32/i64 is non-NULL. */
 typedef struct lwfm__tensor {
-    char *name;                       /* member name without the ".npy" suffix */
-    int ndim;                         /* 0 for a scalar */
+    char *name; /* member name without the ".npy" suffix */
+    int ndim;   /* 0 for a scalar */
     int64_t shape[LWFM_NPZ_MAX_NDIM];
-    size_t numel;                     /* product of shape (1 for a scalar) */
+    size_t numel; /* product of shape (1 for a scalar) */
     float *f32;
     int64_t *i64;
-    char descr[8];                    /* original dtype descr, e.g. "<f2" */
+    char descr[8]; /* original dtype descr, e.g. "<f2" */
 } lwfm__tensor;
 
 typedef struct lwfm__archive {

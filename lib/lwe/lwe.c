@@ -8,7 +8,8 @@
 #define UNIT_EPS 1e-6 /* step 2: sqrt(sum of squares + 1e-6) */
 #define VAR_EPS 1e-5  /* step 3: (R - mean) / sqrt(var + 1e-5) */
 
-LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X, float *U) {
+LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X,
+                                            float *U) {
     const int C = ly->C, P = ly->P;
     for (int p = 0; p < P; p++) {
         double mean = 0.0;
@@ -58,8 +59,8 @@ static inline void norm_softmax(float *m, int P, int stride_in, int stride_out, 
     }
 }
 
-LWFM_MULTIARCH void lwfm__lwe_attention(const float *R, int64_t ldr, int P, float t_attn,
-                                        float *ws, float *wq, float *work) {
+LWFM_MULTIARCH void lwfm__lwe_attention(const float *R, int64_t ldr, int P, float t_attn, float *ws,
+                                        float *wq, float *work) {
     float *As = work, *Aq = work + (int64_t)P * P; /* both (a, b) row-major */
     for (int a = 0; a < P; a++)
         for (int b = 0; b < P; b++) As[a * P + b] = Aq[a * P + b] = R[a * ldr + b];

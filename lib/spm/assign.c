@@ -79,7 +79,7 @@ size_t lwfm__assign_work_doubles(int n) {
 }
 
 static inline __attribute__((always_inline)) double load_cost(const void *cost, int kind,
-                                                               double scale, size_t k) {
+                                                              double scale, size_t k) {
     if (kind == SRC_F32) return (double)((const float *)cost)[k];
     if (kind == SRC_F64_SCALED) return ((const double *)cost)[k] * scale;
     return ((const double *)cost)[k];
@@ -180,9 +180,8 @@ static inline __attribute__((always_inline)) int pick_column(int n, double lowes
  * off[j] = +inf, which both keeps them from being relaxed again (r + inf < d
  * is false) and hides them from the minimum (dist + inf = inf); their dist
  * stays the settled distance. */
-static inline __attribute__((always_inline)) void solve_core(const void *cost, int kind,
-                                                              double scale, int n, int *col4row,
-                                                              double *work) {
+static inline __attribute__((always_inline)) void
+solve_core(const void *cost, int kind, double scale, int n, int *col4row, double *work) {
     double *const u = work;
     double *const v = work + n;
     double *const dist = work + 2 * (size_t)n;

@@ -18,7 +18,9 @@ lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const 
     if (!learnable) return LWFM_OK;
     for (int l = 0; l < ly->n; l++) {
         int d = ly->dim[l], h = d / 2;
-        if (h < 1) return lwfm__error(LWFM_ERR_SHAPE, "layer %d has %d channels; the matcher needs >= 2", l, d);
+        if (h < 1)
+            return lwfm__error(LWFM_ERR_SHAPE, "layer %d has %d channels; the matcher needs >= 2",
+                               l, d);
         char key[96];
         const float *w;
         int64_t s1[2] = {h, d}, s2[2] = {d, h};
@@ -62,9 +64,11 @@ lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly,
         const int off = ly->off[l], d = ly->dim[l], h = m->hid[l];
         if (m->learnable) {
             /* tmp = relu(X_l W1^T); G_l = relu(tmp W2^T) + X_l */
-            if ((st = lwfm__gemm_abt(engine, stream, rows, h, d, X + off, C, m->w1[l], d, tmp, h, 1)))
+            if ((st = lwfm__gemm_abt(engine, stream, rows, h, d, X + off, C, m->w1[l], d, tmp, h,
+                                     1)))
                 return st;
-            if ((st = lwfm__gemm_abt(engine, stream, rows, d, h, tmp, h, m->w2[l], h, G + off, C, 1)))
+            if ((st = lwfm__gemm_abt(engine, stream, rows, d, h, tmp, h, m->w2[l], h, G + off, C,
+                                     1)))
                 return st;
         }
 #pragma omp parallel for schedule(static)
@@ -86,9 +90,10 @@ size_t lwfm__spm_work_doubles(int P) {
     return (size_t)P * P + lwfm__assign_work_doubles(P) + (size_t)P;
 }
 
-LWFM_MULTIARCH double lwfm__spm_pair_score(const float *R, int64_t ldr, int P, const float *Gs, const float *ns,
-                            const float *Gq, const float *nq, int64_t ldg, int64_t nstride, int d,
-                            int top_k, int *sigma, float *sim, double *work) {
+LWFM_MULTIARCH double lwfm__spm_pair_score(const float *R, int64_t ldr, int P, const float *Gs,
+                                           const float *ns, const float *Gq, const float *nq,
+                                           int64_t ldg, int64_t nstride, int d, int top_k,
+                                           int *sigma, float *sim, double *work) {
     double *cost = work, *solver = work + (size_t)P * P;
     double *c = solver + lwfm__assign_work_doubles(P);
     for (int a = 0; a < P; a++)

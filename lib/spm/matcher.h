@@ -10,10 +10,10 @@
 #include "lwe/lwe.h"
 
 typedef struct lwfm__matcher {
-    int learnable;                /* 0: g is the identity */
-    int hid[LWFM_MAX_TAPS];       /* d_l / 2 */
-    float *w1[LWFM_MAX_TAPS];     /* (hid, d) row-major */
-    float *w2[LWFM_MAX_TAPS];     /* (d, hid) row-major */
+    int learnable;            /* 0: g is the identity */
+    int hid[LWFM_MAX_TAPS];   /* d_l / 2 */
+    float *w1[LWFM_MAX_TAPS]; /* (hid, d) row-major */
+    float *w2[LWFM_MAX_TAPS]; /* (d, hid) row-major */
 } lwfm__matcher;
 
 /* Load `matchers.{l}.linear.0.weight` (d/2, d) and `.linear.2.weight`
