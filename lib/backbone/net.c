@@ -204,12 +204,42 @@ static dnnl_data_type_t act_dt(const lwfm__net *net) {
     return net->precision == LWFM_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
 }
 
-/* Memory descriptor of an activation buffer: blocked by 16 channels (the
- * layout oneDNN's AVX-512 kernels use; channel counts are padded). */
-static void act_md(dnnl_memory_desc_t *md, int64_t n, int64_t c, int64_t h, int64_t w,
-                   dnnl_data_type_t dt) {
+/* Memory descriptor of an activation buffer, in the net's layout. */
+static void act_md(const lwfm__net *net, dnnl_memory_desc_t *md, int64_t n, int64_t c, int64_t h,
+                   int64_t w, dnnl_data_type_t dt) {
     dnnl_dims_t d = {n, c, h, w};
-    dnnl_memory_desc_init_by_tag(md, 4, d, dt, dnnl_nChw16c);
+    dnnl_memory_desc_init_by_tag(md, 4, d, dt, net->act_tag);
+}
+
+/* The activation layout oneDNN's best convolution uses on this CPU (and
+ * under ONEDNN_MAX_CPU_ISA): nChw16c with AVX-512, nChw8c with AVX2/SSE4.1,
+ * else plain nhwc. Forcing a layout the CPU's kernels do not use would make
+ * oneDNN fall back to its slow reference convolution. */
+static dnnl_format_tag_t pick_act_tag(dnnl_engine_t eng, dnnl_data_type_t dt) {
+    static const dnnl_format_tag_t candidates[] = {dnnl_nChw16c, dnnl_nChw8c, dnnl_nhwc};
+    dnnl_format_tag_t tag = dnnl_nhwc;
+    dnnl_memory_desc_t src, wmd, dst;
+    dnnl_dims_t sd = {16, 64, 21, 21}, wd = {64, 64, 3, 3}, one = {1, 1};
+    dnnl_convolution_desc_t cd;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_memory_desc_init_by_tag(&src, 4, sd, dt, dnnl_format_tag_any);
+    dnnl_memory_desc_init_by_tag(&dst, 4, sd, dt, dnnl_format_tag_any);
+    dnnl_memory_desc_init_by_tag(&wmd, 4, wd, dt, dnnl_format_tag_any);
+    if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+                                           &src, &wmd, NULL, &dst, one, one, one) ||
+        dnnl_primitive_desc_create(&pd, &cd, NULL, eng, NULL))
+        return tag;
+    const dnnl_memory_desc_t *chosen = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
+        dnnl_memory_desc_t probe;
+        dnnl_memory_desc_init_by_tag(&probe, 4, sd, dt, candidates[i]);
+        if (dnnl_memory_desc_equal(&probe, chosen)) {
+            tag = candidates[i];
+            break;
+        }
+    }
+    dnnl_primitive_desc_destroy(pd);
+    return tag;
 }
 
 static lwfm_status make_attr(dnnl_primitive_attr_t *attr, const lwfm__op *op) {
@@ -254,9 +284,9 @@ static lwfm_status op_pd(const lwfm__net *net, const lwfm__op *op, int64_t n, in
         /* The input arrives as plain NCHW (converted to bf16 first in bf16 mode). */
         DNNL_CHECK(dnnl_memory_desc_init_by_tag(&src, 4, d, dt, dnnl_nchw), "src md");
     } else {
-        act_md(&src, n, op->ic, ih, iw, dt);
+        act_md(net, &src, n, op->ic, ih, iw, dt);
     }
-    act_md(&dst, n, op->oc, oh, ow, dt);
+    act_md(net, &dst, n, op->oc, oh, ow, dt);
     if (op->kind == LWFM_OP_CONV) {
         dnnl_dims_t wd = {op->oc, op->ic, op->kh, op->kw}, bd = {op->oc};
         DNNL_CHECK(dnnl_memory_desc_init_by_tag(&wmd, 4, wd, dt, dnnl_format_tag_any), "w md");
@@ -351,6 +381,11 @@ lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm
     net->feature_size = cfg->feature_size;
     net->canonical_h = net->canonical_w = cfg->image_size > 0 ? cfg->image_size : 84;
     DNNL_CHECK(dnnl_engine_create(&net->engine, dnnl_cpu, 0), "engine create");
+    net->act_tag = pick_act_tag(net->engine, act_dt(net));
+    lwfm__log(LWFM_LOG_DEBUG, "backbone activations in layout %s",
+              net->act_tag == dnnl_nChw16c  ? "nChw16c"
+              : net->act_tag == dnnl_nChw8c ? "nChw8c"
+                                            : "nhwc");
     const char *prefix = lwfm__backbone_prefix(cfg);
     switch (cfg->backbone) {
     case LWFM_BACKBONE_RESNET18:

@@ -39,6 +39,7 @@ struct lwfm__net {
     int out_channels;
     int feature_size;
     int canonical_h, canonical_w; /* the model's image size: weights are laid out for it */
+    dnnl_format_tag_t act_tag;    /* activation layout oneDNN prefers on this CPU */
 };
 
 /* Builder API used by the per-architecture files. `conv_key` names the
