@@ -211,35 +211,37 @@ static void act_md(const lwfm__net *net, dnnl_memory_desc_t *md, int64_t n, int6
     dnnl_memory_desc_init_by_tag(md, 4, d, dt, net->act_tag);
 }
 
-/* The activation layout oneDNN's best convolution uses on this CPU (and
- * under ONEDNN_MAX_CPU_ISA): nChw16c with AVX-512, nChw8c with AVX2/SSE4.1,
- * else plain nhwc. Forcing a layout the CPU's kernels do not use would make
- * oneDNN fall back to its slow reference convolution. */
+/* Whether oneDNN has an optimised (non-reference) kernel for pd. */
+static int is_fast(const_dnnl_primitive_desc_t pd) {
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl)
+        return 0;
+    return strncmp(impl, "ref", 3) != 0;
+}
+
+/* The activation layout for this CPU (and ONEDNN_MAX_CPU_ISA): the first of
+ * nChw16c (AVX-512 kernels), nChw8c (AVX2 / SSE4.1 kernels) and nhwc for
+ * which a probe convolution gets an optimised kernel. A layout the CPU's
+ * kernels do not take would send oneDNN to its slow reference convolution. */
 static dnnl_format_tag_t pick_act_tag(dnnl_engine_t eng, dnnl_data_type_t dt) {
     static const dnnl_format_tag_t candidates[] = {dnnl_nChw16c, dnnl_nChw8c, dnnl_nhwc};
-    dnnl_format_tag_t tag = dnnl_nhwc;
-    dnnl_memory_desc_t src, wmd, dst;
     dnnl_dims_t sd = {16, 64, 21, 21}, wd = {64, 64, 3, 3}, one = {1, 1};
-    dnnl_convolution_desc_t cd;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_memory_desc_init_by_tag(&src, 4, sd, dt, dnnl_format_tag_any);
-    dnnl_memory_desc_init_by_tag(&dst, 4, sd, dt, dnnl_format_tag_any);
-    dnnl_memory_desc_init_by_tag(&wmd, 4, wd, dt, dnnl_format_tag_any);
-    if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
-                                           &src, &wmd, NULL, &dst, one, one, one) ||
-        dnnl_primitive_desc_create(&pd, &cd, NULL, eng, NULL))
-        return tag;
-    const dnnl_memory_desc_t *chosen = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
     for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
-        dnnl_memory_desc_t probe;
-        dnnl_memory_desc_init_by_tag(&probe, 4, sd, dt, candidates[i]);
-        if (dnnl_memory_desc_equal(&probe, chosen)) {
-            tag = candidates[i];
-            break;
+        dnnl_memory_desc_t act, wmd;
+        dnnl_convolution_desc_t cd;
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_memory_desc_init_by_tag(&act, 4, sd, dt, candidates[i]);
+        dnnl_memory_desc_init_by_tag(&wmd, 4, wd, dt, dnnl_format_tag_any);
+        if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+                                               &act, &wmd, NULL, &act, one, one,
+                                               one) == dnnl_success &&
+            dnnl_primitive_desc_create(&pd, &cd, NULL, eng, NULL) == dnnl_success) {
+            int fast = is_fast(pd);
+            dnnl_primitive_desc_destroy(pd);
+            if (fast) return candidates[i];
         }
     }
-    dnnl_primitive_desc_destroy(pd);
-    return tag;
+    return dnnl_nhwc;
 }
 
 static lwfm_status make_attr(dnnl_primitive_attr_t *attr, const lwfm__op *op) {
@@ -281,8 +283,9 @@ static lwfm_status op_pd(const lwfm__net *net, const lwfm__op *op, int64_t n, in
     if ((st = make_attr(&attr, op))) return st;
     if (op->src == LWFM_NET_INPUT) {
         dnnl_dims_t d = {n, op->ic, ih, iw};
-        /* The input arrives as plain NCHW (converted to bf16 first in bf16 mode). */
-        DNNL_CHECK(dnnl_memory_desc_init_by_tag(&src, 4, d, dt, dnnl_nchw), "src md");
+        /* The input arrives as plain NCHW f32; it is reordered first when the
+         * first layer wants another layout or bf16. */
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(&src, 4, d, dt, net->in_tag), "src md");
     } else {
         act_md(net, &src, n, op->ic, ih, iw, dt);
     }
@@ -399,6 +402,17 @@ lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm
                          lwfm__backbone_name(cfg->backbone));
     }
     if (st) goto done;
+    /* The first layer reads the caller's NCHW directly when oneDNN has a
+     * fast kernel for that, else the input is reordered to act_tag. */
+    net->in_tag = dnnl_nchw;
+    if (net->n_ops > 0) {
+        dnnl_primitive_desc_t pd = NULL;
+        if ((st = op_pd(net, &net->ops[0], LWFM_DEFAULT_CHUNK, net->canonical_h, net->canonical_w,
+                        &pd)))
+            goto done;
+        if (!is_fast(pd)) net->in_tag = net->act_tag;
+        dnnl_primitive_desc_destroy(pd);
+    }
     int off = 0;
     for (int t = 0; t < net->n_taps; t++) {
         net->tap_offset[t] = off;
@@ -606,11 +620,11 @@ static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64
                 goto done;
         }
     }
-    if (dt != dnnl_f32) {
+    if (dt != dnnl_f32 || net->in_tag != dnnl_nchw) {
         dnnl_memory_desc_t from, to;
         dnnl_dims_t d = {n, net->in_channels, h, w};
         dnnl_memory_desc_init_by_tag(&from, 4, d, dnnl_f32, dnnl_nchw);
-        dnnl_memory_desc_init_by_tag(&to, 4, d, dt, dnnl_nchw);
+        dnnl_memory_desc_init_by_tag(&to, 4, d, dt, net->in_tag);
         p->in_bytes = dnnl_memory_desc_get_size(&to);
         if ((st = make_reorder(net, &from, &to, &p->in_reorder, &p->in_from, &p->in_to,
                                &p->in_scratch, &p->scratch_bytes)))

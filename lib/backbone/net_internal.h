@@ -40,6 +40,7 @@ struct lwfm__net {
     int feature_size;
     int canonical_h, canonical_w; /* the model's image size: weights are laid out for it */
     dnnl_format_tag_t act_tag;    /* activation layout oneDNN prefers on this CPU */
+    dnnl_format_tag_t in_tag;     /* layout the first layer reads (nchw, else act_tag) */
 };
 
 /* Builder API used by the per-architecture files. `conv_key` names the
