@@ -31,6 +31,10 @@ struct lwfm_support {
 };
 
 void lwfm__side_free(side *s) {
+    if (!s->owned) {
+        memset(s, 0, sizeof *s);
+        return;
+    }
     lwfm__free(s->X);
     lwfm__free(s->U);
     lwfm__free(s->G);
@@ -39,37 +43,41 @@ void lwfm__side_free(side *s) {
 }
 
 /* Per-image work for n feature maps (n x C x P). */
-lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out) {
+lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out,
+                               lwfm__arena *arena) {
     const lwfm__layers *ly = &m->layers;
     const int64_t C = ly->C, P = ly->P, L = ly->n;
     lwfm_status st = LWFM_OK;
     dnnl_stream_t stream = NULL;
     float *tmp = NULL;
-    side s = {.n = n};
+    side s = {.n = n, .owned = arena == NULL};
     size_t cells = (size_t)n * P * C;
-    s.X = lwfm__alloc(cells * sizeof(float));
-    s.U = lwfm__alloc(cells * sizeof(float));
-    if (!s.X || !s.U) goto oom;
+    size_t bytes[5] = {cells * sizeof(float), cells * sizeof(float), cells * sizeof(float),
+                       (size_t)n * P * L * sizeof(float),
+                       lwfm__matcher_tmp_floats(&m->matcher, ly, n * P) * sizeof(float)};
+    float **dst[5] = {&s.X, &s.U, &s.G, &s.gn, &tmp};
+    int spm = lwfm__spm_on(m);
+    for (int i = 0; i < (spm ? 5 : 2); i++) {
+        *dst[i] = arena ? lwfm__arena_get(arena, i, bytes[i]) : lwfm__alloc(bytes[i]);
+        if (!*dst[i]) {
+            st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory preparing %lld images",
+                             (long long)n);
+            goto done;
+        }
+    }
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++)
         lwfm__lwe_prepare_image(ly, feats + i * C * P, s.X + i * P * C, s.U + i * P * C);
-    if (lwfm__spm_on(m)) {
-        s.G = lwfm__alloc(cells * sizeof(float));
-        s.gn = lwfm__alloc((size_t)n * P * L * sizeof(float));
-        tmp = lwfm__alloc(lwfm__matcher_tmp_floats(&m->matcher, ly, n * P) * sizeof(float));
-        if (!s.G || !s.gn || !tmp) goto oom;
+    if (spm) {
         if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success) {
             st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
             goto done;
         }
         st = lwfm__matcher_apply(&m->matcher, ly, m->engine, stream, n * P, s.X, s.G, s.gn, tmp);
     }
-    goto done;
-oom:
-    st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory preparing %lld images", (long long)n);
 done:
     if (stream) dnnl_stream_destroy(stream);
-    lwfm__free(tmp);
+    if (!arena) lwfm__free(tmp);
     if (st)
         lwfm__side_free(&s);
     else
@@ -171,6 +179,7 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
             }
         }
         double dot = 0.0, ns = 0.0, nq = 0.0;
+#pragma omp simd reduction(+ : dot, ns, nq)
         for (int k = 0; k < C; k++) {
             dot += (double)sacc[k] * qv[k];
             ns += (double)sacc[k] * sacc[k];
@@ -186,7 +195,8 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
 
 /* Logits (Q->n x way) of prepared queries against a prepared support set. */
 static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t *labels,
-                               const int64_t *count, int64_t way, const side *Q, float *logits) {
+                               const int64_t *count, int64_t way, const side *Q, float *logits,
+                               lwfm__arena *arena) {
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     lwfm_status st = LWFM_OK;
@@ -201,14 +211,15 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     if (chunk < 1) chunk = 1;
     if (chunk > Q->n) chunk = Q->n;
     size_t sd = scratch_bytes(way, C, L, P);
-    scratch = lwfm__alloc(sd * (size_t)threads);
-    for (int l = 0; l < L; l++)
-        if (!(R[l] = lwfm__alloc((size_t)S->n * P * chunk * P * sizeof(float)))) scratch = NULL;
-    if (!scratch) {
+    size_t r_floats = (size_t)S->n * P * chunk * P;
+    scratch = lwfm__arena_get(arena, LWFM_SLOT_PAIRS, sd * (size_t)threads);
+    float *r_all = lwfm__arena_get(arena, LWFM_SLOT_R, r_floats * L * sizeof(float));
+    if (!scratch || !r_all) {
         st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",
                          (long long)Q->n);
         goto done;
     }
+    for (int l = 0; l < L; l++) R[l] = r_all + (size_t)l * r_floats;
     if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success) {
         st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
         goto done;
@@ -231,8 +242,6 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     }
 done:
     if (stream) dnnl_stream_destroy(stream);
-    for (int l = 0; l < L; l++) lwfm__free(R[l]);
-    lwfm__free(scratch);
     return st;
 }
 
@@ -304,25 +313,20 @@ static lwfm_status check_logits(const float *logits, int64_t n_query, int64_t wa
     return LWFM_OK;
 }
 
-/* Compute into a private buffer, then copy: the caller's output is only
- * written on success. */
-static lwfm_status finish(lwfm_status st, float *tmp, float *logits, size_t n) {
-    if (!st) memcpy(logits, tmp, n * sizeof(float));
-    lwfm__free(tmp);
-    return st;
-}
-
-/* Backbone + per-image preparation of n images. */
+/* Backbone + per-image preparation of n images (into the arena's slots
+ * when one is given, else into buffers the side owns). */
 static lwfm_status images_to_side(const lwfm_model *m, const char *what, const float *images,
-                                  int64_t n, int64_t c, int64_t h, int64_t w, side *out) {
+                                  int64_t n, int64_t c, int64_t h, int64_t w, side *out,
+                                  lwfm__arena *arena) {
     int64_t C, fh, fw;
     lwfm_status st = lwfm__check_images(m, what, images, n, c, h, w, &C, &fh, &fw);
     if (st) return st;
-    float *feats = lwfm__alloc((size_t)n * C * fh * fw * sizeof(float));
+    size_t bytes = (size_t)n * C * fh * fw * sizeof(float);
+    float *feats = arena ? lwfm__arena_get(arena, LWFM_SLOT_FEATS, bytes) : lwfm__alloc(bytes);
     if (!feats) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for %s features", what);
     st = lwfm__model_forward(m, images, n, h, w, feats);
-    if (!st) st = lwfm__side_prepare(m, feats, n, out);
-    lwfm__free(feats);
+    if (!st) st = lwfm__side_prepare(m, feats, n, out, arena);
+    if (!arena) lwfm__free(feats);
     return st;
 }
 
@@ -386,8 +390,8 @@ LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
     if (st) return st;
     lwfm_support *s;
     if ((st = support_begin(model, support_labels, n_support, way, &s))) return st;
-    st =
-        images_to_side(model, "support images", support, n_support, channels, height, width, &s->s);
+    st = images_to_side(model, "support images", support, n_support, channels, height, width, &s->s,
+                        NULL);
     return support_finish(s, st, out);
 }
 
@@ -404,7 +408,7 @@ LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_mode
         return st;
     lwfm_support *s;
     if ((st = support_begin(model, support_labels, n_support, way, &s))) return st;
-    st = lwfm__side_prepare(model, support_features, n_support, &s->s);
+    st = lwfm__side_prepare(model, support_features, n_support, &s->s, NULL);
     return support_finish(s, st, out);
 }
 
@@ -416,14 +420,27 @@ LWFM_API int64_t lwfm_support_count(const lwfm_support *support) {
     return support ? support->s.n : 0;
 }
 
-static lwfm_status score_with(const lwfm_support *sp, side *Q, float *logits, size_t capacity) {
-    size_t n = (size_t)Q->n * (size_t)sp->way;
-    float *tmp = lwfm__alloc(n * sizeof(float));
-    lwfm_status st = tmp ? score_sides(sp->model, &sp->s, sp->labels, sp->count, sp->way, Q, tmp)
-                         : lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
-    lwfm__side_free(Q);
-    (void)capacity;
-    return finish(st, tmp, logits, n);
+/* Queries (images, or feature maps when `features`) against a prepared
+ * support set. All per-call buffers come from a reused arena; the logits are
+ * computed there and copied out only on success. */
+static lwfm_status support_score(const lwfm_support *sp, const float *query, int features,
+                                 int64_t n_query, int64_t channels, int64_t h, int64_t w,
+                                 float *logits) {
+    lwfm__arena *arena = lwfm__model_arena_take(sp->model);
+    if (!arena) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    side Q;
+    size_t n = (size_t)n_query * (size_t)sp->way;
+    lwfm_status st = features ? lwfm__side_prepare(sp->model, query, n_query, &Q, arena)
+                              : images_to_side(sp->model, "query images", query, n_query, channels,
+                                               h, w, &Q, arena);
+    if (!st) {
+        float *tmp = lwfm__arena_get(arena, LWFM_SLOT_LOGITS, n * sizeof(float));
+        st = tmp ? score_sides(sp->model, &sp->s, sp->labels, sp->count, sp->way, &Q, tmp, arena)
+                 : lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+        if (!st) memcpy(logits, tmp, n * sizeof(float));
+    }
+    lwfm__model_arena_give(sp->model, arena);
+    return st;
 }
 
 LWFM_API lwfm_status lwfm_support_score(const lwfm_support *support, const float *query,
@@ -433,11 +450,7 @@ LWFM_API lwfm_status lwfm_support_score(const lwfm_support *support, const float
     if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
     lwfm_status st = check_logits(logits, n_query > 0 ? n_query : 0, support->way, capacity);
     if (st) return st;
-    side Q;
-    if ((st = images_to_side(support->model, "query images", query, n_query, channels, height,
-                             width, &Q)))
-        return st;
-    return score_with(support, &Q, logits, capacity);
+    return support_score(support, query, 0, n_query, channels, height, width, logits);
 }
 
 LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
@@ -450,9 +463,7 @@ LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
                                           channels, fh, fw);
     if (!st) st = check_logits(logits, n_query, support->way, capacity);
     if (st) return st;
-    side Q;
-    if ((st = lwfm__side_prepare(support->model, query_features, n_query, &Q))) return st;
-    return score_with(support, &Q, logits, capacity);
+    return support_score(support, query_features, 1, n_query, channels, fh, fw, logits);
 }
 
 /* ------------------------------------------------------------------------ */

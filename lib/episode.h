@@ -12,6 +12,7 @@ typedef struct side {
     float *U;  /* n x P x C: per-layer unit vectors */
     float *G;  /* n x P x C: g_l(X) (SPM only) */
     float *gn; /* n x P x L: |g_l| (SPM only) */
+    int owned; /* buffers are the side's own (else they belong to an arena) */
 } side;
 
 static inline int lwfm__spm_on(const lwfm_model *m) {
@@ -19,8 +20,13 @@ static inline int lwfm__spm_on(const lwfm_model *m) {
 }
 
 /* Centring, unit vectors and (with SPM) the matcher MLP for n feature maps
- * (n x C x P, validated). */
-lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out);
+ * (n x C x P, validated). With an arena the buffers are its slots 0-4 (valid
+ * until the arena is reused); without, the side owns them. */
+lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out,
+                               lwfm__arena *arena);
+
+/* Arena slots used by the episode pipeline (0-4: side_prepare). */
+enum { LWFM_SLOT_R = 5, LWFM_SLOT_PAIRS, LWFM_SLOT_LOGITS, LWFM_SLOT_FEATS };
 void lwfm__side_free(side *s);
 
 /* Caller-given feature maps: NULL, count, the model's (C, fs, fs), finite. */

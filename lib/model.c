@@ -57,6 +57,10 @@ LWFM_API lwfm_status lwfm_load_options_set_max_total_bytes(lwfm_load_options *op
 
 static void model_free(lwfm_model *m) {
     for (int i = 0; i < m->pool_n; i++) lwfm__net_ctx_free(m->pool[i]);
+    for (int i = 0; i < m->arena_n; i++) {
+        lwfm__arena_free(m->arenas[i]);
+        free(m->arenas[i]);
+    }
     lwfm__net_free(m->net);
     lwfm__matcher_free(&m->matcher);
     if (m->engine) dnnl_engine_destroy(m->engine);
@@ -308,4 +312,27 @@ LWFM_API lwfm_status lwfm_model_features(const lwfm_model *model, const float *i
     lwfm_status st = check_forward(model, images, n, channels, height, width, features, capacity);
     if (st) return st;
     return lwfm__model_forward(model, images, n, height, width, features);
+}
+
+lwfm__arena *lwfm__model_arena_take(const lwfm_model *model) {
+    lwfm_model *m = (lwfm_model *)model; /* the pool is scratch behind an immutable model */
+    pthread_mutex_lock(&m->pool_lock);
+    lwfm__arena *a = m->arena_n > 0 ? m->arenas[--m->arena_n] : NULL;
+    pthread_mutex_unlock(&m->pool_lock);
+    return a ? a : calloc(1, sizeof(lwfm__arena));
+}
+
+void lwfm__model_arena_give(const lwfm_model *model, lwfm__arena *a) {
+    lwfm_model *m = (lwfm_model *)model;
+    if (!a) return;
+    pthread_mutex_lock(&m->pool_lock);
+    if (m->arena_n < LWFM_POOL_MAX) {
+        m->arenas[m->arena_n++] = a;
+        a = NULL;
+    }
+    pthread_mutex_unlock(&m->pool_lock);
+    if (a) {
+        lwfm__arena_free(a);
+        free(a);
+    }
 }

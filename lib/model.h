@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 
 #include "backbone/net.h"
+#include "core/arena.h"
 #include "config.h"
 #include "lwe/lwe.h"
 #include "spm/matcher.h"
@@ -23,7 +24,13 @@ struct lwfm_model {
     pthread_mutex_t pool_lock;
     lwfm__net_ctx *pool[LWFM_POOL_MAX];
     int pool_n;
+    lwfm__arena *arenas[LWFM_POOL_MAX]; /* metric scratch, reused across calls */
+    int arena_n;
 };
+
+/* Borrow a scratch arena (NULL when out of memory) and give it back. */
+lwfm__arena *lwfm__model_arena_take(const lwfm_model *m);
+void lwfm__model_arena_give(const lwfm_model *m, lwfm__arena *a);
 
 /* Reference counting: handles made from a model keep it alive. */
 void lwfm__model_retain(lwfm_model *m);

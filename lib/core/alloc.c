@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "core/arena.h"
 
 void *lwfm__alloc(size_t bytes) {
     size_t rounded;
@@ -43,4 +44,18 @@ LWFM_MULTIARCH int lwfm__all_finite(const float *x, size_t n) {
     uint32_t bad = 0;
     for (size_t i = 0; i < n; i++) bad |= (bits[i] & 0x7f800000u) == 0x7f800000u;
     return !bad;
+}
+
+void *lwfm__arena_get(lwfm__arena *a, int slot, size_t bytes) {
+    if (bytes <= a->cap[slot]) return a->slot[slot];
+    void *p = lwfm__alloc(bytes);
+    if (!p) return NULL;
+    lwfm__free(a->slot[slot]);
+    a->slot[slot] = p;
+    a->cap[slot] = bytes;
+    return p;
+}
+
+void lwfm__arena_free(lwfm__arena *a) {
+    for (int i = 0; i < LWFM_ARENA_SLOTS; i++) lwfm__free(a->slot[i]);
 }

@@ -11,21 +11,59 @@
 LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X,
                                             float *U) {
     const int C = ly->C, P = ly->P;
+    /* channel mean per position, accumulated over contiguous rows of feat */
+    float mean[LWFM_MAX_POSITIONS];
+    for (int p = 0; p < P; p++) mean[p] = 0.0f;
+    for (int c = 0; c < C; c++) {
+        const float *row = feat + (int64_t)c * P;
+#pragma omp simd
+        for (int p = 0; p < P; p++) mean[p] += row[p];
+    }
+    for (int p = 0; p < P; p++) mean[p] /= (float)C;
+    /* transpose to position-major while centring; rows of X are written
+     * contiguously (X's rows are C floats apart, often exactly 4 KiB, so
+     * scattering into all P rows at once thrashes one L1 cache set) */
     for (int p = 0; p < P; p++) {
-        double mean = 0.0;
-        for (int c = 0; c < C; c++) mean += feat[(int64_t)c * P + p];
-        mean /= C;
         float *x = X + (int64_t)p * C;
-        for (int c = 0; c < C; c++) x[c] = (float)(feat[(int64_t)c * P + p] - mean);
+        const float mp = mean[p];
+        for (int c = 0; c < C; c++) x[c] = feat[(int64_t)c * P + p] - mp;
+    }
+    for (int p = 0; p < P; p++) {
+        const float *x = X + (int64_t)p * C;
         float *u = U + (int64_t)p * C;
         for (int l = 0; l < ly->n; l++) {
             const float *xs = x + ly->off[l];
-            double ss = 0.0;
-            for (int c = 0; c < ly->dim[l]; c++) ss += (double)xs[c] * xs[c];
-            float inv = (float)(1.0 / sqrt(ss + UNIT_EPS));
-            for (int c = 0; c < ly->dim[l]; c++) u[ly->off[l] + c] = xs[c] * inv;
+            float *us = u + ly->off[l];
+            const int d = ly->dim[l];
+            float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+            for (int k = 0; k < d; k++) ss += xs[k] * xs[k];
+            const float inv = (float)(1.0 / sqrt((double)ss + UNIT_EPS));
+#pragma omp simd
+            for (int k = 0; k < d; k++) us[k] = xs[k] * inv;
         }
     }
+}
+
+/* exp(x) for x <= 0 (softmax arguments after the max is subtracted), to
+ * about 2 ulp: 2^n * p(r) with r = x - n ln 2 in [-ln2/2, ln2/2] and a
+ * degree-6 polynomial. Plain arithmetic, so loops over it vectorise. */
+static inline float exp_nonpos(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f); /* inlines */
+    const float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union {
+        float f;
+        int32_t i;
+    } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
 }
 
 /* In place: z-score along one axis of the P x P matrix m (unbiased
@@ -53,7 +91,7 @@ static inline void norm_softmax(float *m, int P, int stride_in, int stride_out, 
             mx = z > mx ? z : mx;
         }
         float sum = 0.0f;
-        for (int i = 0; i < P; i++) sum += (v[i * stride_in] = expf(v[i * stride_in] - mx));
+        for (int i = 0; i < P; i++) sum += (v[i * stride_in] = exp_nonpos(v[i * stride_in] - mx));
         const float inv = 1.0f / sum;
         for (int i = 0; i < P; i++) v[i * stride_in] *= inv;
     }

@@ -8,6 +8,9 @@
 
 #include "config.h"
 
+/* feature_size <= 64 (checked at load), so at most 64 * 64 positions */
+#define LWFM_MAX_POSITIONS 4096
+
 /* The tapped layers of a feature map: layer l owns channels
  * [off[l], off[l] + dim[l]) of C; P positions per image. */
 typedef struct lwfm__layers {

@@ -11,6 +11,12 @@
 
 #define COS_EPS 1e-8
 
+/* out (cols x rows) = in (rows x cols)^T */
+static void transpose(const float *in, int rows, int cols, float *out) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) out[(size_t)c * rows + r] = in[(size_t)r * cols + c];
+}
+
 lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const lwfm__layers *ly,
                                int learnable) {
     memset(m, 0, sizeof *m);
@@ -29,11 +35,11 @@ lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const 
         snprintf(key, sizeof key, "matchers.%d.linear.0.weight", l);
         if ((st = lwfm__archive_get_f32(ar, key, 2, s1, &w))) return st;
         if (!(m->w1[l] = lwfm__alloc((size_t)h * d * sizeof(float)))) goto oom;
-        memcpy(m->w1[l], w, (size_t)h * d * sizeof(float));
+        transpose(w, h, d, m->w1[l]);
         snprintf(key, sizeof key, "matchers.%d.linear.2.weight", l);
         if ((st = lwfm__archive_get_f32(ar, key, 2, s2, &w))) return st;
         if (!(m->w2[l] = lwfm__alloc((size_t)h * d * sizeof(float)))) goto oom;
-        memcpy(m->w2[l], w, (size_t)h * d * sizeof(float));
+        transpose(w, d, h, m->w2[l]);
     }
     return LWFM_OK;
 oom:
@@ -55,32 +61,42 @@ size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, 
     return (size_t)rows * (size_t)(h > 0 ? h : 1);
 }
 
-lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly,
-                                dnnl_engine_t engine, dnnl_stream_t stream, int64_t rows,
-                                const float *X, float *G, float *gnorm, float *tmp) {
+LWFM_MULTIARCH lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly,
+                                               dnnl_engine_t engine, dnnl_stream_t stream,
+                                               int64_t rows, const float *X, float *G, float *gnorm,
+                                               float *tmp) {
     const int C = ly->C, L = ly->n;
     lwfm_status st;
     for (int l = 0; l < L; l++) {
         const int off = ly->off[l], d = ly->dim[l], h = m->hid[l];
         if (m->learnable) {
             /* tmp = relu(X_l W1^T); G_l = relu(tmp W2^T) + X_l */
-            if ((st = lwfm__gemm_abt(engine, stream, rows, h, d, X + off, C, m->w1[l], d, tmp, h,
-                                     1)))
+            if ((st =
+                     lwfm__gemm_ab(engine, stream, rows, h, d, X + off, C, m->w1[l], h, tmp, h, 1)))
                 return st;
-            if ((st = lwfm__gemm_abt(engine, stream, rows, d, h, tmp, h, m->w2[l], h, G + off, C,
-                                     1)))
+            if ((st =
+                     lwfm__gemm_ab(engine, stream, rows, d, h, tmp, h, m->w2[l], d, G + off, C, 1)))
                 return st;
         }
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const float *x = X + r * C + off;
             float *g = G + r * C + off;
-            double ss = 0.0;
-            for (int c = 0; c < d; c++) {
-                g[c] = m->learnable ? g[c] + x[c] : x[c];
-                ss += (double)g[c] * g[c];
+            float ss = 0.0f;
+            if (m->learnable) {
+#pragma omp simd reduction(+ : ss)
+                for (int c = 0; c < d; c++) {
+                    g[c] += x[c];
+                    ss += g[c] * g[c];
+                }
+            } else {
+#pragma omp simd reduction(+ : ss)
+                for (int c = 0; c < d; c++) {
+                    g[c] = x[c];
+                    ss += g[c] * g[c];
+                }
             }
-            gnorm[r * L + l] = (float)sqrt(ss);
+            gnorm[r * L + l] = sqrtf(ss);
         }
     }
     return LWFM_OK;
