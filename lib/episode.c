@@ -306,7 +306,8 @@ lwfm_status lwfm__check_features(const lwfm_model *m, const char *what, const fl
 static lwfm_status check_logits(const float *logits, int64_t n_query, int64_t way,
                                 size_t capacity) {
     if (!logits) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "logits is NULL");
-    if ((uint64_t)n_query * (uint64_t)way > capacity)
+    uint64_t need;
+    if (__builtin_mul_overflow((uint64_t)n_query, (uint64_t)way, &need) || need > capacity)
         return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
                            "logits buffer holds %zu floats, %lld x %lld needed", capacity,
                            (long long)n_query, (long long)way);

@@ -229,8 +229,9 @@ class Model:
     def config(self):
         """The model's configuration (dict): method, backbone, parameters,
         preprocessing."""
+        h = self._h()  # raises on a closed model, cached or not
         if self._config is None:
-            lib, h = _library(), self._h()
+            lib = _library()
             n = _size()
             st = lib.lwfm_model_config_json(h, None, 0, ctypes.byref(n))
             if st not in (0, 12):  # 12: LWFM_ERR_BUFFER_TOO_SMALL, expected when sizing
