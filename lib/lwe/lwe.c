@@ -20,13 +20,29 @@ LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float 
         for (int p = 0; p < P; p++) mean[p] += row[p];
     }
     for (int p = 0; p < P; p++) mean[p] /= (float)C;
-    /* transpose to position-major while centring; rows of X are written
-     * contiguously (X's rows are C floats apart, often exactly 4 KiB, so
-     * scattering into all P rows at once thrashes one L1 cache set) */
-    for (int p = 0; p < P; p++) {
+    /* Transpose to position-major while centring, 16 channels at a time: a
+     * block of 16 channels is 16 * P contiguous floats of feat, and each of
+     * X's rows (C floats apart, often exactly 4 KiB, so scattered writes
+     * into all rows would thrash one L1 set) gets a whole 64-byte line. */
+    float block[16 * 64]; /* 16 channels x up to 64 positions */
+    int c0 = 0;
+    if (P <= 64) {
+        for (; c0 + 16 <= C; c0 += 16) {
+            const float *src = feat + (int64_t)c0 * P;
+            for (int k = 0; k < 16; k++)
+                for (int p = 0; p < P; p++) block[p * 16 + k] = src[k * P + p];
+            for (int p = 0; p < P; p++) {
+                float *x = X + (int64_t)p * C + c0;
+                const float mp = mean[p];
+#pragma omp simd
+                for (int k = 0; k < 16; k++) x[k] = block[p * 16 + k] - mp;
+            }
+        }
+    }
+    for (int p = 0; p < P; p++) { /* the rest (or every channel for large P) */
         float *x = X + (int64_t)p * C;
         const float mp = mean[p];
-        for (int c = 0; c < C; c++) x[c] = feat[(int64_t)c * P + p] - mp;
+        for (int c = c0; c < C; c++) x[c] = feat[(int64_t)c * P + p] - mp;
     }
     for (int p = 0; p < P; p++) {
         const float *x = X + (int64_t)p * C;

@@ -149,3 +149,20 @@ def test_converted_reference_checkpoint(lib, tmp_path):
         got = m.episode_score(s, labels, q)
     assert rel_err(got, expect) <= TOL
     assert_same_predictions(got, expect)
+
+
+def test_conv64f_large_feature_map(lib, tmp_path):
+    """LWFM-SPM on Conv-64F with a 9x9 map (81 positions: the per-image
+    preparation's general path and 81x81 assignments)."""
+    cfg = lwfm_ref.make_config(backbone="conv64f", hyperpixel_ids=[1, 3], feature_size=9,
+                               top_k=4)
+    path, ref = export(tmp_path, cfg, seed=17)
+    rng = np.random.default_rng(17)
+    labels = episode_labels(rng, 5, 1)
+    s = synthetic_features(rng, 5, ref.out_channels, 9)
+    q = synthetic_features(rng, 6, ref.out_channels, 9)
+    expect = reference_logits(ref, s, labels, q)
+    with lib.Model(path) as m:
+        got = m.score_features(s, labels, q)
+    assert rel_err(got, expect) <= TOL
+    assert_same_predictions(got, expect)
