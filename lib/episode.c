@@ -96,7 +96,8 @@ typedef struct pair_scratch {
 } pair_scratch;
 
 static size_t scratch_bytes(int64_t way, int C, int L, int P) {
-    size_t floats = (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + 2 * (size_t)P * P + C;
+    size_t floats =
+        (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + LWFM_LWE_WORK_FLOATS(P) + C;
     size_t doubles = (size_t)way + lwfm__spm_work_doubles(P);
     size_t bytes = (floats * sizeof(float) + 63) / 64 * 64 + doubles * sizeof(double) +
                    (size_t)P * sizeof(int);
@@ -110,8 +111,9 @@ static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L
     ps->ws = ps->wqacc + (size_t)way * L * P;
     ps->wq = ps->ws + P;
     ps->attn = ps->wq + P;
-    ps->qv = ps->attn + 2 * (size_t)P * P;
-    size_t floats = (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + 2 * (size_t)P * P + C;
+    ps->qv = ps->attn + LWFM_LWE_WORK_FLOATS(P);
+    size_t floats =
+        (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + LWFM_LWE_WORK_FLOATS(P) + C;
     double *d = (double *)(base + (floats * sizeof(float) + 63) / 64 * 64);
     ps->macc = d;
     ps->spm = d + way;

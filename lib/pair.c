@@ -129,14 +129,16 @@ LWFM_API lwfm_status lwfm_lwe_pair(const lwfm_lwe *lwe, const float *support_fea
     float *R;
     if ((st = prepare_pair(m, support_feature, query_feature, channels, fh, fw, &S, &Q, &R)))
         return st;
-    float *work =
-        lwfm__alloc((size_t)(2 * P * P + 2 * P) * sizeof(float) + (size_t)2 * C * sizeof(double));
+    float *work = lwfm__alloc((LWFM_LWE_WORK_FLOATS(P) + 2 * (size_t)P) * sizeof(float) + 64 +
+                              (size_t)2 * C * sizeof(double));
     if (!work) {
         st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
         goto done;
     }
-    float *ws = work + 2 * P * P, *wq = ws + P;
-    double *ps = (double *)(wq + P), *pq = ps + C; /* pooled attended maps */
+    float *ws = work + LWFM_LWE_WORK_FLOATS(P), *wq = ws + P;
+    /* pooled attended maps, in doubles after the floats (64-byte aligned) */
+    size_t float_bytes = (LWFM_LWE_WORK_FLOATS(P) + 2 * (size_t)P) * sizeof(float);
+    double *ps = (double *)((char *)work + (float_bytes + 63) / 64 * 64), *pq = ps + C;
     for (int l = 0; l < L; l++) {
         lwfm__lwe_attention(R + (size_t)l * P * P, P, P, (float)m->cfg.temperature_attn, ws, wq,
                             work);

@@ -82,50 +82,66 @@ static inline float exp_nonpos(float x) {
     return p * scale.f;
 }
 
-/* In place: z-score along one axis of the P x P matrix m (unbiased
- * variance), then softmax of z / t along the same axis. `stride_in` steps
- * along the normalised axis, `stride_out` between the independent lines.
- * Single precision is ample here: the inputs are correlations in [-1, 1]
- * and P is small; means and variances accumulate in double. */
-static inline void norm_softmax(float *m, int P, int stride_in, int stride_out, float t) {
-    for (int line = 0; line < P; line++) {
-        float *v = m + (int64_t)line * stride_out;
-        double mean = 0.0, var = 0.0;
-        for (int i = 0; i < P; i++) mean += v[i * stride_in];
-        mean /= P;
-        for (int i = 0; i < P; i++) {
-            double d = v[i * stride_in] - mean;
-            var += d * d;
-        }
-        var /= P - 1; /* unbiased; P >= 2 is checked when the model loads */
-        const float scale = (float)(1.0 / (sqrt(var + VAR_EPS) * t));
-        const float fmean = (float)mean;
-        float mx = -INFINITY;
-        for (int i = 0; i < P; i++) {
-            float z = (v[i * stride_in] - fmean) * scale;
-            v[i * stride_in] = z;
-            mx = z > mx ? z : mx;
-        }
-        float sum = 0.0f;
-        for (int i = 0; i < P; i++) sum += (v[i * stride_in] = exp_nonpos(v[i * stride_in] - mx));
-        const float inv = 1.0f / sum;
-        for (int i = 0; i < P; i++) v[i * stride_in] *= inv;
-    }
-}
-
+/* Steps 3-4 with every inner loop running along R's contiguous (query)
+ * axis, so the compiler vectorises them: the support-side softmax (along a,
+ * for each column b) keeps per-column statistics in vectors over b, the
+ * query-side softmax (along b, for each row a) works row by row. Single
+ * precision is ample: correlations lie in [-1, 1] and P is small. */
 LWFM_MULTIARCH void lwfm__lwe_attention(const float *R, int64_t ldr, int P, float t_attn, float *ws,
                                         float *wq, float *work) {
-    float *As = work, *Aq = work + (int64_t)P * P; /* both (a, b) row-major */
+    float *E = work; /* P x P exponentials */
+    float *mean = work + (size_t)P * P, *scale = mean + P, *mx = scale + P, *sum = mx + P;
+    const float inv_p = 1.0f / (float)P, inv_p1 = 1.0f / (float)(P - 1); /* P >= 2 */
+
+    /* support side: softmax over a of the column-standardised R, for each b */
+    for (int b = 0; b < P; b++) mean[b] = 0.0f, scale[b] = 0.0f, sum[b] = 0.0f;
     for (int a = 0; a < P; a++)
-        for (int b = 0; b < P; b++) As[a * P + b] = Aq[a * P + b] = R[a * ldr + b];
-    norm_softmax(As, P, P, 1, t_attn); /* along a, for each column b */
-    norm_softmax(Aq, P, 1, P, t_attn); /* along b, for each row a */
-    for (int a = 0; a < P; a++) {
-        float s = 0.0f;
-        for (int b = 0; b < P; b++) s += As[a * P + b];
-        ws[a] = s;
+        for (int b = 0; b < P; b++) mean[b] += R[a * ldr + b];
+    for (int b = 0; b < P; b++) mean[b] *= inv_p;
+    for (int a = 0; a < P; a++)
+        for (int b = 0; b < P; b++) {
+            const float d = R[a * ldr + b] - mean[b];
+            scale[b] += d * d;
+        }
+    for (int b = 0; b < P; b++) {
+        scale[b] = 1.0f / (sqrtf(scale[b] * inv_p1 + (float)VAR_EPS) * t_attn);
+        mx[b] = -INFINITY;
     }
-    for (int b = 0; b < P; b++) wq[b] = 0.0f;
     for (int a = 0; a < P; a++)
-        for (int b = 0; b < P; b++) wq[b] += Aq[a * P + b];
+        for (int b = 0; b < P; b++) {
+            const float z = (R[a * ldr + b] - mean[b]) * scale[b];
+            E[a * P + b] = z;
+            mx[b] = z > mx[b] ? z : mx[b];
+        }
+    for (int a = 0; a < P; a++)
+        for (int b = 0; b < P; b++) {
+            const float e = exp_nonpos(E[a * P + b] - mx[b]);
+            E[a * P + b] = e;
+            sum[b] += e;
+        }
+    for (int b = 0; b < P; b++) sum[b] = 1.0f / sum[b];
+    for (int a = 0; a < P; a++) {
+        float w = 0.0f;
+        for (int b = 0; b < P; b++) w += E[a * P + b] * sum[b];
+        ws[a] = w;
+    }
+
+    /* query side: softmax over b of the row-standardised R, for each a */
+    for (int b = 0; b < P; b++) wq[b] = 0.0f;
+    for (int a = 0; a < P; a++) {
+        const float *r = R + a * ldr;
+        float m = 0.0f, v = 0.0f, top = -INFINITY, tot = 0.0f;
+        for (int b = 0; b < P; b++) m += r[b];
+        m *= inv_p;
+        for (int b = 0; b < P; b++) v += (r[b] - m) * (r[b] - m);
+        const float sc = 1.0f / (sqrtf(v * inv_p1 + (float)VAR_EPS) * t_attn);
+        float *e = E + a * P;
+        for (int b = 0; b < P; b++) {
+            e[b] = (r[b] - m) * sc;
+            top = e[b] > top ? e[b] : top;
+        }
+        for (int b = 0; b < P; b++) tot += (e[b] = exp_nonpos(e[b] - top));
+        tot = 1.0f / tot;
+        for (int b = 0; b < P; b++) wq[b] += e[b] * tot;
+    }
 }

@@ -30,7 +30,8 @@ void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X
 /* Steps 3-4 for one pair and layer. R[a * ldr + b] is the correlation of
  * support position a with query position b (P x P). Writes the support
  * weights ws[a] = sum_b softmax_a(Rs / t)[a, b] and the query weights
- * wq[b] = sum_a softmax_b(Rq / t)[a, b]. work: 2 * P * P floats. */
+ * wq[b] = sum_a softmax_b(Rq / t)[a, b]. work: LWFM_LWE_WORK_FLOATS(P). */
+#define LWFM_LWE_WORK_FLOATS(P) ((size_t)(P) * (P) + 4 * (size_t)(P))
 void lwfm__lwe_attention(const float *R, int64_t ldr, int P, float t_attn, float *ws, float *wq,
                          float *work);
 
