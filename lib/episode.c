@@ -513,8 +513,8 @@ LWFM_API lwfm_status lwfm_episode_score_features(const lwfm_model *model,
     if ((st = lwfm_support_prepare_features(&s, (lwfm_model *)model, support_features, n_support,
                                             support_labels, channels, fh, fw, way)))
         return st;
-    st =
-        lwfm_support_score_features(s, query_features, n_query, channels, fh, fw, logits, capacity);
+    /* the queries were validated above: score them without checking again */
+    st = support_score(s, query_features, 1, n_query, channels, fh, fw, logits);
     lwfm_support_destroy(s);
     return st;
 }
