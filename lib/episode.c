@@ -95,9 +95,13 @@ typedef struct pair_scratch {
     int *sigma;
 } pair_scratch;
 
+/* Floats at the start of a pair_scratch slice (see scratch_bind). */
+static size_t scratch_floats(int64_t way, int C, int L, int P) {
+    return (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + LWFM_LWE_WORK_FLOATS(P) + C;
+}
+
 static size_t scratch_bytes(int64_t way, int C, int L, int P) {
-    size_t floats =
-        (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + LWFM_LWE_WORK_FLOATS(P) + C;
+    size_t floats = scratch_floats(way, C, L, P);
     size_t doubles = (size_t)way + lwfm__spm_work_doubles(P);
     size_t bytes = (floats * sizeof(float) + 63) / 64 * 64 + doubles * sizeof(double) +
                    (size_t)P * sizeof(int);
@@ -112,8 +116,7 @@ static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L
     ps->wq = ps->ws + P;
     ps->attn = ps->wq + P;
     ps->qv = ps->attn + LWFM_LWE_WORK_FLOATS(P);
-    size_t floats =
-        (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + LWFM_LWE_WORK_FLOATS(P) + C;
+    size_t floats = scratch_floats(way, C, L, P);
     double *d = (double *)(base + (floats * sizeof(float) + 63) / 64 * 64);
     ps->macc = d;
     ps->spm = d + way;
@@ -316,13 +319,13 @@ static lwfm_status check_logits(const float *logits, int64_t n_query, int64_t wa
     return LWFM_OK;
 }
 
-/* Backbone + per-image preparation of n images (into the arena's slots
- * when one is given, else into buffers the side owns). */
+/* Backbone + per-image preparation of n images already validated with
+ * lwfm__check_images (into the arena's slots when one is given, else into
+ * buffers the side owns). */
 static lwfm_status images_to_side(const lwfm_model *m, const char *what, const float *images,
-                                  int64_t n, int64_t c, int64_t h, int64_t w, side *out,
-                                  lwfm__arena *arena) {
+                                  int64_t n, int64_t h, int64_t w, side *out, lwfm__arena *arena) {
     int64_t C, fh, fw;
-    lwfm_status st = lwfm__check_images(m, what, images, n, c, h, w, &C, &fh, &fw);
+    lwfm_status st = lwfm__net_out_shape(m->net, h, w, &C, &fh, &fw);
     if (st) return st;
     size_t bytes = (size_t)n * C * fh * fw * sizeof(float);
     float *feats = arena ? lwfm__arena_get(arena, LWFM_SLOT_FEATS, bytes) : lwfm__alloc(bytes);
@@ -393,8 +396,12 @@ LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
     if (st) return st;
     lwfm_support *s;
     if ((st = support_begin(model, support_labels, n_support, way, &s))) return st;
-    st = images_to_side(model, "support images", support, n_support, channels, height, width, &s->s,
-                        NULL);
+    int64_t C, fh, fw;
+    st = lwfm__check_images(model, "support images", support, n_support, channels, height, width,
+                            &C, &fh, &fw);
+    if (!st)
+        st =
+            images_to_side(model, "support images", support, n_support, height, width, &s->s, NULL);
     return support_finish(s, st, out);
 }
 
@@ -423,7 +430,7 @@ LWFM_API int64_t lwfm_support_count(const lwfm_support *support) {
     return support ? support->s.n : 0;
 }
 
-/* Queries (images, or feature maps when `features`) against a prepared
+/* Validated queries (images, or feature maps when `features`) against a prepared
  * support set. All per-call buffers come from a reused arena; the logits are
  * computed there and copied out only on success. */
 static lwfm_status support_score(const lwfm_support *sp, const float *query, int features,
@@ -433,9 +440,9 @@ static lwfm_status support_score(const lwfm_support *sp, const float *query, int
     if (!arena) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     side Q;
     size_t n = (size_t)n_query * (size_t)sp->way;
-    lwfm_status st = features ? lwfm__side_prepare(sp->model, query, n_query, &Q, arena)
-                              : images_to_side(sp->model, "query images", query, n_query, channels,
-                                               h, w, &Q, arena);
+    lwfm_status st =
+        features ? lwfm__side_prepare(sp->model, query, n_query, &Q, arena)
+                 : images_to_side(sp->model, "query images", query, n_query, h, w, &Q, arena);
     if (!st) {
         float *tmp = lwfm__arena_get(arena, LWFM_SLOT_LOGITS, n * sizeof(float));
         st = tmp ? score_sides(sp->model, &sp->s, sp->labels, sp->count, sp->way, &Q, tmp, arena)
@@ -451,7 +458,11 @@ LWFM_API lwfm_status lwfm_support_score(const lwfm_support *support, const float
                                         int64_t width, float *logits, size_t capacity) {
     lwfm__error_clear();
     if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
+    int64_t C, fh, fw;
     lwfm_status st = check_logits(logits, n_query > 0 ? n_query : 0, support->way, capacity);
+    if (!st)
+        st = lwfm__check_images(support->model, "query images", query, n_query, channels, height,
+                                width, &C, &fh, &fw);
     if (st) return st;
     return support_score(support, query, 0, n_query, channels, height, width, logits);
 }
@@ -490,7 +501,8 @@ LWFM_API lwfm_status lwfm_episode_score(const lwfm_model *model, const float *su
     if ((st = lwfm_support_prepare(&s, (lwfm_model *)model, support, n_support, support_labels,
                                    channels, height, width, way)))
         return st;
-    st = lwfm_support_score(s, query, n_query, channels, height, width, logits, capacity);
+    /* the queries were validated above: score them without checking again */
+    st = support_score(s, query, 0, n_query, channels, height, width, logits);
     lwfm_support_destroy(s);
     return st;
 }

@@ -68,17 +68,22 @@ LWFM_API int64_t lwfm_model_layers(const lwfm_model *model) {
     return model ? model->layers.n : 0;
 }
 
-/* Prepare the pair (support image 0, query image 1) and its per-layer
- * correlation matrices R (L x P x P, R[a][b]). */
+/* Check the arguments shared by both pair calls (`capacity` elements per
+ * (L, P) output), prepare the pair and its per-layer correlation matrices R
+ * (L x P x P, R[a][b]). */
 static lwfm_status prepare_pair(const lwfm_model *m, const float *sf, const float *qf,
-                                int64_t channels, int64_t fh, int64_t fw, side *S, side *Q,
-                                float **R) {
+                                int64_t channels, int64_t fh, int64_t fw, size_t capacity, side *S,
+                                side *Q, float **R) {
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     lwfm_status st;
     memset(S, 0, sizeof *S);
     memset(Q, 0, sizeof *Q);
     *R = NULL;
+    if (capacity < (size_t)L * (size_t)P)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
+                           "output buffers hold %zu elements, layers x positions = %zu needed",
+                           capacity, (size_t)L * (size_t)P);
     if ((st = lwfm__check_features(m, "support feature", sf, 1, channels, fh, fw)) ||
         (st = lwfm__check_features(m, "query feature", qf, 1, channels, fh, fw)))
         return st;
@@ -104,15 +109,6 @@ fail:
     return st;
 }
 
-static lwfm_status check_cap(size_t capacity, const lwfm_model *m) {
-    size_t need = (size_t)m->layers.n * (size_t)m->layers.P;
-    if (capacity < need)
-        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
-                           "output buffers hold %zu elements, layers x positions = %zu needed",
-                           capacity, need);
-    return LWFM_OK;
-}
-
 LWFM_API lwfm_status lwfm_lwe_pair(const lwfm_lwe *lwe, const float *support_feature,
                                    const float *query_feature, int64_t channels, int64_t fh,
                                    int64_t fw, float *support_weights, float *query_weights,
@@ -123,12 +119,11 @@ LWFM_API lwfm_status lwfm_lwe_pair(const lwfm_lwe *lwe, const float *support_fea
     const lwfm_model *m = lwe->model;
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
-    lwfm_status st = check_cap(capacity, m);
-    if (st) return st;
     side S, Q;
     float *R;
-    if ((st = prepare_pair(m, support_feature, query_feature, channels, fh, fw, &S, &Q, &R)))
-        return st;
+    lwfm_status st =
+        prepare_pair(m, support_feature, query_feature, channels, fh, fw, capacity, &S, &Q, &R);
+    if (st) return st;
     float *work = lwfm__alloc((LWFM_LWE_WORK_FLOATS(P) + 2 * (size_t)P) * sizeof(float) + 64 +
                               (size_t)2 * C * sizeof(double));
     if (!work) {
@@ -182,12 +177,11 @@ LWFM_API lwfm_status lwfm_spm_pair(const lwfm_spm *spm, const float *support_fea
     const lwfm_model *m = spm->model;
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
-    lwfm_status st = check_cap(capacity, m);
-    if (st) return st;
     side S, Q;
     float *R;
-    if ((st = prepare_pair(m, support_feature, query_feature, channels, fh, fw, &S, &Q, &R)))
-        return st;
+    lwfm_status st =
+        prepare_pair(m, support_feature, query_feature, channels, fh, fw, capacity, &S, &Q, &R);
+    if (st) return st;
     double *work = lwfm__alloc(lwfm__spm_work_doubles(P) * sizeof(double) +
                                (size_t)P * (sizeof(int) + sizeof(float)));
     if (!work) {

@@ -189,10 +189,6 @@ lwfm_status lwfm__net_out_shape(const lwfm__net *net, int64_t h, int64_t w, int6
     return LWFM_OK;
 }
 
-int lwfm__net_in_channels(const lwfm__net *net) {
-    return net->in_channels;
-}
-
 int lwfm__net_tap_channels(const lwfm__net *net, int tap) {
     return net->tap_channels[tap];
 }

@@ -25,7 +25,6 @@ void lwfm__net_free(lwfm__net *net);
 /* Output feature shape for an input of h x w: channels, fh, fw. */
 lwfm_status lwfm__net_out_shape(const lwfm__net *net, int64_t h, int64_t w, int64_t *c, int64_t *fh,
                                 int64_t *fw);
-int lwfm__net_in_channels(const lwfm__net *net);
 int lwfm__net_tap_channels(const lwfm__net *net, int tap);
 
 lwfm_status lwfm__net_ctx_create(lwfm__net_ctx **out, const lwfm__net *net);
