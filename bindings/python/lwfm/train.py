@@ -1,0 +1,446 @@
+"""Train an LWFM-SPM model and write the library's weight file.
+
+    python3 -m lwfm.train --data ../shared/data/omniglot/images_background.npz \\
+        --output models/omniglot.npz --workdir runs/omniglot --seed 1
+
+Objective (spec section 6): per step one episode (``--way`` classes, ``--shot``
+supports and ``--query`` queries per class) and one ordinary batch
+(``--batch`` images); loss = ``lambda * CE(episode logits)`` +
+``CE(fc(pooled batch features))`` + ``CE(fc(mean over the episode's pairs of
+the pooled attended query map), query's class)``. SGD with Nesterov momentum
+0.9, weight decay 5e-4, gradient-norm clip 2.0, linear warm-up then cosine
+decay. Trained from scratch (no ImageNet weights offline).
+
+Data: an Omniglot ``.npz`` (every character rotated by 0/90/180/270 degrees
+counts as its own class, the usual Omniglot augmentation, plus random shifts)
+or a folder-per-class tree (random shifts and horizontal flips). The last
+``--val-fraction`` of the classes are held out; every ``--val-every`` steps
+the model is scored on ``--val-episodes`` 5-way 1-shot episodes of them and
+the best one is written to ``--output``.
+
+Deterministic for a given ``--seed`` and thread count; ``--resume`` continues
+from ``WORKDIR/checkpoint.pt`` (model, optimiser, step and random states).
+Uses CUDA when available unless ``--device cpu``. Needs ``tools/`` (the
+reference model ``lwfm_ref``) on ``PYTHONPATH`` like the rest of the tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .episodes import FolderSet, OmniglotSet, open_dataset, preprocess
+from .weights import save_weights
+
+
+def _import_reference():
+    try:
+        import lwfm_ref  # noqa: F401
+    except ImportError:
+        here = os.path.dirname(os.path.abspath(__file__))
+        tools = os.path.normpath(os.path.join(here, "..", "..", "..", "tools"))
+        if os.path.isdir(os.path.join(tools, "lwfm_ref")):
+            sys.path.insert(0, tools)
+        import lwfm_ref  # noqa: F401
+    return sys.modules["lwfm_ref"]
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+class TrainData:
+    """Preprocessed images ``(n_images, ch, S, S)`` float32 with class ids."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, n_classes: int,
+                 fill: np.ndarray, flip: bool) -> None:
+        self.images = images
+        self.labels = labels
+        self.n_classes = n_classes
+        self.by_class = [np.nonzero(labels == c)[0] for c in range(n_classes)]
+        self.fill = fill          # normalised value of white paper / zero padding
+        self.flip = flip
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_training_data(path: str, config: Dict[str, Any], val_fraction: float,
+                       rotations: bool) -> Tuple[TrainData, TrainData, Dict[str, Any]]:
+    """Split classes into train / held-out, preprocess once, fix mean / std.
+
+    Returns ``(train, val, config)``; the config gets ``mean`` / ``std``
+    computed over the training images (unless given) and ``in_channels``.
+    """
+    ds = open_dataset(path)
+    n_cls = len(ds.class_sizes)
+    n_val = max(5, int(round(n_cls * val_fraction))) if val_fraction > 0 else 0
+    if n_cls - n_val < 5:
+        raise SystemExit(f"{path}: {n_cls} classes are too few to train on")
+    raw_cfg = dict(config)
+    omniglot = isinstance(ds, OmniglotSet)
+    if omniglot:
+        raw_cfg.setdefault("in_channels", 1)
+    else:
+        raw_cfg.setdefault("in_channels", 3)
+    ch = raw_cfg["in_channels"]
+    # Scale to [0, 1] first (mean 0, std 1), then measure the statistics.
+    unit = dict(raw_cfg, mean=[0.0] * ch, std=[1.0] * ch)
+
+    def build(classes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+        imgs, labels = [], []
+        for k, c in enumerate(classes):
+            items = [(c, i) for i in range(ds.class_sizes[c])]
+            if omniglot:
+                raw = ds.load(items)
+                imgs.append(preprocess(raw, unit))
+            else:
+                imgs.append(np.concatenate([preprocess(a[None], unit) for a in ds.load(items)]))
+            labels.append(np.full(len(items), k, dtype=np.int64))
+            if not omniglot and (k + 1) % 10 == 0:
+                _log(f"  loaded {k + 1}/{len(classes)} classes")
+        return np.concatenate(imgs), np.concatenate(labels)
+
+    _log(f"preprocessing {path} ({n_cls} classes, {n_val} held out) ...")
+    train_x, train_y = build(range(n_cls - n_val))
+    val_x, val_y = build(range(n_cls - n_val, n_cls))
+    if "mean" not in config or "std" not in config:
+        mean = train_x.mean(axis=(0, 2, 3)).astype(np.float64)
+        std = train_x.std(axis=(0, 2, 3)).astype(np.float64)
+        raw_cfg["mean"] = [round(float(m), 4) for m in mean]
+        raw_cfg["std"] = [round(float(s), 4) for s in std]
+    mean = np.asarray(raw_cfg["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(raw_cfg["std"], np.float32).reshape(1, -1, 1, 1)
+    train_x = (train_x - mean) / std
+    val_x = (val_x - mean) / std
+    paper = 1.0 if omniglot else 0.0
+    fill = ((paper - mean) / std).reshape(-1)
+
+    n_train = n_cls - n_val
+    if omniglot and rotations:
+        xs, ys = [train_x], [train_y]
+        for r in (1, 2, 3):
+            xs.append(np.ascontiguousarray(np.rot90(train_x, r, axes=(2, 3))))
+            ys.append(train_y + r * n_train)
+        train_x, train_y = np.concatenate(xs), np.concatenate(ys)
+        n_train *= 4
+    train = TrainData(np.ascontiguousarray(train_x, dtype=np.float32), train_y, n_train, fill,
+                      flip=not omniglot)
+    val = TrainData(np.ascontiguousarray(val_x, dtype=np.float32), val_y, n_val, fill,
+                    flip=False)
+    return train, val, raw_cfg
+
+
+def augment(batch: np.ndarray, rng: np.random.Generator, fill: np.ndarray, shift: int,
+            flip: bool) -> np.ndarray:
+    """Random shifts of up to ``shift`` pixels (padding with ``fill``) and, for
+    natural images, horizontal flips."""
+    n, ch, h, w = batch.shape
+    out = np.empty_like(batch)
+    padded = np.empty((ch, h + 2 * shift, w + 2 * shift), dtype=batch.dtype)
+    offsets = rng.integers(0, 2 * shift + 1, size=(n, 2))
+    flips = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
+    for i in range(n):
+        padded[...] = fill.reshape(-1, 1, 1)
+        padded[:, shift:shift + h, shift:shift + w] = batch[i]
+        dy, dx = offsets[i]
+        crop = padded[:, dy:dy + h, dx:dx + w]
+        out[i] = crop[:, :, ::-1] if flips[i] else crop
+    return out
+
+
+def sample_episode(data: TrainData, rng: np.random.Generator, way: int, shot: int,
+                   query: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of supports, queries (class by class) and the classes drawn."""
+    classes = rng.choice(data.n_classes, size=way, replace=False)
+    sup, qry = [], []
+    for c in classes:
+        pick = rng.choice(data.by_class[c], size=shot + query, replace=False)
+        sup.append(pick[:shot])
+        qry.append(pick[shot:])
+    return np.concatenate(sup), np.concatenate(qry), classes
+
+
+# ----------------------------------------------------------------------------
+# Model pieces
+# ----------------------------------------------------------------------------
+
+def episode_outputs(model, support_feats, support_labels, query_feats):
+    """Episode logits ``(n_q, way)`` and the pooled attended query maps
+    averaged over the episode's pairs ``(n_q, C)`` (for the third loss term).
+
+    Same computation as ``LWFMSPM.episode_logits_fast`` (tested equal to the
+    reference formulation), keeping the pooled maps.
+    """
+    ref = _import_reference()
+    import torch
+    from lwfm_ref import model as ref_model
+
+    s, q, avg = model._inputs(support_feats, support_labels, query_feats)
+    t_attn = model.config["temperature_attn"]
+    n_pos = s.shape[2]
+    pooled_s, pooled_q, per_layer = [], [], []
+    for index, (off, d) in enumerate(model.layer_slices):
+        s_l, q_l = s[:, off:off + d], q[:, off:off + d]
+        r, ws, wq = ref_model._attention(s_l, q_l, t_attn)
+        pooled_s.append(torch.einsum("qja,jda->qjd", ws, s_l) / n_pos)
+        pooled_q.append(torch.einsum("qjb,qdb->qjd", wq, q_l) / n_pos)
+        if model.matchers is not None:
+            matcher = model.matchers[index]
+            sigma = ref.batched_assignment(1.0 - r)
+            g_s = matcher(s_l.transpose(1, 2))
+            g_q = matcher(q_l.transpose(1, 2))
+            cos_all = ref.pairwise_cosine(g_s[None], g_q[:, None])
+            matched = torch.gather(cos_all, 3, sigma[..., None]).squeeze(-1)
+            per_layer.append(model._top_k_score(matched))
+    pair_scores = torch.stack(per_layer).amax(dim=0) if per_layer else None
+    pooled_q_all = torch.cat(pooled_q, dim=2)
+    logits = model._logits(torch.cat(pooled_s, dim=2), pooled_q_all, avg, pair_scores)
+    return logits, pooled_q_all.mean(dim=1)
+
+
+def export_weights(model, config: Dict[str, Any], path: str) -> None:
+    """Write the inference weights (no ``fc``) in the library's format."""
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()
+             if not k.startswith("fc.")}
+    cfg = {k: v for k, v in config.items() if k not in ("num_classes", "in_channels")}
+    save_weights(path, state, cfg)
+
+
+def validate(model, data: TrainData, episodes: int, seed: int, device, shot: int = 1,
+             way: int = 5, query: int = 15) -> Tuple[float, float]:
+    """Mean accuracy (percent) and 95% CI on held-out 5-way episodes."""
+    import torch
+    rng = np.random.default_rng(seed)
+    accs = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for _ in range(episodes):
+            sup, qry, _ = sample_episode(data, rng, way, shot, query)
+            x = torch.from_numpy(data.images[np.concatenate([sup, qry])]).to(device)
+            feats = model.features(x)
+            labels = torch.arange(way, device=device).repeat_interleave(shot)
+            logits = model.episode_logits_fast(feats[:len(sup)], labels, feats[len(sup):])
+            truth = torch.arange(way, device=device).repeat_interleave(query)
+            accs.append(float((logits.argmax(1) == truth).float().mean()) * 100.0)
+    model.train(was_training)
+    a = np.asarray(accs)
+    return float(a.mean()), float(1.96 * a.std() / math.sqrt(len(a)))
+
+
+# ----------------------------------------------------------------------------
+# Main loop
+# ----------------------------------------------------------------------------
+
+class Progress:
+    """One self-overwriting stderr line (plain lines when not a terminal)."""
+
+    def __init__(self, total: int, every: int = 50) -> None:
+        self.total, self.every = total, every
+        self.tty = sys.stderr.isatty()
+        self.start = time.time()
+        self.first_step: Optional[int] = None
+
+    def update(self, step: int, text: str) -> None:
+        if self.first_step is None:
+            self.first_step = step - 1
+        if not self.tty and step % self.every and step != self.total:
+            return
+        done = step - self.first_step
+        rate = done / max(time.time() - self.start, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else 0.0
+        width = 24
+        filled = int(width * step / self.total)
+        bar = "#" * filled + "." * (width - filled)
+        line = (f"[{bar}] {step}/{self.total} {text} {rate:.2f} it/s "
+                f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
+        if self.tty:
+            sys.stderr.write("\r" + line + "\x1b[K")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def message(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write("\r\x1b[K")
+        _log(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m lwfm.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="Omniglot .npz or folder-per-class tree")
+    p.add_argument("--output", required=True, help="weight file to write (best on validation)")
+    p.add_argument("--workdir", required=True, help="checkpoints and log")
+    p.add_argument("--resume", action="store_true", help="continue from WORKDIR/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--lambda", dest="lam", type=float, default=1.0,
+                   help="weight of the episode loss")
+    p.add_argument("--way", type=int, default=5)
+    p.add_argument("--shot", type=int, default=1)
+    p.add_argument("--query", type=int, default=15)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--shift", type=int, default=2, help="random shift in pixels")
+    p.add_argument("--no-rotations", action="store_true",
+                   help="Omniglot: do not add rotated characters as classes")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--val-episodes", type=int, default=300)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    # Model configuration.
+    p.add_argument("--backbone", default=None, help="conv64f (default for Omniglot) or resnet18")
+    p.add_argument("--taps", type=int, nargs="+", default=None, help="hyperpixel_ids")
+    p.add_argument("--feature-size", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--resize", type=int, default=None)
+    p.add_argument("--matcher-prob", type=float, default=0.25)
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--temperature-attn", type=float, default=5.0)
+    return p
+
+
+def _model_config(args, omniglot: bool) -> Dict[str, Any]:
+    backbone = args.backbone or ("conv64f" if omniglot else "resnet18")
+    cfg: Dict[str, Any] = {
+        "method": "lwfm-spm", "backbone": backbone,
+        "hyperpixel_ids": args.taps or ([2, 3] if backbone == "conv64f" else [7, 8]),
+        "feature_size": args.feature_size, "temperature": args.temperature,
+        "temperature_attn": args.temperature_attn, "matcher_prob": args.matcher_prob,
+        "learnable_matcher": True, "top_k": args.top_k,
+        "image_size": args.image_size or (28 if omniglot else 84),
+        "resize": args.resize if args.resize is not None else (0 if omniglot else 92),
+    }
+    if backbone == "resnet18":
+        cfg["first_padding"] = 3
+    return cfg
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    ref = _import_reference()
+    import torch
+    import torch.nn.functional as F
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    os.makedirs(args.workdir, exist_ok=True)
+    ckpt_path = os.path.join(args.workdir, "checkpoint.pt")
+
+    omniglot = not os.path.isdir(args.data)
+    config = _model_config(args, omniglot)
+    train, val, config = load_training_data(args.data, config, args.val_fraction,
+                                            rotations=not args.no_rotations)
+    _log(f"train: {train.n_classes} classes, {len(train.labels)} images; "
+         f"held out: {val.n_classes} classes; image {train.images.shape[1:]}; "
+         f"mean {config['mean']} std {config['std']}; device {device}")
+
+    torch.manual_seed(args.seed)
+    model = ref.LWFMSPM(dict(config, num_classes=train.n_classes)).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True,
+                          weight_decay=args.weight_decay)
+    rng = np.random.default_rng(args.seed)
+    step, best = 0, -1.0
+    history: List[Dict[str, Any]] = []
+    if args.resume:
+        if not os.path.exists(ckpt_path):
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+        ck = torch.load(ckpt_path, map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        rng.bit_generator.state = ck["numpy_rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        step, best, history = ck["step"], ck["best"], ck["history"]
+        _log(f"resumed at step {step} (best held-out accuracy {best:.2f}%)")
+
+    def lr_at(s: int) -> float:
+        if s < args.warmup:
+            return args.lr * (s + 1) / args.warmup
+        frac = (s - args.warmup) / max(1, args.steps - args.warmup)
+        return 0.5 * args.lr * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+    def save_checkpoint() -> None:
+        tmp = ckpt_path + ".tmp"
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "step": step, "best": best, "history": history, "config": config,
+                    "args": vars(args)}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    way, shot, query = args.way, args.shot, args.query
+    s_labels = torch.arange(way, device=device).repeat_interleave(shot)
+    q_labels = torch.arange(way, device=device).repeat_interleave(query)
+    progress = Progress(args.steps)
+    run_loss, run_acc = None, None
+    model.train()
+    while step < args.steps:
+        sup, qry, classes = sample_episode(train, rng, way, shot, query)
+        batch_idx = rng.integers(0, len(train.labels), size=args.batch)
+        idx = np.concatenate([sup, qry, batch_idx])
+        x = augment(train.images[idx], rng, train.fill, args.shift, train.flip)
+        x = torch.from_numpy(x).to(device)
+        n_s, n_q = len(sup), len(qry)
+
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        feats = model.features(x)
+        logits, pooled_q = episode_outputs(model, feats[:n_s], s_labels, feats[n_s:n_s + n_q])
+        q_global = torch.from_numpy(train.labels[qry]).to(device)
+        b_global = torch.from_numpy(train.labels[batch_idx]).to(device)
+        loss_ep = F.cross_entropy(logits, q_labels)
+        loss_fc = F.cross_entropy(model.fc(feats[n_s + n_q:].flatten(2).mean(2)), b_global)
+        loss_att = F.cross_entropy(model.fc(pooled_q), q_global)
+        loss = args.lam * loss_ep + loss_fc + loss_att
+        if not torch.isfinite(loss):
+            raise SystemExit(f"step {step}: loss is {float(loss)}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 2.0)
+        opt.step()
+        step += 1
+
+        acc = float((logits.argmax(1) == q_labels).float().mean()) * 100.0
+        run_loss = float(loss) if run_loss is None else 0.98 * run_loss + 0.02 * float(loss)
+        run_acc = acc if run_acc is None else 0.98 * run_acc + 0.02 * acc
+        progress.update(step, f"loss {run_loss:.3f} episode acc {run_acc:.1f}% "
+                              f"lr {lr_at(step - 1):.4f}")
+
+        if step % args.val_every == 0 or step == args.steps:
+            mean, ci = validate(model, val, args.val_episodes, args.seed + 7, device)
+            improved = mean > best
+            history.append({"step": step, "val_acc": mean, "val_ci95": ci,
+                            "loss": run_loss, "train_episode_acc": run_acc})
+            if improved:
+                best = mean
+                export_weights(model, config, args.output)
+            progress.message(f"step {step}: held-out 5-way 1-shot {mean:.2f} +- {ci:.2f}%"
+                             + (f"  -> wrote {args.output}" if improved else ""))
+            save_checkpoint()
+            with open(os.path.join(args.workdir, "history.json"), "w") as fh:
+                json.dump({"config": config, "args": vars(args), "history": history}, fh,
+                          indent=1)
+    _log(f"done: best held-out 5-way 1-shot accuracy {best:.2f}% -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
