@@ -283,7 +283,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="checkpoints and log")
     p.add_argument("--resume", action="store_true", help="continue from WORKDIR/checkpoint.pt")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--steps", type=int, default=8000, help="length of the schedule")
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="save a checkpoint and exit after this step (continue with --resume)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -392,7 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     progress = Progress(args.steps)
     run_loss, run_acc = None, None
     model.train()
-    while step < args.steps:
+    stop_at = args.stop_at if 0 < args.stop_at < args.steps else args.steps
+    while step < stop_at:
         sup, qry, classes = sample_episode(train, rng, way, shot, query)
         batch_idx = rng.integers(0, len(train.labels), size=args.batch)
         idx = np.concatenate([sup, qry, batch_idx])
@@ -424,7 +427,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress.update(step, f"loss {run_loss:.3f} episode acc {run_acc:.1f}% "
                               f"lr {lr_at(step - 1):.4f}")
 
-        if step % args.val_every == 0 or step == args.steps:
+        if step % args.val_every == 0 or step == args.steps or step == stop_at:
             mean, ci = validate(model, val, args.val_episodes, args.seed + 7, device)
             improved = mean > best
             history.append({"step": step, "val_acc": mean, "val_ci95": ci,
@@ -438,6 +441,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with open(os.path.join(args.workdir, "history.json"), "w") as fh:
                 json.dump({"config": config, "args": vars(args), "history": history}, fh,
                           indent=1)
+    if step < args.steps:
+        _log(f"stopped at step {step} of {args.steps}; continue with --resume")
+        return 0
     _log(f"done: best held-out 5-way 1-shot accuracy {best:.2f}% -> {args.output}")
     return 0
 

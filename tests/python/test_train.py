@@ -1,0 +1,82 @@
+"""The trainer: deterministic, resumable, and its weight file is the library's."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED, rel_err
+
+OMNIGLOT = SHARED / "data" / "omniglot" / "images_background.npz"
+pytestmark = pytest.mark.skipif(not OMNIGLOT.exists(), reason="Omniglot data not present")
+
+
+@pytest.fixture(scope="module")
+def small_omniglot(tmp_path_factory):
+    """The first 30 background characters (a few seconds of training)."""
+    with np.load(OMNIGLOT) as archive:
+        images = archive["images"][:30]
+    path = tmp_path_factory.mktemp("data") / "omniglot30.npz"
+    np.savez(path, images=images)
+    return path
+
+
+def train(data, workdir, *extra):
+    from lwfm import train as trainer
+    out = workdir / "model.npz"
+    argv = ["--data", str(data), "--output", str(out), "--workdir", str(workdir),
+            "--seed", "3", "--steps", "6", "--val-every", "3", "--val-episodes", "4",
+            "--batch", "12", "--query", "2", "--val-fraction", "0.2", "--threads", "2",
+            "--device", "cpu", *extra]
+    assert trainer.main(argv) == 0
+    return out, torch.load(workdir / "checkpoint.pt")
+
+
+def test_deterministic_and_resumable(small_omniglot, tmp_path):
+    _, a = train(small_omniglot, tmp_path / "a")
+    _, b = train(small_omniglot, tmp_path / "b")
+    _, c_half = train(small_omniglot, tmp_path / "c", "--stop-at", "4")
+    assert c_half["step"] == 4
+    _, c = train(small_omniglot, tmp_path / "c", "--resume")
+    assert a["step"] == b["step"] == c["step"] == 6
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+        assert torch.equal(tensor, c["model"][name]), name
+    # Training moved the weights away from their initialisation.
+    import lwfm_ref
+    torch.manual_seed(3)
+    init = lwfm_ref.LWFMSPM(dict(a["config"], num_classes=a["model"]["fc.weight"].shape[0]))
+    for name, tensor in init.state_dict().items():
+        if tensor.dim() == 4 or name.startswith("matchers."):
+            assert not torch.equal(tensor, a["model"][name]), name
+    history = json.loads((tmp_path / "a" / "history.json").read_text())["history"]
+    assert [h["step"] for h in history] == [3, 6]
+    assert all(np.isfinite(h["loss"]) for h in history)
+
+
+def test_weight_file_matches_reference(lib, small_omniglot, tmp_path):
+    from lwfm.evaluate import _reference_model
+    from lwfm.weights import load_weights
+    out, ck = train(small_omniglot, tmp_path / "w")
+    tensors, config = load_weights(out)
+    assert config["method"] == "lwfm-spm" and config["backbone"] == "conv64f"
+    assert config["image_size"] == 28 and len(config["mean"]) == 1
+    assert not any(k.startswith("fc.") for k in tensors)
+    ref, _ = _reference_model(str(out))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 1, 28, 28)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    with lib.Model(out) as model:
+        assert model.input_shape == (1, 28, 28)
+        got = model.episode_score(x[:6], labels, x[6:])
+    with torch.no_grad():
+        feats = ref.features(torch.from_numpy(x))
+        expect = ref.episode_logits(feats[:6], torch.from_numpy(labels).long(), feats[6:])
+    assert rel_err(got, expect.numpy()) < 1e-4
+
+
+def test_bad_arguments(small_omniglot, tmp_path):
+    from lwfm import train as trainer
+    with pytest.raises(SystemExit):
+        trainer.main(["--data", str(small_omniglot), "--output", str(tmp_path / "m.npz"),
+                      "--workdir", str(tmp_path / "none"), "--resume"])
