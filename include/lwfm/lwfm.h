@@ -223,6 +223,59 @@ LWFM_API lwfm_status lwfm_model_features(const lwfm_model *model, const float *i
 /** @} */
 
 /* ------------------------------------------------------------------------- */
+/** @name Preprocessing
+ *  @{ */
+
+/** Sample type of decoded pixels given to lwfm_model_preprocess(). Values are
+ *  pinned. */
+typedef enum lwfm_pixel_format {
+    LWFM_PIXEL_U8 = 0, /**< 8-bit samples, 0..255 */
+    LWFM_PIXEL_U16 = 1 /**< 16-bit samples, 0..65535, native byte order */
+} lwfm_pixel_format;
+
+/** Turn one decoded image into one normalised model input, exactly as the
+ *  model's configuration says (the preprocessing of `lwfm.episodes.preprocess`
+ *  in the Python bindings and of the `lwfm` command).
+ *
+ *  `pixels`: `height` rows of `width` interleaved pixels of `channels`
+ *  samples: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; row `y` starts at
+ *  `pixels + y * row_stride_bytes` (0: rows are packed,
+ *  `width * channels * sample size` bytes apart).
+ *
+ *  `out` receives the image as the model takes it: float32
+ *  (in_channels, image_size, image_size), the shape lwfm_model_input_shape()
+ *  gives; `out_count` is the number of floats `out` holds (at least
+ *  in_channels * image_size * image_size; only that many are written).
+ *
+ *  Steps: samples scaled to [0, 1] (/ 255 or / 65535); alpha composited over
+ *  white (`v * a + 1 - a`); grey input for a 3-channel model replicated, RGB
+ *  input for a 1-channel model turned into luma 0.299 R + 0.587 G + 0.114 B;
+ *  resized to `resize` x `resize` (`image_size` when the configuration's
+ *  `resize` is 0) with antialiased bilinear interpolation (PIL's and
+ *  PyTorch's `interpolate(mode="bilinear", antialias=True)`: a triangle
+ *  filter widened by the scale factor when shrinking, weights normalised per
+ *  output pixel; skipped when the image already has that size); centre crop
+ *  of `image_size` at offset round((resize - image_size) / 2), halves to
+ *  even; then `(x - mean[c]) / std[c]`. Non-square images are stretched to
+ *  the square size (no aspect-preserving crop). Single precision throughout.
+ *
+ *  Fails, leaving `out` untouched, with LWFM_ERR_INVALID_ARGUMENT (NULL
+ *  `model`, `pixels` or `out`; `height` or `width` < 1; an unknown `format`;
+ *  a `row_stride_bytes` that is negative or shorter than a packed row),
+ *  LWFM_ERR_SHAPE (`channels` not in 1..4), LWFM_ERR_LIMIT (a side over
+ *  2^31 - 1 pixels, or sizes whose byte counts overflow),
+ *  LWFM_ERR_BUFFER_TOO_SMALL (`out_count` below what the model needs) or
+ *  LWFM_ERR_OUT_OF_MEMORY. Allocates scratch proportional to
+ *  `height * image_size` per call; no global state. Thread-safe. */
+LWFM_API lwfm_status lwfm_model_preprocess(const lwfm_model *model, const void *pixels,
+                                           lwfm_pixel_format format, int64_t height,
+                                           int64_t width, int64_t channels,
+                                           int64_t row_stride_bytes, float *out,
+                                           size_t out_count);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
 /** @name Backbone
  *  @{ */
 

@@ -70,6 +70,7 @@ def _declare(lib):
     fn("lwfm_model_feature_shape", st, _p, _i64, _i64, ctypes.POINTER(_i64),
        ctypes.POINTER(_i64), ctypes.POINTER(_i64))
     fn("lwfm_model_features", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
+    fn("lwfm_model_preprocess", st, _p, _p, ctypes.c_int, _i64, _i64, _i64, _i64, _fptr, _size)
     _i32p = ctypes.POINTER(ctypes.c_int32)
     fn("lwfm_episode_score", st, _p, _fptr, _i64, _i32p, _fptr, _i64, _i64, _i64, _i64, _i64,
        _fptr, _size)
@@ -259,6 +260,48 @@ class Model:
         return (c.value, fh.value, fw.value)
 
     # -- compute ------------------------------------------------------------
+    def preprocess(self, images):
+        """Decoded images -> normalised model inputs, float32 (n, C, S, S).
+
+        ``images``: one array (H, W) or (H, W, c) with c = 1 (grey), 2 (grey
+        + alpha), 3 (RGB) or 4 (RGBA), or a list of such arrays of any sizes;
+        uint8, uint16 or bool (True = 255). The preprocessing of the model's
+        configuration (resize, centre crop, mean/std), computed by the C
+        library (``lwfm_model_preprocess``); it equals
+        ``lwfm.episodes.preprocess``."""
+        if isinstance(images, np.ndarray) or not isinstance(images, (list, tuple)):
+            images = [images]
+        c, h, w = self.input_shape
+        out = np.empty((len(images), c, h, w), dtype=np.float32)
+        lib = _library()
+        per_image = c * h * w
+        for k, img in enumerate(images):
+            a = np.asarray(img)
+            if a.dtype == np.bool_:
+                a = a.astype(np.uint8) * np.uint8(255)
+            if a.dtype not in (np.uint8, np.uint16):
+                raise ValueError(f"image {k}: dtype must be uint8, uint16 or bool, got {a.dtype}")
+            if a.ndim == 2:
+                a = a[:, :, None]
+            if a.ndim != 3 or not 1 <= a.shape[2] <= 4:
+                raise ValueError(f"image {k}: shape must be (H, W) or (H, W, 1..4), got "
+                                 f"{np.asarray(img).shape}")
+            # rows may lie apart (a crop of a larger array) as long as each
+            # row's pixels are packed; anything else is copied
+            hh, ww, cc = a.shape
+            packed = ww * cc * a.itemsize
+            if a.flags.c_contiguous:
+                row = 0
+            elif ((cc == 1 or a.strides[2] == a.itemsize) and
+                  (ww == 1 or a.strides[1] == cc * a.itemsize) and a.strides[0] >= packed):
+                row = a.strides[0]
+            else:
+                a, row = np.ascontiguousarray(a), 0
+            _check(lib.lwfm_model_preprocess(
+                self._h(), ctypes.c_void_p(a.ctypes.data), 0 if a.dtype == np.uint8 else 1,
+                hh, ww, cc, row, out[k].ctypes.data_as(_fptr), per_image))
+        return out
+
     def features(self, images):
         """Backbone features of normalised images.
 
