@@ -14,6 +14,7 @@
 #include "core/core.h"
 #include "core/gemm.h"
 #include "episode.h"
+#include "heads/dn4.h"
 #include "model.h"
 #include "spm/assign.h"
 
@@ -43,14 +44,26 @@ void lwfm__side_free(side *s) {
 }
 
 /* Per-image work for n feature maps (n x C x P). */
-lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out,
-                               lwfm__arena *arena) {
+lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
+                               side *out, lwfm__arena *arena) {
     const lwfm__layers *ly = &m->layers;
-    const int64_t C = ly->C, P = ly->P, L = ly->n;
+    const int64_t C = ly->C, L = ly->n;
     lwfm_status st = LWFM_OK;
     dnnl_stream_t stream = NULL;
     float *tmp = NULL;
-    side s = {.n = n, .owned = arena == NULL};
+    side s = {.n = n, .P = P, .owned = arena == NULL};
+    if (m->cfg.method == LWFM_METHOD_DN4) {
+        size_t bytes = (size_t)n * P * C * sizeof(float);
+        s.U = arena ? lwfm__arena_get(arena, 1, bytes) : lwfm__alloc(bytes);
+        if (!s.U)
+            return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory preparing %lld images",
+                               (long long)n);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++)
+            lwfm__dn4_prepare_image(feats + i * C * P, (int)C, P, s.U + i * P * C);
+        *out = s;
+        return LWFM_OK;
+    }
     size_t cells = (size_t)n * P * C;
     size_t bytes[5] = {cells * sizeof(float), cells * sizeof(float), cells * sizeof(float),
                        (size_t)n * P * L * sizeof(float),
@@ -202,6 +215,7 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
 static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t *labels,
                                const int64_t *count, int64_t way, const side *Q, float *logits,
                                lwfm__arena *arena) {
+    if (m->cfg.method == LWFM_METHOD_DN4) return lwfm__dn4_score(m, S, labels, way, Q, logits, arena);
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     lwfm_status st = LWFM_OK;
@@ -254,7 +268,7 @@ done:
 /* Argument checks                                                          */
 
 static lwfm_status check_kind(const lwfm_model *m) {
-    if (m->cfg.method != LWFM_METHOD_LWFM_SPM)
+    if (m->cfg.method != LWFM_METHOD_LWFM_SPM && m->cfg.method != LWFM_METHOD_DN4)
         return lwfm__error(LWFM_ERR_UNSUPPORTED,
                            "episode scoring for method '%s' is not available in this version",
                            lwfm__method_name(m->cfg.method));
@@ -294,7 +308,13 @@ lwfm_status lwfm__check_features(const lwfm_model *m, const char *what, const fl
     if (n <= 0)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s: count must be > 0, got %lld", what,
                            (long long)n);
-    if (C != m->layers.C || fh * fw != m->layers.P || fh != m->cfg.feature_size)
+    if (m->cfg.feature_size == 0) { /* native-size taps: any spatial size */
+        if (C != m->layers.C || fh < 1 || fw < 1 || fh > 4096 || fw > 4096)
+            return lwfm__error(LWFM_ERR_SHAPE,
+                               "%s: model features have %d channels and a native size, got "
+                               "(%lld, %lld, %lld)",
+                               what, m->layers.C, (long long)C, (long long)fh, (long long)fw);
+    } else if (C != m->layers.C || fh * fw != m->layers.P || fh != m->cfg.feature_size)
         return lwfm__error(LWFM_ERR_SHAPE,
                            "%s: model features are (%d, %d, %d), got (%lld, %lld, %lld)", what,
                            m->layers.C, m->cfg.feature_size, m->cfg.feature_size, (long long)C,
@@ -331,7 +351,7 @@ static lwfm_status images_to_side(const lwfm_model *m, const char *what, const f
     float *feats = arena ? lwfm__arena_get(arena, LWFM_SLOT_FEATS, bytes) : lwfm__alloc(bytes);
     if (!feats) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for %s features", what);
     st = lwfm__model_forward(m, images, n, h, w, feats);
-    if (!st) st = lwfm__side_prepare(m, feats, n, out, arena);
+    if (!st) st = lwfm__side_prepare(m, feats, n, fh * fw, out, arena);
     if (!arena) lwfm__free(feats);
     return st;
 }
@@ -363,6 +383,19 @@ static lwfm_status support_begin(lwfm_model *m, const int32_t *labels, int64_t n
     s->way = way;
     s->model = m;
     *out = s;
+    return LWFM_OK;
+}
+
+/* Method-specific limits that depend on the support set. */
+static lwfm_status check_support_size(const lwfm_model *m, const lwfm_support *s) {
+    if (m->cfg.method == LWFM_METHOD_DN4) {
+        int64_t most = lwfm__dn4_max_k(&s->s, s->count, s->way);
+        if (m->cfg.neighbor_k > most)
+            return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
+                               "DN4 neighbor_k = %d exceeds the %lld local descriptors of the "
+                               "smallest class; give more or larger support images",
+                               m->cfg.neighbor_k, (long long)most);
+    }
     return LWFM_OK;
 }
 
@@ -402,6 +435,7 @@ LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
     if (!st)
         st =
             images_to_side(model, "support images", support, n_support, height, width, &s->s, NULL);
+    if (!st) st = check_support_size(model, s);
     return support_finish(s, st, out);
 }
 
@@ -418,7 +452,8 @@ LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_mode
         return st;
     lwfm_support *s;
     if ((st = support_begin(model, support_labels, n_support, way, &s))) return st;
-    st = lwfm__side_prepare(model, support_features, n_support, &s->s, NULL);
+    st = lwfm__side_prepare(model, support_features, n_support, fh * fw, &s->s, NULL);
+    if (!st) st = check_support_size(model, s);
     return support_finish(s, st, out);
 }
 
@@ -441,7 +476,7 @@ static lwfm_status support_score(const lwfm_support *sp, const float *query, int
     side Q;
     size_t n = (size_t)n_query * (size_t)sp->way;
     lwfm_status st =
-        features ? lwfm__side_prepare(sp->model, query, n_query, &Q, arena)
+        features ? lwfm__side_prepare(sp->model, query, n_query, h * w, &Q, arena)
                  : images_to_side(sp->model, "query images", query, n_query, h, w, &Q, arena);
     if (!st) {
         float *tmp = lwfm__arena_get(arena, LWFM_SLOT_LOGITS, n * sizeof(float));

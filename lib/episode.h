@@ -8,6 +8,7 @@
 /* Images after the per-image steps of the metric. */
 typedef struct side {
     int64_t n;
+    int64_t P; /* positions per image */
     float *X;  /* n x P x C: centred features, position-major */
     float *U;  /* n x P x C: per-layer unit vectors */
     float *G;  /* n x P x C: g_l(X) (SPM only) */
@@ -19,11 +20,12 @@ static inline int lwfm__spm_on(const lwfm_model *m) {
     return m->cfg.matcher_prob > 0;
 }
 
-/* Centring, unit vectors and (with SPM) the matcher MLP for n feature maps
- * (n x C x P, validated). With an arena the buffers are its slots 0-4 (valid
+/* Per-image work for n feature maps (n x C x P, validated): LWFM-SPM:
+ * centring, unit vectors and (with SPM) the matcher MLP; DN4: unit
+ * descriptors (U only). With an arena the buffers are its slots 0-4 (valid
  * until the arena is reused); without, the side owns them. */
-lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, side *out,
-                               lwfm__arena *arena);
+lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
+                               side *out, lwfm__arena *arena);
 
 /* Arena slots used by the episode pipeline (0-4: side_prepare). */
 enum { LWFM_SLOT_R = 5, LWFM_SLOT_PAIRS, LWFM_SLOT_LOGITS, LWFM_SLOT_FEATS };

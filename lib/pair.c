@@ -87,8 +87,8 @@ static lwfm_status prepare_pair(const lwfm_model *m, const float *sf, const floa
     if ((st = lwfm__check_features(m, "support feature", sf, 1, channels, fh, fw)) ||
         (st = lwfm__check_features(m, "query feature", qf, 1, channels, fh, fw)))
         return st;
-    if ((st = lwfm__side_prepare(m, sf, 1, S, NULL))) return st;
-    if ((st = lwfm__side_prepare(m, qf, 1, Q, NULL))) goto fail;
+    if ((st = lwfm__side_prepare(m, sf, 1, m->layers.P, S, NULL))) return st;
+    if ((st = lwfm__side_prepare(m, qf, 1, m->layers.P, Q, NULL))) goto fail;
     if (!(*R = lwfm__alloc((size_t)L * P * P * sizeof(float)))) {
         st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
         goto fail;

@@ -10,7 +10,8 @@
  *  - lwfm_support_way / lwfm_support_count;
  *  - one model and one prepared support set scored from 8 threads at once
  *    give bitwise the results of serial scoring;
- *  - a DN4 model: episode calls fail with LWFM_ERR_UNSUPPORTED, features work.
+ *  - a DN4 model: episode calls work (parity is tests/python/test_dn4.py), the LWE/SPM
+ *    views refuse it with LWFM_ERR_WRONG_KIND.
  *
  * The weight files are written at build time by tests/make_test_models.py. */
 #include <math.h>
@@ -493,7 +494,7 @@ int main(int argc, char **argv) {
     lwfm_support_destroy(sp);
     lwfm_support_destroy(spf);
 
-    /* --- a DN4 model: no episodes in this version, features work ---------- */
+    /* --- a DN4 model: episodes dispatch on the method; LWE/SPM views refuse it */
     {
         lwfm_model *dn4 = NULL;
         EXPECT(lwfm_model_load(&dn4, argv[2], NULL) == LWFM_OK && dn4);
@@ -504,33 +505,42 @@ int main(int argc, char **argv) {
             EXPECT(dc == 64 && dh == 21 && dw == 21);
             episode e = img0;
             e.model = dn4;
-            arm();
-            check_fail(__LINE__, "lwfm_episode_score on DN4", score_images(&e),
-                       LWFM_ERR_UNSUPPORTED, "not available in this version");
-            EXPECT(strstr(lwfm_last_error(), "dn4") != NULL);
+            float dn4_logits[N_QUERY * WAY], dn4_logits_f[N_QUERY * WAY];
+            e.logits = dn4_logits;
+            e.capacity = N_QUERY * WAY;
+            EXPECT(score_images(&e) == LWFM_OK);
+            int sane = 1;
+            for (int i = 0; i < N_QUERY * WAY; i++)  /* k = 3 cosines per descriptor */
+                sane &= isfinite(dn4_logits[i]) && fabsf(dn4_logits[i]) <= 3 * 441 + 1e-2f;
+            EXPECT(sane);
             const size_t dfm = (size_t)(dc * dh * dw);
             float *dfeat = alloc_floats(N_SUPPORT * dfm);
-            e = (episode){dn4, dfeat, N_SUPPORT, labels_ok, dfeat, 1, dc, dh, dw, WAY,
-                          logits_buf, LOGITS_CAP};
+            float *dqfeat = alloc_floats(N_QUERY * dfm);
             memset(dfeat, SENTINEL_BYTE, N_SUPPORT * dfm * sizeof(float));
             EXPECT(lwfm_model_features(dn4, support, N_SUPPORT, c, h, w, dfeat, N_SUPPORT * dfm) ==
                    LWFM_OK);
-            int finite = 1;
-            double energy = 0;
-            for (size_t i = 0; i < N_SUPPORT * dfm; i++) {
-                finite &= isfinite(dfeat[i]) != 0;
-                energy += fabs(dfeat[i]);
-            }
-            EXPECT(finite && energy > 0);
+            EXPECT(lwfm_model_features(dn4, query, N_QUERY, c, h, w, dqfeat, N_QUERY * dfm) ==
+                   LWFM_OK);
+            e = (episode){dn4, dfeat, N_SUPPORT, labels_ok, dqfeat, N_QUERY, dc, dh, dw, WAY,
+                          dn4_logits_f, N_QUERY * WAY};
+            EXPECT(score_features(&e) == LWFM_OK);
+            int same = 1;
+            for (int i = 0; i < N_QUERY * WAY; i++)
+                same &= fabsf(dn4_logits[i] - dn4_logits_f[i]) <= 1e-4f * 3 * 441;
+            EXPECT(same);
+            /* native-size features: a feature map of another size is fine for DN4,
+             * a wrong channel count is not */
+            e.c = dc + 1;
             arm();
-            check_fail(__LINE__, "lwfm_episode_score_features on DN4", score_features(&e),
-                       LWFM_ERR_UNSUPPORTED, "not available in this version");
-            PREP_CASE(lwfm_support_prepare(out, dn4, support, N_SUPPORT, labels_ok, c, h, w, WAY),
-                      LWFM_ERR_UNSUPPORTED, "not available in this version");
-            PREP_CASE(lwfm_support_prepare_features(out, dn4, dfeat, N_SUPPORT, labels_ok, dc, dh,
-                                                    dw, WAY),
-                      LWFM_ERR_UNSUPPORTED, "not available in this version");
+            check_fail(__LINE__, "DN4 features with a wrong channel count", score_features(&e),
+                       LWFM_ERR_SHAPE, "channels");
+            lwfm_lwe *lwe = NULL;
+            lwfm_spm *spm = NULL;
+            EXPECT(lwfm_lwe_create(&lwe, dn4) == LWFM_ERR_WRONG_KIND && lwe == NULL);
+            EXPECT(strstr(lwfm_last_error(), "dn4") != NULL);
+            EXPECT(lwfm_spm_create(&spm, dn4) == LWFM_ERR_WRONG_KIND && spm == NULL);
             free(dfeat);
+            free(dqfeat);
             lwfm_model_destroy(dn4);
         }
     }

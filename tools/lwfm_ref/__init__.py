@@ -2,7 +2,7 @@
 
 Ground truth for the library's tests and the model the converter checks
 checkpoints against. Written from ``shared/spec/lwfm-spm.md`` (LWFM-SPM) and
-``shared/spec/peers.md`` section 1 (Conv-64F). Importing this package does
+``shared/spec/peers.md`` sections 1-2 (Conv-64F, DN4). Importing this package does
 not change torch's global state (thread count, default dtype).
 """
 
@@ -11,6 +11,7 @@ from .backbones import (CONV64F_BLOCK_CHANNELS, RESNET18_BLOCK_CHANNELS, BasicBl
 from .model import (CIFARFS_MEAN, CIFARFS_STD, DEFAULT_CONFIG, DN4_CONFIG, LWFMSPM,
                     MINIIMAGENET_MEAN, MINIIMAGENET_STD, Matcher, batched_assignment, cosine,
                     make_config, pairwise_cosine, randomize_bn, solve_assignment)
+from .peers import DN4, dn4_logits
 
 __all__ = [
     "CONV64F_BLOCK_CHANNELS", "RESNET18_BLOCK_CHANNELS", "BasicBlock", "Conv64F", "ResNet18Taps",
@@ -18,4 +19,5 @@ __all__ = [
     "CIFARFS_MEAN", "CIFARFS_STD", "DEFAULT_CONFIG", "DN4_CONFIG", "LWFMSPM",
     "MINIIMAGENET_MEAN", "MINIIMAGENET_STD", "Matcher", "batched_assignment", "cosine",
     "make_config", "pairwise_cosine", "randomize_bn", "solve_assignment",
+    "DN4", "dn4_logits",
 ]
