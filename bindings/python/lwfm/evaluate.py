@@ -33,7 +33,7 @@ def _reference_model(path: str):
     cfg = {k: v for k, v in config.items() if k != "format_version"}
     first = next(v for k, v in tensors.items() if k.endswith(".weight") and v.ndim == 4)
     cfg["in_channels"] = int(first.shape[1])
-    model = ref.LWFMSPM(cfg)
+    model = ref.DN4(cfg) if cfg["method"] == "dn4" else ref.LWFMSPM(cfg)
     missing, unexpected = model.load_state_dict(
         {k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()}, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked") and
@@ -77,7 +77,8 @@ def evaluate(model_path: str, data_path: str, way: int, shot: int, query: int,
             if lib_model is not None:
                 logits = lib_model.episode_score(xs, np.asarray(s_lab, np.int32), xq)
             else:
-                feats = model.features(torch.from_numpy(np.concatenate([xs, xq])))
+                extract = model.extract if hasattr(model, "extract") else model.features
+                feats = extract(torch.from_numpy(np.concatenate([xs, xq])))
                 logits = model.episode_logits(feats[:len(sup)], torch.tensor(s_lab),
                                               feats[len(sup):]).numpy()
             pred = np.asarray(logits).argmax(axis=1)
