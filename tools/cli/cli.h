@@ -1,0 +1,171 @@
+/* The `lwfm` command: shared declarations.
+ *
+ *   main.c      entry point, help, option parsing helpers, messages
+ *   image.c     PNG (libpng) and JPEG (libjpeg) decoding
+ *   dataset.c   image folders, Omniglot .npz archives, the episode sampler
+ *   commands.c  `lwfm info` and `lwfm classify`
+ *   eval.c      `lwfm eval`
+ *
+ * Only the public libLWFM API is used (lwfm/lwfm.h). */
+#ifndef LWFM_CLI_H
+#define LWFM_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <lwfm/lwfm.h>
+
+#if defined(__GNUC__)
+#define CLI_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define CLI_PRINTF(a, b)
+#endif
+
+/* Exit statuses. */
+#define EXIT_OK 0
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+
+/* Refused before allocating: a side over MAX_IMAGE_SIDE pixels, more than
+ * MAX_IMAGE_PIXELS pixels, or a file over MAX_IMAGE_FILE bytes. */
+#define MAX_IMAGE_SIDE 32768
+#define MAX_IMAGE_PIXELS ((uint64_t)1 << 28)
+#define MAX_IMAGE_FILE ((uint64_t)1 << 30)
+
+/* Size of the error text buffers passed around. */
+#define ERR_CAP 512
+
+/* ---- main.c: messages and option parsing ------------------------------- */
+
+/* "lwfm: <what> (<path>): <reason>" on stderr; path may be NULL. */
+void cli_error(const char *what, const char *path, const char *reason_fmt, ...) CLI_PRINTF(3, 4);
+/* "  hint: ..." on stderr. */
+void cli_hint(const char *fmt, ...) CLI_PRINTF(1, 2);
+/* A usage error of command `cmd` (NULL: the top level); returns EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
+
+/* Command-line cursor. An option is `--name VALUE` or `--name=VALUE`. */
+typedef struct cli_args {
+    int argc;
+    char **argv;
+    int i;           /* index of the current argument */
+    const char *cmd; /* for messages */
+} cli_args;
+
+/* 1 when argv[i] is the flag `name` (no value allowed); 0 otherwise. */
+int cli_flag(cli_args *a, const char *name);
+/* 1 when argv[i] is option `name`: *value receives its value and the cursor
+ * moves past it; -1 (after a usage message) when the value is missing. */
+int cli_option(cli_args *a, const char *name, const char **value);
+/* Several string options: 1 when argv[i] is one of them (its value stored),
+ * 0 when none, -1 after a usage message. */
+typedef struct cli_string_option {
+    const char *name;
+    const char **value;
+} cli_string_option;
+int cli_options(cli_args *a, const cli_string_option *opts, int n);
+/* Strict integer parsing: the whole text, in [lo, hi]. 0 on success,
+ * otherwise a usage message naming `name` and EXIT_USAGE. */
+int cli_int(const char *cmd, const char *name, const char *text, int64_t lo, int64_t hi,
+            int64_t *out);
+
+/* ---- JSON and small helpers ------------------------------------------- */
+
+void json_string(FILE *f, const char *s);           /* a quoted, escaped JSON string */
+double now_seconds(void);                           /* monotonic clock */
+char *path_join(const char *dir, const char *name); /* malloc'd "dir/name" */
+char *str_dup(const char *s);
+const char *method_name(lwfm_method m);
+
+/* ---- image.c ---------------------------------------------------------- */
+
+typedef struct cli_image {
+    int64_t height, width, channels; /* channels: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA */
+    lwfm_pixel_format format;        /* U8, or U16 in native byte order */
+    void *pixels;                    /* packed rows, malloc'd */
+} cli_image;
+
+/* Decode a PNG or JPEG file (recognised by its first bytes, whatever its
+ * name). 0 on success; otherwise -1 with a reason in err (no path in it). */
+int image_read(const char *path, cli_image *img, char *err, size_t cap);
+void image_free(cli_image *img);
+
+/* 1 when the file name ends in .png, .jpg or .jpeg (any case): the files a
+ * folder dataset lists (as lwfm.episodes.FolderSet does). */
+int image_name(const char *name);
+
+/* Sorted names (strcmp order, which is Python's sorted() on UTF-8) of the
+ * entries of `dir`: sub-directories when `dirs`, else files with an image
+ * name. 0 on success, -1 with a reason in err. */
+int list_dir(const char *dir, int dirs, char ***names, int64_t *count, char *err, size_t cap);
+void free_names(char **names, int64_t count);
+
+/* ---- dataset.c -------------------------------------------------------- */
+
+/* Classes of examples: a folder tree (one sub-folder of images per class)
+ * or an Omniglot .npz (bool (classes, drawings, H, W), True = paper). */
+typedef struct dataset {
+    int is_npz;
+    char *path;
+    int64_t n_classes;
+    char **names;    /* class names */
+    int64_t *sizes;  /* examples per class */
+    char ***files;   /* folder: per class, file names */
+    uint8_t *pixels; /* npz: (classes, drawings, H, W) grey 0 / 255 */
+    int64_t drawings, height, width;
+} dataset;
+
+/* 0 on success, -1 after printing the error. */
+int dataset_open(dataset *ds, const char *path);
+void dataset_free(dataset *ds);
+/* Path of an example (malloc'd; for an npz "PATH[class C, drawing I]"). */
+char *dataset_item_path(const dataset *ds, int64_t c, int64_t i);
+/* The example's pixels: decoded from its file, or a view into the archive
+ * (then img->pixels is not owned: use dataset_image_free). 0 / -1 + err. */
+int dataset_image(const dataset *ds, int64_t c, int64_t i, cli_image *img, char *err, size_t cap);
+void dataset_image_free(const dataset *ds, cli_image *img);
+/* Drop example i of class c (a bad image). Classes left empty are removed
+ * when dataset_compact() runs. */
+void dataset_drop(dataset *ds, int64_t c, int64_t i);
+void dataset_compact(dataset *ds);
+
+/* The episode sampler of lwfm.episodes.EpisodeSampler. */
+typedef struct sampler {
+    uint64_t state;
+    int64_t way, shot, query;
+    const int64_t *sizes;
+    int64_t *eligible, n_eligible;
+    int64_t *perm;   /* scratch, max(n_eligible, largest class) */
+    int64_t *chosen; /* the episode's classes, by label */
+} sampler;
+
+/* One episode: (class, example) items and labels 0..way-1; supports are
+ * way * shot, queries way * query, in label order. */
+typedef struct episode {
+    int64_t *s_class, *s_index, *q_class, *q_index;
+    int32_t *s_label, *q_label;
+    int64_t n_support, n_query;
+} episode;
+
+/* 0, or -1 with the reason in err (Python's ValueError messages). */
+int sampler_init(sampler *s, const int64_t *sizes, int64_t n_classes, int64_t way, int64_t shot,
+                 int64_t query, uint64_t seed, char *err, size_t cap);
+void sampler_free(sampler *s);
+int episode_alloc(episode *e, int64_t way, int64_t shot, int64_t query);
+void episode_free(episode *e);
+void sampler_episode(sampler *s, episode *e);
+
+/* ---- commands ---------------------------------------------------------- */
+
+int cmd_info(int argc, char **argv);
+int cmd_classify(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+
+/* Shared by the commands: load a model, printing the error. */
+lwfm_model *load_model(const char *path);
+/* Decode + preprocess one file into out (model input floats). 0 / -1 + err. */
+int preprocess_file(const lwfm_model *model, const char *path, float *out, size_t count, char *err,
+                    size_t cap);
+
+#endif

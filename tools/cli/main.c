@@ -1,0 +1,223 @@
+/* The `lwfm` command: entry point, messages, option parsing, helpers.
+ * See docs/cli.md. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+static const char kUsage[] =
+    "Usage: lwfm <command> [options]\n"
+    "\n"
+    "Few-shot image classification with libLWFM (LWFM-SPM).\n"
+    "\n"
+    "Commands:\n"
+    "  info      a weight file's method, configuration, input and feature shapes\n"
+    "  classify  classify query images against a folder of labelled support images\n"
+    "  eval      N-way K-shot accuracy over reproducible episodes of a dataset\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help     this help ('lwfm <command> --help' for a command's options)\n"
+    "  -V, --version  versions of the program and of the library it runs on\n"
+    "\n"
+    "Exit status: 0 success, 1 failure (unreadable file, bad image, library error),\n"
+    "2 usage error. Documentation: docs/cli.md.\n";
+
+void cli_error(const char *what, const char *path, const char *reason_fmt, ...) {
+    char reason[1024];
+    va_list ap;
+    va_start(ap, reason_fmt);
+    vsnprintf(reason, sizeof reason, reason_fmt, ap);
+    va_end(ap);
+    if (path)
+        fprintf(stderr, "lwfm: %s (%s): %s\n", what, path, reason);
+    else
+        fprintf(stderr, "lwfm: %s: %s\n", what, reason);
+}
+
+void cli_hint(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("  hint: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("lwfm: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    if (cmd)
+        fprintf(stderr, "Try 'lwfm %s --help'.\n", cmd);
+    else
+        fputs("Try 'lwfm --help'.\n", stderr);
+    return EXIT_USAGE;
+}
+
+int cli_flag(cli_args *a, const char *name) {
+    return strcmp(a->argv[a->i], name) == 0;
+}
+
+int cli_option(cli_args *a, const char *name, const char **value) {
+    const char *arg = a->argv[a->i];
+    size_t n = strlen(name);
+    if (strncmp(arg, name, n) != 0) return 0;
+    if (arg[n] == '=') {
+        *value = arg + n + 1;
+        return 1;
+    }
+    if (arg[n] != '\0') return 0;
+    if (a->i + 1 >= a->argc) {
+        cli_usage_error(a->cmd, "option %s needs a value", name);
+        return -1;
+    }
+    *value = a->argv[++a->i];
+    return 1;
+}
+
+int cli_options(cli_args *a, const cli_string_option *opts, int n) {
+    for (int k = 0; k < n; k++) {
+        int r = cli_option(a, opts[k].name, opts[k].value);
+        if (r) return r;
+    }
+    return 0;
+}
+
+int cli_int(const char *cmd, const char *name, const char *text, int64_t lo, int64_t hi,
+            int64_t *out) {
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (!*text || *end || errno == ERANGE)
+        return cli_usage_error(cmd, "%s expects an integer, got '%s'", name, text);
+    if (v < lo || v > hi)
+        return cli_usage_error(cmd, "%s must be in %lld..%lld, got %lld", name, (long long)lo,
+                               (long long)hi, v);
+    *out = v;
+    return 0;
+}
+
+void json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        switch (*p) {
+        case '"':
+            fputs("\\\"", f);
+            break;
+        case '\\':
+            fputs("\\\\", f);
+            break;
+        case '\n':
+            fputs("\\n", f);
+            break;
+        case '\t':
+            fputs("\\t", f);
+            break;
+        case '\r':
+            fputs("\\r", f);
+            break;
+        default:
+            if (*p < 0x20)
+                fprintf(f, "\\u%04x", *p);
+            else
+                fputc(*p, f); /* UTF-8 passes through */
+        }
+    }
+    fputc('"', f);
+}
+
+double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void out_of_memory(void) {
+    fputs("lwfm: out of memory\n", stderr);
+    exit(EXIT_RUNTIME);
+}
+
+char *str_dup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (!d) out_of_memory();
+    memcpy(d, s, n);
+    return d;
+}
+
+char *path_join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    int slash = a > 0 && dir[a - 1] != '/';
+    char *p = malloc(a + (size_t)slash + b + 1);
+    if (!p) out_of_memory();
+    memcpy(p, dir, a);
+    if (slash) p[a] = '/';
+    memcpy(p + a + slash, name, b + 1);
+    return p;
+}
+
+const char *method_name(lwfm_method m) {
+    switch (m) {
+    case LWFM_METHOD_LWFM_SPM:
+        return "lwfm-spm";
+    case LWFM_METHOD_DN4:
+        return "dn4";
+    case LWFM_METHOD_MML:
+        return "mml";
+    case LWFM_METHOD_RCN:
+        return "rcn";
+    }
+    return "unknown";
+}
+
+lwfm_model *load_model(const char *path) {
+    lwfm_model *model = NULL;
+    lwfm_status st = lwfm_model_load(&model, path, NULL);
+    if (st) {
+        cli_error("cannot load model", path, "%s", lwfm_last_error());
+        if (st == LWFM_ERR_IO)
+            cli_hint("--model takes a weight file (.npz) written by lwfm.convert or lwfm.train");
+        else if (st == LWFM_ERR_FORMAT || st == LWFM_ERR_MISSING_KEY)
+            cli_hint("is it a libLWFM weight file? see docs/weight-format.md");
+        return NULL;
+    }
+    return model;
+}
+
+int preprocess_file(const lwfm_model *model, const char *path, float *out, size_t count, char *err,
+                    size_t cap) {
+    cli_image img;
+    if (image_read(path, &img, err, cap)) return -1;
+    lwfm_status st = lwfm_model_preprocess(model, img.pixels, img.format, img.height, img.width,
+                                           img.channels, 0, out, count);
+    if (st) snprintf(err, cap, "%s", lwfm_last_error());
+    image_free(&img);
+    return st ? -1 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(kUsage, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        fputs(kUsage, stdout);
+        return EXIT_OK;
+    }
+    if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version")) {
+        printf("lwfm %s (libLWFM %s)\n", LWFM_VERSION_STRING, lwfm_version());
+        return EXIT_OK;
+    }
+    if (!strcmp(cmd, "info")) return cmd_info(argc, argv);
+    if (!strcmp(cmd, "classify")) return cmd_classify(argc, argv);
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
+    if (cmd[0] == '-') return cli_usage_error(NULL, "unknown option '%s'", cmd);
+    return cli_usage_error(NULL, "unknown command '%s' (commands: info, classify, eval)", cmd);
+}
