@@ -177,7 +177,8 @@ static int add_image(const lwfm_model *model, image_set *s, const char *path, in
     return 0;
 }
 
-static void print_probabilities(const float *logits, int64_t way, double *p) {
+/* p = softmax(logits), in double. */
+static void softmax(const float *logits, int64_t way, double *p) {
     float m = logits[0];
     for (int64_t k = 1; k < way; k++) m = logits[k] > m ? logits[k] : m;
     double sum = 0;
@@ -379,7 +380,7 @@ int cmd_classify(int argc, char **argv) {
         int64_t best = 0;
         for (int64_t k = 1; k < way; k++)
             if (l[k] > l[best]) best = k;
-        print_probabilities(l, way, prob);
+        softmax(l, way, prob);
         if (json) {
             fputs(q ? ", {\"path\": " : "{\"path\": ", stdout);
             json_string(stdout, qry.paths[q]);
