@@ -7,6 +7,11 @@
 #include "core/core.h"
 
 static const char *kMethods[] = {"lwfm-spm", "dn4", "mml", "rcn"};
+static const char *kDistances[] = {"wass", "kl", "w2"};
+
+const char *lwfm__distance_name(lwfm__mml_distance d) {
+    return (unsigned)d < 3 ? kDistances[d] : "unknown";
+}
 static const char *kBackbones[] = {"resnet18", "conv64f", "resnet12"};
 
 const char *lwfm__method_name(lwfm_method m) {
@@ -100,6 +105,12 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     if ((st = lwfm__archive_get_string(ar, "config/backbone", s, sizeof s))) return st;
     if ((st = lookup("config/backbone", s, kBackbones, 3, &idx))) return st;
     c.backbone = (lwfm__backbone_kind)idx;
+    c.distance = LWFM_MML_WASS;
+    if (lwfm__archive_find(ar, "config/distance")) {
+        if ((st = lwfm__archive_get_string(ar, "config/distance", s, sizeof s))) return st;
+        if ((st = lookup("config/distance", s, kDistances, 3, &idx))) return st;
+        c.distance = (lwfm__mml_distance)idx;
+    }
 
     /* Defaults: spec section 4 (lwfm-spm) and peers.md (dn4: k = 3). */
     c.first_padding = 3;
@@ -222,6 +233,8 @@ size_t lwfm__config_json(const lwfm__config *c, char *buf, size_t cap) {
             c->learnable_matcher ? "true" : "false", c->top_k);
     if (c->method == LWFM_METHOD_DN4 || c->method == LWFM_METHOD_MML)
         put(buf, cap, &len, ", \"neighbor_k\": %d", c->neighbor_k);
+    if (c->method == LWFM_METHOD_MML)
+        put(buf, cap, &len, ", \"distance\": \"%s\"", lwfm__distance_name(c->distance));
     put(buf, cap, &len, ", \"image_size\": %d, \"resize\": %d", c->image_size, c->resize);
     put_list(buf, cap, &len, "mean", c->mean, c->n_norm);
     put_list(buf, cap, &len, "std", c->std, c->n_norm);

@@ -18,6 +18,13 @@ typedef enum lwfm__backbone_kind {
     LWFM_BACKBONE_RESNET12 = 2
 } lwfm__backbone_kind;
 
+/* MML distribution-level distance (peers.md 3.3). */
+typedef enum lwfm__mml_distance {
+    LWFM_MML_WASS = 0, /* the authors' surrogate |mu_q - mu_c| / C + |S_q - S_c|_F / C^2 */
+    LWFM_MML_KL = 1,   /* KL(class Gaussian || query Gaussian) */
+    LWFM_MML_W2 = 2    /* exact 2-Wasserstein distance between the Gaussians */
+} lwfm__mml_distance;
+
 typedef struct lwfm__config {
     int format_version;
     lwfm_method method;
@@ -33,6 +40,7 @@ typedef struct lwfm__config {
     int learnable_matcher;
     int top_k;
     int neighbor_k; /* dn4 / mml */
+    lwfm__mml_distance distance; /* mml */
     int image_size;
     int resize;
     int n_norm; /* entries in mean/std: 1 or 3 */
@@ -42,6 +50,7 @@ typedef struct lwfm__config {
 
 const char *lwfm__method_name(lwfm_method m);
 const char *lwfm__backbone_name(lwfm__backbone_kind b);
+const char *lwfm__distance_name(lwfm__mml_distance d);
 
 /* Parse and validate the configuration; every violated rule gives a status
  * and a message naming the key. */

@@ -15,6 +15,7 @@
 #include "core/gemm.h"
 #include "episode.h"
 #include "heads/dn4.h"
+#include "heads/mml.h"
 #include "model.h"
 #include "spm/assign.h"
 
@@ -40,6 +41,9 @@ void lwfm__side_free(side *s) {
     lwfm__free(s->U);
     lwfm__free(s->G);
     lwfm__free(s->gn);
+    lwfm__free(s->V);
+    lwfm__free(s->mu);
+    lwfm__free(s->scat);
     memset(s, 0, sizeof *s);
 }
 
@@ -61,6 +65,26 @@ lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t 
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < n; i++)
             lwfm__dn4_prepare_image(feats + i * C * P, (int)C, P, s.U + i * P * C);
+        *out = s;
+        return LWFM_OK;
+    }
+    if (m->cfg.method == LWFM_METHOD_MML) {
+        size_t cells = (size_t)n * P * C;
+        size_t bytes[4] = {cells * sizeof(float), cells * sizeof(float),
+                           (size_t)n * C * sizeof(double), (size_t)n * C * C * sizeof(double)};
+        void **dst[4] = {(void **)&s.U, (void **)&s.V, (void **)&s.mu, (void **)&s.scat};
+        for (int i = 0; i < 4; i++) {
+            *dst[i] = arena ? lwfm__arena_get(arena, i, bytes[i]) : lwfm__alloc(bytes[i]);
+            if (!*dst[i]) {
+                lwfm__side_free(&s);
+                return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory preparing %lld images",
+                                   (long long)n);
+            }
+        }
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++)
+            lwfm__mml_prepare_image(feats + i * C * P, (int)C, P, s.U + i * P * C, s.V + i * C * P,
+                                    s.mu + i * C, s.scat + i * C * C);
         *out = s;
         return LWFM_OK;
     }
@@ -216,6 +240,8 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
                                const int64_t *count, int64_t way, const side *Q, float *logits,
                                lwfm__arena *arena) {
     if (m->cfg.method == LWFM_METHOD_DN4) return lwfm__dn4_score(m, S, labels, way, Q, logits, arena);
+    if (m->cfg.method == LWFM_METHOD_MML)
+        return lwfm__mml_score(m, S, labels, count, way, Q, logits, arena);
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     lwfm_status st = LWFM_OK;
@@ -268,7 +294,7 @@ done:
 /* Argument checks                                                          */
 
 static lwfm_status check_kind(const lwfm_model *m) {
-    if (m->cfg.method != LWFM_METHOD_LWFM_SPM && m->cfg.method != LWFM_METHOD_DN4)
+    if (m->cfg.method == LWFM_METHOD_RCN)
         return lwfm__error(LWFM_ERR_UNSUPPORTED,
                            "episode scoring for method '%s' is not available in this version",
                            lwfm__method_name(m->cfg.method));
@@ -389,12 +415,24 @@ static lwfm_status support_begin(lwfm_model *m, const int32_t *labels, int64_t n
 /* Method-specific limits that depend on the support set. */
 static lwfm_status check_support_size(const lwfm_model *m, const lwfm_support *s) {
     if (m->cfg.method == LWFM_METHOD_DN4) {
-        int64_t most = lwfm__dn4_max_k(&s->s, s->count, s->way);
+        int64_t most = lwfm__fewest_in_class(s->count, s->way) * s->s.P;
         if (m->cfg.neighbor_k > most)
             return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
                                "DN4 neighbor_k = %d exceeds the %lld local descriptors of the "
                                "smallest class; give more or larger support images",
                                m->cfg.neighbor_k, (long long)most);
+    }
+    if (m->cfg.method == LWFM_METHOD_MML) {
+        int64_t fewest = lwfm__fewest_in_class(s->count, s->way);
+        if (s->s.P < 2)
+            return lwfm__error(LWFM_ERR_SHAPE,
+                               "MML needs feature maps of at least 2 positions (Gaussians of the "
+                               "descriptors); use larger images");
+        if (m->cfg.neighbor_k > fewest * s->s.P || m->cfg.neighbor_k > fewest * m->layers.C)
+            return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
+                               "MML neighbor_k = %d exceeds the descriptors or parts of the "
+                               "smallest class",
+                               m->cfg.neighbor_k);
     }
     return LWFM_OK;
 }

@@ -13,6 +13,9 @@ typedef struct side {
     float *U;  /* n x P x C: per-layer unit vectors */
     float *G;  /* n x P x C: g_l(X) (SPM only) */
     float *gn; /* n x P x L: |g_l| (SPM only) */
+    float *V;      /* MML: n x C x P, U transposed (the parts) */
+    double *mu;    /* MML: n x C descriptor means */
+    double *scat;  /* MML: n x C x C centred scatter matrices */
     int owned; /* buffers are the side's own (else they belong to an arena) */
 } side;
 
@@ -22,13 +25,13 @@ static inline int lwfm__spm_on(const lwfm_model *m) {
 
 /* Per-image work for n feature maps (n x C x P, validated): LWFM-SPM:
  * centring, unit vectors and (with SPM) the matcher MLP; DN4: unit
- * descriptors (U only). With an arena the buffers are its slots 0-4 (valid
+ * descriptors (U only); MML: U, V, mu, scat. With an arena the buffers are its slots 0-4 (valid
  * until the arena is reused); without, the side owns them. */
 lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
                                side *out, lwfm__arena *arena);
 
 /* Arena slots used by the episode pipeline (0-4: side_prepare). */
-enum { LWFM_SLOT_R = 5, LWFM_SLOT_PAIRS, LWFM_SLOT_LOGITS, LWFM_SLOT_FEATS };
+enum { LWFM_SLOT_R = 5, LWFM_SLOT_PAIRS, LWFM_SLOT_LOGITS, LWFM_SLOT_FEATS, LWFM_SLOT_LEVELS };
 void lwfm__side_free(side *s);
 
 /* Caller-given feature maps: NULL, count, the model's (C, fs, fs), finite. */

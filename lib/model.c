@@ -113,6 +113,7 @@ static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
         if ((st = lwfm__matcher_load(&m->matcher, ar, &m->layers, m->cfg.learnable_matcher)))
             goto fail;
     }
+    if (m->cfg.method == LWFM_METHOD_MML && (st = lwfm__mml_load(&m->mml, ar))) goto fail;
     *out = m;
     return LWFM_OK;
 fail:

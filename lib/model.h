@@ -8,6 +8,7 @@
 #include "backbone/net.h"
 #include "core/arena.h"
 #include "config.h"
+#include "heads/mml.h"
 #include "lwe/lwe.h"
 #include "spm/matcher.h"
 
@@ -20,6 +21,7 @@ struct lwfm_model {
     lwfm_precision precision;
     lwfm__layers layers;   /* tapped layers of the feature map */
     lwfm__matcher matcher; /* lwfm-spm with matcher_prob > 0 */
+    lwfm__mml mml;         /* mml fusion layer */
     dnnl_engine_t engine;  /* for the metric's matmuls */
     pthread_mutex_t pool_lock;
     lwfm__net_ctx *pool[LWFM_POOL_MAX];

@@ -8,17 +8,15 @@
 #include "episode.h"
 
 /* One image: feat (C x P, as the backbone writes it) -> U (P x C), every
- * position's C-vector divided by max(|x|, 1e-12). */
+ * position's C-vector divided by max(|x|, 1e-12). Also MML's first step. */
 void lwfm__dn4_prepare_image(const float *feat, int C, int64_t P, float *U);
 
-/* Largest k usable with this support set: the fewest descriptors of a class. */
-int64_t lwfm__dn4_max_k(const side *S, const int64_t *count, int64_t way);
+/* Images in the smallest class. */
+int64_t lwfm__fewest_in_class(const int64_t *count, int64_t way);
 
 /* logits[q * way + c] = sum over query q's descriptors of the sum of their
- * neighbor_k largest cosines with class c's support descriptors.
- * Parallel over queries; each thread multiplies L2-sized tiles of one query
- * against one support image on oneDNN and folds them into per-row, per-class
- * top-k lists at once (no episode-sized similarity matrix). */
+ * neighbor_k largest cosines with class c's support descriptors
+ * (lwfm__i2c_topk on the unit descriptors). */
 lwfm_status lwfm__dn4_score(const lwfm_model *m, const side *S, const int32_t *labels,
                             int64_t way, const side *Q, float *logits, lwfm__arena *arena);
 

@@ -11,7 +11,7 @@ from .backbones import (CONV64F_BLOCK_CHANNELS, RESNET18_BLOCK_CHANNELS, BasicBl
 from .model import (CIFARFS_MEAN, CIFARFS_STD, DEFAULT_CONFIG, DN4_CONFIG, LWFMSPM,
                     MINIIMAGENET_MEAN, MINIIMAGENET_STD, Matcher, batched_assignment, cosine,
                     make_config, pairwise_cosine, randomize_bn, solve_assignment)
-from .peers import DN4, dn4_logits
+from .peers import DN4, MML, MML_CONFIG, MML_DISTANCES, dn4_logits, mml_levels
 
 __all__ = [
     "CONV64F_BLOCK_CHANNELS", "RESNET18_BLOCK_CHANNELS", "BasicBlock", "Conv64F", "ResNet18Taps",
@@ -19,5 +19,5 @@ __all__ = [
     "CIFARFS_MEAN", "CIFARFS_STD", "DEFAULT_CONFIG", "DN4_CONFIG", "LWFMSPM",
     "MINIIMAGENET_MEAN", "MINIIMAGENET_STD", "Matcher", "batched_assignment", "cosine",
     "make_config", "pairwise_cosine", "randomize_bn", "solve_assignment",
-    "DN4", "dn4_logits",
+    "DN4", "dn4_logits", "MML", "MML_CONFIG", "MML_DISTANCES", "mml_levels",
 ]

@@ -10,6 +10,19 @@ L2-normalised (divided by ``max(|x|, 1e-12)``, section 6.4); for query ``q``
 and class ``c``, each query descriptor's ``neighbor_k`` largest cosines
 with the class's pooled support descriptors are summed, and the sums over
 the query's descriptors are the logit (no temperature).
+
+MML (peers.md section 3): pixel level = DN4 with its own k; part level = the
+same top-k sum over the *columns* of the row-normalised descriptor matrix
+(not re-normalised); distribution level from Gaussians fitted to the raw
+descriptors (``distance``: ``wass`` = the authors' surrogate
+``|mu_q - mu_c| / C + |S_q - S_c|_F / C^2``, ``kl`` = the KL divergence
+from the class Gaussian to the query Gaussian, ``w2`` = the exact
+2-Wasserstein distance, our addition); the score is minus the distance.
+Fusion: ``z = [D | P | T]`` (class index fastest), eval-mode BatchNorm1d of
+``3 * way`` columns, then ``w0 z_c + w1 z_{way+c} + w2 z_{2way+c}``. A
+checkpoint trained for ``n`` ways has BatchNorm statistics for ``3n`` class
+slots; for another number of ways each level uses the mean of its slots'
+parameters (slots are exchangeable: classes come in random order).
 """
 
 from __future__ import annotations
@@ -22,7 +35,11 @@ import torch.nn as nn
 from .backbones import Conv64F
 from .model import DN4_CONFIG, _class_average
 
-__all__ = ["DN4", "dn4_logits"]
+MML_CONFIG: Dict[str, Any] = dict(DN4_CONFIG, method="mml", neighbor_k=1, distance="wass")
+MML_DISTANCES = ("wass", "kl", "w2")
+_RIDGE = 0.01
+
+__all__ = ["DN4", "dn4_logits", "MML", "mml_levels", "MML_CONFIG", "MML_DISTANCES"]
 
 _EPS_NORM = 1e-12
 
@@ -80,6 +97,118 @@ class DN4(nn.Module):
                        query_feats: torch.Tensor) -> torch.Tensor:
         return dn4_logits(support_feats, support_labels, query_feats,
                           int(self.config["neighbor_k"]))
+
+    def forward(self, support_images, support_labels, query_images):
+        n_s = support_images.shape[0]
+        feats = self.extract(torch.cat([support_images, query_images]))
+        return self.episode_logits(feats[:n_s], support_labels, feats[n_s:])
+
+
+def _topk_sum(q_vecs: torch.Tensor, class_vecs: torch.Tensor, k: int) -> torch.Tensor:
+    """sum over q_vecs' rows of their k largest inner products with class_vecs' rows."""
+    if k > class_vecs.shape[0]:
+        raise ValueError(f"neighbor_k {k} exceeds the class's {class_vecs.shape[0]} vectors")
+    return (q_vecs @ class_vecs.t()).topk(k, dim=1).values.sum()
+
+
+def _gaussian(x: torch.Tensor):
+    """Mean and covariance (ddof 1, + 0.01 I) of the rows of x (n, C)."""
+    mu = x.mean(dim=0)
+    d = x - mu
+    cov = d.t() @ d / (x.shape[0] - 1) + _RIDGE * torch.eye(x.shape[1], dtype=x.dtype)
+    return mu, cov
+
+
+def _sqrtm_spd(a: torch.Tensor) -> torch.Tensor:
+    w, v = torch.linalg.eigh(a)
+    return (v * w.clamp_min(0).sqrt()) @ v.t()
+
+
+def _distance(kind: str, mq, sq, mc, sc) -> torch.Tensor:
+    c = mq.shape[0]
+    if kind == "wass":
+        return (mq - mc).norm() / c + (sq - sc).norm() / (c * c)
+    if kind == "kl":
+        inv = torch.linalg.inv(sq)
+        dm = mq - mc
+        return 0.5 * (torch.trace(inv @ sc) + dm @ inv @ dm - c
+                      + torch.linalg.slogdet(sq)[1] - torch.linalg.slogdet(sc)[1])
+    if kind == "w2":
+        root = _sqrtm_spd(sc)
+        cross = _sqrtm_spd(root @ sq @ root)
+        w2sq = (mq - mc).pow(2).sum() + torch.trace(sq) + torch.trace(sc) - 2 * torch.trace(cross)
+        return w2sq.clamp_min(0).sqrt()
+    raise ValueError(f"unknown MML distance {kind!r} (one of {MML_DISTANCES})")
+
+
+def mml_levels(support_feats, support_labels, query_feats, neighbor_k: int, distance: str):
+    """The three level scores ``(D, P, T)``, each ``(n_q, way)``."""
+    s = support_feats.flatten(2)              # (n_s, C, P)
+    q = query_feats.flatten(2)
+    avg, way = _class_average(support_labels, s.shape[0], s.device, s.dtype)
+    labels = avg.argmax(dim=1)
+    n_q, C = q.shape[0], q.shape[1]
+    D = torch.zeros(n_q, way, dtype=q.dtype)
+    P = torch.zeros(n_q, way, dtype=q.dtype)
+    T = torch.zeros(n_q, way, dtype=q.dtype)
+    q_rows = [q[i].t() for i in range(n_q)]                          # raw (P, C)
+    q_hat = [_unit_rows(r) for r in q_rows]
+    q_gauss = [_gaussian(r) for r in q_rows]
+    for c in range(way):
+        members = s[labels == c]                                     # (K, C, P)
+        rows = members.permute(0, 2, 1).reshape(-1, C)               # (K*P, C) raw
+        hat = _unit_rows(rows)
+        parts = torch.cat([_unit_rows(m.t()).t() for m in members])  # (K*C, P)
+        mc, sc = _gaussian(rows)
+        for i in range(n_q):
+            P[i, c] = _topk_sum(q_hat[i], hat, neighbor_k)
+            T[i, c] = _topk_sum(q_hat[i].t(), parts, neighbor_k)
+            D[i, c] = -_distance(distance, q_gauss[i][0], q_gauss[i][1], mc, sc)
+    return D, P, T
+
+
+class MML(nn.Module):
+    """MML with its Conv-64F backbone and fusion layer; ``state_dict`` keys are
+    the authors' ``features.*`` and ``classifier.{Norm_layer,FC_layer}.*``."""
+
+    def __init__(self, config: Optional[Dict[str, Any]] = None, train_way: int = 5) -> None:
+        super().__init__()
+        cfg = dict(MML_CONFIG)
+        cfg.update(config or {})
+        cfg.pop("format_version", None)
+        if cfg["method"] != "mml" or cfg["backbone"] != "conv64f":
+            raise ValueError("MML runs on the conv64f backbone with method 'mml'")
+        if cfg["distance"] not in MML_DISTANCES:
+            raise ValueError(f"distance must be one of {MML_DISTANCES}")
+        self.config = cfg
+        backbone = Conv64F(taps=cfg["hyperpixel_ids"], feature_size=cfg["feature_size"],
+                           in_channels=int(cfg.get("in_channels", 3)))
+        self.features = backbone.features
+        self.__dict__["_backbone"] = backbone
+        self.classifier = nn.Module()
+        self.classifier.Norm_layer = nn.BatchNorm1d(3 * train_way)
+        self.classifier.FC_layer = nn.Conv1d(1, 1, 3, dilation=train_way, bias=False)
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        return self._backbone(images)
+
+    def _norm_params(self, way: int):
+        bn = self.classifier.Norm_layer
+        params = [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+        if bn.num_features == 3 * way:
+            return params
+        slots = bn.num_features // 3
+        return [p.detach().reshape(3, slots).mean(dim=1).repeat_interleave(way) for p in params]
+
+    def episode_logits(self, support_feats, support_labels, query_feats):
+        D, P, T = mml_levels(support_feats, support_labels, query_feats,
+                             int(self.config["neighbor_k"]), self.config["distance"])
+        way = D.shape[1]
+        z = torch.cat([D, P, T], dim=1)
+        gamma, beta, mean, var = self._norm_params(way)
+        z = (z - mean) / torch.sqrt(var + self.classifier.Norm_layer.eps) * gamma + beta
+        w = self.classifier.FC_layer.weight.reshape(3)
+        return w[0] * z[:, :way] + w[1] * z[:, way:2 * way] + w[2] * z[:, 2 * way:]
 
     def forward(self, support_images, support_labels, query_images):
         n_s = support_images.shape[0]

@@ -8,12 +8,14 @@ Usage::
         [--no-learnable-matcher] [--first-padding 3] [--image-size 84] \\
         [--resize 92] [--mean M M M] [--std S S S] INPUT.pth OUTPUT.npz
     python3 -m lwfm.convert --method dn4 [--neighbor-k 3] INPUT.pth.tar OUTPUT.npz
+    python3 -m lwfm.convert --method mml [--neighbor-k 1] [--distance wass|kl|w2] \
+        INPUT.pth.tar OUTPUT.npz
 
 The checkpoint may be ``{'params': sd}`` (the LWFM-SPM reference trainer),
 ``{'state_dict': sd}`` (DN4 / MML releases) or a bare state_dict; a leading
 ``module.`` (``nn.DataParallel``) is stripped. A checkpoint holds no
 hyperparameters, so they come from the options (defaults: spec section 4 for
-lwfm-spm, the released checkpoints' settings for dn4) and are recorded in
+lwfm-spm, the released checkpoints' settings for dn4 and mml) and are recorded in
 the weight file.
 
 The tensors are checked against the PyTorch reference model (``lwfm_ref``)
@@ -60,12 +62,18 @@ _DEFAULTS: Dict[str, Dict[str, Any]] = {
         "backbone": "conv64f", "hyperpixel_ids": [3], "feature_size": 0, "neighbor_k": 3,
         "image_size": 84, "resize": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
     },
+    "mml": {
+        "backbone": "conv64f", "hyperpixel_ids": [3], "feature_size": 0, "neighbor_k": 1,
+        "distance": "wass", "image_size": 84, "resize": 0, "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    },
 }
 # Options each method accepts (besides the preprocessing ones, accepted by all).
 _METHOD_OPTIONS = {
     "lwfm-spm": {"backbone", "first_padding", "hyperpixel_ids", "feature_size", "temperature",
                  "temperature_attn", "matcher_prob", "learnable_matcher", "top_k"},
     "dn4": {"neighbor_k"},
+    "mml": {"neighbor_k", "distance"},
 }
 _PREPROCESSING = {"image_size", "resize", "mean", "std"}
 _ALL_OPTIONS = set().union(*_METHOD_OPTIONS.values()) | _PREPROCESSING
@@ -214,14 +222,16 @@ def build_config(method: str, options: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
-def _reference_model(config: Dict[str, Any]):
+def _reference_model(config: Dict[str, Any], train_way: int = 5):
     ref = _import_reference()
     try:
         if config["method"] == "lwfm-spm":
             model_config = {k: v for k, v in config.items() if k in ref.DEFAULT_CONFIG}
             return ref.LWFMSPM(model_config)
         if config["backbone"] != "conv64f":
-            raise ConversionError("dn4 checkpoints use the conv64f backbone")
+            raise ConversionError(f"{config['method']} checkpoints use the conv64f backbone")
+        if config["method"] == "mml":
+            return ref.MML(config, train_way=train_way)
         return ref.Conv64F(taps=config["hyperpixel_ids"], feature_size=config["feature_size"])
     except ValueError as exc:
         raise ConversionError(f"invalid configuration: {exc}") from exc
@@ -232,12 +242,15 @@ def convert(input_path: str, output_path: str, method: str, options: Dict[str, A
     """Convert one checkpoint; returns a summary dict. Raises
     :class:`ConversionError` (bad checkpoint / options) or ``OSError``."""
     config = build_config(method, options)
-    model = _reference_model(config)
-    expected = OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items()
-                           if not _ignored(k))
-
     _log(f"reading {input_path}")
     state_dict = extract_state_dict(_load_checkpoint(input_path, weights_only))
+    train_way = 5
+    norm = state_dict.get("classifier.Norm_layer.weight")
+    if method == "mml" and norm is not None and norm.dim() == 1 and norm.numel() % 3 == 0:
+        train_way = norm.numel() // 3      # the fusion layer's class slots
+    model = _reference_model(config, train_way)
+    expected = OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items()
+                           if not _ignored(k))
     check_state_dict(expected, state_dict)
 
     tensors = OrderedDict((k, state_dict[k].detach().cpu().float().numpy()) for k in expected)
@@ -258,8 +271,9 @@ def convert(input_path: str, output_path: str, method: str, options: Dict[str, A
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python3 -m lwfm.convert",
-        usage="%(prog)s --method {lwfm-spm,dn4} [options] INPUT OUTPUT",
-        description="Convert a PyTorch checkpoint (LWFM-SPM reference trainer or DN4 release) "
+        usage="%(prog)s --method {lwfm-spm,dn4,mml} [options] INPUT OUTPUT",
+        description="Convert a PyTorch checkpoint (LWFM-SPM reference trainer, DN4 or MML "
+                    "release) "
                     "into a libLWFM .npz weight file.")
     p.add_argument("--method", required=True, choices=sorted(_DEFAULTS),
                    help="model type of the checkpoint")
@@ -278,8 +292,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, metavar="K", help="matched pairs summed (1)")
     g.add_argument("--no-learnable-matcher", dest="learnable_matcher", action="store_const",
                    const=False, default=None, help="the model has no matcher MLPs")
-    g = p.add_argument_group("dn4 model")
-    g.add_argument("--neighbor-k", type=int, metavar="K", help="nearest neighbours (3)")
+    g = p.add_argument_group("dn4 / mml model")
+    g.add_argument("--neighbor-k", type=int, metavar="K",
+                   help="nearest neighbours (dn4 3, mml 1)")
+    g.add_argument("--distance", choices=["wass", "kl", "w2"],
+                   help="mml distribution-level distance: the authors' Wasserstein surrogate "
+                        "(wass, default), KL divergence (kl) or the exact 2-Wasserstein "
+                        "distance (w2)")
     g = p.add_argument_group("preprocessing (recorded in the weight file)")
     g.add_argument("--image-size", type=int, metavar="N", help="network input size (84)")
     g.add_argument("--resize", type=int, metavar="N",

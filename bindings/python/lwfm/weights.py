@@ -20,6 +20,7 @@ config/matcher_prob         float32 ()      SPM weight (0 disables SPM)
 config/learnable_matcher    int32 ()        0 / 1
 config/top_k                int32 ()        SPM matched pairs summed
 config/neighbor_k           int32 ()        dn4 / mml nearest neighbours
+config/distance             uint8 (n,)      mml distribution distance: wass (default), kl, w2
 config/image_size           int32 ()        network input size
 config/resize               int32 ()        resize before the centre crop (0: none)
 config/mean, config/std     float32 (3,)    per-channel normalisation (or (1,))
@@ -65,7 +66,7 @@ CONFIG_PREFIX = "config/"
 PathLike = Union[str, "os.PathLike[str]"]
 
 # Config keys by kind.
-_STRING_KEYS = ("method", "backbone")
+_STRING_KEYS = ("method", "backbone", "distance")
 _INT_KEYS = ("first_padding", "feature_size", "learnable_matcher", "top_k", "neighbor_k",
              "image_size", "resize")
 _FLOAT_KEYS = ("temperature", "temperature_attn", "matcher_prob")
@@ -74,7 +75,8 @@ _FLOAT_ARRAY_KEYS = ("mean", "std")
 # All keys, in the order they are written.
 _KNOWN_KEYS = ("format_version", "method", "backbone", "first_padding", "hyperpixel_ids",
                "feature_size", "temperature", "temperature_attn", "matcher_prob",
-               "learnable_matcher", "top_k", "neighbor_k", "image_size", "resize", "mean", "std")
+               "learnable_matcher", "top_k", "neighbor_k", "distance", "image_size", "resize", "mean",
+               "std")
 
 # Model-building keys that the weight file does not record: the training-only
 # classifier size, and the input channels (implied by the first conv weight).
@@ -238,6 +240,8 @@ def _check_ranges(cfg: Mapping[str, Any]) -> None:
     if len(set(cfg["hyperpixel_ids"])) != len(cfg["hyperpixel_ids"]):
         raise WeightFileError(
             f"config 'hyperpixel_ids' must be distinct, got {cfg['hyperpixel_ids']}")
+    if "distance" in cfg and cfg["distance"] not in ("wass", "kl", "w2"):
+        raise WeightFileError(f"config 'distance' must be wass, kl or w2, got {cfg['distance']!r}")
     if any(s <= 0 for s in cfg["std"]):
         raise WeightFileError(f"config 'std' must be positive, got {cfg['std']}")
     if len(cfg["mean"]) != len(cfg["std"]):

@@ -1,0 +1,104 @@
+/* Image-to-class top-k sums (see i2c.h). */
+#include "heads/i2c.h"
+
+#include <math.h>
+#include <omp.h>
+
+#include "core/core.h"
+#include "core/gemm.h"
+
+/* Tile of one query image's vectors against one support image's: at most
+ * TILE_ROWS x TILE_COLS floats (512 KiB), folded while it is in L2. */
+#define TILE_ROWS 256
+#define TILE_COLS 512
+
+/* Fold a tile's rows into the sorted (descending) top-k lists of one class.
+ * The class's list for row a is top + (a * way + cls) * k. */
+static void fold_tile(const float *tile, int64_t rows, int64_t cols, float *top, int64_t way,
+                      int k, int cls) {
+    for (int64_t a = 0; a < rows; a++) {
+        const float *r = tile + a * cols;
+        float *t = top + (a * way + cls) * k;
+        float thr = t[k - 1];
+        for (int64_t p = 0; p < cols; p++) {
+            float v = r[p];
+            if (v > thr) {
+                int i = k - 1;
+                while (i > 0 && t[i - 1] < v) {
+                    t[i] = t[i - 1];
+                    i--;
+                }
+                t[i] = v;
+                thr = t[k - 1];
+            }
+        }
+    }
+}
+
+lwfm_status lwfm__i2c_topk(dnnl_engine_t engine, const float *Qv, int64_t n_q, int64_t mq,
+                           const float *Sv, int64_t n_s, int64_t ms, int64_t dim,
+                           const int32_t *labels, int64_t way, int k, double *out,
+                           lwfm__arena *arena, int slot) {
+    int threads = omp_get_max_threads();
+    /* Row blocks of near-equal size (<= TILE_ROWS), column blocks of TILE_COLS. */
+    int64_t row_blocks = (mq + TILE_ROWS - 1) / TILE_ROWS;
+    int64_t rb = (mq + row_blocks - 1) / row_blocks;
+    int64_t cb = ms < TILE_COLS ? ms : TILE_COLS;
+    size_t tile_floats = ((size_t)rb * cb + 15) / 16 * 16;
+    size_t top_floats = ((size_t)mq * way * k + 15) / 16 * 16;
+    size_t per_thread = (tile_floats + top_floats) * sizeof(float);
+    per_thread = (per_thread + 63) / 64 * 64;
+    char *scratch = lwfm__arena_get(arena, slot, per_thread * (size_t)threads);
+    if (!scratch)
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY,
+                           "out of memory for image-to-class similarities (%lld queries)",
+                           (long long)n_q);
+    lwfm_status st = LWFM_OK;
+#pragma omp parallel
+    {
+        float *tile = (float *)(scratch + per_thread * (size_t)omp_get_thread_num());
+        float *top = tile + tile_floats;
+        dnnl_stream_t stream = NULL;
+        lwfm_status my = LWFM_OK;
+        if (dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success)
+            my = LWFM_ERR_BACKEND;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t q = 0; q < n_q; q++) {
+            if (my) continue;
+            const float *xq = Qv + q * mq * dim;
+            for (size_t i = 0; i < (size_t)mq * way * k; i++) top[i] = -INFINITY;
+            for (int64_t j = 0; j < n_s && !my; j++) {
+                const float *xs = Sv + j * ms * dim;
+                for (int64_t a0 = 0; a0 < mq && !my; a0 += rb) {
+                    int64_t rows = mq - a0 < rb ? mq - a0 : rb;
+                    for (int64_t p0 = 0; p0 < ms; p0 += cb) {
+                        int64_t cols = ms - p0 < cb ? ms - p0 : cb;
+                        my = lwfm__gemm_abt(engine, stream, rows, cols, dim, xq + a0 * dim, dim,
+                                            xs + p0 * dim, dim, tile, cols, 0);
+                        if (my) break;
+                        fold_tile(tile, rows, cols, top + a0 * way * k, way, k, labels[j]);
+                    }
+                }
+            }
+            if (my) continue;
+            double *o = out + q * way;
+            for (int64_t c = 0; c < way; c++) o[c] = 0.0;
+            /* each vector's top-k summed in float, the vectors' sums in double */
+            for (int64_t a = 0; a < mq; a++)
+                for (int64_t c = 0; c < way; c++) {
+                    const float *t = top + (a * way + c) * k;
+                    float s = 0.0f;
+                    for (int i = 0; i < k; i++) s += t[i];
+                    o[c] += s;
+                }
+        }
+        if (stream) dnnl_stream_destroy(stream);
+        if (my) {
+#pragma omp critical
+            if (!st) st = my;
+        }
+    }
+    /* a worker's detail is on its own thread: state it on the caller's */
+    if (st) return lwfm__error(st, "image-to-class similarities: a oneDNN matmul failed");
+    return LWFM_OK;
+}
