@@ -193,12 +193,20 @@ class FolderSet:
         return os.path.join(self.root, self.names[c], self.files[c][i])
 
     def load_one(self, c: int, i: int) -> np.ndarray:
+        """Decoded pixels, as the ``lwfm`` command decodes them: 8-bit grey /
+        grey+alpha / RGB / RGBA, 16-bit grey as uint16, palette and tRNS
+        transparency expanded. (PIL reduces 16-bit RGB to 8 bits; the C
+        decoder keeps 16.)"""
         from PIL import Image  # python3-pil; only needed for folder datasets
         with Image.open(self.path(c, i)) as img:
-            if img.mode not in ("L", "LA", "RGB", "RGBA", "I;16"):
+            img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+                return np.asarray(img).astype(np.uint16)
+            if img.mode == "P" or "transparency" in img.info:
+                img = img.convert("LA" if img.mode in ("L", "1") else "RGBA")
+            elif img.mode not in ("L", "LA", "RGB", "RGBA"):
                 img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
-            arr = np.asarray(img)
-        return arr
+            return np.asarray(img)
 
     def load(self, items: Sequence[Tuple[int, int]]) -> List[np.ndarray]:
         return [self.load_one(c, i) for c, i in items]

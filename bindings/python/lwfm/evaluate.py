@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .episodes import EpisodeSampler, FolderSet, open_dataset, preprocess
+from .episodes import EpisodeSampler, open_dataset, preprocess
 from .weights import load_weights
 
 
@@ -62,9 +62,7 @@ def evaluate(model_path: str, data_path: str, way: int, shot: int, query: int,
         out = []
         for item in items:
             if item not in cache:
-                raw = ds.load([item])
-                raw = raw[0] if isinstance(ds, FolderSet) else raw[0]
-                cache[item] = preprocess(raw[None], cfg)[0]
+                cache[item] = preprocess(ds.load([item])[0][None], cfg)[0]
             out.append(cache[item])
         return np.stack(out)
 
