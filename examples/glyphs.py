@@ -6,8 +6,8 @@
 Writes OUT_DIR/<script>-<codepoint>/NN.png: one folder per character of
 several writing systems (Greek, Cyrillic, Armenian, Georgian, Hebrew,
 Canadian syllabics, Tifinagh, N'Ko, Runic, ...) and, in each, the character
-drawn in the DejaVu faces that have it (sans, serif, mono, condensed, bold,
-oblique, light), each time with a small random rotation, scale and shift: black ink on white paper, 105x105 like Omniglot. The
+drawn in the DejaVu Sans faces that have it (regular, oblique, condensed,
+extra-light, mono), each time with a small random rotation, scale and shift: black ink on white paper, 105x105 like Omniglot. The
 repository carries no third-party data; this is the demo's task, made at
 run time. Needs python3-pil and fonts-dejavu-core (+ fonts-dejavu-extra).
 """
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype")
-FACES = ("DejaVuSans.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
-         "DejaVuSans-ExtraLight.ttf", "DejaVuSansCondensed.ttf", "DejaVuSansMono.ttf",
-         "DejaVuSerif-Italic.ttf", "DejaVuSerifCondensed.ttf", "DejaVuSans-Bold.ttf")
+# The DejaVu Sans family: one letterform per character, drawn in six styles
+# (serif faces change the letterforms themselves, more than handwriting does).
+FACES = ("DejaVuSans.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSansCondensed.ttf",
+         "DejaVuSans-ExtraLight.ttf", "DejaVuSansMono.ttf", "DejaVuSansCondensed-Oblique.ttf")
 
 # (script, first codepoint, last codepoint): letters of writing systems that
 # DejaVu covers. Codepoints a face lacks are skipped for that face.
