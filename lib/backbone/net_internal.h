@@ -58,6 +58,8 @@ void lwfm__net_mark_tap(lwfm__net *net, int slot);
 
 lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
                                  const char *prefix);
+lwfm_status lwfm__build_resnet12(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
+                                 const char *prefix);
 lwfm_status lwfm__build_conv64f(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
                                 const char *prefix);
 

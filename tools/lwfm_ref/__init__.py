@@ -2,11 +2,12 @@
 
 Ground truth for the library's tests and the model the converter checks
 checkpoints against. Written from ``shared/spec/lwfm-spm.md`` (LWFM-SPM) and
-``shared/spec/peers.md`` sections 1-2 (Conv-64F, DN4). Importing this package does
+``shared/spec/peers.md`` (Conv-64F, ResNet-12, DN4, MML). Importing this package does
 not change torch's global state (thread count, default dtype).
 """
 
-from .backbones import (CONV64F_BLOCK_CHANNELS, RESNET18_BLOCK_CHANNELS, BasicBlock, Conv64F,
+from .backbones import (CONV64F_BLOCK_CHANNELS, RESNET12_BLOCK_CHANNELS, RESNET18_BLOCK_CHANNELS,
+                        BasicBlock, Block12, Conv64F, ResNet12,
                         ResNet18Taps, adaptive_pool_bins, build_backbone, pool_and_concat)
 from .model import (CIFARFS_MEAN, CIFARFS_STD, DEFAULT_CONFIG, DN4_CONFIG, LWFMSPM,
                     MINIIMAGENET_MEAN, MINIIMAGENET_STD, Matcher, batched_assignment, cosine,
@@ -14,7 +15,8 @@ from .model import (CIFARFS_MEAN, CIFARFS_STD, DEFAULT_CONFIG, DN4_CONFIG, LWFMS
 from .peers import DN4, MML, MML_CONFIG, MML_DISTANCES, dn4_logits, mml_levels
 
 __all__ = [
-    "CONV64F_BLOCK_CHANNELS", "RESNET18_BLOCK_CHANNELS", "BasicBlock", "Conv64F", "ResNet18Taps",
+    "CONV64F_BLOCK_CHANNELS", "RESNET12_BLOCK_CHANNELS", "RESNET18_BLOCK_CHANNELS", "Block12",
+    "ResNet12", "BasicBlock", "Conv64F", "ResNet18Taps",
     "adaptive_pool_bins", "build_backbone", "pool_and_concat",
     "CIFARFS_MEAN", "CIFARFS_STD", "DEFAULT_CONFIG", "DN4_CONFIG", "LWFMSPM",
     "MINIIMAGENET_MEAN", "MINIIMAGENET_STD", "Matcher", "batched_assignment", "cosine",

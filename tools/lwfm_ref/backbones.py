@@ -222,6 +222,50 @@ class Conv64F(_TappedBackbone):
         return [self.features[s:e + 1] for s, e in zip(starts, self.block_ends)]
 
 
+class Block12(nn.Module):
+    """ResNet-12 block: three conv3x3-BN (LeakyReLU 0.1 after the first two),
+    a 1x1 conv + BN shortcut, add, LeakyReLU 0.1, 2x2 max pooling."""
+
+    def __init__(self, in_planes: int, planes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, bias=False),
+                                        nn.BatchNorm2d(planes))
+        self.relu = nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.pool(self.relu(out + self.downsample(x)))
+
+
+RESNET12_BLOCK_CHANNELS: Tuple[int, ...] = (64, 160, 320, 640)
+
+
+class ResNet12(_TappedBackbone):
+    """ResNet-12 (peers.md 4.1) with the RCN authors' ``layer{1..4}.0.*`` keys.
+    Block ids 0..3 are the stage outputs (84x84 input: 42, 21, 10, 5)."""
+
+    block_channels = RESNET12_BLOCK_CHANNELS
+
+    def __init__(self, taps: Sequence[int] = (3,), feature_size: int = 0,
+                 in_channels: int = 3) -> None:
+        super().__init__(taps, feature_size)
+        widths = (in_channels,) + self.block_channels
+        for i in range(4):
+            setattr(self, f"layer{i + 1}", nn.Sequential(Block12(widths[i], widths[i + 1])))
+
+    def blocks(self) -> List[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+
 def build_backbone(config: dict) -> _TappedBackbone:
     """Backbone of a model configuration (see ``lwfm_ref.model``)."""
     name = config["backbone"]
@@ -233,4 +277,7 @@ def build_backbone(config: dict) -> _TappedBackbone:
     if name == "conv64f":
         return Conv64F(taps=config["hyperpixel_ids"], feature_size=config["feature_size"],
                        in_channels=in_channels)
-    raise ValueError(f"unsupported backbone {name!r} (reference has resnet18, conv64f)")
+    if name == "resnet12":
+        return ResNet12(taps=config["hyperpixel_ids"], feature_size=config["feature_size"],
+                        in_channels=in_channels)
+    raise ValueError(f"unsupported backbone {name!r} (reference has resnet18, resnet12, conv64f)")
