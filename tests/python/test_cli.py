@@ -541,3 +541,143 @@ def test_eval_bad_images(cli, tiny, small_tree, tmp_path):
     out, res = lwfm_evaluate(cli, tiny, root, 8, 1, 1, 5, 5, "--on-bad", "skip")
     assert out["skipped"] == [str(victim)] and str(victim) in res.stderr
     assert len(out["episode_accuracies"]) == 5
+
+
+# ---------------------------------------------------------------------------
+# lwfm classify --explain
+
+PANEL, GAP, STRIP = 192, 24, 28
+
+
+def plain_render(px):
+    """The decoded pixels as the explanation shows them without overlay:
+    RGB in [0, 255], alpha over white, resized to PANEL x PANEL (bilinear)."""
+    from PIL import Image
+    a = np.asarray(px)
+    a = (a / (65535.0 if a.dtype == np.uint16 else 255.0)).astype(np.float32)
+    a = a.reshape(a.shape[0], a.shape[1], -1)
+    alpha = a[..., -1:] if a.shape[2] in (2, 4) else np.ones_like(a[..., :1])
+    rgb = a[..., :3] if a.shape[2] >= 3 else np.repeat(a[..., :1], 3, -1)
+    rgb = rgb * alpha + 1 - alpha
+    chans = [np.asarray(Image.fromarray(rgb[..., k]).resize((PANEL, PANEL), Image.BILINEAR))
+             for k in range(3)]
+    return np.stack(chans, -1) * 255
+
+
+def explained_lines(stderr):
+    """{query path: (png, support file, layer, score)} of the 'explained' lines."""
+    import re
+    out = {}
+    for line in stderr.splitlines():
+        m = re.fullmatch(r"explained (.+) -> (.+) \(support (.+), layer (\d+), score (\S+)\)",
+                         line)
+        if m:
+            out[m[1]] = (m[2], m[3], int(m[4]), float(m[5]))
+    return out
+
+
+def check_explanations(cli, model_path, tree, out_dir, spm):
+    import lwfm
+    from PIL import Image
+    root, support, queries, _ = tree
+    qdir = root / "queries"
+    res = run(cli, "classify", "--model", model_path, "--support", root / "support", "--query",
+              qdir, f"--explain={out_dir}", "--json", check=0)
+    out = json.loads(res.stdout)
+    lines = explained_lines(res.stderr)
+    files = sorted(p.name for p in qdir.iterdir())
+    want = [str(out_dir / f"{i:03d}_{Path(f).stem}.png") for i, f in enumerate(files)]
+    assert [q["explanation"] for q in out["queries"]] == want
+    assert sorted(p.name for p in out_dir.iterdir()) == [Path(w).name for w in want]  # no temp
+    sup_px = {str(root / "support" / c / f): support[c][Path(f).stem]
+              for c in support for f in os.listdir(root / "support" / c) if Path(f).stem
+              in support[c]}
+    with lwfm.Model(model_path) as model:
+        cfg = model_config(model)
+        feat = lambda px: model.features(preprocess(np.asarray(px)[None], cfg))
+        for q, name in zip(out["queries"], files):
+            png, sup_file, layer, score = lines[q["path"]]
+            assert png == q["explanation"]
+            with Image.open(png) as img:
+                assert img.size == (2 * PANEL + GAP, PANEL + STRIP) and img.mode == "RGB"
+                pic = np.asarray(img).astype(np.float32)
+            # the support image: the predicted class's best pair score
+            assert Path(sup_file).parent.name == q["prediction"]
+            fq = feat(queries[Path(name).stem])
+            scores, layers = {}, {}
+            for path in sup_px:
+                if Path(path).parent.name != q["prediction"]:
+                    continue
+                fs = feat(sup_px[path])
+                if spm:
+                    _, _, layer_scores, s = model.spm_pair(fs, fq)
+                    layers[path] = layer_scores
+                else:
+                    s = model.lwe_pair(fs, fq)[2]
+                scores[path] = s
+            assert scores[sup_file] >= max(scores.values()) - 1e-5
+            assert score == pytest.approx(scores[sup_file], abs=1e-4)
+            if spm:
+                assert layers[sup_file][layer] >= layers[sup_file].max() - 1e-6
+            else:
+                assert layer == 0
+            # each panel: the image under a heat map (correlated with the
+            # plain render of the image, but clearly not equal to it)
+            for x0, px in ((0, sup_px[sup_file]), (PANEL + GAP, queries[Path(name).stem])):
+                panel = pic[:PANEL, x0:x0 + PANEL]
+                plain = plain_render(px)
+                assert np.abs(panel - plain).mean() > 8, (png, x0)
+                if plain.std() > 10:
+                    assert np.corrcoef(panel.ravel(), plain.ravel())[0, 1] > 0.5, (png, x0)
+            assert (pic[:, PANEL + 2:PANEL + GAP - 2] == 255).mean() > 0.5  # the gap: white
+            strip = pic[PANEL:]
+            assert strip.std() > 20  # colour bars
+    return res
+
+
+def test_classify_explain(cli, tiny, tree, tmp_path):
+    res = check_explanations(cli, tiny, tree, tmp_path / "made" / "here", spm=True)
+    # text mode: unchanged stdout, the same pictures
+    text = run(cli, "classify", "--model", tiny, "--support", tree[0] / "support", "--query",
+               tree[0] / "queries", "--explain", tmp_path / "text", check=0)
+    plain = run(cli, "classify", "--model", tiny, "--support", tree[0] / "support", "--query",
+                tree[0] / "queries", check=0)
+    assert text.stdout == plain.stdout
+    for png in sorted((tmp_path / "text").iterdir()):
+        assert png.read_bytes() == (tmp_path / "made" / "here" / png.name).read_bytes()
+    assert len(explained_lines(text.stderr)) == len(explained_lines(res.stderr))
+
+
+def test_classify_explain_without_spm(cli, tiny, tree, tmp_path):
+    from lwfm.weights import load_weights, save_weights
+    tensors, config = load_weights(tiny)
+    config = dict(config, matcher_prob=0.0)
+    off = tmp_path / "spm_off.npz"
+    save_weights(off, tensors, config)
+    check_explanations(cli, str(off), tree, tmp_path / "out", spm=False)
+
+
+def test_classify_explain_refused(cli, tiny, tree, tmp_path):
+    root = tree[0]
+    dn4 = Path(os.environ.get("LWFM_TEST_MODELS") or ROOT / "build" / "tests") / "dn4_random.npz"
+    if dn4.exists():
+        res = run(cli, "classify", "--model", dn4, "--support", root / "support", "--query",
+                  root / "queries", "--explain", tmp_path / "dn4", check=1)
+        assert res.stdout == ""
+        assert res.stderr.strip() == (f"lwfm: --explain ({dn4}): explanations are available "
+                                      "for lwfm-spm models; this model is dn4")
+        assert not (tmp_path / "dn4").exists()
+    # a folder that cannot be created: under a regular file
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    res = run(cli, "classify", "--model", tiny, "--support", root / "support", "--query",
+              root / "queries", "--json", "--explain", blocker / "out", check=1)
+    assert res.stdout == ""
+    assert f"lwfm: cannot create the explanation folder ({blocker / 'out'}): " in res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["blocker"] and blocker.read_text() == "a file"
+    # an existing file as the folder
+    res = run(cli, "classify", "--model", tiny, "--support", root / "support", "--query",
+              root / "queries", "--explain", blocker, check=1)
+    assert res.stdout == "" and f"({blocker})" in res.stderr
+    assert run(cli, "classify", "--model", tiny, "--support", root / "support", "--query",
+               root / "queries", "--explain=", check=2).stdout == ""

@@ -5,6 +5,7 @@
  *   dataset.c   image folders, Omniglot .npz archives, the episode sampler
  *   commands.c  `lwfm info` and `lwfm classify`
  *   eval.c      `lwfm eval`
+ *   explain.c   `lwfm classify --explain`: one PNG per query
  *
  * Only the public libLWFM API is used (lwfm/lwfm.h). */
 #ifndef LWFM_CLI_H
@@ -161,6 +162,26 @@ void sampler_episode(sampler *s, episode *e);
 int cmd_info(int argc, char **argv);
 int cmd_classify(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+
+/* ---- explain.c: `lwfm classify --explain DIR` -------------------------- */
+
+typedef struct explainer explainer;
+
+/* 0 when the model's decisions can be explained (an LWFM-SPM model);
+ * otherwise -1 after printing "--explain (<model path>): ...". */
+int explain_check(const lwfm_model *model, const char *model_path);
+/* explain_check(), the LWE / SPM handles, and `dir` created (with its
+ * parents) and writable. 0, or -1 after printing the error. */
+int explain_open(explainer **out, lwfm_model *model, const char *model_path, const char *dir);
+/* Explain query `query_index` (its preprocessed input and file), predicted
+ * as class `predicted`, against the support images (preprocessed inputs,
+ * files and labels, n_support of them, the same on every call): writes
+ * DIR/<NNN>_<stem>.png, prints "explained ..." on stderr and returns the
+ * PNG's path (malloc'd), or NULL after printing the error. */
+char *explain_query(explainer *ex, const float *support_inputs, char *const *support_paths,
+                    const int32_t *support_labels, int64_t n_support, const float *query_input,
+                    const char *query_path, int64_t query_index, int32_t predicted);
+void explain_close(explainer *ex); /* NULL is accepted */
 
 /* Shared by the commands: load a model, printing the error. */
 lwfm_model *load_model(const char *path);

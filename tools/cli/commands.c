@@ -98,6 +98,9 @@ static const char kClassifyUsage[] =
     "  --query PATH...     query images or directories (one or more; may repeat)\n"
     "  --on-bad fail|skip  an unreadable image: stop with an error (default), or\n"
     "                      report it on stderr and leave it out\n"
+    "  --explain DIR       write DIR/NNN_<query>.png per query: the predicted class's\n"
+    "                      best-matching support image beside the query, with\n"
+    "                      attention heat maps and matches (lwfm-spm models only)\n"
     "  --json              print one JSON object\n";
 
 /* A growable array of preprocessed images. */
@@ -188,11 +191,13 @@ static void softmax(const float *logits, int64_t way, double *p) {
 
 int cmd_classify(int argc, char **argv) {
     cli_args a = {argc, argv, 2, "classify"};
-    const char *model_path = NULL, *support_dir = NULL, *on_bad = "fail", *query = NULL;
+    const char *model_path = NULL, *support_dir = NULL, *on_bad = "fail", *query = NULL,
+               *explain_dir = NULL;
     const cli_string_option opts[] = {{"--model", &model_path},
                                       {"--support", &support_dir},
                                       {"--on-bad", &on_bad},
-                                      {"--query", &query}};
+                                      {"--query", &query},
+                                      {"--explain", &explain_dir}};
     const char **queries = calloc((size_t)argc, sizeof *queries);
     int64_t n_queries = 0;
     int json = 0, r, usage = 0;
@@ -211,7 +216,7 @@ int cmd_classify(int argc, char **argv) {
                 queries[n_queries++] = argv[++a.i];
             if (a.i < first)
                 usage = cli_usage_error("classify", "option --query needs at least one path");
-        } else if ((r = cli_options(&a, opts, 4)) != 0) {
+        } else if ((r = cli_options(&a, opts, 5)) != 0) {
             if (r < 0) usage = EXIT_USAGE;
             if (query) queries[n_queries++] = query; /* --query=PATH */
             query = NULL;
@@ -224,6 +229,8 @@ int cmd_classify(int argc, char **argv) {
                           : !n_queries   ? "--query"
                                          : NULL;
     if (!usage && missing) usage = cli_usage_error("classify", "%s is required", missing);
+    if (!usage && explain_dir && !*explain_dir)
+        usage = cli_usage_error("classify", "--explain needs a folder");
     if (!usage && strcmp(on_bad, "fail") && strcmp(on_bad, "skip"))
         usage = cli_usage_error("classify", "--on-bad takes 'fail' or 'skip', got '%s'", on_bad);
     if (usage) {
@@ -243,9 +250,12 @@ int cmd_classify(int argc, char **argv) {
     float *logits = NULL;
     double *prob = NULL;
     int64_t c, h, w;
+    explainer *ex = NULL;
+    char **explained = NULL; /* per query, the explanation's path */
 
     model = load_model(model_path);
     if (!model) goto done;
+    if (explain_dir && explain_open(&ex, model, model_path, explain_dir)) goto done;
     lwfm_model_input_shape(model, &c, &h, &w);
     sup.per = qry.per = (size_t)(c * h * w);
 
@@ -356,6 +366,24 @@ int cmd_classify(int argc, char **argv) {
         }
     }
 
+    if (ex) { /* before any output: a failure leaves stdout empty */
+        explained = calloc((size_t)qry.n, sizeof *explained);
+        if (!explained) {
+            cli_error("cannot explain", NULL, "out of memory");
+            goto done;
+        }
+        for (int64_t q = 0; q < qry.n; q++) {
+            const float *l = logits + (size_t)q * (size_t)way;
+            int64_t best = 0;
+            for (int64_t k = 1; k < way; k++)
+                if (l[k] > l[best]) best = k;
+            explained[q] =
+                explain_query(ex, sup.data, sup.paths, sup.labels, sup.n,
+                              qry.data + (size_t)q * qry.per, qry.paths[q], q, (int32_t)best);
+            if (!explained[q]) goto done;
+        }
+    }
+
     if (json) {
         fputs("{\"model\": ", stdout);
         json_string(stdout, model_path);
@@ -390,7 +418,12 @@ int cmd_classify(int argc, char **argv) {
             for (int64_t k = 0; k < way; k++) printf("%s%.9g", k ? ", " : "", prob[k]);
             fputs("], \"logits\": [", stdout);
             for (int64_t k = 0; k < way; k++) printf("%s%.9g", k ? ", " : "", (double)l[k]);
-            fputs("]}", stdout);
+            fputs("]", stdout);
+            if (explained) {
+                fputs(", \"explanation\": ", stdout);
+                json_string(stdout, explained[q]);
+            }
+            fputs("}", stdout);
         } else {
             printf("%s\t%s", qry.paths[q], classes[best]);
             for (int64_t k = 0; k < way; k++) printf("\t%s=%.4f", classes[k], prob[k]);
@@ -401,6 +434,8 @@ int cmd_classify(int argc, char **argv) {
     rc = fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
 
 done:
+    if (explained) free_names(explained, qry.n);
+    explain_close(ex);
     free(logits);
     free(prob);
     lwfm_support_destroy(set);

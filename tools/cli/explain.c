@@ -1,0 +1,674 @@
+/* `lwfm classify --explain DIR`: one PNG per query showing why an LWFM-SPM
+ * model chose its class (docs/cli.md, "Explanations").
+ *
+ * Per query: the predicted class's support image with the highest pair
+ * score (the SPM score of lwfm_spm_pair(), or the attended global
+ * similarity of lwfm_lwe_pair() when the model has SPM off); the layer with
+ * the highest SPM layer score (layer 0 without SPM). The picture: the
+ * support image (left) and the query (right), each resized to S x S, under a
+ * heat map of that layer's attention weights, with the Hungarian matches of
+ * that layer drawn from panel to panel, and colour bars at the bottom.
+ *
+ * Only the public API is used. The PNG is written through libpng into a
+ * temporary file in DIR, renamed into place once complete. */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <png.h>
+
+#include "cli.h"
+
+enum {
+    PANEL = 192, /* S: side of each panel */
+    GAP = 24,    /* between the panels */
+    STRIP = 28,  /* colour bars at the bottom */
+    CANVAS_W = 2 * PANEL + GAP,
+    CANVAS_H = PANEL + STRIP
+};
+#define HEAT_ALPHA 0.45f
+
+struct explainer {
+    lwfm_model *model;
+    lwfm_lwe *lwe;
+    lwfm_spm *spm; /* NULL: SPM off */
+    char *dir;
+    int64_t c, h, w;    /* model input */
+    int64_t fc, fh, fw; /* feature map */
+    int64_t layers, top_k;
+    size_t feat;         /* floats per feature map */
+    float *sup_feat;     /* n_support feature maps, computed on first use */
+    unsigned char *have; /* per support image: sup_feat filled */
+    int64_t n_support;
+    float *q_feat;
+    float *ws, *wq, *sim, *layer_scores; /* L * P each (layer_scores: L) */
+    float *best_ws, *best_wq, *best_sim, *best_layers;
+    int64_t *assign, *best_assign;
+    unsigned char *canvas; /* CANVAS_H rows of CANVAS_W RGB pixels */
+};
+
+/* ---- setup ----------------------------------------------------------------- */
+
+/* mkdir -p; 0 or -1 with errno set. */
+static int make_dirs(const char *dir) {
+    char *p = str_dup(dir);
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/') p[--n] = '\0';
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            int e = errno;
+            free(p);
+            errno = e;
+            return -1;
+        }
+        *s = '/';
+    }
+    int rc = mkdir(p, 0777) != 0 && errno != EEXIST ? -1 : 0;
+    int e = errno;
+    free(p);
+    errno = e;
+    if (rc) return -1;
+    struct stat sb;
+    if (stat(dir, &sb) != 0) return -1;
+    if (!S_ISDIR(sb.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return access(dir, W_OK | X_OK);
+}
+
+/* The model configuration's top_k (default 1). */
+static int64_t config_top_k(const lwfm_model *model) {
+    size_t len = 0;
+    int64_t k = 1;
+    lwfm_status st = lwfm_model_config_json(model, NULL, 0, &len);
+    if (st != LWFM_OK && st != LWFM_ERR_BUFFER_TOO_SMALL) return k;
+    char *json = malloc(len + 1);
+    if (!json) return k;
+    if (lwfm_model_config_json(model, json, len + 1, NULL) == LWFM_OK) {
+        const char *p = strstr(json, "\"top_k\"");
+        if (p) {
+            p += strlen("\"top_k\"");
+            while (*p == ' ' || *p == ':') p++;
+            char *end = NULL;
+            long long v = strtoll(p, &end, 10);
+            if (end != p && v >= 1) k = v;
+        }
+    }
+    free(json);
+    return k;
+}
+
+void explain_close(explainer *ex) {
+    if (!ex) return;
+    lwfm_spm_destroy(ex->spm);
+    lwfm_lwe_destroy(ex->lwe);
+    free(ex->dir);
+    free(ex->sup_feat);
+    free(ex->have);
+    free(ex->q_feat);
+    free(ex->ws);
+    free(ex->assign);
+    free(ex->canvas);
+    free(ex);
+}
+
+int explain_check(const lwfm_model *model, const char *model_path) {
+    lwfm_method m = lwfm_model_method(model);
+    if (m != LWFM_METHOD_LWFM_SPM) {
+        cli_error("--explain", model_path,
+                  "explanations are available for lwfm-spm models; this model is %s",
+                  method_name(m));
+        return -1;
+    }
+    return 0;
+}
+
+int explain_open(explainer **out, lwfm_model *model, const char *model_path, const char *dir) {
+    *out = NULL;
+    if (explain_check(model, model_path)) return -1;
+    explainer *ex = calloc(1, sizeof *ex);
+    if (!ex) {
+        cli_error("--explain", NULL, "out of memory");
+        return -1;
+    }
+    ex->model = model;
+    lwfm_status st = lwfm_lwe_create(&ex->lwe, model);
+    if (st) {
+        cli_error("--explain", model_path, "%s", lwfm_last_error());
+        explain_close(ex);
+        return -1;
+    }
+    st = lwfm_spm_create(&ex->spm, model);
+    if (st == LWFM_ERR_WRONG_KIND) {
+        ex->spm = NULL; /* matcher_prob 0: SPM off */
+    } else if (st) {
+        cli_error("--explain", model_path, "%s", lwfm_last_error());
+        explain_close(ex);
+        return -1;
+    }
+    lwfm_model_input_shape(model, &ex->c, &ex->h, &ex->w);
+    st = lwfm_model_feature_shape(model, ex->h, ex->w, &ex->fc, &ex->fh, &ex->fw);
+    if (st) {
+        cli_error("--explain", model_path, "%s", lwfm_last_error());
+        explain_close(ex);
+        return -1;
+    }
+    ex->layers = lwfm_model_layers(model);
+    ex->top_k = config_top_k(model);
+    ex->feat = (size_t)(ex->fc * ex->fh * ex->fw);
+    const size_t lp = (size_t)(ex->layers * ex->fh * ex->fw);
+    /* ws, wq, sim, best_ws, best_wq, best_sim: L * P; layer_scores, best_layers: L */
+    ex->ws = malloc((6 * lp + 2 * (size_t)ex->layers) * sizeof(float));
+    ex->assign = malloc(2 * lp * sizeof(int64_t));
+    ex->q_feat = malloc(ex->feat * sizeof(float));
+    ex->canvas = malloc((size_t)CANVAS_W * CANVAS_H * 3);
+    if (!ex->ws || !ex->assign || !ex->q_feat || !ex->canvas) {
+        cli_error("--explain", NULL, "out of memory");
+        explain_close(ex);
+        return -1;
+    }
+    ex->wq = ex->ws + lp;
+    ex->sim = ex->wq + lp;
+    ex->best_ws = ex->sim + lp;
+    ex->best_wq = ex->best_ws + lp;
+    ex->best_sim = ex->best_wq + lp;
+    ex->layer_scores = ex->best_sim + lp;
+    ex->best_layers = ex->layer_scores + ex->layers;
+    ex->best_assign = ex->assign + lp;
+    if (make_dirs(dir) != 0) {
+        cli_error("cannot create the explanation folder", dir, "%s", strerror(errno));
+        explain_close(ex);
+        return -1;
+    }
+    ex->dir = str_dup(dir);
+    *out = ex;
+    return 0;
+}
+
+/* ---- the original images, resized ----------------------------------------- */
+
+/* Pixel (y, x) of a decoded image as RGB in [0, 1], alpha over white. */
+static void pixel_rgb(const cli_image *img, int64_t y, int64_t x, float rgb[3]) {
+    const int64_t ch = img->channels;
+    const size_t at = ((size_t)y * (size_t)img->width + (size_t)x) * (size_t)ch;
+    float v[4] = {0, 0, 0, 1};
+    if (img->format == LWFM_PIXEL_U16) {
+        const uint16_t *p = (const uint16_t *)img->pixels + at;
+        for (int64_t k = 0; k < ch; k++) v[k] = p[k] / 65535.0f;
+    } else {
+        const uint8_t *p = (const uint8_t *)img->pixels + at;
+        for (int64_t k = 0; k < ch; k++) v[k] = p[k] / 255.0f;
+    }
+    float a = 1.0f;
+    if (ch == 1 || ch == 2) {
+        rgb[0] = rgb[1] = rgb[2] = v[0];
+        if (ch == 2) a = v[1];
+    } else {
+        rgb[0] = v[0];
+        rgb[1] = v[1];
+        rgb[2] = v[2];
+        if (ch == 4) a = v[3];
+    }
+    for (int k = 0; k < 3; k++) rgb[k] = rgb[k] * a + 1.0f - a;
+}
+
+/* Resampling taps along one axis, n source samples to PANEL: bilinear
+ * (centres aligned) when enlarging, area averaging when shrinking. */
+typedef struct taps {
+    int64_t start[PANEL];
+    int count[PANEL];
+    int per; /* weights stored per output sample */
+    float *weight;
+} taps;
+
+static int taps_make(taps *t, int64_t n) {
+    const double s = (double)n / PANEL;
+    t->per = s > 1.0 ? (int)ceil(s) + 2 : 2;
+    t->weight = malloc((size_t)PANEL * (size_t)t->per * sizeof(float));
+    if (!t->weight) return -1;
+    for (int o = 0; o < PANEL; o++) {
+        float *w = t->weight + (size_t)o * (size_t)t->per;
+        if (s > 1.0) {
+            const double lo = o * s, hi = (o + 1) * s;
+            int64_t i0 = (int64_t)floor(lo), i1 = (int64_t)ceil(hi);
+            if (i1 > n) i1 = n;
+            if (i1 - i0 > t->per) i1 = i0 + t->per; /* cannot happen */
+            double sum = 0.0;
+            for (int64_t i = i0; i < i1; i++) {
+                double cover = fmin((double)(i + 1), hi) - fmax((double)i, lo);
+                w[i - i0] = (float)(cover > 0 ? cover : 0);
+                sum += w[i - i0];
+            }
+            for (int64_t i = i0; i < i1; i++) w[i - i0] = (float)(w[i - i0] / sum);
+            t->start[o] = i0;
+            t->count[o] = (int)(i1 - i0);
+        } else {
+            double c = (o + 0.5) * s - 0.5;
+            if (c < 0) c = 0;
+            if (c > (double)(n - 1)) c = (double)(n - 1);
+            int64_t i0 = (int64_t)floor(c);
+            double f = c - (double)i0;
+            t->start[o] = i0;
+            if (i0 + 1 < n) {
+                t->count[o] = 2;
+                w[0] = (float)(1.0 - f);
+                w[1] = (float)f;
+            } else {
+                t->count[o] = 1;
+                w[0] = 1.0f;
+            }
+        }
+    }
+    return 0;
+}
+
+/* img resized to PANEL x PANEL RGB floats (out: PANEL * PANEL * 3). */
+static int resize_panel(const cli_image *img, float *out) {
+    taps ty = {0}, tx = {0};
+    if (taps_make(&ty, img->height) || taps_make(&tx, img->width)) {
+        free(ty.weight);
+        free(tx.weight);
+        return -1;
+    }
+    for (int oy = 0; oy < PANEL; oy++) {
+        const float *wy = ty.weight + (size_t)oy * (size_t)ty.per;
+        for (int ox = 0; ox < PANEL; ox++) {
+            const float *wx = tx.weight + (size_t)ox * (size_t)tx.per;
+            float acc[3] = {0, 0, 0}, rgb[3];
+            for (int j = 0; j < ty.count[oy]; j++)
+                for (int i = 0; i < tx.count[ox]; i++) {
+                    pixel_rgb(img, ty.start[oy] + j, tx.start[ox] + i, rgb);
+                    const float w = wy[j] * wx[i];
+                    for (int k = 0; k < 3; k++) acc[k] += w * rgb[k];
+                }
+            float *o = out + ((size_t)oy * PANEL + (size_t)ox) * 3;
+            for (int k = 0; k < 3; k++) o[k] = acc[k];
+        }
+    }
+    free(ty.weight);
+    free(tx.weight);
+    return 0;
+}
+
+/* ---- drawing ------------------------------------------------------------------ */
+
+/* Viridis, 5 stops. */
+static void colormap(float t, float rgb[3]) {
+    static const float stops[5][3] = {
+        {68, 1, 84}, {59, 82, 139}, {33, 145, 140}, {94, 201, 98}, {253, 231, 37}};
+    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    float x = t * 4.0f;
+    int i = (int)x;
+    if (i > 3) i = 3;
+    float f = x - (float)i;
+    for (int k = 0; k < 3; k++) rgb[k] = ((1 - f) * stops[i][k] + f * stops[i + 1][k]) / 255.0f;
+}
+
+/* Matched similarity in [0, 1] -> red, yellow, green. */
+static void match_colour(float t, float rgb[3]) {
+    static const float stops[3][3] = {{215, 38, 38}, {235, 200, 30}, {30, 170, 60}};
+    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    float x = t * 2.0f;
+    int i = x >= 1.0f ? 1 : 0;
+    float f = x - (float)i;
+    for (int k = 0; k < 3; k++) rgb[k] = ((1 - f) * stops[i][k] + f * stops[i + 1][k]) / 255.0f;
+}
+
+static unsigned char to_u8(float v) {
+    v = v < 0 ? 0 : v > 1 ? 1 : v;
+    return (unsigned char)lrintf(v * 255.0f);
+}
+
+static void blend(unsigned char *canvas, int x, int y, const float rgb[3], float alpha) {
+    unsigned char *p = canvas + ((size_t)y * CANVAS_W + (size_t)x) * 3;
+    for (int k = 0; k < 3; k++) p[k] = to_u8((1 - alpha) * (p[k] / 255.0f) + alpha * rgb[k]);
+}
+
+/* One panel at column x0: image plus the fh x fw weights as a heat map. */
+static void draw_panel(unsigned char *canvas, int x0, const float *image, const float *weights,
+                       int64_t fh, int64_t fw) {
+    float lo = weights[0], hi = weights[0];
+    for (int64_t i = 1; i < fh * fw; i++) {
+        lo = weights[i] < lo ? weights[i] : lo;
+        hi = weights[i] > hi ? weights[i] : hi;
+    }
+    const float range = hi - lo;
+    for (int y = 0; y < PANEL; y++) {
+        float gy = (y + 0.5f) * (float)fh / PANEL - 0.5f;
+        gy = gy < 0 ? 0 : gy > (float)(fh - 1) ? (float)(fh - 1) : gy;
+        int64_t y0 = (int64_t)gy, y1 = y0 + 1 < fh ? y0 + 1 : y0;
+        float fy = gy - (float)y0;
+        for (int x = 0; x < PANEL; x++) {
+            float gx = (x + 0.5f) * (float)fw / PANEL - 0.5f;
+            gx = gx < 0 ? 0 : gx > (float)(fw - 1) ? (float)(fw - 1) : gx;
+            int64_t x0g = (int64_t)gx, x1g = x0g + 1 < fw ? x0g + 1 : x0g;
+            float fx = gx - (float)x0g;
+            float v = (1 - fy) * ((1 - fx) * weights[y0 * fw + x0g] + fx * weights[y0 * fw + x1g]) +
+                      fy * ((1 - fx) * weights[y1 * fw + x0g] + fx * weights[y1 * fw + x1g]);
+            float t = range > 0 ? (v - lo) / range : 0.5f;
+            float heat[3];
+            colormap(t, heat);
+            const float *im = image + ((size_t)y * PANEL + (size_t)x) * 3;
+            unsigned char *p = canvas + ((size_t)y * CANVAS_W + (size_t)(x0 + x)) * 3;
+            for (int k = 0; k < 3; k++)
+                p[k] = to_u8((1 - HEAT_ALPHA) * im[k] + HEAT_ALPHA * heat[k]);
+        }
+    }
+}
+
+/* An antialiased segment `width` pixels wide (coordinates in pixels, pixel
+ * centres at +0.5), clipped to the canvas. */
+static void draw_segment(unsigned char *canvas, float xa, float ya, float xb, float yb, float width,
+                         const float rgb[3]) {
+    const float half = width / 2;
+    int x0 = (int)floorf(fminf(xa, xb) - half - 1), x1 = (int)ceilf(fmaxf(xa, xb) + half + 1);
+    int y0 = (int)floorf(fminf(ya, yb) - half - 1), y1 = (int)ceilf(fmaxf(ya, yb) + half + 1);
+    x0 = x0 < 0 ? 0 : x0;
+    y0 = y0 < 0 ? 0 : y0;
+    x1 = x1 > CANVAS_W ? CANVAS_W : x1;
+    y1 = y1 > CANVAS_H ? CANVAS_H : y1;
+    const float dx = xb - xa, dy = yb - ya, len2 = dx * dx + dy * dy;
+    for (int y = y0; y < y1; y++)
+        for (int x = x0; x < x1; x++) {
+            const float px = x + 0.5f - xa, py = y + 0.5f - ya;
+            float t = len2 > 0 ? (px * dx + py * dy) / len2 : 0;
+            t = t < 0 ? 0 : t > 1 ? 1 : t;
+            const float ex = px - t * dx, ey = py - t * dy;
+            const float cover = half + 0.5f - sqrtf(ex * ex + ey * ey);
+            if (cover > 0) blend(canvas, x, y, rgb, cover > 1 ? 1 : cover);
+        }
+}
+
+static void draw_disc(unsigned char *canvas, float cx, float cy, float radius, const float rgb[3]) {
+    draw_segment(canvas, cx, cy, cx, cy, 2 * radius, rgb);
+}
+
+static void cell_centre(int64_t pos, int64_t fh, int64_t fw, int x0, float *x, float *y) {
+    *x = (float)x0 + ((float)(pos % fw) + 0.5f) * PANEL / (float)fw;
+    *y = ((float)(pos / fw) + 0.5f) * PANEL / (float)fh;
+}
+
+/* A bar of `map` under the panel at column x0 (inset 8 px), framed. */
+static void draw_bar(unsigned char *canvas, int x0, void (*map)(float, float *)) {
+    const int top = PANEL + 8, bottom = PANEL + 20, left = x0 + 8, right = x0 + PANEL - 8;
+    static const float frame[3] = {0.25f, 0.25f, 0.25f};
+    for (int y = top - 1; y <= bottom; y++)
+        for (int x = left - 1; x <= right; x++) {
+            float rgb[3];
+            if (y == top - 1 || y == bottom || x == left - 1 || x == right) {
+                blend(canvas, x, y, frame, 1.0f);
+            } else {
+                map((float)(x - left) / (float)(right - left - 1), rgb);
+                blend(canvas, x, y, rgb, 1.0f);
+            }
+        }
+}
+
+/* ---- PNG output --------------------------------------------------------------- */
+
+typedef struct png_sink {
+    char *err;
+    size_t cap;
+} png_sink;
+
+static void png_on_error(png_structp png, png_const_charp msg) {
+    png_sink *s = png_get_error_ptr(png);
+    snprintf(s->err, s->cap, "libpng: %s", msg);
+    png_longjmp(png, 1);
+}
+
+static void png_on_warning(png_structp png, png_const_charp msg) {
+    (void)png;
+    (void)msg;
+}
+
+/* Write the canvas to `f`. 0, or -1 with a reason in err. */
+static int write_png(FILE *f, const unsigned char *canvas, char *err, size_t cap) {
+    png_sink sink = {err, cap};
+    png_structp png =
+        png_create_write_struct(PNG_LIBPNG_VER_STRING, &sink, png_on_error, png_on_warning);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (!info) {
+        png_destroy_write_struct(png ? &png : NULL, NULL);
+        snprintf(err, cap, "out of memory");
+        return -1;
+    }
+    png_bytep *volatile rows = NULL;
+    if (setjmp(png_jmpbuf(png))) {
+        png_destroy_write_struct(&png, &info);
+        free(rows);
+        return -1; /* err written by png_on_error */
+    }
+    rows = malloc(sizeof(png_bytep) * CANVAS_H);
+    if (!rows) png_error(png, "out of memory");
+    for (int y = 0; y < CANVAS_H; y++) rows[y] = (png_bytep)canvas + (size_t)y * CANVAS_W * 3;
+    png_init_io(png, f);
+    png_set_IHDR(png, info, CANVAS_W, CANVAS_H, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    png_write_image(png, rows);
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    free(rows);
+    return 0;
+}
+
+/* Write the canvas to `path` through a temporary file in `dir`. */
+static int save_png(const char *dir, const char *path, const unsigned char *canvas, char *err,
+                    size_t cap) {
+    char *tmp = path_join(dir, ".lwfm-explain-XXXXXX");
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        snprintf(err, cap, "cannot create a file in %s: %s", dir, strerror(errno));
+        free(tmp);
+        return -1;
+    }
+    mode_t mask = umask(0);
+    umask(mask);
+    FILE *f = fchmod(fd, 0666 & ~mask) == 0 ? fdopen(fd, "wb") : NULL;
+    if (!f) {
+        snprintf(err, cap, "cannot write %s: %s", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        free(tmp);
+        return -1;
+    }
+    int rc = write_png(f, canvas, err, cap);
+    if (fflush(f) != 0 && rc == 0) {
+        snprintf(err, cap, "cannot write: %s", strerror(errno));
+        rc = -1;
+    }
+    if (fclose(f) != 0 && rc == 0) {
+        snprintf(err, cap, "cannot write: %s", strerror(errno));
+        rc = -1;
+    }
+    if (rc == 0 && rename(tmp, path) != 0) {
+        snprintf(err, cap, "cannot rename %s: %s", tmp, strerror(errno));
+        rc = -1;
+    }
+    if (rc) unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
+/* ---- one query --------------------------------------------------------------- */
+
+/* "NNN_<stem>.png" in the folder (malloc'd). */
+static char *output_path(const char *dir, const char *query_path, int64_t index) {
+    const char *base = strrchr(query_path, '/');
+    base = base ? base + 1 : query_path;
+    size_t n = strlen(base);
+    const char *dot = strrchr(base, '.');
+    if (dot && dot != base) n = (size_t)(dot - base);
+    char *name = malloc(n + 32);
+    if (!name) return NULL;
+    snprintf(name, n + 32, "%03lld_%.*s.png", (long long)index, (int)n, base);
+    char *path = path_join(dir, name);
+    free(name);
+    return path;
+}
+
+char *explain_query(explainer *ex, const float *support_inputs, char *const *support_paths,
+                    const int32_t *support_labels, int64_t n_support, const float *query_input,
+                    const char *query_path, int64_t query_index, int32_t predicted) {
+    const size_t per = (size_t)(ex->c * ex->h * ex->w);
+    const int64_t P = ex->fh * ex->fw, L = ex->layers;
+    const size_t lp = (size_t)(L * P);
+    char err[ERR_CAP];
+    lwfm_status st;
+    if (!ex->sup_feat) {
+        ex->sup_feat = malloc((size_t)n_support * ex->feat * sizeof(float));
+        ex->have = calloc((size_t)n_support, 1);
+        ex->n_support = n_support;
+        if (!ex->sup_feat || !ex->have) {
+            cli_error("cannot explain", query_path, "out of memory");
+            return NULL;
+        }
+    }
+    st = lwfm_model_features(ex->model, query_input, 1, ex->c, ex->h, ex->w, ex->q_feat, ex->feat);
+    if (st) {
+        cli_error("cannot explain", query_path, "%s", lwfm_last_error());
+        return NULL;
+    }
+
+    /* the predicted class's support image with the highest pair score */
+    int64_t best = -1;
+    float best_score = 0;
+    for (int64_t j = 0; j < n_support; j++) {
+        if (support_labels[j] != predicted) continue;
+        float *sf = ex->sup_feat + (size_t)j * ex->feat;
+        if (!ex->have[j]) {
+            st = lwfm_model_features(ex->model, support_inputs + (size_t)j * per, 1, ex->c, ex->h,
+                                     ex->w, sf, ex->feat);
+            if (st) {
+                cli_error("cannot explain", support_paths[j], "%s", lwfm_last_error());
+                return NULL;
+            }
+            ex->have[j] = 1;
+        }
+        float global = 0, score = 0;
+        st = lwfm_lwe_pair(ex->lwe, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->ws, ex->wq, lp,
+                           &global);
+        if (!st && ex->spm)
+            st = lwfm_spm_pair(ex->spm, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->assign, ex->sim,
+                               ex->layer_scores, lp, &score);
+        if (st) {
+            cli_error("cannot explain", query_path, "%s", lwfm_last_error());
+            return NULL;
+        }
+        if (!ex->spm) score = global;
+        if (best < 0 || score > best_score) {
+            best = j;
+            best_score = score;
+            memcpy(ex->best_ws, ex->ws, lp * sizeof(float));
+            memcpy(ex->best_wq, ex->wq, lp * sizeof(float));
+            if (ex->spm) {
+                memcpy(ex->best_sim, ex->sim, lp * sizeof(float));
+                memcpy(ex->best_assign, ex->assign, lp * sizeof(int64_t));
+                memcpy(ex->best_layers, ex->layer_scores, (size_t)L * sizeof(float));
+            }
+        }
+    }
+    if (best < 0) {
+        cli_error("cannot explain", query_path, "the predicted class has no support image");
+        return NULL;
+    }
+    int64_t layer = 0;
+    if (ex->spm)
+        for (int64_t l = 1; l < L; l++)
+            if (ex->best_layers[l] > ex->best_layers[layer]) layer = l;
+
+    /* the picture */
+    cli_image img[2];
+    const char *files[2] = {support_paths[best], query_path};
+    float *panel = malloc((size_t)PANEL * PANEL * 3 * sizeof(float));
+    if (!panel) {
+        cli_error("cannot explain", query_path, "out of memory");
+        return NULL;
+    }
+    memset(ex->canvas, 255, (size_t)CANVAS_W * CANVAS_H * 3);
+    for (int side = 0; side < 2; side++) {
+        if (image_read(files[side], &img[side], err, sizeof err)) {
+            cli_error("cannot read image", files[side], "%s", err);
+            free(panel);
+            return NULL;
+        }
+        int bad = resize_panel(&img[side], panel);
+        image_free(&img[side]);
+        if (bad) {
+            cli_error("cannot explain", query_path, "out of memory");
+            free(panel);
+            return NULL;
+        }
+        const float *w = (side ? ex->best_wq : ex->best_ws) + (size_t)layer * (size_t)P;
+        draw_panel(ex->canvas, side ? PANEL + GAP : 0, panel, w, ex->fh, ex->fw);
+    }
+    free(panel);
+    draw_bar(ex->canvas, 0, colormap);
+    if (ex->spm) {
+        draw_bar(ex->canvas, PANEL + GAP, match_colour);
+        const int64_t *as = ex->best_assign + (size_t)layer * (size_t)P;
+        const float *sim = ex->best_sim + (size_t)layer * (size_t)P;
+        /* the top_k best matches: the k largest similarities (first wins ties) */
+        int64_t k = ex->top_k < P ? ex->top_k : P;
+        unsigned char *top = calloc((size_t)P, 1);
+        if (!top) {
+            cli_error("cannot explain", query_path, "out of memory");
+            return NULL;
+        }
+        for (int64_t r = 0; r < k; r++) {
+            int64_t arg = -1;
+            for (int64_t a = 0; a < P; a++)
+                if (!top[a] && (arg < 0 || sim[a] > sim[arg])) arg = a;
+            if (arg >= 0) top[arg] = 1;
+        }
+        /* colours: the matched similarities normalised over this picture's
+         * matches, the weakest red, the strongest green (the cosines of a
+         * model's matches are often all close to 1) */
+        float lo = sim[0], hi = sim[0];
+        for (int64_t a = 1; a < P; a++) {
+            lo = sim[a] < lo ? sim[a] : lo;
+            hi = sim[a] > hi ? sim[a] : hi;
+        }
+        for (int pass = 0; pass < 2; pass++)
+            for (int64_t a = 0; a < P; a++) {
+                if (top[a] != pass) continue;
+                float xa, ya, xb, yb, rgb[3];
+                cell_centre(a, ex->fh, ex->fw, 0, &xa, &ya);
+                cell_centre(as[a], ex->fh, ex->fw, PANEL + GAP, &xb, &yb);
+                match_colour(hi > lo ? (sim[a] - lo) / (hi - lo) : 1.0f, rgb);
+                if (!pass) {
+                    draw_segment(ex->canvas, xa, ya, xb, yb, 1.0f, rgb);
+                } else {
+                    static const float dark[3] = {0.1f, 0.1f, 0.1f};
+                    draw_segment(ex->canvas, xa, ya, xb, yb, 3.0f, rgb);
+                    draw_disc(ex->canvas, xa, ya, 5.0f, dark);
+                    draw_disc(ex->canvas, xb, yb, 5.0f, dark);
+                    draw_disc(ex->canvas, xa, ya, 3.5f, rgb);
+                    draw_disc(ex->canvas, xb, yb, 3.5f, rgb);
+                }
+            }
+        free(top);
+    }
+
+    char *out = output_path(ex->dir, query_path, query_index);
+    if (!out) {
+        cli_error("cannot explain", query_path, "out of memory");
+        return NULL;
+    }
+    if (save_png(ex->dir, out, ex->canvas, err, sizeof err)) {
+        cli_error("cannot write explanation", out, "%s", err);
+        free(out);
+        return NULL;
+    }
+    fprintf(stderr, "explained %s -> %s (support %s, layer %lld, score %.4f)\n", query_path, out,
+            support_paths[best], (long long)layer, (double)best_score);
+    return out;
+}
