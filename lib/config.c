@@ -12,14 +12,14 @@ static const char *kDistances[] = {"wass", "kl", "w2"};
 const char *lwfm__distance_name(lwfm__mml_distance d) {
     return (unsigned)d < 3 ? kDistances[d] : "unknown";
 }
-static const char *kBackbones[] = {"resnet18", "conv64f", "resnet12"};
+static const char *kBackbones[] = {"resnet18", "conv64f", "resnet12", "conv4"};
 
 const char *lwfm__method_name(lwfm_method m) {
     return (unsigned)m < 4 ? kMethods[m] : "unknown";
 }
 
 const char *lwfm__backbone_name(lwfm__backbone_kind b) {
-    return (unsigned)b < 3 ? kBackbones[b] : "unknown";
+    return (unsigned)b < 4 ? kBackbones[b] : "unknown";
 }
 
 const char *lwfm__backbone_prefix(const lwfm__config *cfg) {
@@ -103,7 +103,7 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     if ((st = lookup("config/method", s, kMethods, 4, &idx))) return st;
     c.method = (lwfm_method)idx;
     if ((st = lwfm__archive_get_string(ar, "config/backbone", s, sizeof s))) return st;
-    if ((st = lookup("config/backbone", s, kBackbones, 3, &idx))) return st;
+    if ((st = lookup("config/backbone", s, kBackbones, 4, &idx))) return st;
     c.backbone = (lwfm__backbone_kind)idx;
     c.distance = LWFM_MML_WASS;
     if (lwfm__archive_find(ar, "config/distance")) {
@@ -145,7 +145,7 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
         c.n_taps = (int)n;
     } else {
         c.n_taps = 1;
-        c.hyperpixel_ids[0] = c.backbone == LWFM_BACKBONE_CONV64F ? 3 : 8;
+        c.hyperpixel_ids[0] = c.backbone == LWFM_BACKBONE_RESNET18 ? 8 : 3; /* the last block */
         if (c.backbone == LWFM_BACKBONE_RESNET18) {
             c.n_taps = 2;
             c.hyperpixel_ids[0] = 7;
@@ -182,6 +182,7 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     snprintf(key, sizeof key, "%s%s", lwfm__backbone_prefix(&c),
              c.backbone == LWFM_BACKBONE_RESNET18  ? "initial_block.conv1.weight"
              : c.backbone == LWFM_BACKBONE_CONV64F ? "features.0.weight"
+             : c.backbone == LWFM_BACKBONE_CONV4   ? "layer1.0.weight"
                                                    : "layer1.0.conv1.weight");
     const lwfm__tensor *first = lwfm__archive_find(ar, key);
     if (!first) return lwfm__error(LWFM_ERR_MISSING_KEY, "missing tensor '%s'", key);

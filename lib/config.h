@@ -15,7 +15,8 @@
 typedef enum lwfm__backbone_kind {
     LWFM_BACKBONE_RESNET18 = 0,
     LWFM_BACKBONE_CONV64F = 1,
-    LWFM_BACKBONE_RESNET12 = 2
+    LWFM_BACKBONE_RESNET12 = 2,
+    LWFM_BACKBONE_CONV4 = 3 /* RCN's Conv4 */
 } lwfm__backbone_kind;
 
 /* MML distribution-level distance (peers.md 3.3). */

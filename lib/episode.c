@@ -16,6 +16,7 @@
 #include "episode.h"
 #include "heads/dn4.h"
 #include "heads/mml.h"
+#include "heads/rcn.h"
 #include "model.h"
 #include "spm/assign.h"
 
@@ -65,6 +66,26 @@ lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t 
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < n; i++)
             lwfm__dn4_prepare_image(feats + i * C * P, (int)C, P, s.U + i * P * C);
+        *out = s;
+        return LWFM_OK;
+    }
+    if (m->cfg.method == LWFM_METHOD_RCN) {
+        size_t o0 = (size_t)m->rcn.out[0];
+        size_t bytes[4] = {(size_t)n * P * C * sizeof(float), (size_t)n * P * o0 * sizeof(float),
+                           (size_t)n * P * o0 * sizeof(float), (size_t)n * P * sizeof(float)};
+        float **dst[4] = {&s.X, &s.U, &s.G, &s.gn};
+        for (int i = 0; i < 4; i++) {
+            *dst[i] = arena ? lwfm__arena_get(arena, i, bytes[i]) : lwfm__alloc(bytes[i]);
+            if (!*dst[i]) {
+                lwfm__side_free(&s);
+                return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory preparing %lld images",
+                                   (long long)n);
+            }
+        }
+        if ((st = lwfm__rcn_prepare(m, feats, n, P, &s))) {
+            lwfm__side_free(&s);
+            return st;
+        }
         *out = s;
         return LWFM_OK;
     }
@@ -242,6 +263,8 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     if (m->cfg.method == LWFM_METHOD_DN4) return lwfm__dn4_score(m, S, labels, way, Q, logits, arena);
     if (m->cfg.method == LWFM_METHOD_MML)
         return lwfm__mml_score(m, S, labels, count, way, Q, logits, arena);
+    if (m->cfg.method == LWFM_METHOD_RCN)
+        return lwfm__rcn_score(m, S, labels, count, way, Q, logits, arena);
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     lwfm_status st = LWFM_OK;
@@ -292,14 +315,6 @@ done:
 
 /* ------------------------------------------------------------------------ */
 /* Argument checks                                                          */
-
-static lwfm_status check_kind(const lwfm_model *m) {
-    if (m->cfg.method == LWFM_METHOD_RCN)
-        return lwfm__error(LWFM_ERR_UNSUPPORTED,
-                           "episode scoring for method '%s' is not available in this version",
-                           lwfm__method_name(m->cfg.method));
-    return LWFM_OK;
-}
 
 /* Labels: 0..way-1, every class present. Fills count (way entries). */
 static lwfm_status check_labels(const int32_t *labels, int64_t n, int64_t way, int64_t *count) {
@@ -463,8 +478,7 @@ LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
                                           int64_t height, int64_t width, int64_t way) {
     lwfm__error_clear();
     if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
-    lwfm_status st = check_kind(model);
-    if (st) return st;
+    lwfm_status st;
     lwfm_support *s;
     if ((st = support_begin(model, support_labels, n_support, way, &s))) return st;
     int64_t C, fh, fw;
@@ -483,8 +497,7 @@ LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_mode
                                                    int64_t fh, int64_t fw, int64_t way) {
     lwfm__error_clear();
     if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
-    lwfm_status st = check_kind(model);
-    if (st) return st;
+    lwfm_status st;
     if ((st = lwfm__check_features(model, "support features", support_features, n_support, channels,
                                    fh, fw)))
         return st;
@@ -589,8 +602,7 @@ LWFM_API lwfm_status lwfm_episode_score_features(const lwfm_model *model,
     lwfm__error_clear();
     if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
     lwfm_status st;
-    if ((st = check_kind(model)) ||
-        (st = lwfm__check_features(model, "query features", query_features, n_query, channels, fh,
+    if ((st = lwfm__check_features(model, "query features", query_features, n_query, channels, fh,
                                    fw)) ||
         (st = check_logits(logits, n_query, way > 0 ? way : 0, capacity)))
         return st;

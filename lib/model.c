@@ -63,6 +63,7 @@ static void model_free(lwfm_model *m) {
     }
     lwfm__net_free(m->net);
     lwfm__matcher_free(&m->matcher);
+    lwfm__rcn_free(&m->rcn);
     if (m->engine) dnnl_engine_destroy(m->engine);
     pthread_mutex_destroy(&m->pool_lock);
     free(m);
@@ -114,6 +115,8 @@ static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
             goto fail;
     }
     if (m->cfg.method == LWFM_METHOD_MML && (st = lwfm__mml_load(&m->mml, ar))) goto fail;
+    if (m->cfg.method == LWFM_METHOD_RCN && (st = lwfm__rcn_load(&m->rcn, ar, m->layers.C)))
+        goto fail;
     *out = m;
     return LWFM_OK;
 fail:

@@ -9,6 +9,7 @@
 #include "core/arena.h"
 #include "config.h"
 #include "heads/mml.h"
+#include "heads/rcn.h"
 #include "lwe/lwe.h"
 #include "spm/matcher.h"
 
@@ -22,6 +23,7 @@ struct lwfm_model {
     lwfm__layers layers;   /* tapped layers of the feature map */
     lwfm__matcher matcher; /* lwfm-spm with matcher_prob > 0 */
     lwfm__mml mml;         /* mml fusion layer */
+    lwfm__rcn rcn;         /* rcn meta-learner */
     dnnl_engine_t engine;  /* for the metric's matmuls */
     pthread_mutex_t pool_lock;
     lwfm__net_ctx *pool[LWFM_POOL_MAX];

@@ -396,6 +396,9 @@ lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm
     case LWFM_BACKBONE_RESNET12:
         st = lwfm__build_resnet12(net, cfg, ar, prefix);
         break;
+    case LWFM_BACKBONE_CONV4:
+        st = lwfm__build_conv4(net, cfg, ar, prefix);
+        break;
     default:
         st = lwfm__error(LWFM_ERR_UNSUPPORTED, "backbone '%s' is not implemented yet",
                          lwfm__backbone_name(cfg->backbone));

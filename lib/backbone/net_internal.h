@@ -60,6 +60,8 @@ lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const 
                                  const char *prefix);
 lwfm_status lwfm__build_resnet12(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
                                  const char *prefix);
+lwfm_status lwfm__build_conv4(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
+                              const char *prefix);
 lwfm_status lwfm__build_conv64f(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
                                 const char *prefix);
 

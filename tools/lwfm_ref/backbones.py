@@ -247,6 +247,28 @@ class Block12(nn.Module):
 
 
 RESNET12_BLOCK_CHANNELS: Tuple[int, ...] = (64, 160, 320, 640)
+CONV4_BLOCK_CHANNELS: Tuple[int, ...] = (64, 64, 64, 64)
+
+
+class Conv4(_TappedBackbone):
+    """RCN's Conv4 (peers.md 4.1) with its ``layer{1..4}.{0,1}.*`` keys: conv 3x3
+    with bias (padding 0 in layers 1-2, 1 in layers 3-4), BN, ReLU, 2x2 max
+    pooling in layers 1-2. 84x84 -> 41, 19, 19, 19 (block ids 0..3)."""
+
+    block_channels = CONV4_BLOCK_CHANNELS
+
+    def __init__(self, taps: Sequence[int] = (3,), feature_size: int = 0,
+                 in_channels: int = 3) -> None:
+        super().__init__(taps, feature_size)
+        for i in range(4):
+            mods = [nn.Conv2d(in_channels if i == 0 else 64, 64, 3, padding=0 if i < 2 else 1),
+                    nn.BatchNorm2d(64), nn.ReLU()]
+            if i < 2:
+                mods.append(nn.MaxPool2d(2))
+            setattr(self, f"layer{i + 1}", nn.Sequential(*mods))
+
+    def blocks(self) -> List[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
 
 
 class ResNet12(_TappedBackbone):
@@ -277,7 +299,10 @@ def build_backbone(config: dict) -> _TappedBackbone:
     if name == "conv64f":
         return Conv64F(taps=config["hyperpixel_ids"], feature_size=config["feature_size"],
                        in_channels=in_channels)
+    if name == "conv4":
+        return Conv4(taps=config["hyperpixel_ids"], feature_size=config["feature_size"],
+                     in_channels=in_channels)
     if name == "resnet12":
         return ResNet12(taps=config["hyperpixel_ids"], feature_size=config["feature_size"],
                         in_channels=in_channels)
-    raise ValueError(f"unsupported backbone {name!r} (reference has resnet18, resnet12, conv64f)")
+    raise ValueError(f"unsupported backbone {name!r} (reference has resnet18, resnet12, conv64f, conv4)")

@@ -27,19 +27,26 @@ parameters (slots are exchangeable: classes come in random order).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .backbones import Conv64F
+from .backbones import Conv64F, build_backbone
 from .model import DN4_CONFIG, _class_average
 
 MML_CONFIG: Dict[str, Any] = dict(DN4_CONFIG, method="mml", neighbor_k=1, distance="wass")
 MML_DISTANCES = ("wass", "kl", "w2")
 _RIDGE = 0.01
 
-__all__ = ["DN4", "dn4_logits", "MML", "mml_levels", "MML_CONFIG", "MML_DISTANCES"]
+#: RCN on Conv4 (peers.md 4): 5x5 region grid, RelationNet's normalisation.
+RCN_CONFIG: Dict[str, Any] = {
+    "method": "rcn", "backbone": "conv4", "hyperpixel_ids": [3], "feature_size": 5,
+    "image_size": 84, "resize": 0, "mean": [0.92206] * 3, "std": [0.08426] * 3,
+}
+
+__all__ = ["DN4", "dn4_logits", "MML", "mml_levels", "MML_CONFIG", "MML_DISTANCES", "RCN",
+           "RCN_CONFIG", "rcn_regions"]
 
 _EPS_NORM = 1e-12
 
@@ -209,6 +216,73 @@ class MML(nn.Module):
         z = (z - mean) / torch.sqrt(var + self.classifier.Norm_layer.eps) * gamma + beta
         w = self.classifier.FC_layer.weight.reshape(3)
         return w[0] * z[:, :way] + w[1] * z[:, way:2 * way] + w[2] * z[:, 2 * way:]
+
+    def forward(self, support_images, support_labels, query_images):
+        n_s = support_images.shape[0]
+        feats = self.extract(torch.cat([support_images, query_images]))
+        return self.episode_logits(feats[:n_s], support_labels, feats[n_s:])
+
+
+def _cos_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """cos between the columns of a (C, R) and b (C, P): (R, P), 0 for zero vectors."""
+    dots = a.t() @ b
+    return dots / (a.norm(dim=0)[:, None] * b.norm(dim=0)[None, :]).clamp_min(1e-8)
+
+
+def rcn_regions(meta: nn.Module, fs: torch.Tensor, fq: torch.Tensor):
+    """One (support, query) pair of (C, R) region maps: ``sim[r]`` (best cosine
+    of support region r over the query's regions), ``match[r]`` (that region)
+    and the meta-learner weights ``w[r]`` (input: support and query features
+    of the same cell, support first)."""
+    cos = _cos_matrix(fs, fq)
+    sim, match = cos.max(dim=1)
+    side = int(round(fs.shape[1] ** 0.5))
+    u = torch.cat([fs, fq], dim=0).reshape(1, -1, side, fs.shape[1] // side)
+    w = meta(u).reshape(-1)
+    return sim, match, w
+
+
+class RCN(nn.Module):
+    """Region Comparison Network (peers.md 4) in eval mode: ``feature_encoder``
+    (Conv4 or ResNet-12) and ``explain_network.meta_learner`` (1x1 convs with
+    BatchNorm and ReLU, 2C -> ... -> 1). Logits: per class, the mean over its
+    supports of ``sum_r w[r] sim[r]`` (the authors' output is their softmax)."""
+
+    def __init__(self, config: Optional[Dict[str, Any]] = None,
+                 hidden: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+        cfg = dict(RCN_CONFIG)
+        cfg.update(config or {})
+        cfg.pop("format_version", None)
+        if cfg["method"] != "rcn":
+            raise ValueError("RCN needs method 'rcn'")
+        self.config = cfg
+        self.feature_encoder = build_backbone(cfg)
+        c = self.feature_encoder.out_channels
+        if hidden is None:
+            hidden = (64,) if c <= 64 else (c, 64)
+        layers: list = []
+        width = 2 * c
+        for h in list(hidden) + [1]:
+            layers += [nn.Conv2d(width, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU()]
+            width = h
+        self.explain_network = nn.Module()
+        self.explain_network.meta_learner = nn.Sequential(*layers)
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        return self.feature_encoder(images)
+
+    def episode_logits(self, support_feats, support_labels, query_feats):
+        s = support_feats.flatten(2)
+        q = query_feats.flatten(2)
+        avg, way = _class_average(support_labels, s.shape[0], s.device, s.dtype)
+        meta = self.explain_network.meta_learner
+        e = torch.zeros(q.shape[0], s.shape[0], dtype=q.dtype)
+        for i in range(q.shape[0]):
+            for j in range(s.shape[0]):
+                sim, _, w = rcn_regions(meta, s[j], q[i])
+                e[i, j] = (w * sim).sum()
+        return e @ avg
 
     def forward(self, support_images, support_labels, query_images):
         n_s = support_images.shape[0]

@@ -10,7 +10,7 @@ name                        dtype, shape    meaning
 ==========================  ==============  ==========================================
 config/format_version       int32 ()        1
 config/method               uint8 (n,)      ASCII: lwfm-spm, dn4, mml, rcn
-config/backbone             uint8 (n,)      ASCII: resnet18, conv64f, resnet12
+config/backbone             uint8 (n,)      ASCII: resnet18, conv64f, resnet12, conv4
 config/first_padding        int32 ()        resnet18 stem padding
 config/hyperpixel_ids       int32 (L,)      tapped block ids
 config/feature_size         int32 ()        pooled size fs (0 = native size)
@@ -60,7 +60,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 METHODS = ("lwfm-spm", "dn4", "mml", "rcn")
-BACKBONES = ("resnet18", "conv64f", "resnet12")
+BACKBONES = ("resnet18", "conv64f", "resnet12", "conv4")
 CONFIG_PREFIX = "config/"
 
 PathLike = Union[str, "os.PathLike[str]"]

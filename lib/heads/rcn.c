@@ -1,0 +1,295 @@
+/* RCN region comparison head (see rcn.h). */
+#include "heads/rcn.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "core/gemm.h"
+#include "episode.h"
+#include "model.h"
+
+#define COS_EPS 1e-8
+#define BN_EPS 1e-5
+
+void lwfm__rcn_free(lwfm__rcn *h) {
+    for (int i = 0; i < LWFM_RCN_MAX_LAYERS; i++) {
+        lwfm__free(h->w[i]);
+        lwfm__free(h->b[i]);
+    }
+    lwfm__free(h->w0s);
+    lwfm__free(h->w0q);
+    memset(h, 0, sizeof *h);
+}
+
+lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels) {
+    memset(h, 0, sizeof *h);
+    int in = 2 * channels;
+    for (int i = 0;; i++) {
+        char key[96];
+        snprintf(key, sizeof key, "explain_network.meta_learner.%d.weight", 3 * i);
+        const lwfm__tensor *t = lwfm__archive_find(ar, key);
+        if (!t) {
+            if (i == 0)
+                return lwfm__error(LWFM_ERR_MISSING_KEY,
+                                   "tensor '%s' (RCN meta-learner) is missing", key);
+            break;
+        }
+        if (i == LWFM_RCN_MAX_LAYERS)
+            return lwfm__error(LWFM_ERR_LIMIT, "RCN meta-learner has more than %d layers",
+                               LWFM_RCN_MAX_LAYERS);
+        if (t->ndim != 4 || t->shape[1] != in || t->shape[2] != 1 || t->shape[3] != 1 ||
+            t->shape[0] < 1 || t->shape[0] > 65536)
+            return lwfm__error(LWFM_ERR_SHAPE,
+                               "tensor '%s' must be a 1x1 convolution (out, %d, 1, 1)", key, in);
+        int out = (int)t->shape[0];
+        int64_t wshape[4] = {out, in, 1, 1}, vshape[1] = {out};
+        const float *w, *g, *beta, *mu, *var;
+        lwfm_status st = lwfm__archive_get_f32(ar, key, 4, wshape, &w);
+        if (st) return st;
+        const float **dst[4] = {&g, &beta, &mu, &var};
+        static const char *suffix[4] = {"weight", "bias", "running_mean", "running_var"};
+        for (int k = 0; k < 4; k++) {
+            snprintf(key, sizeof key, "explain_network.meta_learner.%d.%s", 3 * i + 1, suffix[k]);
+            if ((st = lwfm__archive_get_f32(ar, key, 1, vshape, dst[k]))) {
+                lwfm__rcn_free(h);
+                return st;
+            }
+        }
+        h->w[i] = lwfm__alloc((size_t)out * in * sizeof(float));
+        h->b[i] = lwfm__alloc((size_t)out * sizeof(float));
+        if (!h->w[i] || !h->b[i]) {
+            lwfm__rcn_free(h);
+            return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (RCN meta-learner)");
+        }
+        for (int o = 0; o < out; o++) {
+            if (!(var[o] >= 0.0f)) {
+                lwfm__rcn_free(h);
+                return lwfm__error(LWFM_ERR_FORMAT,
+                                   "tensor 'explain_network.meta_learner.%d.running_var' has a "
+                                   "negative value",
+                                   3 * i + 1);
+            }
+            double scale = g[o] / sqrt((double)var[o] + BN_EPS);
+            for (int k = 0; k < in; k++) h->w[i][(size_t)o * in + k] = (float)(w[(size_t)o * in + k] * scale);
+            h->b[i][o] = (float)(beta[o] - mu[o] * scale);
+        }
+        h->in[i] = in;
+        h->out[i] = out;
+        h->n_layers = i + 1;
+        in = out;
+    }
+    if (h->out[h->n_layers - 1] != 1) {
+        lwfm__rcn_free(h);
+        return lwfm__error(LWFM_ERR_SHAPE, "the RCN meta-learner's last layer must have 1 output");
+    }
+    /* first layer split into its support and query halves */
+    int o0 = h->out[0];
+    h->w0s = lwfm__alloc((size_t)o0 * channels * sizeof(float));
+    h->w0q = lwfm__alloc((size_t)o0 * channels * sizeof(float));
+    if (!h->w0s || !h->w0q) {
+        lwfm__rcn_free(h);
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (RCN meta-learner)");
+    }
+    for (int o = 0; o < o0; o++) {
+        memcpy(h->w0s + (size_t)o * channels, h->w[0] + (size_t)o * 2 * channels,
+               (size_t)channels * sizeof(float));
+        memcpy(h->w0q + (size_t)o * channels, h->w[0] + (size_t)o * 2 * channels + channels,
+               (size_t)channels * sizeof(float));
+    }
+    return LWFM_OK;
+}
+
+lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
+                              side *s) {
+    const int C = m->layers.C, o0 = m->rcn.out[0];
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float *f = feats + i * C * P;
+        float *x = s->X + i * P * C, *nrm = s->gn + i * P;
+        for (int64_t p = 0; p < P; p++) {
+            double ss = 0.0;
+            for (int c = 0; c < C; c++) {
+                float v = f[(int64_t)c * P + p];
+                x[p * C + c] = v;
+                ss += (double)v * v;
+            }
+            nrm[p] = (float)sqrt(ss);
+        }
+    }
+    dnnl_stream_t stream = NULL;
+    if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success)
+        return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
+    lwfm_status st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, m->rcn.w0s, C, s->U,
+                                    o0, 0);
+    if (!st)
+        st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, m->rcn.w0q, C, s->G, o0, 0);
+    dnnl_stream_destroy(stream);
+    if (st) return st;
+    const float *b0 = m->rcn.b[0];
+    for (int64_t r = 0; r < n * P; r++)
+        for (int o = 0; o < o0; o++) s->G[r * o0 + o] += b0[o];
+    return LWFM_OK;
+}
+
+/* Region similarities of support image j against query q: sim[r] (and match[r]). */
+static void similarities(const side *S, int64_t j, const side *Q, int64_t q, int C,
+                         const float *dots, float *sim, int *match) {
+    const int64_t P = S->P, Pq = Q->P;
+    const float *ns = S->gn + j * P, *nq = Q->gn + q * Pq;
+    for (int64_t r = 0; r < P; r++) {
+        double best = -INFINITY;
+        int arg = 0;
+        for (int64_t p = 0; p < Pq; p++) {
+            double den = (double)ns[r] * nq[p];
+            double c = dots[r * Pq + p] / (den > COS_EPS ? den : COS_EPS);
+            if (c > best) best = c, arg = (int)p;
+        }
+        sim[r] = (float)best;
+        if (match) match[r] = arg;
+    }
+    (void)C;
+}
+
+size_t lwfm__rcn_pair_floats(const lwfm_model *m, int64_t P) {
+    int widest = 1;
+    for (int i = 0; i < m->rcn.n_layers; i++)
+        if (m->rcn.out[i] > widest) widest = m->rcn.out[i];
+    return (size_t)P * P + 2 * (size_t)P * widest;
+}
+
+/* Scalar meta-learner on `rows` cells whose first layer is h (rows x out0,
+ * pre-activation); writes w (rows). tmp: rows x widest floats. */
+static void meta_rest(const lwfm__rcn *h, float *H, int64_t rows, float *tmp, float *w) {
+    int width = h->out[0];
+    for (int64_t r = 0; r < rows * width; r++) H[r] = H[r] > 0 ? H[r] : 0;
+    float *cur = H, *nxt = tmp;
+    for (int i = 1; i < h->n_layers; i++) {
+        int out = h->out[i];
+        for (int64_t r = 0; r < rows; r++)
+            for (int o = 0; o < out; o++) {
+                const float *wr = h->w[i] + (size_t)o * width, *x = cur + r * width;
+                float s = h->b[i][o];
+                for (int k = 0; k < width; k++) s += wr[k] * x[k];
+                nxt[r * out + o] = s > 0 ? s : 0;
+            }
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+        width = out;
+    }
+    for (int64_t r = 0; r < rows; r++) w[r] = cur[r];
+}
+
+double lwfm__rcn_pair(const lwfm_model *m, const side *S, int64_t j, const side *Q, int64_t q,
+                      float *sim, int *match, float *w, float *scratch) {
+    const int C = m->layers.C, o0 = m->rcn.out[0];
+    const int64_t P = S->P, Pq = Q->P;
+    int widest = 1;
+    for (int i = 0; i < m->rcn.n_layers; i++)
+        if (m->rcn.out[i] > widest) widest = m->rcn.out[i];
+    float *dots = scratch, *H = dots + P * Pq, *tmp = H + P * widest;
+    const float *xs = S->X + j * P * C, *xq = Q->X + q * Pq * C;
+    for (int64_t r = 0; r < P; r++)
+        for (int64_t p = 0; p < Pq; p++) {
+            float s = 0.0f;
+            for (int c = 0; c < C; c++) s += xs[r * C + c] * xq[p * C + c];
+            dots[r * Pq + p] = s;
+        }
+    similarities(S, j, Q, q, C, dots, sim, match);
+    const float *A = S->U + j * P * o0, *B = Q->G + q * Pq * o0;
+    for (int64_t r = 0; r < P * o0; r++) H[r] = A[r] + B[r]; /* same cell: P == Pq */
+    meta_rest(&m->rcn, H, P, tmp, w);
+    double e = 0.0;
+    for (int64_t r = 0; r < P; r++) e += (double)w[r] * sim[r];
+    return e;
+}
+
+lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *labels,
+                            const int64_t *count, int64_t way, const side *Q, float *logits,
+                            lwfm__arena *arena) {
+    const lwfm__rcn *h = &m->rcn;
+    const int C = m->layers.C, o0 = h->out[0];
+    const int64_t P = S->P, ns = S->n;
+    if (Q->P != P)
+        return lwfm__error(LWFM_ERR_SHAPE,
+                           "RCN compares regions of the same grid: support maps have %lld "
+                           "regions, queries %lld",
+                           (long long)P, (long long)Q->P);
+    int widest = 1;
+    for (int i = 0; i < h->n_layers; i++)
+        if (h->out[i] > widest) widest = h->out[i];
+    int threads = omp_get_max_threads();
+    size_t rows = (size_t)ns * P;
+    size_t per_thread = (rows * P + 2 * rows * widest + 2 * rows + (size_t)way) * sizeof(float) +
+                        (size_t)way * sizeof(double);
+    per_thread = (per_thread + 63) / 64 * 64;
+    char *scratch = lwfm__arena_get(arena, LWFM_SLOT_R, per_thread * (size_t)threads);
+    if (!scratch) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring RCN queries");
+    lwfm_status st = LWFM_OK;
+#pragma omp parallel
+    {
+        float *dots = (float *)(scratch + per_thread * (size_t)omp_get_thread_num());
+        float *H = dots + rows * P, *H2 = H + rows * widest, *sim = H2 + rows * widest;
+        float *w = sim + rows;
+        double *acc = (double *)(w + rows + way);
+        dnnl_stream_t stream = NULL;
+        lwfm_status my = LWFM_OK;
+        if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success)
+            my = LWFM_ERR_BACKEND;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t q = 0; q < Q->n; q++) {
+            if (my) continue;
+            /* all support regions against the query's regions: one GEMM */
+            my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, P, C, S->X, C, Q->X + q * P * C,
+                                C, dots, P, 0);
+            if (my) continue;
+            for (int64_t j = 0; j < ns; j++)
+                similarities(S, j, Q, q, C, dots + j * P * P, sim + j * P, NULL);
+            /* meta-learner: first layer from the per-image halves, then GEMMs */
+            const float *B = Q->G + q * P * o0;
+            for (int64_t j = 0; j < ns; j++)
+                for (int64_t r = 0; r < P; r++) {
+                    const float *a = S->U + (j * P + r) * o0, *b = B + r * o0;
+                    float *o = H + (j * P + r) * o0;
+                    for (int k = 0; k < o0; k++) {
+                        float v = a[k] + b[k];
+                        o[k] = v > 0 ? v : 0;
+                    }
+                }
+            float *cur = H, *nxt = H2;
+            int width = o0;
+            for (int i = 1; i < h->n_layers && !my; i++) {
+                int out = h->out[i];
+                my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, out, width, cur, width,
+                                    h->w[i], width, nxt, out, 0);
+                for (size_t r = 0; r < rows && !my; r++)
+                    for (int o = 0; o < out; o++) {
+                        float v = nxt[r * out + o] + h->b[i][o];
+                        nxt[r * out + o] = v > 0 ? v : 0;
+                    }
+                float *t = cur;
+                cur = nxt;
+                nxt = t;
+                width = out;
+            }
+            if (my) continue;
+            for (int64_t c = 0; c < way; c++) acc[c] = 0.0;
+            for (int64_t j = 0; j < ns; j++) {
+                double e = 0.0;
+                for (int64_t r = 0; r < P; r++) e += (double)cur[j * P + r] * sim[j * P + r];
+                acc[labels[j]] += e;
+            }
+            for (int64_t c = 0; c < way; c++) logits[q * way + c] = (float)(acc[c] / count[c]);
+        }
+        if (stream) dnnl_stream_destroy(stream);
+        if (my) {
+#pragma omp critical
+            if (!st) st = my;
+        }
+    }
+    if (st) return lwfm__error(st, "RCN scoring: a oneDNN matmul failed");
+    return LWFM_OK;
+}

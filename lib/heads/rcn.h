@@ -1,0 +1,51 @@
+/* RCN region comparison head (peers.md section 4), eval-mode BatchNorm:
+ * region similarities (best cosine of each support region over the query's
+ * regions), meta-learner region weights (1x1 convs over the same cell of the
+ * support and query maps) and their weighted sum, averaged per class.
+ * Private to liblwfm. */
+#ifndef LWFM_HEADS_RCN_H
+#define LWFM_HEADS_RCN_H
+
+#include <stdint.h>
+
+#include "core/arena.h"
+#include "io/npz.h"
+#include "lwfm/lwfm.h"
+
+typedef struct side side; /* episode.h */
+
+#define LWFM_RCN_MAX_LAYERS 8
+
+/* The meta-learner, BatchNorm folded: layer i maps in[i] -> out[i] channels,
+ * y = relu(W_i x + b_i); W_i is (out, in) row-major. in[0] = 2C (support
+ * cell first, then the query cell), out[last] = 1. */
+typedef struct lwfm__rcn {
+    int n_layers;
+    int in[LWFM_RCN_MAX_LAYERS], out[LWFM_RCN_MAX_LAYERS];
+    float *w[LWFM_RCN_MAX_LAYERS];
+    float *b[LWFM_RCN_MAX_LAYERS];
+    float *w0s, *w0q; /* the first layer split: (out0, C) each, row-major */
+} lwfm__rcn;
+
+/* Load `explain_network.meta_learner.{3i}.weight` (out, in, 1, 1) and the
+ * BatchNorm `explain_network.meta_learner.{3i+1}.*` for i = 0, 1, ... */
+lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels);
+void lwfm__rcn_free(lwfm__rcn *h);
+
+/* Per image: X (P x C, position-major), norms (P), A = W0s X (P x out0) and
+ * B = W0q X + b0 (P x out0), for n feature maps (C x P each). */
+lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
+                              side *s);
+
+lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *labels,
+                            const int64_t *count, int64_t way, const side *Q, float *logits,
+                            lwfm__arena *arena);
+
+/* One (support, query) pair (both prepared, one image each): sim[r], the
+ * matched query region match[r] and the weight w[r] for the P support regions;
+ * returns sum_r w[r] sim[r]. scratch: lwfm__rcn_pair_floats(P) floats. */
+size_t lwfm__rcn_pair_floats(const lwfm_model *m, int64_t P);
+double lwfm__rcn_pair(const lwfm_model *m, const side *S, int64_t j, const side *Q, int64_t q,
+                      float *sim, int *match, float *w, float *scratch);
+
+#endif

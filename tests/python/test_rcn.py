@@ -1,0 +1,68 @@
+"""RCN head (peers.md section 4, eval-mode BatchNorm) against the PyTorch reference."""
+import numpy as np
+import pytest
+import torch
+
+import lwfm_ref
+from conftest import rel_err
+from lwfm.weights import save_weights
+
+
+def export_rcn(tmp_path, backbone="conv4", seed=0):
+    torch.manual_seed(seed)
+    model = lwfm_ref.RCN({"backbone": backbone}).eval()
+    lwfm_ref.randomize_bn(model, seed=seed + 1)
+    with torch.no_grad():   # keep about half the region weights positive
+        for mod in model.explain_network.meta_learner:
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.zero_()
+    path = tmp_path / f"rcn_{backbone}.npz"
+    save_weights(path, {k: v.detach().numpy() for k, v in model.state_dict().items()},
+                 model.config)
+    return path, model
+
+
+def reference(model, support, labels, query):
+    m64 = model.double()
+    with torch.no_grad():
+        fs = m64.extract(torch.from_numpy(support).double())
+        fq = m64.extract(torch.from_numpy(query).double())
+        out = m64.episode_logits(fs, torch.from_numpy(labels).long(), fq).numpy()
+    model.float()
+    return out
+
+
+@pytest.mark.parametrize("backbone,way,shot", [("conv4", 5, 1), ("conv4", 5, 5),
+                                               ("conv4", 20, 1), ("conv4", 20, 5),
+                                               ("resnet12", 5, 2)])
+def test_rcn_matches_reference(lib, tmp_path, backbone, way, shot):
+    path, model = export_rcn(tmp_path, backbone)
+    rng = np.random.default_rng(way + shot)
+    labels = np.repeat(np.arange(way), shot).astype(np.int32)
+    rng.shuffle(labels)
+    n_query = 2 if backbone == "resnet12" else 5     # ResNet-12 in float64 is slow
+    support = rng.standard_normal((len(labels), 3, 84, 84)).astype(np.float32)
+    query = rng.standard_normal((n_query, 3, 84, 84)).astype(np.float32)
+    expect = reference(model, support, labels, query)
+    assert np.abs(expect).max() > 0    # the region weights are not all zero
+    with lib.Model(path) as m:
+        assert tuple(m.feature_shape(84, 84))[1:] == (5, 5)
+        got = m.episode_score(support, labels, query)
+        assert rel_err(got, expect) < 1e-4
+        assert (got.argmax(1) == expect.argmax(1)).all()
+        fs, fq = m.features(support), m.features(query)
+        np.testing.assert_allclose(m.score_features(fs, labels, fq), got, rtol=1e-5, atol=1e-5)
+
+
+def test_rcn_meta_learner_must_end_in_one_output(lib, tmp_path):
+    path, model = export_rcn(tmp_path)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    for k in list(state):
+        if k.startswith("explain_network.meta_learner.3.") or \
+                k.startswith("explain_network.meta_learner.4."):
+            del state[k]
+    bad = tmp_path / "bad.npz"
+    save_weights(bad, state, model.config)
+    with pytest.raises(lib.Error) as err:
+        lib.Model(bad)
+    assert "1 output" in str(err.value)
