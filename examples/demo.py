@@ -7,7 +7,7 @@
 1. `lwfm info` on the bundled model (models/omniglot.npz: LWFM-SPM on a
    Conv-64F backbone trained on the Omniglot background alphabets).
 2. A task made at run time (the repository carries no third-party data):
-   characters of nine writing systems rendered from the machine's DejaVu
+   characters of several writing systems rendered from the machine's DejaVu
    fonts with random rotation, scale and shift (examples/glyphs.py); one
    drawing per class is the support set. `lwfm classify` names the class of
    a few other drawings; `lwfm eval` then measures 5-way and 20-way 1-shot
@@ -65,8 +65,11 @@ def main():
               f"{len({c.split('-')[0] for c in classes})} writing systems into {data}")
 
         # One 5-way 1-shot task: a character from each of five scripts.
-        picked = [next(c for c in classes if c.startswith(s))
-                  for s in ("greek", "armenian", "georgian", "syllabics", "tifinagh")]
+        scripts = list(dict.fromkeys(c.split("-")[0] for c in classes))
+        if len(scripts) < 5 or len(classes) < 20:
+            sys.exit("demo: too few characters rendered; are fonts-dejavu-core and "
+                     "fonts-dejavu-extra installed?")
+        picked = [next(c for c in classes if c.startswith(s + "-")) for s in scripts[:5]]
         support = Path(tmp) / "support"
         queries = []
         for name in picked:
