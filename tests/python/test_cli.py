@@ -499,6 +499,22 @@ def test_eval_omniglot_matches_reference(cli, tiny):
     assert "episode 8/8" in text.stderr  # progress (plain lines: stderr is not a terminal)
 
 
+BUNDLED = ROOT / "models" / "omniglot.npz"
+
+
+@pytest.mark.skipif(not OMNIGLOT.exists(), reason=f"{OMNIGLOT} is absent")
+@pytest.mark.parametrize("way,shot,seed", [(5, 1, 1), (20, 1, 2)])
+def test_bundled_model_eval_matches_reference(cli, way, shot, seed):
+    """The bundled model on the Omniglot evaluation set: the C tool and the PyTorch
+    reference score the same episodes identically, and it is a trained model."""
+    args = (way, shot, 15, 6, seed)
+    got, res = lwfm_evaluate(cli, str(BUNDLED), OMNIGLOT, *args)
+    assert res.returncode == 0, res.stderr
+    want = python_evaluate(str(BUNDLED), OMNIGLOT, *args)
+    assert_same_scores(got, want)
+    assert got["accuracy"] > (90.0 if way == 5 else 80.0)   # chance: 20% / 5%
+
+
 @pytest.fixture(scope="module")
 def mini_tree(tmp_path_factory):
     if not MINI_TEST.is_dir():
