@@ -80,3 +80,19 @@ def test_bad_arguments(small_omniglot, tmp_path):
     with pytest.raises(SystemExit):
         trainer.main(["--data", str(small_omniglot), "--output", str(tmp_path / "m.npz"),
                       "--workdir", str(tmp_path / "none"), "--resume"])
+
+
+def test_rcn_training_writes_a_library_model(lib, small_omniglot, tmp_path):
+    from lwfm.evaluate import _reference_model
+    out, ck = train(small_omniglot, tmp_path / "rcn", "--method", "rcn")
+    ref, cfg = _reference_model(str(out))
+    assert cfg["method"] == "rcn" and cfg["backbone"] == "conv4"
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    with lib.Model(out) as model:
+        got = model.episode_score(x[:6], labels, x[6:])
+    with torch.no_grad():
+        feats = ref.extract(torch.from_numpy(x))
+        expect = ref.episode_logits(feats[:6], torch.from_numpy(labels).long(), feats[6:])
+    assert rel_err(got, expect.numpy()) < 1e-4

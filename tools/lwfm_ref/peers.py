@@ -284,6 +284,21 @@ class RCN(nn.Module):
                 e[i, j] = (w * sim).sum()
         return e @ avg
 
+    def episode_logits_fast(self, support_feats, support_labels, query_feats):
+        """:meth:`episode_logits` vectorised over all pairs (for training)."""
+        s = support_feats.flatten(2)                                  # (n_s, C, R)
+        q = query_feats.flatten(2)                                    # (n_q, C, R)
+        avg, _ = _class_average(support_labels, s.shape[0], s.device, s.dtype)
+        n_s, n_q, C, R = s.shape[0], q.shape[0], s.shape[1], s.shape[2]
+        dots = torch.einsum("jcr,qcp->qjrp", s, q)
+        den = (s.norm(dim=1)[None, :, :, None] * q.norm(dim=1)[:, None, None, :]).clamp_min(1e-8)
+        sim = (dots / den).amax(dim=3)                                # (n_q, n_s, R)
+        side = int(round(R ** 0.5))
+        u = torch.cat([s[None].expand(n_q, -1, -1, -1), q[:, None].expand(-1, n_s, -1, -1)],
+                      dim=2).reshape(n_q * n_s, 2 * C, side, R // side)
+        w = self.explain_network.meta_learner(u).reshape(n_q, n_s, R)
+        return (w * sim).sum(dim=2) @ avg
+
     def forward(self, support_images, support_labels, query_images):
         n_s = support_images.shape[0]
         feats = self.extract(torch.cat([support_images, query_images]))

@@ -33,7 +33,20 @@ def _reference_model(path: str):
     cfg = {k: v for k, v in config.items() if k != "format_version"}
     first = next(v for k, v in tensors.items() if k.endswith(".weight") and v.ndim == 4)
     cfg["in_channels"] = int(first.shape[1])
-    model = ref.DN4(cfg) if cfg["method"] == "dn4" else ref.LWFMSPM(cfg)
+    method = cfg["method"]
+    if method == "dn4":
+        model = ref.DN4(cfg)
+    elif method == "mml":
+        model = ref.MML(cfg, train_way=tensors["classifier.Norm_layer.weight"].shape[0] // 3)
+    elif method == "rcn":
+        hidden = []
+        i = 1
+        while f"explain_network.meta_learner.{3 * i}.weight" in tensors:
+            hidden.append(tensors[f"explain_network.meta_learner.{3 * (i - 1)}.weight"].shape[0])
+            i += 1
+        model = ref.RCN(cfg, hidden=hidden)
+    else:
+        model = ref.LWFMSPM(cfg)
     missing, unexpected = model.load_state_dict(
         {k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()}, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked") and

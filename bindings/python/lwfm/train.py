@@ -227,7 +227,7 @@ def validate(model, data: TrainData, episodes: int, seed: int, device, shot: int
         for _ in range(episodes):
             sup, qry, _ = sample_episode(data, rng, way, shot, query)
             x = torch.from_numpy(data.images[np.concatenate([sup, qry])]).to(device)
-            feats = model.features(x)
+            feats = (model.extract if hasattr(model, "extract") else model.features)(x)
             labels = torch.arange(way, device=device).repeat_interleave(shot)
             logits = model.episode_logits_fast(feats[:len(sup)], labels, feats[len(sup):])
             truth = torch.arange(way, device=device).repeat_interleave(query)
@@ -286,7 +286,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=8000, help="length of the schedule")
     p.add_argument("--stop-at", type=int, default=0,
                    help="save a checkpoint and exit after this step (continue with --resume)")
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--method", choices=["lwfm-spm", "rcn"], default="lwfm-spm",
+                   help="lwfm-spm (spec section 6 objective, SGD) or rcn (the RCN authors' "
+                        "recipe: MSE between the softmax and the one-hot labels, Adam)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (lwfm-spm 0.05 with SGD, rcn 1e-3 with Adam)")
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--lambda", dest="lam", type=float, default=1.0,
@@ -317,6 +321,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_config(args, omniglot: bool) -> Dict[str, Any]:
+    if args.method == "rcn":     # peers.md 4: the last block on a 5 x 5 region grid
+        return {"method": "rcn", "backbone": args.backbone or "conv4", "hyperpixel_ids": [3],
+                "feature_size": 5, "image_size": args.image_size or (28 if omniglot else 84),
+                "resize": args.resize if args.resize is not None else 0}
     backbone = args.backbone or ("conv64f" if omniglot else "resnet18")
     cfg: Dict[str, Any] = {
         "method": "lwfm-spm", "backbone": backbone,
@@ -356,10 +364,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
          f"mean {config['mean']} std {config['std']}; device {device}")
 
     torch.manual_seed(args.seed)
-    model = ref.LWFMSPM(dict(config, num_classes=train.n_classes)).to(device)
+    rcn = args.method == "rcn"
+    if args.lr is None:
+        args.lr = 1e-3 if rcn else 0.05
+    if rcn:
+        model = ref.RCN(config).to(device)
+    else:
+        model = ref.LWFMSPM(dict(config, num_classes=train.n_classes)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True,
-                          weight_decay=args.weight_decay)
+    if rcn:
+        opt = torch.optim.Adam(params, lr=args.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True,
+                              weight_decay=args.weight_decay)
     rng = np.random.default_rng(args.seed)
     step, best = 0, -1.0
     history: List[Dict[str, Any]] = []
@@ -397,7 +414,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stop_at = args.stop_at if 0 < args.stop_at < args.steps else args.steps
     while step < stop_at:
         sup, qry, classes = sample_episode(train, rng, way, shot, query)
-        batch_idx = rng.integers(0, len(train.labels), size=args.batch)
+        batch_idx = rng.integers(0, len(train.labels), size=0 if rcn else args.batch)
         idx = np.concatenate([sup, qry, batch_idx])
         x = augment(train.images[idx], rng, train.fill, args.shift, train.flip)
         x = torch.from_numpy(x).to(device)
@@ -405,19 +422,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        feats = model.features(x)
-        logits, pooled_q = episode_outputs(model, feats[:n_s], s_labels, feats[n_s:n_s + n_q])
-        q_global = torch.from_numpy(train.labels[qry]).to(device)
-        b_global = torch.from_numpy(train.labels[batch_idx]).to(device)
-        loss_ep = F.cross_entropy(logits, q_labels)
-        loss_fc = F.cross_entropy(model.fc(feats[n_s + n_q:].flatten(2).mean(2)), b_global)
-        loss_att = F.cross_entropy(model.fc(pooled_q), q_global)
-        loss = args.lam * loss_ep + loss_fc + loss_att
+        if rcn:
+            feats = model.extract(x)
+            logits = model.episode_logits_fast(feats[:n_s], s_labels, feats[n_s:])
+            loss = F.mse_loss(torch.softmax(logits, dim=1), F.one_hot(q_labels, way).float())
+        else:
+            feats = model.features(x)
+            logits, pooled_q = episode_outputs(model, feats[:n_s], s_labels,
+                                               feats[n_s:n_s + n_q])
+            q_global = torch.from_numpy(train.labels[qry]).to(device)
+            b_global = torch.from_numpy(train.labels[batch_idx]).to(device)
+            loss_ep = F.cross_entropy(logits, q_labels)
+            loss_fc = F.cross_entropy(model.fc(feats[n_s + n_q:].flatten(2).mean(2)), b_global)
+            loss_att = F.cross_entropy(model.fc(pooled_q), q_global)
+            loss = args.lam * loss_ep + loss_fc + loss_att
         if not torch.isfinite(loss):
             raise SystemExit(f"step {step}: loss is {float(loss)}; lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 2.0)
+        torch.nn.utils.clip_grad_norm_(params, 0.5 if rcn else 2.0)
         opt.step()
         step += 1
 
