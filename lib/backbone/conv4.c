@@ -28,12 +28,7 @@ lwfm_status lwfm__build_conv4(lwfm__net *net, const lwfm__config *cfg, const lwf
             if ((st = lwfm__net_add_maxpool(net, 64, 2, 2, 0, cur, pool_out))) return st;
             cur = pool_out;
         }
-        for (int t = 0; t < cfg->n_taps; t++)
-            if (cfg->hyperpixel_ids[t] == block) {
-                lwfm__net_mark_tap(net, t);
-                net->tap_channels[t] = 64;
-                if (t + 1 > net->n_taps) net->n_taps = t + 1;
-            }
+        lwfm__net_tap_block(net, cfg, block, 64);
     }
     return LWFM_OK;
 }

@@ -126,6 +126,15 @@ void lwfm__net_mark_tap(lwfm__net *net, int slot) {
     if (net->n_ops > 0) net->ops[net->n_ops - 1].tap = slot;
 }
 
+void lwfm__net_tap_block(lwfm__net *net, const lwfm__config *cfg, int block, int channels) {
+    for (int t = 0; t < cfg->n_taps; t++)
+        if (cfg->hyperpixel_ids[t] == block) {
+            lwfm__net_mark_tap(net, t);
+            net->tap_channels[t] = channels;
+            if (t + 1 > net->n_taps) net->n_taps = t + 1;
+        }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Shapes                                                                   */
 

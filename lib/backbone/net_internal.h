@@ -55,6 +55,9 @@ lwfm_status lwfm__net_add_maxpool(lwfm__net *net, int channels, int k, int strid
                                   int dst);
 /* Mark the output of the last op added as tap slot `slot`. */
 void lwfm__net_mark_tap(lwfm__net *net, int slot);
+/* The last op added ends block `block`: mark it as the tap of that block when
+ * the configuration taps it (with `channels` channels). */
+void lwfm__net_tap_block(lwfm__net *net, const lwfm__config *cfg, int block, int channels);
 
 lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
                                  const char *prefix);

@@ -48,12 +48,7 @@ lwfm_status lwfm__build_resnet12(lwfm__net *net, const lwfm__config *cfg, const 
         int pooled = cur == LWFM_NET_INPUT ? 2 : cur;
         if ((st = lwfm__net_add_maxpool(net, out_c, 2, 2, 0, a, pooled))) return st;
         cur = pooled;
-        for (int t = 0; t < cfg->n_taps; t++)
-            if (cfg->hyperpixel_ids[t] == block) {
-                lwfm__net_mark_tap(net, t);
-                net->tap_channels[t] = out_c;
-                if (t + 1 > net->n_taps) net->n_taps = t + 1;
-            }
+        lwfm__net_tap_block(net, cfg, block, out_c);
     }
     return LWFM_OK;
 }

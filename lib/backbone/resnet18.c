@@ -8,20 +8,6 @@
 
 static const int kWidth[5] = {64, 64, 128, 256, 512}; /* stem, layer1..4 */
 
-static int tap_slot(const lwfm__config *cfg, int block) {
-    for (int t = 0; t < cfg->n_taps; t++)
-        if (cfg->hyperpixel_ids[t] == block) return t;
-    return -1;
-}
-
-static void tap_if_wanted(lwfm__net *net, const lwfm__config *cfg, int block, int channels) {
-    int slot = tap_slot(cfg, block);
-    if (slot < 0) return;
-    lwfm__net_mark_tap(net, slot);
-    net->tap_channels[slot] = channels;
-    if (slot + 1 > net->n_taps) net->n_taps = slot + 1;
-}
-
 lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
                                  const char *prefix) {
     lwfm_status st;
@@ -36,7 +22,7 @@ lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const 
                                  cfg->first_padding, LWFM_NET_INPUT, 0, 0, LWFM_ACT_RELU, 0.0f)))
         return st;
     if ((st = lwfm__net_add_maxpool(net, 64, 3, 2, 1, 0, 1))) return st;
-    tap_if_wanted(net, cfg, 0, 64);
+    lwfm__net_tap_block(net, cfg, 0, 64);
 
     int cur = 1;
     for (int block = 1; block <= last; block++) {
@@ -65,7 +51,7 @@ lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const 
         if ((st = lwfm__net_add_conv(net, ar, w, NULL, bn, out_c, out_c, 3, 1, 1, t, out, 1,
                                      LWFM_ACT_RELU, 0.0f)))
             return st;
-        tap_if_wanted(net, cfg, block, out_c);
+        lwfm__net_tap_block(net, cfg, block, out_c);
         cur = out;
     }
     return LWFM_OK;

@@ -40,6 +40,28 @@ def export(tmp_path, config, seed=0, name="model.npz"):
     return path, model
 
 
+def random_episode(rng, shots, n_query, size, channels=3):
+    """Random images: supports with labels (shots[c] of class c, shuffled) and queries."""
+    labels = np.concatenate([np.full(s, c) for c, s in enumerate(shots)]).astype(np.int32)
+    rng.shuffle(labels)
+    support = rng.standard_normal((len(labels), channels, size, size)).astype(np.float32)
+    query = rng.standard_normal((n_query, channels, size, size)).astype(np.float32)
+    return support, labels, query
+
+
+def reference_logits(model, support, labels, query):
+    """A peer head's reference logits in float64 (the model has ``extract`` and
+    ``episode_logits``); the model is left in float32."""
+    m64 = model.double()
+    try:
+        with torch.no_grad():
+            fs = m64.extract(torch.from_numpy(support).double())
+            fq = m64.extract(torch.from_numpy(query).double())
+            return m64.episode_logits(fs, torch.from_numpy(labels).long(), fq).numpy()
+    finally:
+        model.float()
+
+
 @pytest.fixture
 def lib():
     import lwfm

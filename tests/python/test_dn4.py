@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lwfm_ref
-from conftest import DN4_DIR, rel_err
+from conftest import DN4_DIR, random_episode, reference_logits as reference, rel_err
 from lwfm.weights import save_weights
 
 
@@ -18,30 +18,12 @@ def export_dn4(tmp_path, seed=0, **overrides):
     return path, model
 
 
-def episode(rng, way, shots, n_query, size=84):
-    labels = np.concatenate([np.full(s, c) for c, s in enumerate(shots)]).astype(np.int32)
-    rng.shuffle(labels)
-    support = rng.standard_normal((len(labels), 3, size, size)).astype(np.float32)
-    query = rng.standard_normal((n_query, 3, size, size)).astype(np.float32)
-    return support, labels, query
-
-
-def reference(model, support, labels, query):
-    m64 = model.double()
-    with torch.no_grad():
-        fs = m64.extract(torch.from_numpy(support).double())
-        fq = m64.extract(torch.from_numpy(query).double())
-        out = m64.episode_logits(fs, torch.from_numpy(labels).long(), fq).numpy()
-    model.float()
-    return out
-
-
 @pytest.mark.parametrize("way,shot,k", [(5, 1, 3), (5, 5, 3), (20, 1, 1), (20, 5, 7)])
 def test_dn4_matches_reference(lib, tmp_path, way, shot, k):
     path, model = export_dn4(tmp_path, neighbor_k=k)
     rng = np.random.default_rng(way * 10 + shot)
     size = 84 if way == 5 else 40        # keep the 20-way reference loop quick
-    support, labels, query = episode(rng, way, [shot] * way, 7, size)
+    support, labels, query = random_episode(rng, [shot] * way, 7, size)
     expect = reference(model, support, labels, query)
     with lib.Model(path) as m:
         got = m.episode_score(support, labels, query)
@@ -57,7 +39,7 @@ def test_dn4_matches_reference(lib, tmp_path, way, shot, k):
 def test_dn4_unequal_shots_and_sizes(lib, tmp_path):
     path, model = export_dn4(tmp_path)
     rng = np.random.default_rng(5)
-    support, labels, query = episode(rng, 4, [1, 3, 2, 5], 6, size=52)
+    support, labels, query = random_episode(rng, [1, 3, 2, 5], 6, 52)
     expect = reference(model, support, labels, query)
     with lib.Model(path) as m:
         got = m.episode_score(support, labels, query)
@@ -67,7 +49,7 @@ def test_dn4_unequal_shots_and_sizes(lib, tmp_path):
 def test_dn4_neighbor_k_too_large(lib, tmp_path):
     path, _ = export_dn4(tmp_path, neighbor_k=200)
     rng = np.random.default_rng(0)
-    support, labels, query = episode(rng, 2, [1, 1], 2, size=24)   # 6x6 = 36 descriptors
+    support, labels, query = random_episode(rng, [1, 1], 2, 24)   # 6x6 = 36 descriptors
     with lib.Model(path) as m:
         with pytest.raises(lib.Error) as err:
             m.episode_score(support, labels, query)
@@ -86,7 +68,7 @@ def test_dn4_authors_checkpoint(lib, tmp_path):
     model = lwfm_ref.DN4(config).eval()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
     rng = np.random.default_rng(1)
-    support, labels, query = episode(rng, 5, [1] * 5, 10)
+    support, labels, query = random_episode(rng, [1] * 5, 10, 84)
     support, query = np.tanh(support), np.tanh(query)     # within the +-1 input range
     expect = reference(model, support, labels, query)
     with lib.Model(out) as m:

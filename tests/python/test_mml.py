@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lwfm_ref
-from conftest import SHARED, rel_err
+from conftest import SHARED, random_episode, reference_logits as reference, rel_err
 from lwfm.weights import save_weights
 
 MML_DIR = SHARED / "checkpoints" / "mml"
@@ -36,31 +36,13 @@ def export_mml(tmp_path, seed=0, train_way=5, **overrides):
     return path, model
 
 
-def episode(rng, shots, n_query, size):
-    labels = np.concatenate([np.full(s, c) for c, s in enumerate(shots)]).astype(np.int32)
-    rng.shuffle(labels)
-    support = rng.standard_normal((len(labels), 3, size, size)).astype(np.float32)
-    query = rng.standard_normal((n_query, 3, size, size)).astype(np.float32)
-    return support, labels, query
-
-
-def reference(model, support, labels, query):
-    m64 = model.double()
-    with torch.no_grad():
-        fs = m64.extract(torch.from_numpy(support).double())
-        fq = m64.extract(torch.from_numpy(query).double())
-        out = m64.episode_logits(fs, torch.from_numpy(labels).long(), fq).numpy()
-    model.float()
-    return out
-
-
 @pytest.mark.parametrize("distance", ["wass", "kl", "w2"])
 @pytest.mark.parametrize("way,shot", [(5, 1), (5, 5), (20, 1), (20, 5)])
 def test_mml_matches_reference(lib, tmp_path, distance, way, shot):
     path, model = export_mml(tmp_path, distance=distance)
     rng = np.random.default_rng(way * 10 + shot)
     size = 84 if way == 5 else 36           # keep the reference's loops quick
-    support, labels, query = episode(rng, [shot] * way, 4, size)
+    support, labels, query = random_episode(rng, [shot] * way, 4, size)
     expect = reference(model, support, labels, query)
     with lib.Model(path) as m:
         assert m.config["distance"] == distance
@@ -74,7 +56,7 @@ def test_mml_matches_reference(lib, tmp_path, distance, way, shot):
 def test_mml_unequal_shots(lib, tmp_path):
     path, model = export_mml(tmp_path, distance="kl", neighbor_k=2)
     rng = np.random.default_rng(3)
-    support, labels, query = episode(rng, [2, 1, 3], 5, 40)
+    support, labels, query = random_episode(rng, [2, 1, 3], 5, 40)
     expect = reference(model, support, labels, query)
     with lib.Model(path) as m:
         got = m.prepare_support(support, labels).score(query)
@@ -110,7 +92,7 @@ def test_mml_authors_checkpoint(lib, tmp_path, shot):
     model = lwfm_ref.MML(config).eval()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
     rng = np.random.default_rng(shot)
-    support, labels, query = episode(rng, [shot] * 5, 6, 84)
+    support, labels, query = random_episode(rng, [shot] * 5, 6, 84)
     support, query = np.tanh(support), np.tanh(query)
     expect = reference(model, support, labels, query)
     with lib.Model(out) as m:

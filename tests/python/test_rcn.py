@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lwfm_ref
-from conftest import rel_err
+from conftest import random_episode, reference_logits as reference, rel_err
 from lwfm.weights import save_weights
 
 
@@ -22,27 +22,14 @@ def export_rcn(tmp_path, backbone="conv4", seed=0):
     return path, model
 
 
-def reference(model, support, labels, query):
-    m64 = model.double()
-    with torch.no_grad():
-        fs = m64.extract(torch.from_numpy(support).double())
-        fq = m64.extract(torch.from_numpy(query).double())
-        out = m64.episode_logits(fs, torch.from_numpy(labels).long(), fq).numpy()
-    model.float()
-    return out
-
-
 @pytest.mark.parametrize("backbone,way,shot", [("conv4", 5, 1), ("conv4", 5, 5),
                                                ("conv4", 20, 1), ("conv4", 20, 5),
                                                ("resnet12", 5, 2)])
 def test_rcn_matches_reference(lib, tmp_path, backbone, way, shot):
     path, model = export_rcn(tmp_path, backbone)
     rng = np.random.default_rng(way + shot)
-    labels = np.repeat(np.arange(way), shot).astype(np.int32)
-    rng.shuffle(labels)
     n_query = 2 if backbone == "resnet12" else 5     # ResNet-12 in float64 is slow
-    support = rng.standard_normal((len(labels), 3, 84, 84)).astype(np.float32)
-    query = rng.standard_normal((n_query, 3, 84, 84)).astype(np.float32)
+    support, labels, query = random_episode(rng, [shot] * way, n_query, 84)
     expect = reference(model, support, labels, query)
     assert np.abs(expect).max() > 0    # the region weights are not all zero
     with lib.Model(path) as m:
