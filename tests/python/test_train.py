@@ -96,3 +96,31 @@ def test_rcn_training_writes_a_library_model(lib, small_omniglot, tmp_path):
         feats = ref.extract(torch.from_numpy(x))
         expect = ref.episode_logits(feats[:6], torch.from_numpy(labels).long(), feats[6:])
     assert rel_err(got, expect.numpy()) < 1e-4
+
+
+def test_folder_dataset_training(lib, tmp_path):
+    """A folder-per-class tree of RGB PNGs (natural-image path: flips, 3 channels)."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tree"
+    for c in range(12):
+        (root / f"class{c:02d}").mkdir(parents=True)
+        base = rng.integers(0, 256, size=(3,))
+        for i in range(6):
+            img = np.clip(base + rng.normal(0, 40, (30, 26, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / f"class{c:02d}" / f"{i}.png")
+    from lwfm import train as trainer
+    out = tmp_path / "m.npz"
+    assert trainer.main(["--data", str(root), "--output", str(out), "--workdir",
+                         str(tmp_path / "w"), "--steps", "2", "--val-every", "2",
+                         "--val-episodes", "2", "--batch", "8", "--query", "1",
+                         "--val-fraction", "0.4", "--backbone", "conv64f", "--image-size", "24",
+                         "--resize", "28", "--threads", "2", "--device", "cpu"]) == 0
+    with lib.Model(out) as model:
+        cfg = model.config
+        assert model.input_shape == (3, 24, 24)
+        assert cfg["resize"] == 28 and len(cfg["mean"]) == 3
+        x = model.preprocess([np.zeros((40, 30, 3), np.uint8)] * 4)
+        assert x.shape == (4, 3, 24, 24)
+        logits = model.episode_score(x[:2], np.array([0, 1], np.int32), x[2:])
+        assert np.isfinite(logits).all()

@@ -217,9 +217,15 @@ def export_weights(model, config: Dict[str, Any], path: str) -> None:
 
 def validate(model, data: TrainData, episodes: int, seed: int, device, shot: int = 1,
              way: int = 5, query: int = 15) -> Tuple[float, float]:
-    """Mean accuracy (percent) and 95% CI on held-out 5-way episodes."""
+    """Mean accuracy (percent) and 95% CI on held-out 5-way episodes (fewer ways or
+    queries when the held-out classes are fewer or smaller)."""
     import torch
     rng = np.random.default_rng(seed)
+    way = min(way, data.n_classes)
+    query = min(query, min(len(ix) for ix in data.by_class) - shot)
+    if way < 2 or query < 1:
+        raise SystemExit("too few held-out classes or images to validate on; "
+                         "raise --val-fraction")
     accs = []
     was_training = model.training
     model.eval()
@@ -363,6 +369,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
          f"held out: {val.n_classes} classes; image {train.images.shape[1:]}; "
          f"mean {config['mean']} std {config['std']}; device {device}")
 
+    smallest = min(len(ix) for ix in train.by_class)
+    if smallest < args.shot + args.query:
+        raise SystemExit(f"a training class has only {smallest} images; --shot {args.shot} "
+                         f"--query {args.query} need {args.shot + args.query}")
     torch.manual_seed(args.seed)
     rcn = args.method == "rcn"
     if args.lr is None:
