@@ -211,3 +211,82 @@ done:
     lwfm__side_free(&Q);
     return st;
 }
+
+/* ------------------------------------------------------------------------ */
+/* RCN                                                                      */
+
+struct lwfm_rcn {
+    lwfm_model *model;
+};
+
+LWFM_API lwfm_status lwfm_rcn_create(lwfm_rcn **out, lwfm_model *model) {
+    lwfm__error_clear();
+    if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
+    if (model->cfg.method != LWFM_METHOD_RCN)
+        return lwfm__error(LWFM_ERR_WRONG_KIND,
+                           "the region comparison needs an rcn model, this one is '%s'",
+                           lwfm__method_name(model->cfg.method));
+    lwfm_rcn *h = calloc(1, sizeof *h);
+    if (!h) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    lwfm__model_retain(model);
+    h->model = model;
+    *out = h;
+    return LWFM_OK;
+}
+
+LWFM_API void lwfm_rcn_destroy(lwfm_rcn *rcn) {
+    if (!rcn) return;
+    lwfm__model_release(rcn->model);
+    free(rcn);
+}
+
+LWFM_API lwfm_status lwfm_rcn_pair(const lwfm_rcn *rcn, const float *support_feature,
+                                   const float *query_feature, int64_t channels, int64_t fh,
+                                   int64_t fw, float *similarity, int64_t *match, float *weight,
+                                   size_t capacity, float *score) {
+    lwfm__error_clear();
+    if (!rcn || !similarity || !match || !weight)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "rcn or an output is NULL");
+    const lwfm_model *m = rcn->model;
+    lwfm_status st;
+    if ((st = lwfm__check_features(m, "support feature", support_feature, 1, channels, fh, fw)) ||
+        (st = lwfm__check_features(m, "query feature", query_feature, 1, channels, fh, fw)))
+        return st;
+    const int64_t P = fh * fw;
+    if (capacity < (size_t)P)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
+                           "output buffers hold %zu elements, %lld regions", capacity,
+                           (long long)P);
+    side S, Q;
+    memset(&S, 0, sizeof S);
+    memset(&Q, 0, sizeof Q);
+    float *scratch = NULL, *sim = NULL, *w = NULL;
+    int *mt = NULL;
+    if ((st = lwfm__side_prepare(m, support_feature, 1, P, &S, NULL)) ||
+        (st = lwfm__side_prepare(m, query_feature, 1, P, &Q, NULL)))
+        goto done;
+    scratch = lwfm__alloc(lwfm__rcn_pair_floats(m, P) * sizeof(float));
+    sim = lwfm__alloc((size_t)P * sizeof(float));
+    w = lwfm__alloc((size_t)P * sizeof(float));
+    mt = lwfm__alloc((size_t)P * sizeof(int));
+    if (!scratch || !sim || !w || !mt) {
+        st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    double e = lwfm__rcn_pair(m, &S, 0, &Q, 0, sim, mt, w, scratch);
+    /* outputs written only now, on success */
+    for (int64_t r = 0; r < P; r++) {
+        similarity[r] = sim[r];
+        weight[r] = w[r];
+        match[r] = mt[r];
+    }
+    if (score) *score = (float)e;
+done:
+    lwfm__free(scratch);
+    lwfm__free(sim);
+    lwfm__free(w);
+    lwfm__free(mt);
+    lwfm__side_free(&S);
+    lwfm__side_free(&Q);
+    return st;
+}

@@ -111,6 +111,7 @@ typedef struct lwfm_load_options lwfm_load_options; /**< options for lwfm_model_
 typedef struct lwfm_support lwfm_support;           /**< prepared support set */
 typedef struct lwfm_lwe lwfm_lwe;                   /**< LWE fuser of a model (per-pair view) */
 typedef struct lwfm_spm lwfm_spm;                   /**< SPM matcher of a model (per-pair view) */
+typedef struct lwfm_rcn lwfm_rcn;                   /**< RCN region comparison (per-pair view) */
 
 /* ------------------------------------------------------------------------- */
 /** @name Library information and errors
@@ -416,6 +417,22 @@ LWFM_API lwfm_status lwfm_spm_pair(const lwfm_spm *spm, const float *support_fea
                                    const float *query_feature, int64_t channels, int64_t fh,
                                    int64_t fw, int64_t *assignment, float *similarity,
                                    float *layer_scores, size_t capacity, float *score);
+
+/** The region comparison of an RCN model (LWFM_ERR_WRONG_KIND otherwise). */
+LWFM_API lwfm_status lwfm_rcn_create(lwfm_rcn **out, lwfm_model *model);
+/** Destroy an RCN handle. NULL is accepted. */
+LWFM_API void lwfm_rcn_destroy(lwfm_rcn *rcn);
+
+/** Region comparison of one pair (peers.md 4.3-4.5): for each of the P = fh * fw
+ *  support regions r (row-major), `similarity[r]` = the best cosine of the support
+ *  region with any query region, `match[r]` = that query region, `weight[r]` = the
+ *  meta-learner's weight of the region (>= 0); `*score` (may be NULL) = sum_r
+ *  weight[r] * similarity[r], the pair's term (a class's logit is the mean of its
+ *  supports' terms). `capacity` counts the elements of each output (>= P). */
+LWFM_API lwfm_status lwfm_rcn_pair(const lwfm_rcn *rcn, const float *support_feature,
+                                   const float *query_feature, int64_t channels, int64_t fh,
+                                   int64_t fw, float *similarity, int64_t *match, float *weight,
+                                   size_t capacity, float *score);
 
 /** @} */
 

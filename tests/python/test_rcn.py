@@ -53,3 +53,34 @@ def test_rcn_meta_learner_must_end_in_one_output(lib, tmp_path):
     with pytest.raises(lib.Error) as err:
         lib.Model(bad)
     assert "1 output" in str(err.value)
+
+
+def test_rcn_pair_explains_the_logits(lib, tmp_path):
+    """lwfm_rcn_pair: per-region similarities, matches and weights equal the
+    reference's, and their weighted sums average to the episode logits."""
+    path, model = export_rcn(tmp_path)
+    rng = np.random.default_rng(7)
+    support, labels, query = random_episode(rng, [2, 1], 1, 84)
+    with lib.Model(path) as m:
+        fs, fq = m.features(support), m.features(query)
+        logits = m.score_features(fs, labels, fq)
+        terms = []
+        for j in range(len(labels)):
+            sim, match, weight, score = m.rcn_pair(fs[j], fq[0])
+            with torch.no_grad():
+                rs, rm, rw = lwfm_ref.rcn_regions(model.explain_network.meta_learner,
+                                                  torch.from_numpy(fs[j]).flatten(1),
+                                                  torch.from_numpy(fq[0]).flatten(1))
+            np.testing.assert_allclose(sim, rs.numpy(), atol=1e-5)
+            np.testing.assert_array_equal(match, rm.numpy())
+            np.testing.assert_allclose(weight, rw.numpy(), rtol=1e-4, atol=1e-5)
+            assert score == pytest.approx(float((weight * sim).sum()), rel=1e-5)
+            terms.append(score)
+        for c in range(2):
+            expect = np.mean([t for t, l in zip(terms, labels) if l == c])
+            assert logits[0, c] == pytest.approx(expect, rel=1e-4)
+        with pytest.raises(lib.Error) as err:   # the LWFM-SPM views refuse an RCN model
+            m.spm_pair(fs[0], fq[0])
+        assert err.value.status == 10 and "rcn" in str(err.value)
+        with pytest.raises(ValueError):         # the pair must have equal shapes
+            m.rcn_pair(fs[0], fq[0][:, :4, :4])

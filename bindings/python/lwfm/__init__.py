@@ -93,6 +93,10 @@ def _declare(lib):
     fn("lwfm_spm_destroy", None, _p)
     fn("lwfm_spm_pair", st, _p, _fptr, _fptr, _i64, _i64, _i64, ctypes.POINTER(_i64), _fptr,
        _fptr, _size, _fptr)
+    fn("lwfm_rcn_create", st, ctypes.POINTER(_p), _p)
+    fn("lwfm_rcn_destroy", None, _p)
+    fn("lwfm_rcn_pair", st, _p, _fptr, _fptr, _i64, _i64, _i64, _fptr, ctypes.POINTER(_i64),
+       _fptr, _size, _fptr)
     fn("lwfm_linear_assignment", st, ctypes.POINTER(ctypes.c_double), _i64,
        ctypes.POINTER(_i64), ctypes.POINTER(ctypes.c_double))
 
@@ -406,6 +410,23 @@ class Model:
                                             ctypes.POINTER(_i64)), _fp(sim), _fp(layer),
                                         asg.size, ctypes.byref(score)))
         return asg, sim, layer, score.value
+
+    def rcn_pair(self, support_feature, query_feature):
+        """The RCN region comparison on one (support, query) pair of feature maps.
+
+        Returns ``(similarity, match, weight, score)`` over the support's
+        fh*fw regions: the best cosine with any query region, that region
+        (int64), the meta-learner's weight, and sum(weight * similarity)."""
+        s, q, _, n_pos = self._pair_inputs(support_feature, query_feature)
+        sim = np.empty(n_pos, np.float32)
+        match = np.empty(n_pos, np.int64)
+        weight = np.empty(n_pos, np.float32)
+        score = ctypes.c_float()
+        _check(_library().lwfm_rcn_pair(self._pair_handle("rcn"), _fp(s), _fp(q), s.shape[1],
+                                        s.shape[2], s.shape[3], _fp(sim),
+                                        match.ctypes.data_as(ctypes.POINTER(_i64)), _fp(weight),
+                                        n_pos, ctypes.byref(score)))
+        return sim, match, weight, score.value
 
     def prepare_support(self, support, support_labels, way=None, features=False):
         """A :class:`SupportSet`: the support side done once, to score any
