@@ -354,11 +354,14 @@ class LWFMSPM(nn.Module):
         return self._logits(pooled_s, pooled_q, avg, pair_scores)
 
     def episode_logits_fast(self, support_feats: torch.Tensor, support_labels: Any,
-                            query_feats: torch.Tensor) -> torch.Tensor:
+                            query_feats: torch.Tensor, return_pooled_query: bool = False):
         """Same result as :meth:`episode_logits`, using the spec's facts.
 
         The SPM cost is ``1 - R`` and ``g_l`` runs once per image and
-        position; no per-pair attended map is materialised.
+        position; no per-pair attended map is materialised. With
+        ``return_pooled_query`` also returns the pooled attended query maps
+        averaged over the episode's pairs, ``(n_q, C)`` (the trainer's third
+        loss term, spec section 6).
         """
         s, q, avg = self._inputs(support_feats, support_labels, query_feats)
         t_attn = self.config["temperature_attn"]
@@ -378,8 +381,9 @@ class LWFMSPM(nn.Module):
                 matched = torch.gather(cos_all, 3, sigma[..., None]).squeeze(-1)
                 per_layer.append(self._top_k_score(matched))
         pair_scores = torch.stack(per_layer).amax(dim=0) if per_layer else None
-        return self._logits(torch.cat(pooled_s, dim=2), torch.cat(pooled_q, dim=2), avg,
-                            pair_scores)
+        pooled_q_all = torch.cat(pooled_q, dim=2)
+        logits = self._logits(torch.cat(pooled_s, dim=2), pooled_q_all, avg, pair_scores)
+        return (logits, pooled_q_all.mean(dim=1)) if return_pooled_query else logits
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

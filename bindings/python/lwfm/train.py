@@ -173,40 +173,6 @@ def sample_episode(data: TrainData, rng: np.random.Generator, way: int, shot: in
 # Model pieces
 # ----------------------------------------------------------------------------
 
-def episode_outputs(model, support_feats, support_labels, query_feats):
-    """Episode logits ``(n_q, way)`` and the pooled attended query maps
-    averaged over the episode's pairs ``(n_q, C)`` (for the third loss term).
-
-    Same computation as ``LWFMSPM.episode_logits_fast`` (tested equal to the
-    reference formulation), keeping the pooled maps.
-    """
-    ref = _import_reference()
-    import torch
-    from lwfm_ref import model as ref_model
-
-    s, q, avg = model._inputs(support_feats, support_labels, query_feats)
-    t_attn = model.config["temperature_attn"]
-    n_pos = s.shape[2]
-    pooled_s, pooled_q, per_layer = [], [], []
-    for index, (off, d) in enumerate(model.layer_slices):
-        s_l, q_l = s[:, off:off + d], q[:, off:off + d]
-        r, ws, wq = ref_model._attention(s_l, q_l, t_attn)
-        pooled_s.append(torch.einsum("qja,jda->qjd", ws, s_l) / n_pos)
-        pooled_q.append(torch.einsum("qjb,qdb->qjd", wq, q_l) / n_pos)
-        if model.matchers is not None:
-            matcher = model.matchers[index]
-            sigma = ref.batched_assignment(1.0 - r)
-            g_s = matcher(s_l.transpose(1, 2))
-            g_q = matcher(q_l.transpose(1, 2))
-            cos_all = ref.pairwise_cosine(g_s[None], g_q[:, None])
-            matched = torch.gather(cos_all, 3, sigma[..., None]).squeeze(-1)
-            per_layer.append(model._top_k_score(matched))
-    pair_scores = torch.stack(per_layer).amax(dim=0) if per_layer else None
-    pooled_q_all = torch.cat(pooled_q, dim=2)
-    logits = model._logits(torch.cat(pooled_s, dim=2), pooled_q_all, avg, pair_scores)
-    return logits, pooled_q_all.mean(dim=1)
-
-
 def export_weights(model, config: Dict[str, Any], path: str) -> None:
     """Write the inference weights (no ``fc``) in the library's format."""
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()
@@ -438,8 +404,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             loss = F.mse_loss(torch.softmax(logits, dim=1), F.one_hot(q_labels, way).float())
         else:
             feats = model.features(x)
-            logits, pooled_q = episode_outputs(model, feats[:n_s], s_labels,
-                                               feats[n_s:n_s + n_q])
+            logits, pooled_q = model.episode_logits_fast(feats[:n_s], s_labels,
+                                                         feats[n_s:n_s + n_q],
+                                                         return_pooled_query=True)
             q_global = torch.from_numpy(train.labels[qry]).to(device)
             b_global = torch.from_numpy(train.labels[batch_idx]).to(device)
             loss_ep = F.cross_entropy(logits, q_labels)
