@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .episodes import FolderSet, OmniglotSet, open_dataset, preprocess
+from .episodes import OmniglotSet, open_dataset, preprocess
 from .weights import save_weights
 
 
