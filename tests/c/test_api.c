@@ -6,14 +6,7 @@
 
 #include "lwfm/lwfm.h"
 
-static int fails = 0;
-#define EXPECT(c)                                                           \
-    do {                                                                    \
-        if (!(c)) {                                                         \
-            fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #c); \
-            fails++;                                                        \
-        }                                                                   \
-    } while (0)
+#include "expect.h"
 
 static int log_calls = 0;
 static void on_log(lwfm_log_level level, const char *msg, void *user) {

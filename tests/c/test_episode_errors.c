@@ -22,16 +22,7 @@
 
 #include "lwfm/lwfm.h"
 
-static int fails = 0, checks = 0;
-
-#define EXPECT(c)                                                           \
-    do {                                                                    \
-        checks++;                                                           \
-        if (!(c)) {                                                         \
-            fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #c); \
-            fails++;                                                        \
-        }                                                                   \
-    } while (0)
+#include "expect.h"
 
 /* ------------------------------------------------------------------------ */
 /* The logits buffer of the failing calls, filled with a sentinel first.    */

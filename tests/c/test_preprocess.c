@@ -12,14 +12,7 @@
 
 #include "lwfm/lwfm.h"
 
-static int fails = 0;
-#define EXPECT(c)                                                                                  \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #c);                        \
-            fails++;                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "expect.h"
 
 #define SENTINEL 12345.0f
 
