@@ -592,7 +592,7 @@ def explained_lines(stderr):
     return out
 
 
-def check_explanations(cli, model_path, tree, out_dir, spm):
+def check_explanations(cli, model_path, tree, out_dir, spm, rcn=False):
     import lwfm
     from PIL import Image
     root, support, queries, _ = tree
@@ -625,7 +625,9 @@ def check_explanations(cli, model_path, tree, out_dir, spm):
                 if Path(path).parent.name != q["prediction"]:
                     continue
                 fs = feat(sup_px[path])
-                if spm:
+                if rcn:
+                    s = model.rcn_pair(fs, fq)[3]
+                elif spm:
                     _, _, layer_scores, s = model.spm_pair(fs, fq)
                     layers[path] = layer_scores
                 else:
@@ -633,7 +635,7 @@ def check_explanations(cli, model_path, tree, out_dir, spm):
                 scores[path] = s
             assert scores[sup_file] >= max(scores.values()) - 1e-5
             assert score == pytest.approx(scores[sup_file], abs=1e-4)
-            if spm:
+            if spm and not rcn:
                 assert layers[sup_file][layer] >= layers[sup_file].max() - 1e-6
             else:
                 assert layer == 0
@@ -673,6 +675,13 @@ def test_classify_explain_without_spm(cli, tiny, tree, tmp_path):
     check_explanations(cli, str(off), tree, tmp_path / "out", spm=False)
 
 
+def test_classify_explain_rcn(cli, tree, tmp_path):
+    """RCN: the best support of the predicted class by the pair term
+    sum_r w_r sim_r, a_r heat maps on both panels, match lines."""
+    model = ROOT / "models" / "omniglot-rcn.npz"
+    check_explanations(cli, str(model), tree, tmp_path / "rcn", spm=True, rcn=True)
+
+
 def test_classify_explain_refused(cli, tiny, tree, tmp_path):
     root = tree[0]
     dn4 = Path(os.environ.get("LWFM_TEST_MODELS") or ROOT / "build" / "tests") / "dn4_random.npz"
@@ -681,7 +690,7 @@ def test_classify_explain_refused(cli, tiny, tree, tmp_path):
                   root / "queries", "--explain", tmp_path / "dn4", check=1)
         assert res.stdout == ""
         assert res.stderr.strip() == (f"lwfm: --explain ({dn4}): explanations are available "
-                                      "for lwfm-spm models; this model is dn4")
+                                      "for lwfm-spm and rcn models; this model is dn4")
         assert not (tmp_path / "dn4").exists()
     # a folder that cannot be created: under a regular file
     blocker = tmp_path / "blocker"

@@ -1,13 +1,18 @@
 /* `lwfm classify --explain DIR`: one PNG per query showing why an LWFM-SPM
- * model chose its class (docs/cli.md, "Explanations").
+ * or RCN model chose its class (docs/cli.md, "Explanations").
  *
  * Per query: the predicted class's support image with the highest pair
- * score (the SPM score of lwfm_spm_pair(), or the attended global
- * similarity of lwfm_lwe_pair() when the model has SPM off); the layer with
+ * score. LWFM-SPM: the SPM score of lwfm_spm_pair(), or the attended global
+ * similarity of lwfm_lwe_pair() when the model has SPM off; the layer with
  * the highest SPM layer score (layer 0 without SPM). The picture: the
  * support image (left) and the query (right), each resized to S x S, under a
  * heat map of that layer's attention weights, with the Hungarian matches of
  * that layer drawn from panel to panel, and colour bars at the bottom.
+ * RCN (peers.md 4.8): the pair term e = sum_r w_r sim_r of lwfm_rcn_pair();
+ * the support panel shows a_r = w_r sim_r (how much each support region adds
+ * to e), the query panel the a_r max-scattered into each region's matched
+ * query cell, and lines join every support region with a_r > 0 to its match
+ * (the RCN_LINES largest drawn bold).
  *
  * Only the public API is used. The PNG is written through libpng into a
  * temporary file in DIR, renamed into place once complete. */
@@ -31,11 +36,13 @@ enum {
     CANVAS_H = PANEL + STRIP
 };
 #define HEAT_ALPHA 0.45f
+#define RCN_LINES 5 /* RCN: bold lines for the regions adding most to the pair term */
 
 struct explainer {
     lwfm_model *model;
     lwfm_lwe *lwe;
-    lwfm_spm *spm; /* NULL: SPM off */
+    lwfm_spm *spm; /* NULL: SPM off (or an RCN model) */
+    lwfm_rcn *rcn; /* RCN models: the region comparison, else NULL */
     char *dir;
     int64_t c, h, w;    /* model input */
     int64_t fc, fh, fw; /* feature map */
@@ -109,6 +116,7 @@ void explain_close(explainer *ex) {
     if (!ex) return;
     lwfm_spm_destroy(ex->spm);
     lwfm_lwe_destroy(ex->lwe);
+    lwfm_rcn_destroy(ex->rcn);
     free(ex->dir);
     free(ex->sup_feat);
     free(ex->have);
@@ -121,9 +129,9 @@ void explain_close(explainer *ex) {
 
 int explain_check(const lwfm_model *model, const char *model_path) {
     lwfm_method m = lwfm_model_method(model);
-    if (m != LWFM_METHOD_LWFM_SPM) {
+    if (m != LWFM_METHOD_LWFM_SPM && m != LWFM_METHOD_RCN) {
         cli_error("--explain", model_path,
-                  "explanations are available for lwfm-spm models; this model is %s",
+                  "explanations are available for lwfm-spm and rcn models; this model is %s",
                   method_name(m));
         return -1;
     }
@@ -139,13 +147,15 @@ int explain_open(explainer **out, lwfm_model *model, const char *model_path, con
         return -1;
     }
     ex->model = model;
-    lwfm_status st = lwfm_lwe_create(&ex->lwe, model);
+    lwfm_status st = lwfm_model_method(model) == LWFM_METHOD_RCN
+                         ? lwfm_rcn_create(&ex->rcn, model)
+                         : lwfm_lwe_create(&ex->lwe, model);
     if (st) {
         cli_error("--explain", model_path, "%s", lwfm_last_error());
         explain_close(ex);
         return -1;
     }
-    st = lwfm_spm_create(&ex->spm, model);
+    st = ex->rcn ? LWFM_ERR_WRONG_KIND : lwfm_spm_create(&ex->spm, model);
     if (st == LWFM_ERR_WRONG_KIND) {
         ex->spm = NULL; /* matcher_prob 0: SPM off */
     } else if (st) {
@@ -160,13 +170,13 @@ int explain_open(explainer **out, lwfm_model *model, const char *model_path, con
         explain_close(ex);
         return -1;
     }
-    ex->layers = lwfm_model_layers(model);
+    ex->layers = ex->rcn ? 1 : lwfm_model_layers(model);
     ex->top_k = config_top_k(model);
     ex->feat = (size_t)(ex->fc * ex->fh * ex->fw);
     const size_t lp = (size_t)(ex->layers * ex->fh * ex->fw);
     /* ws, wq, sim, best_ws, best_wq, best_sim: L * P; layer_scores, best_layers: L */
     ex->ws = malloc((6 * lp + 2 * (size_t)ex->layers) * sizeof(float));
-    ex->assign = malloc(2 * lp * sizeof(int64_t));
+    ex->assign = malloc(2 * lp * sizeof(int64_t) + lp); /* + RCN's scratch flags */
     ex->q_feat = malloc(ex->feat * sizeof(float));
     ex->canvas = malloc((size_t)CANVAS_W * CANVAS_H * 3);
     if (!ex->ws || !ex->assign || !ex->q_feat || !ex->canvas) {
@@ -500,6 +510,24 @@ static int save_png(const char *dir, const char *path, const unsigned char *canv
 
 /* ---- one query --------------------------------------------------------------- */
 
+/* RCN: from the pair's sim (ex->sim), matches (ex->assign) and weights
+ * (ex->ws), the support map a_r = w_r sim_r (into ex->ws) and the query map,
+ * a_r max-scattered into the matched query cells, 0 where nothing matched
+ * (into ex->wq). */
+static void rcn_maps(explainer *ex, int64_t P) {
+    if (P <= 0) return;
+    for (int64_t r = 0; r < P; r++) ex->ws[r] *= ex->sim[r];
+    for (int64_t p = 0; p < P; p++) ex->wq[p] = 0.0f;
+    unsigned char *hit = (unsigned char *)(ex->assign + 2 * P); /* lp = P bytes past both */
+    memset(hit, 0, (size_t)P);
+    for (int64_t r = 0; r < P; r++) {
+        int64_t p = ex->assign[r];
+        if (p < 0 || p >= P) continue;
+        if (!hit[p] || ex->ws[r] > ex->wq[p]) ex->wq[p] = ex->ws[r];
+        hit[p] = 1;
+    }
+}
+
 /* "NNN_<stem>.png" in the folder (malloc'd). */
 static char *output_path(const char *dir, const char *query_path, int64_t index) {
     const char *base = strrchr(query_path, '/');
@@ -554,22 +582,28 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
             ex->have[j] = 1;
         }
         float global = 0, score = 0;
-        st = lwfm_lwe_pair(ex->lwe, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->ws, ex->wq, lp,
-                           &global);
-        if (!st && ex->spm)
-            st = lwfm_spm_pair(ex->spm, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->assign, ex->sim,
-                               ex->layer_scores, lp, &score);
+        if (ex->rcn) {
+            st = lwfm_rcn_pair(ex->rcn, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->sim,
+                               ex->assign, ex->ws, lp, &score);
+            if (!st) rcn_maps(ex, P);
+        } else {
+            st = lwfm_lwe_pair(ex->lwe, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->ws, ex->wq,
+                               lp, &global);
+            if (!st && ex->spm)
+                st = lwfm_spm_pair(ex->spm, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->assign,
+                                   ex->sim, ex->layer_scores, lp, &score);
+            if (!ex->spm) score = global;
+        }
         if (st) {
             cli_error("cannot explain", query_path, "%s", lwfm_last_error());
             return NULL;
         }
-        if (!ex->spm) score = global;
         if (best < 0 || score > best_score) {
             best = j;
             best_score = score;
             memcpy(ex->best_ws, ex->ws, lp * sizeof(float));
             memcpy(ex->best_wq, ex->wq, lp * sizeof(float));
-            if (ex->spm) {
+            if (ex->spm || ex->rcn) {
                 memcpy(ex->best_sim, ex->sim, lp * sizeof(float));
                 memcpy(ex->best_assign, ex->assign, lp * sizeof(int64_t));
                 memcpy(ex->best_layers, ex->layer_scores, (size_t)L * sizeof(float));
@@ -612,12 +646,15 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
     }
     free(panel);
     draw_bar(ex->canvas, 0, colormap);
-    if (ex->spm) {
+    if (ex->spm || ex->rcn) {
         draw_bar(ex->canvas, PANEL + GAP, match_colour);
         const int64_t *as = ex->best_assign + (size_t)layer * (size_t)P;
-        const float *sim = ex->best_sim + (size_t)layer * (size_t)P;
-        /* the top_k best matches: the k largest similarities (first wins ties) */
-        int64_t k = ex->top_k < P ? ex->top_k : P;
+        /* SPM: the matched similarities; RCN: a_r = w_r sim_r (best_ws) */
+        const float *sim = (ex->rcn ? ex->best_ws : ex->best_sim) + (size_t)layer * (size_t)P;
+        /* bold: the top_k best matches (RCN: RCN_LINES), the k largest values
+         * (first wins ties); RCN draws only the regions that add to the term */
+        int64_t k = ex->rcn ? RCN_LINES : ex->top_k;
+        k = k < P ? k : P;
         unsigned char *top = calloc((size_t)P, 1);
         if (!top) {
             cli_error("cannot explain", query_path, "out of memory");
@@ -639,7 +676,7 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
         }
         for (int pass = 0; pass < 2; pass++)
             for (int64_t a = 0; a < P; a++) {
-                if (top[a] != pass) continue;
+                if (top[a] != pass || (ex->rcn && !(sim[a] > 0))) continue;
                 float xa, ya, xb, yb, rgb[3];
                 cell_centre(a, ex->fh, ex->fw, 0, &xa, &ya);
                 cell_centre(as[a], ex->fh, ex->fw, PANEL + GAP, &xb, &yb);
