@@ -7,7 +7,7 @@
  * and the per-pair steps (attention, assignment, matched cosines) run in
  * parallel over queries. */
 #include <math.h>
-#include <omp.h>
+#include "core/omp_compat.h"
 #include <stdlib.h>
 #include <string.h>
 

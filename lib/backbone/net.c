@@ -11,7 +11,7 @@
  * is used by one thread at a time. The net itself is immutable after build.
  */
 #include <math.h>
-#include <omp.h>
+#include "core/omp_compat.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -2,7 +2,7 @@
 #include "heads/i2c.h"
 
 #include <math.h>
-#include <omp.h>
+#include "core/omp_compat.h"
 
 #include "core/core.h"
 #include "core/gemm.h"

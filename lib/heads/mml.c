@@ -2,7 +2,7 @@
 #include "heads/mml.h"
 
 #include <math.h>
-#include <omp.h>
+#include "core/omp_compat.h"
 #include <stdio.h>
 #include <string.h>
 
