@@ -236,6 +236,39 @@ def test_convert_without_spm_has_no_matchers(tmp_path, capsys):
     assert cfg["matcher_prob"] == 0.0 and not any("matchers" in k for k in tensors)
 
 
+def test_convert_backbone_only(tmp_path, capsys):
+    """--backbone-only: another method's Conv-64F (keys without the
+    'feature_extractor.' prefix, extra head keys) becomes the backbone of a
+    training-free LWFM-SPM model."""
+    sd = fabricated_state_dict(seed=3, backbone="conv64f", hyperpixel_ids=[2, 3],
+                               learnable_matcher=False)
+    pre = "feature_extractor."
+    foreign = OrderedDict((k[len(pre):] if k.startswith(pre) else k, v) for k, v in sd.items())
+    foreign["classifier.weight"] = torch.ones(5, 64)  # a head the model has no use for
+    ckpt = save_ckpt(tmp_path / "dn4like.pth", foreign, wrap="state_dict", prefix="")
+    args = ["--method", "lwfm-spm", "--backbone", "conv64f", "--hyperpixel-ids", 2, 3,
+            "--no-learnable-matcher", "--backbone-only", ckpt, tmp_path / "o.npz"]
+    code, err = run_main(args, capsys)
+    assert code == 0, err
+    tensors, cfg = load_weights(tmp_path / "o.npz")
+    assert cfg["learnable_matcher"] is False and cfg["backbone"] == "conv64f"
+    assert list(tensors) == stored_keys(sd) and all(k.startswith(pre) for k in tensors)
+    for k, t in tensors.items():
+        np.testing.assert_array_equal(t, sd[k].numpy())
+    # a learned matcher would have no weights; other methods refuse the flag
+    out = tmp_path / "refused.npz"
+    err = assert_refused([a for a in args[:-1] if a != "--no-learnable-matcher"] + [out],
+                         capsys, out, "--backbone-only leaves 'matchers.0.linear.0.weight'",
+                         "--no-learnable-matcher")
+    assert_refused(["--method", "dn4", "--backbone-only", ckpt, out], capsys, out,
+                   "--backbone-only applies to --method lwfm-spm")
+    # a backbone key missing from the checkpoint is still named
+    del foreign["features.0.weight"]
+    ckpt = save_ckpt(tmp_path / "short.pth", foreign, wrap="state_dict", prefix="")
+    assert_refused(args[:-2] + [ckpt, out], capsys, out,
+                   "missing key 'feature_extractor.features.0.weight'")
+
+
 def assert_refused(args, capsys, out, *needles):
     code, err = run_main(args, capsys)
     assert code == 2

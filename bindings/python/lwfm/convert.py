@@ -237,13 +237,46 @@ def _reference_model(config: Dict[str, Any], train_way: int = 5):
         raise ConversionError(f"invalid configuration: {exc}") from exc
 
 
+_BACKBONE_PREFIX = "feature_extractor."
+
+
+def backbone_state_dict(expected: "OrderedDict[str, Tuple[int, ...]]",
+                        state_dict: "OrderedDict[str, Any]") -> "OrderedDict[str, Any]":
+    """For ``--backbone-only``: the backbone tensors of an LWFM-SPM model
+    (``feature_extractor.*``) taken from another method's checkpoint, where
+    they may lack the prefix (DN4's ``features.*``); every other key of the
+    checkpoint is dropped. The model must need nothing else."""
+    head = [k for k in expected if not k.startswith(_BACKBONE_PREFIX)]
+    if head:
+        raise ConversionError(
+            f"--backbone-only leaves {head[0]!r} without weights: only the backbone comes from "
+            "the checkpoint, so the model must have no learned head (add --no-learnable-matcher)")
+    out: "OrderedDict[str, Any]" = OrderedDict()
+    for name in expected:
+        short = name[len(_BACKBONE_PREFIX):]
+        if name in state_dict and short in state_dict:
+            raise ConversionError(f"the checkpoint holds both {name!r} and {short!r}")
+        key = name if name in state_dict else short
+        if key in state_dict:
+            out[name] = state_dict[key]
+    return out
+
+
 def convert(input_path: str, output_path: str, method: str, options: Dict[str, Any],
-            compressed: bool = True, weights_only: bool = False) -> Dict[str, Any]:
+            compressed: bool = True, weights_only: bool = False,
+            backbone_only: bool = False) -> Dict[str, Any]:
     """Convert one checkpoint; returns a summary dict. Raises
-    :class:`ConversionError` (bad checkpoint / options) or ``OSError``."""
+    :class:`ConversionError` (bad checkpoint / options) or ``OSError``.
+
+    ``backbone_only`` (lwfm-spm): take only the backbone from the checkpoint
+    (e.g. DN4's trained Conv-64F) for a model without learned head
+    parameters (``learnable_matcher`` false): a training-free LWFM-SPM."""
     config = build_config(method, options)
+    if backbone_only and method != "lwfm-spm":
+        raise ConversionError("--backbone-only applies to --method lwfm-spm")
     _log(f"reading {input_path}")
     state_dict = extract_state_dict(_load_checkpoint(input_path, weights_only))
+    n_read = len(state_dict)
     train_way = 5
     norm = state_dict.get("classifier.Norm_layer.weight")
     if method == "mml" and norm is not None and norm.dim() == 1 and norm.numel() % 3 == 0:
@@ -251,6 +284,8 @@ def convert(input_path: str, output_path: str, method: str, options: Dict[str, A
     model = _reference_model(config, train_way)
     expected = OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items()
                            if not _ignored(k))
+    if backbone_only:
+        state_dict = backbone_state_dict(expected, state_dict)
     check_state_dict(expected, state_dict)
 
     tensors = OrderedDict((k, state_dict[k].detach().cpu().float().numpy()) for k in expected)
@@ -259,9 +294,9 @@ def convert(input_path: str, output_path: str, method: str, options: Dict[str, A
     except WeightFileError as exc:
         raise ConversionError(str(exc)) from exc
     n_values = sum(t.size for t in tensors.values())
-    dropped = [k for k in state_dict if _ignored(k)]
+    dropped = n_read - len(tensors)
     return {"config": config, "tensors": len(tensors), "values": n_values,
-            "dropped": len(dropped), "output": output_path}
+            "dropped": dropped, "output": output_path}
 
 
 # ----------------------------------------------------------------------------
@@ -292,6 +327,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, metavar="K", help="matched pairs summed (1)")
     g.add_argument("--no-learnable-matcher", dest="learnable_matcher", action="store_const",
                    const=False, default=None, help="the model has no matcher MLPs")
+    g.add_argument("--backbone-only", action="store_true",
+                   help="take only the backbone from INPUT (e.g. a DN4 checkpoint's Conv-64F), "
+                        "for a model without learned head (needs --no-learnable-matcher)")
     g = p.add_argument_group("dn4 / mml model")
     g.add_argument("--neighbor-k", type=int, metavar="K",
                    help="nearest neighbours (dn4 3, mml 1)")
@@ -355,7 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = {k: getattr(args, k) for k in sorted(_ALL_OPTIONS)}
     try:
         summary = convert(args.input, args.output, args.method, options,
-                          compressed=not args.uncompressed, weights_only=args.weights_only)
+                          compressed=not args.uncompressed, weights_only=args.weights_only,
+                          backbone_only=args.backbone_only)
     except ConversionError as exc:
         _log(f"error: {exc}; nothing written")
         return 2
@@ -365,7 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = summary["config"]
     shown = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("mean", "std"))
     _log(f"wrote {summary['output']}: {summary['tensors']} tensors, {summary['values']:,} "
-         f"values ({summary['dropped']} ignored keys dropped)")
+         f"values ({summary['dropped']} other keys dropped)")
     _log(f"config: {shown}, mean={[round(m, 6) for m in cfg['mean']]}, "
          f"std={[round(s, 6) for s in cfg['std']]}")
     return 0
