@@ -21,7 +21,6 @@
 #include "spm/assign.h"
 
 #define COS_EPS 1e-8
-#define LWFM_MAX_WAY (1 << 24)
 /* Correlation matrices of one query chunk are kept below this many floats. */
 #define R_BUDGET_FLOATS ((size_t)16 << 20)
 
@@ -319,9 +318,16 @@ done:
 /* Labels: 0..way-1, every class present. Fills count (way entries). */
 static lwfm_status check_labels(const int32_t *labels, int64_t n, int64_t way, int64_t *count) {
     if (!labels) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support_labels is NULL");
-    if (way < 2 || way > LWFM_MAX_WAY)
+    if (way < 2)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be in 2..%d, got %lld",
-                           LWFM_MAX_WAY, (long long)way);
+                           LWFM_LIMIT_WAY, (long long)way);
+    if (way > LWFM_LIMIT_WAY)
+        return lwfm__error(LWFM_ERR_LIMIT, "way = %lld exceeds LWFM_LIMIT_WAY = %d",
+                           (long long)way, LWFM_LIMIT_WAY);
+    if (n > LWFM_LIMIT_IMAGES)
+        return lwfm__error(LWFM_ERR_LIMIT,
+                           "support: %lld images exceed LWFM_LIMIT_IMAGES = %d", (long long)n,
+                           LWFM_LIMIT_IMAGES);
     if (n < way)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
                            "%lld support images cannot cover %lld classes", (long long)n,
@@ -334,11 +340,17 @@ static lwfm_status check_labels(const int32_t *labels, int64_t n, int64_t way, i
                                (int)labels[j], (long long)(way - 1));
         count[labels[j]]++;
     }
-    for (int64_t c = 0; c < way; c++)
+    for (int64_t c = 0; c < way; c++) {
         if (count[c] == 0)
             return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
                                "class %lld has no support image (every class 0..%lld needs one)",
                                (long long)c, (long long)(way - 1));
+        if (count[c] > LWFM_LIMIT_SHOT)
+            return lwfm__error(LWFM_ERR_LIMIT,
+                               "class %lld has %lld support images; shot exceeds "
+                               "LWFM_LIMIT_SHOT = %d",
+                               (long long)c, (long long)count[c], LWFM_LIMIT_SHOT);
+    }
     return LWFM_OK;
 }
 
@@ -349,13 +361,24 @@ lwfm_status lwfm__check_features(const lwfm_model *m, const char *what, const fl
     if (n <= 0)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "%s: count must be > 0, got %lld", what,
                            (long long)n);
+    if (n > LWFM_LIMIT_IMAGES)
+        return lwfm__error(LWFM_ERR_LIMIT, "%s: %lld feature maps exceed LWFM_LIMIT_IMAGES = %d",
+                           what, (long long)n, LWFM_LIMIT_IMAGES);
+    if (m->cfg.feature_size == 0 && fh >= 1 && fw >= 1 &&
+        (fh > LWFM_LIMIT_POSITIONS || fw > LWFM_LIMIT_POSITIONS ||
+         fh * fw > LWFM_LIMIT_POSITIONS))
+        return lwfm__error(LWFM_ERR_LIMIT,
+                           "%s: feature maps of %lld x %lld positions exceed "
+                           "LWFM_LIMIT_POSITIONS = %d",
+                           what, (long long)fh, (long long)fw, LWFM_LIMIT_POSITIONS);
     if (m->cfg.feature_size == 0) { /* native-size taps: any spatial size */
-        if (C != m->layers.C || fh < 1 || fw < 1 || fh > 4096 || fw > 4096)
+        if (C != m->layers.C || fh < 1 || fw < 1)
             return lwfm__error(LWFM_ERR_SHAPE,
                                "%s: model features have %d channels and a native size, got "
                                "(%lld, %lld, %lld)",
                                what, m->layers.C, (long long)C, (long long)fh, (long long)fw);
-    } else if (C != m->layers.C || fh * fw != m->layers.P || fh != m->cfg.feature_size)
+    } else if (C != m->layers.C || fh != m->cfg.feature_size || fw < 1 ||
+               fw > LWFM_LIMIT_POSITIONS || fh * fw != m->layers.P)
         return lwfm__error(LWFM_ERR_SHAPE,
                            "%s: model features are (%d, %d, %d), got (%lld, %lld, %lld)", what,
                            m->layers.C, m->cfg.feature_size, m->cfg.feature_size, (long long)C,
@@ -377,6 +400,17 @@ static lwfm_status check_logits(const float *logits, int64_t n_query, int64_t wa
         return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
                            "logits buffer holds %zu floats, %lld x %lld needed", capacity,
                            (long long)n_query, (long long)way);
+    return LWFM_OK;
+}
+
+/* The feature map of validated images must stay within LWFM_LIMIT_POSITIONS
+ * to be scored (native-size taps grow with the image). */
+static lwfm_status check_positions(const char *what, int64_t fh, int64_t fw) {
+    if (fh * fw > LWFM_LIMIT_POSITIONS)
+        return lwfm__error(LWFM_ERR_LIMIT,
+                           "%s: feature maps of %lld x %lld positions exceed "
+                           "LWFM_LIMIT_POSITIONS = %d; use smaller images",
+                           what, (long long)fh, (long long)fw, LWFM_LIMIT_POSITIONS);
     return LWFM_OK;
 }
 
@@ -407,7 +441,7 @@ static lwfm_status support_begin(lwfm_model *m, const int32_t *labels, int64_t n
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support: count must be > 0, got %lld",
                            (long long)n);
     lwfm_status st;
-    int64_t *count = malloc(sizeof(int64_t) * (size_t)(way >= 2 && way <= LWFM_MAX_WAY ? way : 1));
+    int64_t *count = malloc(sizeof(int64_t) * (size_t)(way >= 2 && way <= LWFM_LIMIT_WAY ? way : 1));
     if (!count) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     if ((st = check_labels(labels, n, way, count))) {
         free(count);
@@ -484,6 +518,7 @@ LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
     int64_t C, fh, fw;
     st = lwfm__check_images(model, "support images", support, n_support, channels, height, width,
                             &C, &fh, &fw);
+    if (!st) st = check_positions("support images", fh, fw);
     if (!st)
         st =
             images_to_side(model, "support images", support, n_support, height, width, &s->s, NULL);
@@ -549,6 +584,7 @@ LWFM_API lwfm_status lwfm_support_score(const lwfm_support *support, const float
     if (!st)
         st = lwfm__check_images(support->model, "query images", query, n_query, channels, height,
                                 width, &C, &fh, &fw);
+    if (!st) st = check_positions("query images", fh, fw);
     if (st) return st;
     return support_score(support, query, 0, n_query, channels, height, width, logits);
 }
@@ -581,7 +617,8 @@ LWFM_API lwfm_status lwfm_episode_score(const lwfm_model *model, const float *su
     /* Check everything cheap before any backbone work. */
     if ((st = check_logits(logits, n_query > 0 ? n_query : 0, way > 0 ? way : 0, capacity)) ||
         (st = lwfm__check_images(model, "query images", query, n_query, channels, height, width, &C,
-                                 &fh, &fw)))
+                                 &fh, &fw)) ||
+        (st = check_positions("query images", fh, fw)))
         return st;
     lwfm_support *s = NULL;
     if ((st = lwfm_support_prepare(&s, (lwfm_model *)model, support, n_support, support_labels,

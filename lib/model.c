@@ -210,6 +210,13 @@ lwfm_status lwfm__check_images(const lwfm_model *m, const char *what, const floa
     if (channels != m->cfg.input_channels)
         return lwfm__error(LWFM_ERR_SHAPE, "%s: model takes %d-channel images, got %lld channels",
                            what, m->cfg.input_channels, (long long)channels);
+    if (n > LWFM_LIMIT_IMAGES)
+        return lwfm__error(LWFM_ERR_LIMIT, "%s: %lld images exceed LWFM_LIMIT_IMAGES = %d", what,
+                           (long long)n, LWFM_LIMIT_IMAGES);
+    if (height > LWFM_LIMIT_IMAGE_SIDE || width > LWFM_LIMIT_IMAGE_SIDE)
+        return lwfm__error(LWFM_ERR_LIMIT,
+                           "%s: images of %lld x %lld pixels exceed LWFM_LIMIT_IMAGE_SIDE = %d",
+                           what, (long long)height, (long long)width, LWFM_LIMIT_IMAGE_SIDE);
     lwfm_status st = lwfm__net_out_shape(m->net, height, width, C, fh, fw);
     if (st) return st;
     size_t in_n;

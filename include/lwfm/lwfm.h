@@ -82,6 +82,26 @@ typedef enum lwfm_status {
     LWFM_ERR_INTERNAL = 14         /**< a bug in libLWFM; please report it */
 } lwfm_status;
 
+/** @name Resource limits
+ *  Inputs over these limits are refused with LWFM_ERR_LIMIT before any
+ *  buffer is read or any large allocation is made; the message names the
+ *  limit and the value, e.g. "way = 20000 exceeds LWFM_LIMIT_WAY = 16384".
+ *  They are part of the API (docs/api.md, "Resource limits"): raising one is
+ *  a compatible change, lowering one is not. An allocation that fails within
+ *  them gives LWFM_ERR_OUT_OF_MEMORY.
+ *  @{ */
+#define LWFM_LIMIT_WAY 16384                /**< classes of an episode (and at least 2) */
+#define LWFM_LIMIT_SHOT 4096                /**< support images of one class */
+#define LWFM_LIMIT_IMAGES 65536             /**< images or feature maps per call (support, query, batch) */
+#define LWFM_LIMIT_IMAGE_SIDE 16384         /**< height and width of an input image, pixels */
+#define LWFM_LIMIT_POSITIONS 4096           /**< fh * fw of a feature map scored in an episode */
+#define LWFM_LIMIT_NPZ_MEMBERS 4096         /**< members of a weight file */
+#define LWFM_LIMIT_NPZ_NAME 512             /**< bytes of a member name */
+#define LWFM_LIMIT_NPZ_BYTES (1ull << 30)   /**< decompressed bytes of one member, and by default of the whole file (lwfm_load_options_set_max_total_bytes()) */
+#define LWFM_LIMIT_NPY_ELEMENTS (1ull << 28) /**< elements of one array in a weight file */
+#define LWFM_LIMIT_NPY_NDIM 8               /**< dimensions of one array in a weight file */
+/** @} */
+
 /** Method a weight file implements. Values are pinned. */
 typedef enum lwfm_method {
     LWFM_METHOD_LWFM_SPM = 0,

@@ -124,7 +124,7 @@ static lwfm_status parse_shape(npy_cursor *c, npy_header *h) {
         uint64_t v = 0;
         if ((st = parse_dim(c, &v))) return st;
         if (h->ndim == LWFM_NPZ_MAX_NDIM)
-            return lwfm__error(LWFM_ERR_LIMIT, "array has more than %d dimensions",
+            return lwfm__error(LWFM_ERR_LIMIT, "array has more than %d dimensions (LWFM_LIMIT_NPY_NDIM)",
                                LWFM_NPZ_MAX_NDIM);
         h->dims[h->ndim++] = v;
         if (accept(c, ')')) {

@@ -23,14 +23,15 @@
 #include "io/npy.h"
 #include "io/npz.h"
 
-#define NPZ_MAX_NAME 512 /* bytes in a member name, ".npy" included */
+#define NPZ_MAX_NAME LWFM_LIMIT_NPZ_NAME /* bytes in a member name, ".npy" included */
 #define NPZ_RAISE_HINT "raise it with lwfm_load_options_set_max_total_bytes()"
 
 void lwfm__npz_limits_default(lwfm__npz_limits *lim) {
-    lim->max_total_bytes = (uint64_t)1 << 30;
-    lim->max_member_bytes = (uint64_t)1 << 30;
-    lim->max_members = 4096;
-    lim->max_elements = (uint64_t)1 << 28;
+    /* the public defaults (lwfm.h, "Resource limits") */
+    lim->max_total_bytes = LWFM_LIMIT_NPZ_BYTES;
+    lim->max_member_bytes = LWFM_LIMIT_NPZ_BYTES;
+    lim->max_members = LWFM_LIMIT_NPZ_MEMBERS;
+    lim->max_elements = LWFM_LIMIT_NPY_ELEMENTS;
 }
 
 /* Where the archive comes from: a path, or a buffer when path is NULL. */
@@ -140,7 +141,9 @@ static lwfm_status scan_entries(zip_t *za, const char *src, const lwfm__npz_limi
     if (n < 0) return lwfm__error(LWFM_ERR_INTERNAL, "%s: cannot count zip members", src);
     if ((uint64_t)n > lim->max_members)
         return lwfm__error(LWFM_ERR_LIMIT,
-                           "%s: archive has %lld members, more than max_members = %u", src,
+                           "%s: archive has %lld members, more than max_members = %u "
+                           "(LWFM_LIMIT_NPZ_MEMBERS)",
+                           src,
                            (long long)n, (unsigned)lim->max_members);
     npz_entry *e = calloc(n ? (size_t)n : 1, sizeof *e);
     if (!e) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "%s: out of memory", src);

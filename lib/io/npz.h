@@ -9,7 +9,7 @@
 
 #include "lwfm/lwfm.h"
 
-#define LWFM_NPZ_MAX_NDIM 8
+#define LWFM_NPZ_MAX_NDIM LWFM_LIMIT_NPY_NDIM
 
 typedef struct lwfm__npz_limits {
     uint64_t max_total_bytes;  /* sum of decompressed member sizes (default 1 GiB) */
