@@ -1,7 +1,8 @@
 /* The `lwfm` command: shared declarations.
  *
  *   main.c      entry point, help, option parsing helpers, messages
- *   image.c     PNG (libpng) and JPEG (libjpeg) decoding
+ *   image.c     image files and folders
+ *   decode.c    PNG (libpng) and JPEG (libjpeg) decoding from memory
  *   dataset.c   image folders, Omniglot .npz archives, the episode sampler
  *   commands.c  `lwfm info` and `lwfm classify`
  *   eval.c      `lwfm eval`
@@ -90,6 +91,9 @@ typedef struct cli_image {
 /* Decode a PNG or JPEG file (recognised by its first bytes, whatever its
  * name). 0 on success; otherwise -1 with a reason in err (no path in it). */
 int image_read(const char *path, cli_image *img, char *err, size_t cap);
+/* The same from `size` bytes in memory (decode.c; what image_read and the
+ * fuzz target tests/fuzz/fuzz_image.c call). */
+int image_decode(const unsigned char *data, size_t size, cli_image *img, char *err, size_t cap);
 void image_free(cli_image *img);
 
 /* 1 when the file name ends in .png, .jpg or .jpeg (any case): the files a
