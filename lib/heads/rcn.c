@@ -223,8 +223,10 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *l
         if (h->out[i] > widest) widest = h->out[i];
     int threads = omp_get_max_threads();
     size_t rows = (size_t)ns * P;
-    size_t per_thread = (rows * P + 2 * rows * widest + 2 * rows + (size_t)way) * sizeof(float) +
-                        (size_t)way * sizeof(double);
+    /* floats, then the doubles at an 8-byte boundary (the float count may be odd) */
+    const size_t acc_off = ((rows * P + 2 * rows * widest + 2 * rows + (size_t)way) *
+                                sizeof(float) + 7) / 8 * 8;
+    size_t per_thread = acc_off + (size_t)way * sizeof(double);
     per_thread = (per_thread + 63) / 64 * 64;
     char *scratch = lwfm__arena_get(arena, LWFM_SLOT_R, per_thread * (size_t)threads);
     if (!scratch) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring RCN queries");
@@ -233,8 +235,7 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *l
     {
         float *dots = (float *)(scratch + per_thread * (size_t)omp_get_thread_num());
         float *H = dots + rows * P, *H2 = H + rows * widest, *sim = H2 + rows * widest;
-        float *w = sim + rows;
-        double *acc = (double *)(w + rows + way);
+        double *acc = (double *)((char *)dots + acc_off);
         dnnl_stream_t stream = NULL;
         lwfm_status my = LWFM_OK;
         if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success)
