@@ -1,0 +1,207 @@
+#!/usr/bin/python3
+"""Write the seed corpus of the fuzz targets (tests/fuzz/corpus/<target>/).
+
+    PYTHONPATH=bindings/python:tools /usr/bin/python3 tests/fuzz/make_corpus.py
+
+Deterministic; the files are committed (the whole corpus stays well under
+1 MB), so this only needs running again when the formats change.
+
+weights/  small valid weight files of every method (LWFM-SPM and DN4 and MML
+          on Conv-64F, RCN on Conv4), written by the PyTorch reference with
+          constant weights so that deflate shrinks them to a few hundred
+          bytes; stored (uncompressed) members of a small configuration;
+          truncations and hand-made hostile archives (zip bomb header, huge
+          shapes, bad .npy headers, duplicate names, many members).
+image/    tiny PNGs (grey, grey+alpha, RGB, RGBA, palette with tRNS, 1-bit,
+          16-bit, interlaced) and JPEGs (grey, RGB, progressive), plus
+          truncated copies.
+episode/  argument blobs for fuzz_episode.c: each call with valid counts and
+          then with zero, negative and over-the-limit values, NaN, NULLs.
+"""
+import io
+import os
+import struct
+import sys
+import zipfile
+import zlib
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def out(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def npy(arr, version=(1, 0), header=None):
+    b = io.BytesIO()
+    if header is None:
+        np.lib.format.write_array(b, np.asarray(arr), version=version)
+        return b.getvalue()
+    h = header.encode()
+    h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + bytes(arr)
+
+
+def npz(members, compress=True):
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return b.getvalue()
+
+
+def weights():
+    import torch
+    import lwfm_ref
+    from lwfm_ref import peers
+    from lwfm.weights import save_weights
+    import tempfile
+
+    def const_state(model):
+        sd = {}
+        for i, (k, v) in enumerate(model.state_dict().items()):
+            a = v.detach().numpy().copy()
+            if a.dtype.kind == "f":
+                if k.endswith("running_var") or k.endswith(".weight") and a.ndim == 1:
+                    a[...] = 1.0
+                else:
+                    a[...] = 0.01 * ((i % 5) - 2) + 0.001
+            sd[k] = a
+        return sd
+
+    def write(name, model, config, compressed=True):
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "m.npz")
+            save_weights(p, const_state(model), config, compressed=compressed)
+            data = open(p, "rb").read()
+        out("weights", name, data)
+        return data
+
+    torch.manual_seed(1)
+    cfg = lwfm_ref.make_config(backbone="conv64f", hyperpixel_ids=[2, 3], feature_size=3,
+                               image_size=16, resize=0)
+    spm = write("lwfm_spm_conv64f.npz", lwfm_ref.LWFMSPM(cfg).eval(), cfg)
+    cfg1 = lwfm_ref.make_config(backbone="conv64f", hyperpixel_ids=[3], feature_size=2,
+                                image_size=16, resize=20, matcher_prob=0.0,
+                                mean=[0.5], std=[0.25])
+    m1 = lwfm_ref.LWFMSPM(dict(cfg1, in_channels=1)).eval()
+    write("lwfm_nospm_grey.npz", m1, m1.config)
+    dn4cfg = dict(lwfm_ref.DN4_CONFIG, image_size=16, resize=0)
+    write("dn4_conv64f.npz", lwfm_ref.build_backbone(dn4cfg).eval(), dn4cfg)
+    for dist in ("wass", "kl", "w2"):
+        mcfg = dict(peers.MML_CONFIG, image_size=16, resize=0, distance=dist)
+        write(f"mml_{dist}.npz", peers.MML(mcfg).eval(), mcfg)
+    rcfg = dict(peers.RCN_CONFIG, image_size=20, feature_size=2)
+    write("rcn_conv4.npz", peers.RCN(rcfg).eval(), rcfg)
+    # truncated and bit-flipped copies of the LWFM-SPM file
+    for frac in (0.1, 0.5, 0.9):
+        out("weights", f"truncated_{int(frac * 100)}.npz", spm[: int(len(spm) * frac)])
+    flipped = bytearray(spm)
+    flipped[len(flipped) // 3] ^= 0x40
+    out("weights", "bitflip.npz", bytes(flipped))
+
+    # hand-made archives
+    f4 = npy(np.arange(6, dtype="<f4").reshape(2, 3))
+    out("weights", "one_member.npz", npz([("a.npy", f4)]))
+    out("weights", "stored.npz", npz([("a.npy", f4), ("b.npy", npy(np.int64(3)))], False))
+    out("weights", "npy_v2.npz", npz([("a.npy", npy(np.ones(3, ">f8"), version=(2, 0)))]))
+    out("weights", "half.npz", npz([("a.npy", npy(np.ones(4, "<f2")))]))
+    out("weights", "huge_shape.npz", npz([("a.npy", npy(b"", header=
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }"))]))
+    out("weights", "nine_dims.npz", npz([("a.npy", npy(b"", header=
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1), }"))]))
+    out("weights", "fortran.npz", npz([("a.npy", npy(b"\0" * 8, header=
+        "{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }"))]))
+    out("weights", "nan.npz", npz([("a.npy", npy(np.array([np.nan], "<f4")))]))
+    out("weights", "not_npy.npz", npz([("a.txt", b"hello")]))
+    out("weights", "many_members.npz",
+        npz([(f"m{i}.npy", npy(np.int8(i % 100))) for i in range(40)]))
+    # a zip-bomb-like member: 8 MiB of zeros from a few KiB
+    out("weights", "bomb.npz", npz([("a.npy", npy(np.zeros(2 << 20, "<f4")))]))
+    cfg_only = [("config/format_version.npy", npy(np.int64(1))),
+                ("config/method.npy", npy(np.frombuffer(b"dn4", np.uint8))),
+                ("config/backbone.npy", npy(np.frombuffer(b"conv4", np.uint8)))]
+    out("weights", "config_only.npz", npz(cfg_only))
+    out("weights", "empty.zip", npz([]))
+
+
+def png(w, h, ctype, depth, rows, interlace=0, extra=b""):
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, interlace)
+    raw = b"".join(b"\0" + r for r in rows)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra +
+            chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def images():
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    w, h = 7, 5
+
+    def rows(ch, bpp=1):
+        return [bytes(rng.integers(0, 256, w * ch * bpp, dtype=np.uint8)) for _ in range(h)]
+
+    out("image", "grey8.png", png(w, h, 0, 8, rows(1)))
+    out("image", "grey_alpha.png", png(w, h, 4, 8, rows(2)))
+    out("image", "rgb8.png", png(w, h, 2, 8, rows(3)))
+    out("image", "rgba8.png", png(w, h, 6, 8, rows(4)))
+    out("image", "rgb16.png", png(w, h, 2, 16, rows(3, 2)))
+    out("image", "grey1.png", png(w, h, 0, 1, [b"\xaa" for _ in range(h)]))
+    out("image", "interlaced.png", png(w, h, 2, 8, rows(3), interlace=1))
+    plte = bytes(range(48))
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    out("image", "palette_trns.png",
+        png(w, h, 3, 4, [bytes([0x01, 0x23, 0x45, 0x60]) for _ in range(h)],
+            extra=chunk(b"PLTE", plte) + chunk(b"tRNS", b"\x00\x80")))
+    arr = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    for name, img, kw in (("rgb.jpg", Image.fromarray(arr), {}),
+                          ("grey.jpg", Image.fromarray(arr[..., 0]), {}),
+                          ("progressive.jpg", Image.fromarray(arr), {"progressive": True}),
+                          ("subsampled.jpg", Image.fromarray(arr), {"subsampling": 2})):
+        b = io.BytesIO()
+        img.save(b, "JPEG", quality=50, **kw)
+        out("image", name, b.getvalue())
+        out("image", "trunc_" + name, b.getvalue()[: len(b.getvalue()) // 2])
+    rgb = png(w, h, 2, 8, rows(3))
+    out("image", "trunc_rgb8.png", rgb[: len(rgb) - 20])
+    out("image", "big_header.png", png(30000, 30000, 2, 8, [b"\0" * 3]))
+
+
+def episodes():
+    # op, model, nulls-flag, seed, way, n_support, n_query, c, h, w, h2-flag, w2-flag,
+    # poison S, poison Q, label mode, label shift, capacity mode, then extras
+    def blob(op, model=0, way=4, ns=8, nq=3, c=0, h=0, w=0, extra=b"", nulls=None, poison=0,
+             labels=0, cap=0):
+        b = bytes([op, model]) + (bytes([0xf0, nulls]) if nulls is not None else b"\0")
+        b += bytes([7, way, ns, nq, c, h, w, 0, 0, poison, poison and 0, labels, 1, cap])
+        return b + extra
+
+    for op in range(8):
+        for model in range(4):
+            out("episode", f"op{op}_m{model}", blob(op, model, way=3, ns=5, nq=2))
+    over = {"way_over": dict(way=0xd8 + 4), "support_over": dict(ns=0xd8 + 4),
+            "query_over": dict(nq=0xd8 + 4), "way_zero": dict(way=0xd0),
+            "support_neg": dict(ns=0xd1), "query_huge": dict(nq=0xd7),
+            "side_over": dict(h=0xe3), "side_huge": dict(w=0xe6), "chan_bad": dict(c=0xe1),
+            "labels_raw": dict(labels=0xff), "cap_small": dict(cap=0xc0),
+            "cap_zero": dict(cap=0xc1), "nan": dict(poison=0xc0), "inf": dict(poison=0xc1),
+            "null_support": dict(nulls=1), "null_labels": dict(nulls=4),
+            "null_logits": dict(nulls=8), "null_model": dict(model=0xf0)}
+    for name, kw in over.items():
+        for op in (0, 1, 2, 3):
+            out("episode", f"{name}_op{op}", blob(op, **kw))
+
+
+if __name__ == "__main__":
+    sys.path[:0] = [os.path.join(ROOT, "bindings/python"), os.path.join(ROOT, "tools")]
+    weights()
+    images()
+    episodes()
