@@ -1,18 +1,19 @@
 # libLWFM: the two commands of the README.
 #   make demo   installs missing Debian packages, builds, runs the main job
 #   make test   same set-up, then the whole test suite
-# Other targets: make build, make bench, make clean.
+# Other targets: make build, make bench, make clean,
+#   make abi-baseline   record the ABI of this version (docs/api-stability.md)
 
 BUILD ?= build
 PYTHON := /usr/bin/python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := gcc g++ meson ninja-build pkg-config cmake libdnnl-dev zlib1g-dev libzip-dev \
         libpng-dev libjpeg-dev python3-numpy python3-torch python3-pytest python3-scipy \
-        python3-pil fonts-dejavu-core fonts-dejavu-extra
+        python3-pil fonts-dejavu-core fonts-dejavu-extra abigail-tools valgrind
 export PYTHONPATH := $(CURDIR)/bindings/python:$(CURDIR)/tools$(if $(PYTHONPATH),:$(PYTHONPATH))
 export LWFM_LIBRARY := $(CURDIR)/$(BUILD)/liblwfm.so
 
-.PHONY: all deps build demo test bench clean
+.PHONY: all deps build demo test abi-baseline bench clean
 
 all: build
 
@@ -24,7 +25,7 @@ deps:
 	fi
 
 $(BUILD)/build.ninja:
-	meson setup $(BUILD) --buildtype=release
+	meson setup $(BUILD) --buildtype=release -Ddebug=true
 
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -34,6 +35,19 @@ demo: build
 
 test: build
 	meson test -C $(BUILD) --print-errorlogs --num-processes 2
+
+# The ABI of this version as the baseline the `abi` test compares against.
+VERSION := $(shell sed -n 's/^\#define LWFM_VERSION_STRING "\(.*\)"/\1/p' include/lwfm/lwfm.h)
+abi-baseline: build
+	@if [ -e abi/liblwfm-$(VERSION).abi ] && [ -z "$(FORCE)" ]; then \
+	  echo "abi/liblwfm-$(VERSION).abi exists (a released baseline is never redone; FORCE=1 to overwrite)"; exit 1; fi
+	@readelf -S $(BUILD)/liblwfm.so | grep -q '\.debug_info' || \
+	  { echo "$(BUILD)/liblwfm.so has no debug info: meson configure $(BUILD) -Ddebug=true"; exit 1; }
+	mkdir -p abi
+	abidw --headers-dir include/lwfm --drop-private-types --exported-interfaces-only \
+	  --drop-undefined-syms --no-elf-needed --no-corpus-path --no-comp-dir-path --no-show-locs \
+	  --out-file abi/liblwfm-$(VERSION).abi $(BUILD)/liblwfm.so
+	@echo "wrote abi/liblwfm-$(VERSION).abi: commit it with the release"
 
 bench: build
 	$(PYTHON) bench/bench_backbone.py --library $(LWFM_LIBRARY)
