@@ -426,6 +426,12 @@ static lwfm_status images_to_side(const lwfm_model *m, const char *what, const f
     float *feats = arena ? lwfm__arena_get(arena, LWFM_SLOT_FEATS, bytes) : lwfm__alloc(bytes);
     if (!feats) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for %s features", what);
     st = lwfm__model_forward(m, images, n, h, w, feats);
+    /* finite pixels of extreme magnitude can overflow in the backbone */
+    if (!st && !lwfm__all_finite(feats, (size_t)n * C * fh * fw))
+        st = lwfm__error(LWFM_ERR_NONFINITE,
+                         "%s: the backbone's features overflowed to NaN or infinity (pixel "
+                         "values of extreme magnitude; are the images normalised?)",
+                         what);
     if (!st) st = lwfm__side_prepare(m, feats, n, fh * fw, out, arena);
     if (!arena) lwfm__free(feats);
     return st;
@@ -568,6 +574,11 @@ static lwfm_status support_score(const lwfm_support *sp, const float *query, int
         float *tmp = lwfm__arena_get(arena, LWFM_SLOT_LOGITS, n * sizeof(float));
         st = tmp ? score_sides(sp->model, &sp->s, sp->labels, sp->count, sp->way, &Q, tmp, arena)
                  : lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+        /* inputs of extreme magnitude can overflow inside the metric */
+        if (!st && !lwfm__all_finite(tmp, n))
+            st = lwfm__error(LWFM_ERR_NONFINITE,
+                             "scores overflowed to NaN or infinity (feature values of extreme "
+                             "magnitude)");
         if (!st) memcpy(logits, tmp, n * sizeof(float));
     }
     lwfm__model_arena_give(sp->model, arena);

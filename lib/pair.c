@@ -182,25 +182,36 @@ LWFM_API lwfm_status lwfm_spm_pair(const lwfm_spm *spm, const float *support_fea
     lwfm_status st =
         prepare_pair(m, support_feature, query_feature, channels, fh, fw, capacity, &S, &Q, &R);
     if (st) return st;
+    /* results go to scratch first: the outputs are written only on success */
     double *work = lwfm__alloc(lwfm__spm_work_doubles(P) * sizeof(double) +
-                               (size_t)P * (sizeof(int) + sizeof(float)));
+                               (size_t)L * P * (sizeof(int) + sizeof(float)) +
+                               (size_t)L * sizeof(float));
     if (!work) {
         st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
         goto done;
     }
     int *sigma = (int *)(work + lwfm__spm_work_doubles(P));
-    float *sim = (float *)(sigma + P);
+    float *sim = (float *)(sigma + (size_t)L * P), *ls = sim + (size_t)L * P;
     double best = -INFINITY;
     for (int l = 0; l < L; l++) {
         double s = lwfm__spm_pair_score(R + (size_t)l * P * P, P, P, S.G + ly->off[l], S.gn + l,
                                         Q.G + ly->off[l], Q.gn + l, C, L, ly->dim[l], m->cfg.top_k,
-                                        sigma, sim, work);
+                                        sigma + (size_t)l * P, sim + (size_t)l * P, work);
         s *= m->cfg.matcher_prob;
+        if (!isfinite(s)) { /* finite inputs of extreme magnitude overflowed */
+            st = lwfm__error(LWFM_ERR_NONFINITE,
+                             "SPM pair: similarities overflowed to NaN or infinity (feature "
+                             "values of extreme magnitude)");
+            goto done;
+        }
         best = s > best ? s : best;
-        layer_scores[l] = (float)s;
+        ls[l] = (float)s;
+    }
+    for (int l = 0; l < L; l++) {
+        layer_scores[l] = ls[l];
         for (int a = 0; a < P; a++) {
-            assignment[(size_t)l * P + a] = sigma[a];
-            similarity[(size_t)l * P + a] = sim[a];
+            assignment[(size_t)l * P + a] = sigma[(size_t)l * P + a];
+            similarity[(size_t)l * P + a] = sim[(size_t)l * P + a];
         }
     }
     if (score) *score = (float)best;

@@ -65,7 +65,7 @@ LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float 
  * about 2 ulp: 2^n * p(r) with r = x - n ln 2 in [-ln2/2, ln2/2] and a
  * degree-6 polynomial. Plain arithmetic, so loops over it vectorise. */
 static inline float exp_nonpos(float x) {
-    x = x < -87.0f ? -87.0f : x;
+    x = x >= -87.0f ? x : -87.0f; /* NaN too: it must not reach the int conversion */
     const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f); /* inlines */
     const float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
     float p = 1.0f / 720.0f;

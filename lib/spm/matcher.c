@@ -114,8 +114,17 @@ LWFM_MULTIARCH double lwfm__spm_pair_score(const float *R, int64_t ldr, int P, c
     double *c = solver + lwfm__assign_work_doubles(P);
     for (int a = 0; a < P; a++)
         for (int b = 0; b < P; b++) cost[a * P + b] = 1.0 - (double)R[a * ldr + b];
-    /* Costs are finite (inputs were checked), so the solver cannot fail. */
-    lwfm__assign_solve(cost, P, sigma, NULL, solver);
+    /* Inputs are finite, but values of extreme magnitude can overflow to NaN
+     * on the way; then the solver refuses, and the pair's score is NaN (the
+     * caller refuses non-finite scores) with an identity matching, so that
+     * sigma never holds stale indices. */
+    if (lwfm__assign_solve(cost, P, sigma, NULL, solver) != 0) {
+        for (int a = 0; a < P; a++) {
+            sigma[a] = a;
+            if (sim) sim[a] = NAN;
+        }
+        return NAN;
+    }
     for (int a = 0; a < P; a++) {
         const float *u = Gs + (int64_t)a * ldg, *v = Gq + (int64_t)sigma[a] * ldg;
         float dot = 0.0f;

@@ -287,6 +287,67 @@ static void test_episodes(lwfm_model *tiny, lwfm_model *dn4) {
     free(f2);
 }
 
+/* ---- bad inputs of docs/bad-input.md that no other test covers ------------ */
+
+static void test_other_bad_inputs(lwfm_model *tiny, lwfm_model *dn4) {
+    int64_t c, h, w, C, fh, fw;
+    EXPECT(lwfm_model_input_shape(tiny, &c, &h, &w) == LWFM_OK);
+    EXPECT(lwfm_model_feature_shape(tiny, h, w, &C, &fh, &fw) == LWFM_OK);
+    float *img = filled((size_t)(3 * c * h * w));
+    const int32_t l2[2] = {0, 1};
+    lwfm_support *sp = NULL;
+
+    /* an image too small for the backbone's layers */
+    arm();
+    EXPECT_FAIL(lwfm_episode_score(tiny, img, 2, l2, img, 1, c, 2, 2, 2, out_buf, OUT_CAP),
+                LWFM_ERR_SHAPE, "2 x 2 pixels", "too small for this backbone");
+    EXPECT(untouched());
+
+    /* the wrong method for a call: RCN's per-pair view on an LWFM-SPM model,
+     * LWE and SPM views on DN4 (also in test_episode_errors) */
+    lwfm_rcn *rcn = (lwfm_rcn *)&fails;
+    EXPECT_FAIL(lwfm_rcn_create(&rcn, tiny), LWFM_ERR_WRONG_KIND, "rcn", "lwfm-spm");
+    EXPECT(rcn == (lwfm_rcn *)&fails);
+    lwfm_lwe *lwe = NULL;
+    EXPECT_FAIL(lwfm_lwe_create(&lwe, dn4), LWFM_ERR_WRONG_KIND, "lwfm-spm", "dn4");
+    EXPECT(lwe == NULL);
+
+    /* DN4 with fewer local descriptors in a class than its neighbor_k (3):
+     * 1 x 1 feature maps, one support image per class */
+    int64_t dc, dh, dw, DC, dfh, dfw;
+    EXPECT(lwfm_model_input_shape(dn4, &dc, &dh, &dw) == LWFM_OK);
+    EXPECT(lwfm_model_feature_shape(dn4, dh, dw, &DC, &dfh, &dfw) == LWFM_OK);
+    float *f = filled((size_t)(3 * DC));
+    arm();
+    EXPECT_FAIL(lwfm_episode_score_features(dn4, f, 2, l2, f + 2 * DC, 1, DC, 1, 1, 2, out_buf,
+                                            OUT_CAP),
+                LWFM_ERR_INVALID_ARGUMENT, "neighbor_k = 3", "local descriptors");
+    EXPECT_FAIL(lwfm_support_prepare_features(&sp, dn4, f, 2, l2, DC, 1, 1, 2),
+                LWFM_ERR_INVALID_ARGUMENT, "neighbor_k = 3", "smallest class");
+    EXPECT(sp == NULL && untouched());
+
+    /* finite values of extreme magnitude: they overflow inside the backbone
+     * or the metric, and the call refuses instead of returning NaN logits */
+    float *big = filled((size_t)(3 * c * h * w));
+    for (int64_t i = 0; i < c * h * w; i++) big[i] = i % 2 ? 3e38f : -3e38f;
+    arm();
+    EXPECT_FAIL(lwfm_episode_score(tiny, big, 2, l2, big + 2 * c * h * w, 1, c, h, w, 2, out_buf,
+                                   OUT_CAP),
+                LWFM_ERR_NONFINITE, "support images", "overflowed to NaN or infinity");
+    EXPECT(untouched());
+    float *tf = filled((size_t)(3 * C * fh * fw));
+    for (int64_t i = 0; i < C * fh * fw; i++) tf[2 * C * fh * fw + i] = (i % 2 ? 3e38f : -3e38f);
+    arm();
+    EXPECT_FAIL(lwfm_episode_score_features(tiny, tf, 2, l2, tf + 2 * C * fh * fw, 1, C, fh, fw,
+                                            2, out_buf, OUT_CAP),
+                LWFM_ERR_NONFINITE, "overflowed to NaN or infinity", "");
+    EXPECT(untouched());
+    free(tf);
+    free(big);
+    free(f);
+    free(img);
+}
+
 /* ---- out of memory -------------------------------------------------------- */
 
 static size_t vm_size(void) {
@@ -393,6 +454,7 @@ int main(int argc, char **argv) {
     }
     test_weight_files();
     test_episodes(tiny, dn4);
+    test_other_bad_inputs(tiny, dn4);
     test_out_of_memory(tiny, argv[1]);
     lwfm_model_destroy(tiny);
     lwfm_model_destroy(dn4);

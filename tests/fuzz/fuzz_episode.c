@@ -377,7 +377,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const int64_t n = pick_count(r, 12, 4096);
         const int64_t k = n > 0 && n <= 64 ? n * n : DUMMY;
         double *cost = malloc((size_t)k * sizeof(double));
-        int64_t *as = malloc((size_t)(k > n ? k : n + 1) * sizeof(int64_t));
+        int64_t *as = malloc((size_t)(n > 0 && n <= 64 ? n : DUMMY) * sizeof(int64_t));
         FUZZ_CHECK(cost && as);
         uint64_t s2 = seed;
         for (int64_t i = 0; i < k; i++) cost[i] = (double)(fuzz_mix(&s2) % 1000) - 500.0;

@@ -37,8 +37,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(img.pixels != NULL);
     FUZZ_CHECK(img.height >= 1 && img.width >= 1 && img.height <= MAX_IMAGE_SIDE &&
                img.width <= MAX_IMAGE_SIDE);
+    FUZZ_CHECK((uint64_t)img.height * (uint64_t)img.width <= MAX_IMAGE_PIXELS);
     FUZZ_CHECK(img.channels >= 1 && img.channels <= 4);
     FUZZ_CHECK(img.format == LWFM_PIXEL_U8 || img.format == LWFM_PIXEL_U16);
+    /* no JPEG decompression bombs: over 4M pixels, at most 4096 per file byte
+     * (tools/cli/decode.c; regressions/image/jpeg-arith-bomb-*) */
+    if (data[0] == 0xff) {
+        const uint64_t px = (uint64_t)img.height * (uint64_t)img.width;
+        FUZZ_CHECK(px <= ((uint64_t)1 << 22) || px / size <= 4096);
+    }
     /* Resampling costs O(pixels): fine in a release build (about 30 ns a
      * pixel), but over libFuzzer's time limit under ASan for the largest
      * images a few KB of PNG can declare. Decoding is still fuzzed. */
