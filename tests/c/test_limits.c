@@ -350,6 +350,7 @@ static void test_other_bad_inputs(lwfm_model *tiny, lwfm_model *dn4) {
 
 /* ---- out of memory -------------------------------------------------------- */
 
+#ifndef UNDER_SANITIZER
 static size_t vm_size(void) {
     FILE *f = fopen("/proc/self/statm", "r");
     unsigned long pages = 0;
@@ -369,6 +370,8 @@ static bytes read_file(const char *path) {
     fclose(f);
     return b;
 }
+
+#endif
 
 static void test_out_of_memory(lwfm_model *tiny, const char *tiny_path) {
 #ifdef UNDER_SANITIZER
