@@ -706,3 +706,46 @@ def test_classify_explain_refused(cli, tiny, tree, tmp_path):
     assert res.stdout == "" and f"({blocker})" in res.stderr
     assert run(cli, "classify", "--model", tiny, "--support", root / "support", "--query",
                root / "queries", "--explain=", check=2).stdout == ""
+
+
+def test_bench_quick_table(cli, tiny):
+    """`lwfm bench --quick`: the table's shape and that every figure is a
+    positive number (never the times themselves)."""
+    res = run(cli, "bench", "--model", tiny, "--quick", "--reps", "1", check=0)
+    lines = [l for l in res.stdout.splitlines() if l.startswith("|")]
+    assert lines[0].split("|")[1:-1] == [" measure ", " unit ", " fp32 ", " bf16 ",
+                                          " bf16 / fp32 "]
+    rows = [[c.strip() for c in l.split("|")[1:-1]] for l in lines[2:]]
+    assert [r[0] for r in rows] == [
+        "backbone, 80 images", "episode 5-way 1-shot 15q", "episode 5-way 5-shot 15q",
+        "metric / backbone, 1-shot", "metric / backbone, 5-shot", "streaming, batch of 1",
+        "streaming, batch of 16", "streaming, batch of 75"]
+    for r in rows:
+        assert len(r) == 5 and all(float(v) > 0 for v in r[2:]), r
+    assert "lwfm bench:" in res.stdout.splitlines()[0]
+    js = json.loads(run(cli, "bench", "--model", tiny, "--quick", "--reps", "1",
+                        "--precision", "bf16", "--json", check=0).stdout)
+    assert set(js) >= {"model", "method", "threads", "bf16"} and "fp32" not in js
+    assert len(js["bf16"]) == 8 and all(v > 0 for v in js["bf16"].values())
+    res = run(cli, "bench", "--model", tiny, "--precision", "fp16", check=2)
+    assert "--precision takes 'fp32' or 'bf16', got 'fp16'" in res.stderr
+    assert run(cli, "bench", check=2).stderr.startswith("lwfm: --model is required")
+
+
+def test_precision_option(cli, tiny, tree):
+    """--precision on classify and eval: bf16 runs and its logits stay close to
+    fp32's (tests/python/test_precision.py states the tolerances); bad values
+    are usage errors."""
+    root = tree[0]
+    base = ["classify", "--model", tiny, "--support", root / "support", "--query",
+            root / "queries", "--json"]
+    for cmd in (base, ["eval", "--model", tiny, "--data", OMNIGLOT]):
+        res = run(cli, *cmd, "--precision", "fp16", check=2)
+        assert "--precision takes 'fp32' or 'bf16', got 'fp16'" in res.stderr
+    p32 = json.loads(run(cli, *base, check=0).stdout)
+    assert p32 == json.loads(run(cli, *base, "--precision", "fp32", check=0).stdout)
+    p16 = json.loads(run(cli, *base, "--precision", "bf16", check=0).stdout)
+    l32 = np.array([q["logits"] for q in p32["queries"]])
+    l16 = np.array([q["logits"] for q in p16["queries"]])
+    assert l16.shape == l32.shape
+    assert np.abs(l16 - l32).max() <= 5e-2 * np.abs(l32).max()

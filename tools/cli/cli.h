@@ -7,6 +7,7 @@
  *   commands.c  `lwfm info` and `lwfm classify`
  *   eval.c      `lwfm eval`
  *   explain.c   `lwfm classify --explain`: one PNG per query
+ *   bench.c     `lwfm bench`: speed on this machine
  *
  * Only the public libLWFM API is used (lwfm/lwfm.h). */
 #ifndef LWFM_CLI_H
@@ -166,6 +167,7 @@ void sampler_episode(sampler *s, episode *e);
 int cmd_info(int argc, char **argv);
 int cmd_classify(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_bench(int argc, char **argv); /* bench.c */
 
 /* ---- explain.c: `lwfm classify --explain DIR` -------------------------- */
 
@@ -189,6 +191,11 @@ void explain_close(explainer *ex); /* NULL is accepted */
 
 /* Shared by the commands: load a model, printing the error. */
 lwfm_model *load_model(const char *path);
+/* The same with a backbone precision (`--precision`). */
+lwfm_model *load_model_precision(const char *path, lwfm_precision precision);
+/* Parse a --precision value ("fp32" or "bf16"); 0, or EXIT_USAGE after a
+ * usage message. */
+int cli_precision(const char *cmd, const char *text, lwfm_precision *out);
 /* Decode + preprocess one file into out (model input floats). 0 / -1 + err. */
 int preprocess_file(const lwfm_model *model, const char *path, float *out, size_t count, char *err,
                     size_t cap);

@@ -101,6 +101,7 @@ static const char kClassifyUsage[] =
     "  --explain DIR       write DIR/NNN_<query>.png per query: the predicted class's\n"
     "                      best-matching support image beside the query, with\n"
     "                      attention heat maps and matches (lwfm-spm models only)\n"
+    "  --precision P       backbone arithmetic: fp32 (default) or bf16\n"
     "  --json              print one JSON object\n";
 
 /* A growable array of preprocessed images. */
@@ -192,12 +193,10 @@ static void softmax(const float *logits, int64_t way, double *p) {
 int cmd_classify(int argc, char **argv) {
     cli_args a = {argc, argv, 2, "classify"};
     const char *model_path = NULL, *support_dir = NULL, *on_bad = "fail", *query = NULL,
-               *explain_dir = NULL;
-    const cli_string_option opts[] = {{"--model", &model_path},
-                                      {"--support", &support_dir},
-                                      {"--on-bad", &on_bad},
-                                      {"--query", &query},
-                                      {"--explain", &explain_dir}};
+               *explain_dir = NULL, *precision_s = "fp32";
+    const cli_string_option opts[] = {{"--model", &model_path},   {"--support", &support_dir},
+                                      {"--on-bad", &on_bad},      {"--query", &query},
+                                      {"--explain", &explain_dir}, {"--precision", &precision_s}};
     const char **queries = calloc((size_t)argc, sizeof *queries);
     int64_t n_queries = 0;
     int json = 0, r, usage = 0;
@@ -216,7 +215,7 @@ int cmd_classify(int argc, char **argv) {
                 queries[n_queries++] = argv[++a.i];
             if (a.i < first)
                 usage = cli_usage_error("classify", "option --query needs at least one path");
-        } else if ((r = cli_options(&a, opts, 5)) != 0) {
+        } else if ((r = cli_options(&a, opts, 6)) != 0) {
             if (r < 0) usage = EXIT_USAGE;
             if (query) queries[n_queries++] = query; /* --query=PATH */
             query = NULL;
@@ -231,6 +230,8 @@ int cmd_classify(int argc, char **argv) {
     if (!usage && missing) usage = cli_usage_error("classify", "%s is required", missing);
     if (!usage && explain_dir && !*explain_dir)
         usage = cli_usage_error("classify", "--explain needs a folder");
+    lwfm_precision precision = LWFM_PRECISION_FP32;
+    if (!usage) usage = cli_precision("classify", precision_s, &precision);
     if (!usage && strcmp(on_bad, "fail") && strcmp(on_bad, "skip"))
         usage = cli_usage_error("classify", "--on-bad takes 'fail' or 'skip', got '%s'", on_bad);
     if (usage) {
@@ -253,7 +254,7 @@ int cmd_classify(int argc, char **argv) {
     explainer *ex = NULL;
     char **explained = NULL; /* per query, the explanation's path */
 
-    model = load_model(model_path);
+    model = load_model_precision(model_path, precision);
     if (!model) goto done;
     if (explain_dir && explain_open(&ex, model, model_path, explain_dir)) goto done;
     lwfm_model_input_shape(model, &c, &h, &w);

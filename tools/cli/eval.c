@@ -26,6 +26,7 @@ static const char kEvalUsage[] =
     "  --query Q           query images per class (default 15)\n"
     "  --episodes E        number of episodes (default 600)\n"
     "  --seed S            sampler seed, any 64-bit integer (default 1)\n"
+    "  --precision P       backbone arithmetic: fp32 (default) or bf16\n"
     "  --on-bad fail|skip  an unreadable image: stop with an error (default), or\n"
     "                      leave it out of its class (folders are then decoded in\n"
     "                      full before sampling, so the episodes are those of the\n"
@@ -245,10 +246,12 @@ int cmd_eval(int argc, char **argv) {
     cli_args a = {argc, argv, 2, "eval"};
     const char *model_path = NULL, *data_path = NULL, *on_bad = "fail";
     const char *way_s = "5", *shot_s = "1", *query_s = "15", *episodes_s = "600", *seed_s = "1";
+    const char *precision_s = "fp32";
     const cli_string_option opts[] = {{"--model", &model_path},    {"--data", &data_path},
                                       {"--on-bad", &on_bad},       {"--way", &way_s},
                                       {"--shot", &shot_s},         {"--query", &query_s},
-                                      {"--episodes", &episodes_s}, {"--seed", &seed_s}};
+                                      {"--episodes", &episodes_s}, {"--seed", &seed_s},
+                                      {"--precision", &precision_s}};
     int json = 0, list = 0, quiet = 0, r;
     for (; a.i < argc; a.i++) {
         if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) {
@@ -261,14 +264,16 @@ int cmd_eval(int argc, char **argv) {
             list = 1;
         else if (cli_flag(&a, "--quiet"))
             quiet = 1;
-        else if ((r = cli_options(&a, opts, 8)) < 0)
+        else if ((r = cli_options(&a, opts, 9)) < 0)
             return EXIT_USAGE;
         else if (r == 0)
             return cli_usage_error("eval", "unexpected argument '%s'", argv[a.i]);
     }
     int64_t way, shot, query, episodes;
     uint64_t seed;
-    if (cli_int("eval", "--way", way_s, list ? 1 : 2, 1 << 20, &way) ||
+    lwfm_precision precision;
+    if (cli_precision("eval", precision_s, &precision) ||
+        cli_int("eval", "--way", way_s, list ? 1 : 2, 1 << 20, &way) ||
         cli_int("eval", "--shot", shot_s, 1, 1 << 20, &shot) ||
         cli_int("eval", "--query", query_s, 1, 1 << 20, &query) ||
         cli_int("eval", "--episodes", episodes_s, 1, (int64_t)1 << 40, &episodes) ||
@@ -296,7 +301,7 @@ int cmd_eval(int argc, char **argv) {
 
     if (dataset_open(&ds, data_path)) return EXIT_RUNTIME;
     if (!list) {
-        model = load_model(model_path);
+        model = load_model_precision(model_path, precision);
         if (!model) goto done;
         lwfm_model_input_shape(model, &c, &h, &w);
         per = (size_t)(c * h * w);

@@ -17,6 +17,7 @@ static const char kUsage[] =
     "  info      a weight file's method, configuration, input and feature shapes\n"
     "  classify  classify query images against a folder of labelled support images\n"
     "  eval      N-way K-shot accuracy over reproducible episodes of a dataset\n"
+    "  bench     speed of this machine: backbone, episodes, streaming queries\n"
     "\n"
     "Options:\n"
     "  -h, --help     this help ('lwfm <command> --help' for a command's options)\n"
@@ -176,9 +177,27 @@ const char *method_name(lwfm_method m) {
     return "unknown";
 }
 
+int cli_precision(const char *cmd, const char *text, lwfm_precision *out) {
+    if (!strcmp(text, "fp32"))
+        *out = LWFM_PRECISION_FP32;
+    else if (!strcmp(text, "bf16"))
+        *out = LWFM_PRECISION_BF16;
+    else
+        return cli_usage_error(cmd, "--precision takes 'fp32' or 'bf16', got '%s'", text);
+    return 0;
+}
+
 lwfm_model *load_model(const char *path) {
+    return load_model_precision(path, LWFM_PRECISION_FP32);
+}
+
+lwfm_model *load_model_precision(const char *path, lwfm_precision precision) {
     lwfm_model *model = NULL;
-    lwfm_status st = lwfm_model_load(&model, path, NULL);
+    lwfm_load_options *opts = NULL;
+    lwfm_status st = lwfm_load_options_create(&opts);
+    if (!st) st = lwfm_load_options_set_precision(opts, precision);
+    if (!st) st = lwfm_model_load(&model, path, opts);
+    lwfm_load_options_destroy(opts);
     if (st) {
         cli_error("cannot load model", path, "%s", lwfm_last_error());
         if (st == LWFM_ERR_IO)
@@ -218,6 +237,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "info")) return cmd_info(argc, argv);
     if (!strcmp(cmd, "classify")) return cmd_classify(argc, argv);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc, argv);
     if (cmd[0] == '-') return cli_usage_error(NULL, "unknown option '%s'", cmd);
-    return cli_usage_error(NULL, "unknown command '%s' (commands: info, classify, eval)", cmd);
+    return cli_usage_error(NULL, "unknown command '%s' (commands: info, classify, eval, bench)", cmd);
 }

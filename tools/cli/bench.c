@@ -1,0 +1,325 @@
+/* `lwfm bench`: the standard speed measurements on this machine, with the
+ * public API only (no Python): backbone throughput in fp32 and bf16, episode
+ * times, the metric's share of them, and streaming queries against a
+ * prepared support set. Inputs are random (fixed seed): speed does not
+ * depend on pixel values. See docs/cli.md and docs/benchmarks.md. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#else /* a build without OpenMP: the library runs serially */
+static void omp_set_num_threads(int n) { (void)n; }
+static int omp_get_max_threads(void) { return 1; }
+#endif
+
+static const char kBenchUsage[] =
+    "Usage: lwfm bench --model MODEL.npz [options]\n"
+    "\n"
+    "Speed of the model on this machine, fp32 and bf16 side by side:\n"
+    "backbone images/s (a 5-way 1-shot 15-query episode's 80 images), episode\n"
+    "times (5-way 1-shot and 5-shot, 15 queries per class), the metric's share\n"
+    "of the backbone's time, and streaming queries (images/s scoring batches\n"
+    "of 1, 16 and 75 queries against a prepared 5-way 5-shot support set).\n"
+    "Each figure is the median of --reps timed repetitions after one warm-up;\n"
+    "fp32 and bf16 alternate repetition by repetition. Inputs are random.\n"
+    "\n"
+    "  --model PATH        weight file (.npz)\n"
+    "  --precision P       fp32, bf16 or both (default both)\n"
+    "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+    "  --reps R            timed repetitions (default 5; --quick: 2)\n"
+    "  --quick             fewer repetitions, streaming batch of 75 only once\n"
+    "  --json              print one JSON object instead of the table\n";
+
+typedef struct bench_model {
+    lwfm_model *model;
+    lwfm_precision precision;
+} bench_model;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* splitmix64 -> roughly normal pixels (sum of uniforms), fixed seed. */
+static void fill_random(float *x, size_t n, uint64_t seed) {
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) {
+        float acc = 0.0f;
+        for (int k = 0; k < 4; k++) {
+            uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+            z ^= z >> 31;
+            acc += (float)(z >> 40) / (float)(1 << 24);
+        }
+        x[i] = (acc - 2.0f) * 1.7f;
+    }
+}
+
+/* Measurements, per precision. */
+enum { M_BACKBONE, M_EP1, M_EP5, M_MET1, M_MET5, M_S1, M_S16, M_S75, M_COUNT };
+static const char *const kNames[M_COUNT] = {
+    "backbone, 80 images",          "episode 5-way 1-shot 15q",     "episode 5-way 5-shot 15q",
+    "metric / backbone, 1-shot",     "metric / backbone, 5-shot",    "streaming, batch of 1",
+    "streaming, batch of 16",        "streaming, batch of 75"};
+static const char *const kKeys[M_COUNT] = {"backbone_images_per_s", "episode_5w1s_ms",
+                                           "episode_5w5s_ms",       "metric_share_1shot_pct",
+                                           "metric_share_5shot_pct", "stream_b1_images_per_s",
+                                           "stream_b16_images_per_s", "stream_b75_images_per_s"};
+static const char *const kUnits[M_COUNT] = {"img/s", "ms", "ms", "%", "%", "img/s", "img/s", "img/s"};
+
+typedef struct workload {
+    int64_t c, h, w, C, fh, fw, way;
+    float *s1, *s5, *q;             /* images: 5 supports, 25 supports, 75 queries */
+    int32_t *l1, *l5;               /* labels */
+    float *f_s1, *f_s5, *f_q;       /* features of the same */
+    float *logits, *feat_tmp;
+} workload;
+
+/* One timed call of measurement m on model bm; seconds (or -1 on error). */
+static double run_once(const bench_model *bm, lwfm_support *set, const workload *wl, int m) {
+    lwfm_status st = LWFM_OK;
+    const lwfm_model *md = bm->model;
+    size_t cap_l = (size_t)(75 * wl->way);
+    double t = now_seconds();
+    switch (m) {
+    case M_BACKBONE: { /* 5 supports + 75 queries: the 1-shot episode's images */
+        size_t per_f = (size_t)(wl->C * wl->fh * wl->fw);
+        st = lwfm_model_features(md, wl->s1, 5, wl->c, wl->h, wl->w, wl->feat_tmp, 5 * per_f);
+        if (!st)
+            st = lwfm_model_features(md, wl->q, 75, wl->c, wl->h, wl->w, wl->feat_tmp + 5 * per_f,
+                                     75 * per_f);
+        break;
+    }
+    case M_EP1:
+        st = lwfm_episode_score(md, wl->s1, 5, wl->l1, wl->q, 75, wl->c, wl->h, wl->w, wl->way,
+                                wl->logits, cap_l);
+        break;
+    case M_EP5:
+        st = lwfm_episode_score(md, wl->s5, 25, wl->l5, wl->q, 75, wl->c, wl->h, wl->w, wl->way,
+                                wl->logits, cap_l);
+        break;
+    case M_MET1:
+        st = lwfm_episode_score_features(md, wl->f_s1, 5, wl->l1, wl->f_q, 75, wl->C, wl->fh,
+                                         wl->fw, wl->way, wl->logits, cap_l);
+        break;
+    case M_MET5:
+        st = lwfm_episode_score_features(md, wl->f_s5, 25, wl->l5, wl->f_q, 75, wl->C, wl->fh,
+                                         wl->fw, wl->way, wl->logits, cap_l);
+        break;
+    case M_S1:
+    case M_S16: {
+        int64_t b = m == M_S1 ? 1 : 16;
+        for (int64_t i = 0; i + b <= 75 && !st; i += b) /* as many batches as fit in 75 */
+            st = lwfm_support_score(set, wl->q + i * wl->c * wl->h * wl->w, b, wl->c, wl->h,
+                                    wl->w, wl->logits, cap_l);
+        break;
+    }
+    case M_S75:
+        st = lwfm_support_score(set, wl->q, 75, wl->c, wl->h, wl->w, wl->logits, cap_l);
+        break;
+    }
+    t = now_seconds() - t;
+    if (st) {
+        cli_error("bench", kNames[m], "%s", lwfm_last_error());
+        return -1.0;
+    }
+    return t;
+}
+
+/* Images a streaming measurement scores per call. */
+static double stream_images(int m) {
+    return m == M_S1 ? 75.0 : m == M_S16 ? 64.0 : 75.0;
+}
+
+int cmd_bench(int argc, char **argv) {
+    cli_args a = {argc, argv, 2, "bench"};
+    const char *model_path = NULL, *precision_s = "both", *threads_s = NULL, *reps_s = NULL;
+    const cli_string_option opts[] = {{"--model", &model_path},
+                                      {"--precision", &precision_s},
+                                      {"--threads", &threads_s},
+                                      {"--reps", &reps_s}};
+    int json = 0, quick = 0, r;
+    for (; a.i < argc; a.i++) {
+        if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) {
+            fputs(kBenchUsage, stdout);
+            return EXIT_OK;
+        }
+        if (cli_flag(&a, "--json"))
+            json = 1;
+        else if (cli_flag(&a, "--quick"))
+            quick = 1;
+        else if ((r = cli_options(&a, opts, 4)) < 0)
+            return EXIT_USAGE;
+        else if (r == 0)
+            return cli_usage_error("bench", "unexpected argument '%s'", argv[a.i]);
+    }
+    if (!model_path) return cli_usage_error("bench", "--model is required");
+    int n_prec = 0;
+    lwfm_precision precs[2];
+    if (!strcmp(precision_s, "both")) {
+        precs[n_prec++] = LWFM_PRECISION_FP32;
+        precs[n_prec++] = LWFM_PRECISION_BF16;
+    } else {
+        if (cli_precision("bench", precision_s, &precs[0])) return EXIT_USAGE;
+        n_prec = 1;
+    }
+    int64_t threads = 0, reps = quick ? 2 : 5;
+    if (threads_s && cli_int("bench", "--threads", threads_s, 1, 1024, &threads)) return EXIT_USAGE;
+    if (reps_s && cli_int("bench", "--reps", reps_s, 1, 1000, &reps)) return EXIT_USAGE;
+    if (threads > 0) omp_set_num_threads((int)threads);
+    const int n_threads = omp_get_max_threads();
+
+    int rc = EXIT_RUNTIME;
+    bench_model bm[2] = {{0}};
+    lwfm_support *sets[2] = {0};
+    workload wl = {0};
+    double *times = NULL, result[2][M_COUNT];
+    for (int p = 0; p < n_prec; p++) {
+        bm[p].precision = precs[p];
+        if (!(bm[p].model = load_model_precision(model_path, precs[p]))) goto done;
+    }
+    wl.way = 5;
+    lwfm_model_input_shape(bm[0].model, &wl.c, &wl.h, &wl.w);
+    if (lwfm_model_feature_shape(bm[0].model, wl.h, wl.w, &wl.C, &wl.fh, &wl.fw)) {
+        cli_error("bench", model_path, "%s", lwfm_last_error());
+        goto done;
+    }
+    const size_t per = (size_t)(wl.c * wl.h * wl.w), per_f = (size_t)(wl.C * wl.fh * wl.fw);
+    wl.s1 = malloc(5 * per * sizeof(float));
+    wl.s5 = malloc(25 * per * sizeof(float));
+    wl.q = malloc(75 * per * sizeof(float));
+    wl.f_s1 = malloc(5 * per_f * sizeof(float));
+    wl.f_s5 = malloc(25 * per_f * sizeof(float));
+    wl.f_q = malloc(75 * per_f * sizeof(float));
+    wl.feat_tmp = malloc(80 * per_f * sizeof(float));
+    wl.logits = malloc(75 * 5 * sizeof(float));
+    wl.l1 = malloc(5 * sizeof(int32_t));
+    wl.l5 = malloc(25 * sizeof(int32_t));
+    times = malloc((size_t)reps * 2 * M_COUNT * sizeof *times);
+    if (!wl.s1 || !wl.s5 || !wl.q || !wl.f_s1 || !wl.f_s5 || !wl.f_q || !wl.feat_tmp ||
+        !wl.logits || !wl.l1 || !wl.l5 || !times) {
+        cli_error("bench", NULL, "out of memory");
+        goto done;
+    }
+    fill_random(wl.s5, 25 * per, 1);
+    fill_random(wl.q, 75 * per, 2);
+    for (int i = 0; i < 25; i++) wl.l5[i] = i / 5;
+    for (int i = 0; i < 5; i++) {
+        wl.l1[i] = i;
+        memcpy(wl.s1 + i * per, wl.s5 + (size_t)(i * 5) * per, per * sizeof(float));
+    }
+    /* Features for the metric-only timings: fp32 model's (the metric is f32
+     * in both precisions; the share is taken against each one's backbone). */
+    if (lwfm_model_features(bm[0].model, wl.s5, 25, wl.c, wl.h, wl.w, wl.f_s5, 25 * per_f) ||
+        lwfm_model_features(bm[0].model, wl.q, 75, wl.c, wl.h, wl.w, wl.f_q, 75 * per_f)) {
+        cli_error("bench", model_path, "%s", lwfm_last_error());
+        goto done;
+    }
+    for (int i = 0; i < 5; i++)
+        memcpy(wl.f_s1 + i * per_f, wl.f_s5 + (size_t)(i * 5) * per_f, per_f * sizeof(float));
+    for (int p = 0; p < n_prec; p++)
+        if (lwfm_support_prepare(&sets[p], bm[p].model, wl.s5, 25, wl.l5, wl.c, wl.h, wl.w, 5)) {
+            cli_error("bench", model_path, "%s", lwfm_last_error());
+            goto done;
+        }
+
+    if (!json)
+        fprintf(stderr, "lwfm bench: %lld threads, %lld reps per figure...\n", (long long)n_threads,
+                (long long)reps);
+    for (int m = 0; m < M_COUNT; m++) {
+        /* warm-up (primitives created, buffers grown), then alternate */
+        for (int p = 0; p < n_prec; p++)
+            if (run_once(&bm[p], sets[p], &wl, m) < 0) goto done;
+        int64_t mreps = (quick && m == M_S1) ? 1 : reps;
+        for (int64_t k = 0; k < mreps; k++)
+            for (int p = 0; p < n_prec; p++) {
+                double t = run_once(&bm[p], sets[p], &wl, m);
+                if (t < 0) goto done;
+                times[(p * M_COUNT + m) * reps + k] = t;
+            }
+        for (int p = 0; p < n_prec; p++) {
+            double t = median(&times[(p * M_COUNT + m) * reps], (int)mreps);
+            switch (m) {
+            case M_BACKBONE:
+                result[p][m] = 80.0 / t;
+                break;
+            case M_EP1:
+            case M_EP5:
+            case M_MET1:
+            case M_MET5:
+                result[p][m] = 1e3 * t;
+                break;
+            default:
+                result[p][m] = stream_images(m) / t;
+            }
+        }
+    }
+    /* metric share: metric time over the backbone time of that episode's
+     * images (80 for 1-shot, 100 for 5-shot, from the backbone's rate) */
+    for (int p = 0; p < n_prec; p++) {
+        double bb = 1e3 / result[p][M_BACKBONE];
+        result[p][M_MET1] = 100.0 * result[p][M_MET1] / (80.0 * bb);
+        result[p][M_MET5] = 100.0 * result[p][M_MET5] / (100.0 * bb);
+    }
+
+    if (json) {
+        printf("{\"model\": ");
+        json_string(stdout, model_path);
+        printf(", \"method\": \"%s\", \"threads\": %d, \"reps\": %lld, \"input\": [%lld, %lld, %lld]",
+               method_name(lwfm_model_method(bm[0].model)), n_threads, (long long)reps,
+               (long long)wl.c, (long long)wl.h, (long long)wl.w);
+        for (int p = 0; p < n_prec; p++) {
+            printf(", \"%s\": {", precs[p] == LWFM_PRECISION_BF16 ? "bf16" : "fp32");
+            for (int m = 0; m < M_COUNT; m++)
+                printf("%s\"%s\": %.6g", m ? ", " : "", kKeys[m], result[p][m]);
+            printf("}");
+        }
+        printf("}\n");
+    } else {
+        printf("lwfm bench: %s (%s), input %lldx%lldx%lld, %d threads, median of %lld reps\n\n",
+               model_path, method_name(lwfm_model_method(bm[0].model)), (long long)wl.c,
+               (long long)wl.h, (long long)wl.w, n_threads, (long long)reps);
+        printf("| measure | unit |");
+        for (int p = 0; p < n_prec; p++)
+            printf(" %s |", precs[p] == LWFM_PRECISION_BF16 ? "bf16" : "fp32");
+        if (n_prec == 2) printf(" bf16 / fp32 |");
+        printf("\n|---|---|");
+        for (int p = 0; p < n_prec + (n_prec == 2); p++) printf("---|");
+        printf("\n");
+        for (int m = 0; m < M_COUNT; m++) {
+            printf("| %s | %s |", kNames[m], kUnits[m]);
+            for (int p = 0; p < n_prec; p++)
+                printf(" %.*f |", result[p][m] >= 100 ? 1 : 2, result[p][m]);
+            if (n_prec == 2) printf(" %.2f |", result[1][m] / result[0][m]);
+            printf("\n");
+        }
+    }
+    rc = EXIT_OK;
+done:
+    for (int p = 0; p < 2; p++) {
+        lwfm_support_destroy(sets[p]);
+        lwfm_model_destroy(bm[p].model);
+    }
+    free(wl.s1);
+    free(wl.s5);
+    free(wl.q);
+    free(wl.f_s1);
+    free(wl.f_s5);
+    free(wl.f_q);
+    free(wl.feat_tmp);
+    free(wl.logits);
+    free(wl.l1);
+    free(wl.l5);
+    free(times);
+    return rc;
+}
