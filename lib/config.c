@@ -8,6 +8,7 @@
 
 static const char *kMethods[] = {"lwfm-spm", "dn4", "mml", "rcn"};
 static const char *kDistances[] = {"wass", "kl", "w2"};
+static const char *kBatchNorm[] = {"running", "batch"};
 
 const char *lwfm__distance_name(lwfm__mml_distance d) {
     return (unsigned)d < 3 ? kDistances[d] : "unknown";
@@ -111,6 +112,17 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
         if ((st = lookup("config/distance", s, kDistances, 3, &idx))) return st;
         c.distance = (lwfm__mml_distance)idx;
     }
+    if (lwfm__archive_find(ar, "config/batch_norm")) {
+        if ((st = lwfm__archive_get_string(ar, "config/batch_norm", s, sizeof s))) return st;
+        if ((st = lookup("config/batch_norm", s, kBatchNorm, 2, &idx))) return st;
+        c.bn_batch = idx;
+        if (c.bn_batch && c.method != LWFM_METHOD_RCN)
+            return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                               "config 'config/batch_norm' = 'batch' is for rcn models only "
+                               "(this model is %s)",
+                               lwfm__method_name(c.method));
+    }
+    c.query_batch = LWFM_RCN_QUERY_BATCH;
 
     /* Defaults: spec section 4 (lwfm-spm) and peers.md (dn4: k = 3). */
     c.first_padding = 3;
@@ -160,6 +172,8 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     if ((st = opt_int(ar, "config/learnable_matcher", 0, 1, &c.learnable_matcher))) return st;
     if ((st = opt_int(ar, "config/top_k", 1, 4096, &c.top_k))) return st;
     if ((st = opt_int(ar, "config/neighbor_k", 1, 4096, &c.neighbor_k))) return st;
+    if ((st = opt_int(ar, "config/query_batch", 1, LWFM_RCN_QUERY_BATCH_MAX, &c.query_batch)))
+        return st;
     if ((st = opt_int(ar, "config/image_size", 8, 4096, &c.image_size))) return st;
     if ((st = opt_int(ar, "config/resize", 0, 8192, &c.resize))) return st;
     if ((st = read_norm(ar, "config/mean", c.mean, &c.n_norm, 0))) return st;
@@ -236,6 +250,10 @@ size_t lwfm__config_json(const lwfm__config *c, char *buf, size_t cap) {
         put(buf, cap, &len, ", \"neighbor_k\": %d", c->neighbor_k);
     if (c->method == LWFM_METHOD_MML)
         put(buf, cap, &len, ", \"distance\": \"%s\"", lwfm__distance_name(c->distance));
+    if (c->method == LWFM_METHOD_RCN) {
+        put(buf, cap, &len, ", \"batch_norm\": \"%s\"", kBatchNorm[c->bn_batch ? 1 : 0]);
+        if (c->bn_batch) put(buf, cap, &len, ", \"query_batch\": %d", c->query_batch);
+    }
     put(buf, cap, &len, ", \"image_size\": %d, \"resize\": %d", c->image_size, c->resize);
     put_list(buf, cap, &len, "mean", c->mean, c->n_norm);
     put_list(buf, cap, &len, "std", c->std, c->n_norm);

@@ -26,6 +26,11 @@ typedef enum lwfm__mml_distance {
     LWFM_MML_W2 = 2    /* exact 2-Wasserstein distance between the Gaussians */
 } lwfm__mml_distance;
 
+/* rcn, batch-statistics BatchNorm: the authors' 25 queries per forward
+ * (peers.md 4.6) by default, at most this many. */
+#define LWFM_RCN_QUERY_BATCH 25
+#define LWFM_RCN_QUERY_BATCH_MAX 4096
+
 typedef struct lwfm__config {
     int format_version;
     lwfm_method method;
@@ -42,6 +47,8 @@ typedef struct lwfm__config {
     int top_k;
     int neighbor_k; /* dn4 / mml */
     lwfm__mml_distance distance; /* mml */
+    int bn_batch;    /* rcn: BatchNorm with batch statistics (peers.md 4.7), else running */
+    int query_batch; /* rcn with bn_batch: queries per batch (backbone and meta-learner) */
     int image_size;
     int resize;
     int n_norm; /* entries in mean/std: 1 or 3 */

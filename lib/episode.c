@@ -560,9 +560,37 @@ LWFM_API int64_t lwfm_support_count(const lwfm_support *support) {
 /* Validated queries (images, or feature maps when `features`) against a prepared
  * support set. All per-call buffers come from a reused arena; the logits are
  * computed there and copied out only on success. */
+static lwfm_status support_score_once(const lwfm_support *sp, const float *query, int features,
+                                      int64_t n_query, int64_t channels, int64_t h, int64_t w,
+                                      float *logits);
+
+/* RCN with batch-statistics BatchNorm (peers.md 4.7): the backbone sees the
+ * queries in batches of cfg.query_batch, each its own BatchNorm batch (the
+ * meta-learner batches the same way inside lwfm__rcn_score). The logits
+ * are gathered in a buffer and copied out only when every batch succeeded. */
 static lwfm_status support_score(const lwfm_support *sp, const float *query, int features,
                                  int64_t n_query, int64_t channels, int64_t h, int64_t w,
                                  float *logits) {
+    const int64_t qb = sp->model->cfg.query_batch;
+    if (features || !sp->model->cfg.bn_batch || n_query <= qb)
+        return support_score_once(sp, query, features, n_query, channels, h, w, logits);
+    const size_t per_image = (size_t)channels * (size_t)h * (size_t)w;
+    float *all = malloc((size_t)n_query * (size_t)sp->way * sizeof(float));
+    if (!all) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    lwfm_status st = LWFM_OK;
+    for (int64_t q0 = 0; q0 < n_query && !st; q0 += qb) {
+        const int64_t nq = n_query - q0 < qb ? n_query - q0 : qb;
+        st = support_score_once(sp, query + (size_t)q0 * per_image, 0, nq, channels, h, w,
+                                all + (size_t)q0 * (size_t)sp->way);
+    }
+    if (!st) memcpy(logits, all, (size_t)n_query * (size_t)sp->way * sizeof(float));
+    free(all);
+    return st;
+}
+
+static lwfm_status support_score_once(const lwfm_support *sp, const float *query, int features,
+                                      int64_t n_query, int64_t channels, int64_t h, int64_t w,
+                                      float *logits) {
     lwfm__arena *arena = lwfm__model_arena_take(sp->model);
     if (!arena) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     side Q;

@@ -115,7 +115,7 @@ static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
             goto fail;
     }
     if (m->cfg.method == LWFM_METHOD_MML && (st = lwfm__mml_load(&m->mml, ar))) goto fail;
-    if (m->cfg.method == LWFM_METHOD_RCN && (st = lwfm__rcn_load(&m->rcn, ar, m->layers.C)))
+    if (m->cfg.method == LWFM_METHOD_RCN && (st = lwfm__rcn_load(&m->rcn, ar, m->layers.C, m->cfg.bn_batch)))
         goto fail;
     *out = m;
     return LWFM_OK;

@@ -237,6 +237,12 @@ LWFM_API lwfm_status lwfm_rcn_create(lwfm_rcn **out, lwfm_model *model) {
         return lwfm__error(LWFM_ERR_WRONG_KIND,
                            "the region comparison needs an rcn model, this one is '%s'",
                            lwfm__method_name(model->cfg.method));
+    if (model->cfg.bn_batch)
+        return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                           "this rcn model uses batch-statistics BatchNorm (config batch_norm "
+                           "'batch'): a pair's region weights depend on its whole query batch, "
+                           "so there is no per-pair view; use the model with batch_norm "
+                           "'running'");
     lwfm_rcn *h = calloc(1, sizeof *h);
     if (!h) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     lwfm__model_retain(model);

@@ -93,10 +93,19 @@ lwfm_status lwfm__net_add_conv(lwfm__net *net, const lwfm__archive *ar, const ch
     op->bias = lwfm__alloc((size_t)oc * sizeof(float));
     if (!op->w_plain || !op->bias)
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory building the backbone");
-    /* Fold eval-mode BatchNorm: y = (conv(x) + b - mu) * g / sqrt(var + eps) + beta. */
+    if (bn_prefix && net->bn_batch) {
+        op->bn_g = lwfm__alloc((size_t)oc * sizeof(float));
+        op->bn_b = lwfm__alloc((size_t)oc * sizeof(float));
+        if (!op->bn_g || !op->bn_b)
+            return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory building the backbone");
+        memcpy(op->bn_g, g, (size_t)oc * sizeof(float));
+        memcpy(op->bn_b, beta, (size_t)oc * sizeof(float));
+    }
+    /* Fold eval-mode BatchNorm: y = (conv(x) + b - mu) * g / sqrt(var + eps) + beta
+     * (batch statistics: the conv alone, the BatchNorm runs after it). */
     for (int o = 0; o < oc; o++) {
         double scale = 1.0, shift = b ? b[o] : 0.0;
-        if (bn_prefix) {
+        if (bn_prefix && !net->bn_batch) {
             scale = g[o] / sqrt((double)var[o] + BN_EPS);
             shift = (shift - mu[o]) * scale + beta[o];
         }
@@ -256,7 +265,8 @@ static lwfm_status make_attr(dnnl_primitive_attr_t *attr, const lwfm__op *op) {
     DNNL_CHECK(dnnl_primitive_attr_create(attr), "attr create");
     DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user),
                "scratchpad mode");
-    if (op->kind == LWFM_OP_CONV && (op->accumulate || op->act != LWFM_ACT_NONE)) {
+    /* batch-statistics BatchNorm: the sum and activation come after it */
+    if (op->kind == LWFM_OP_CONV && !op->bn_g && (op->accumulate || op->act != LWFM_ACT_NONE)) {
         DNNL_CHECK(dnnl_post_ops_create(&po), "post-ops create");
         if (op->accumulate) DNNL_CHECK(dnnl_post_ops_append_sum(po, 1.0f), "sum post-op");
         if (op->act != LWFM_ACT_NONE)
@@ -385,6 +395,13 @@ lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm
     lwfm__net *net = calloc(1, sizeof *net);
     if (!net) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     net->precision = precision;
+    net->bn_batch = cfg->bn_batch;
+    if (net->bn_batch && precision != LWFM_PRECISION_FP32) {
+        free(net);
+        return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                           "batch-statistics BatchNorm (config 'batch_norm' = 'batch') runs in "
+                           "fp32 only; load the model with the fp32 precision");
+    }
     net->in_channels = cfg->input_channels;
     net->feature_size = cfg->feature_size;
     net->canonical_h = net->canonical_w = cfg->image_size > 0 ? cfg->image_size : 84;
@@ -446,6 +463,8 @@ void lwfm__net_free(lwfm__net *net) {
         lwfm__free(net->ops[i].w_plain);
         lwfm__free(net->ops[i].w_data);
         lwfm__free(net->ops[i].bias);
+        lwfm__free(net->ops[i].bn_g);
+        lwfm__free(net->ops[i].bn_b);
     }
     free(net->ops);
     if (net->engine) dnnl_engine_destroy(net->engine);
@@ -458,6 +477,11 @@ void lwfm__net_free(lwfm__net *net) {
 typedef struct plan_op {
     dnnl_primitive_t prim;
     dnnl_memory_t src, dst, wts, bias, scratch;
+    /* batch-statistics BatchNorm after the conv (op->bn_g): in place on the
+     * conv's output (dst, or the context's bn_tmp when the op accumulates) */
+    dnnl_primitive_t bn;
+    dnnl_memory_t bn_src, bn_dst, bn_scale, bn_shift, bn_mean, bn_var, bn_scratch;
+    size_t out_bytes; /* bytes of the conv's output */
     void *w_local; /* weights reordered for this plan when its layout differs */
 } plan_op;
 
@@ -477,6 +501,8 @@ typedef struct plan {
     size_t scratch_bytes;
     size_t tap_bytes; /* plain copy of the largest pooled tap */
     size_t in_bytes;  /* bf16 copy of the input */
+    size_t bn_bytes;  /* conv output of an accumulating batch-statistics op */
+    size_t stat_bytes; /* mean and variance of the widest batch-statistics op */
     unsigned long last_used;
 } plan;
 
@@ -489,8 +515,8 @@ struct lwfm__net_ctx {
     int chunk;
     void *buf[LWFM_NET_NBUF];
     size_t buf_cap[LWFM_NET_NBUF];
-    void *scratch, *tap_tmp, *in_tmp;
-    size_t scratch_cap, tap_cap, in_cap;
+    void *scratch, *tap_tmp, *in_tmp, *bn_tmp, *stats;
+    size_t scratch_cap, tap_cap, in_cap, bn_cap, stats_cap;
 };
 
 static void plan_free(const lwfm__net *net, plan *p) {
@@ -504,6 +530,11 @@ static void plan_free(const lwfm__net *net, plan *p) {
             if (o->wts) dnnl_memory_destroy(o->wts);
             if (o->bias) dnnl_memory_destroy(o->bias);
             if (o->scratch) dnnl_memory_destroy(o->scratch);
+            if (o->bn) dnnl_primitive_destroy(o->bn);
+            dnnl_memory_t bm[7] = {o->bn_src,  o->bn_dst, o->bn_scale,  o->bn_shift,
+                                   o->bn_mean, o->bn_var, o->bn_scratch};
+            for (int k = 0; k < 7; k++)
+                if (bm[k]) dnnl_memory_destroy(bm[k]);
             lwfm__free(o->w_local);
         }
         free(p->ops);
@@ -546,6 +577,43 @@ static lwfm_status make_reorder(const lwfm__net *net, const dnnl_memory_desc_t *
     DNNL_CHECK(dnnl_memory_create(mfrom, from, net->engine, DNNL_MEMORY_NONE), "memory");
     DNNL_CHECK(dnnl_memory_create(mto, to, net->engine, DNNL_MEMORY_NONE), "memory");
     DNNL_CHECK(dnnl_memory_create(mscr, smd, net->engine, DNNL_MEMORY_NONE), "memory");
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return st;
+}
+
+/* The batch-statistics BatchNorm of a conv op (forward training: mean and
+ * biased variance over the batch and the positions, as PyTorch's train
+ * mode normalises), in place on the conv's output `data`. */
+static lwfm_status make_bn(const lwfm__net *net, const lwfm__op *op, const dnnl_memory_desc_t *data,
+                           plan_op *po, size_t *scratch_bytes) {
+    lwfm_status st = LWFM_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_batch_normalization_desc_t bd;
+    DNNL_CHECK(dnnl_primitive_attr_create(&attr), "attr create");
+    DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user),
+               "scratchpad mode");
+    DNNL_CHECK(dnnl_batch_normalization_forward_desc_init(&bd, dnnl_forward_training, data,
+                                                          (float)BN_EPS,
+                                                          dnnl_use_scale | dnnl_use_shift),
+               "batch normalization desc");
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &bd, attr, net->engine, NULL),
+               "batch normalization primitive desc");
+    DNNL_CHECK(dnnl_primitive_create(&po->bn, pd), "batch normalization create");
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    *scratch_bytes = max_sz(*scratch_bytes, dnnl_memory_desc_get_size(smd));
+    dnnl_memory_desc_t vec;
+    dnnl_dims_t vd = {op->oc};
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&vec, 1, vd, dnnl_f32, dnnl_x), "md");
+    DNNL_CHECK(dnnl_memory_create(&po->bn_src, data, net->engine, DNNL_MEMORY_NONE), "memory");
+    DNNL_CHECK(dnnl_memory_create(&po->bn_dst, data, net->engine, DNNL_MEMORY_NONE), "memory");
+    DNNL_CHECK(dnnl_memory_create(&po->bn_scale, &vec, net->engine, op->bn_g), "memory");
+    DNNL_CHECK(dnnl_memory_create(&po->bn_shift, &vec, net->engine, op->bn_b), "memory");
+    DNNL_CHECK(dnnl_memory_create(&po->bn_mean, &vec, net->engine, DNNL_MEMORY_NONE), "memory");
+    DNNL_CHECK(dnnl_memory_create(&po->bn_var, &vec, net->engine, DNNL_MEMORY_NONE), "memory");
+    DNNL_CHECK(dnnl_memory_create(&po->bn_scratch, smd, net->engine, DNNL_MEMORY_NONE), "memory");
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
@@ -606,6 +674,12 @@ static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64
             }
             DNNL_CHECK(dnnl_memory_create(&po->wts, wmd, net->engine, wdata), "memory");
             DNNL_CHECK(dnnl_memory_create(&po->bias, bmd, net->engine, op->bias), "memory");
+            po->out_bytes = dnnl_memory_desc_get_size(dmd);
+            if (op->bn_g) {
+                if ((st = make_bn(net, op, dmd, po, &p->scratch_bytes))) goto done;
+                if (op->accumulate) p->bn_bytes = max_sz(p->bn_bytes, po->out_bytes);
+                p->stat_bytes = max_sz(p->stat_bytes, 2 * (size_t)op->oc * sizeof(float));
+            }
         }
         dnnl_primitive_desc_destroy(pd);
         pd = NULL;
@@ -680,6 +754,8 @@ void lwfm__net_ctx_free(lwfm__net_ctx *ctx) {
     lwfm__free(ctx->scratch);
     lwfm__free(ctx->tap_tmp);
     lwfm__free(ctx->in_tmp);
+    lwfm__free(ctx->bn_tmp);
+    lwfm__free(ctx->stats);
     if (ctx->stream) dnnl_stream_destroy(ctx->stream);
     free(ctx);
 }
@@ -751,9 +827,45 @@ static lwfm_status plan_reserve(lwfm__net_ctx *ctx, const plan *p) {
                                p->buf_bytes[b]);
     if (grow(&ctx->scratch, &ctx->scratch_cap, p->scratch_bytes) ||
         grow(&ctx->tap_tmp, &ctx->tap_cap, p->tap_bytes) ||
-        grow(&ctx->in_tmp, &ctx->in_cap, p->in_bytes))
+        grow(&ctx->in_tmp, &ctx->in_cap, p->in_bytes) ||
+        grow(&ctx->bn_tmp, &ctx->bn_cap, p->bn_bytes) ||
+        grow(&ctx->stats, &ctx->stats_cap, p->stat_bytes))
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for backbone scratch");
     return LWFM_OK;
+}
+
+/* After a batch-statistics conv wrote `conv_out`: its BatchNorm in place,
+ * then dst = act(dst + conv_out) when the op accumulates, else
+ * dst = act(dst) (conv_out is dst). Element-wise over the buffer: dst and
+ * conv_out share one layout. */
+static lwfm_status run_bn(lwfm__net_ctx *ctx, const lwfm__op *op, plan_op *po, void *conv_out,
+                          void *dst) {
+    lwfm_status st = LWFM_OK;
+    float *stats = ctx->stats;
+    dnnl_memory_set_data_handle(po->bn_src, conv_out);
+    dnnl_memory_set_data_handle(po->bn_dst, conv_out);
+    dnnl_memory_set_data_handle(po->bn_mean, stats);
+    dnnl_memory_set_data_handle(po->bn_var, stats + op->oc);
+    dnnl_memory_set_data_handle(po->bn_scratch, ctx->scratch);
+    dnnl_exec_arg_t a[7] = {{DNNL_ARG_SRC, po->bn_src},     {DNNL_ARG_DST, po->bn_dst},
+                            {DNNL_ARG_SCALE, po->bn_scale}, {DNNL_ARG_SHIFT, po->bn_shift},
+                            {DNNL_ARG_MEAN, po->bn_mean},   {DNNL_ARG_VARIANCE, po->bn_var},
+                            {DNNL_ARG_SCRATCHPAD, po->bn_scratch}};
+    DNNL_CHECK(dnnl_primitive_execute(po->bn, ctx->stream, 7, a), "batch normalization");
+    DNNL_CHECK(dnnl_stream_wait(ctx->stream), "stream wait");
+    if (!op->accumulate && op->act == LWFM_ACT_NONE) return LWFM_OK;
+    const int64_t count = (int64_t)(po->out_bytes / sizeof(float));
+    const float slope = op->act == LWFM_ACT_LRELU ? op->alpha : 0.0f;
+    const int act = op->act != LWFM_ACT_NONE, acc = op->accumulate;
+    float *d = dst;
+    const float *c = conv_out;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; i++) {
+        float v = acc ? d[i] + c[i] : d[i];
+        d[i] = act && v < 0.0f ? v * slope : v;
+    }
+done:
+    return st;
 }
 
 static lwfm_status run_plan(lwfm__net_ctx *ctx, plan *p, const float *x, float *out) {
@@ -774,8 +886,10 @@ static lwfm_status run_plan(lwfm__net_ctx *ctx, plan *p, const float *x, float *
         const lwfm__op *op = &net->ops[i];
         plan_op *po = &p->ops[i];
         void *dst = ctx->buf[op->dst];
+        /* batch statistics: an accumulating conv writes beside dst first */
+        void *conv_out = op->bn_g && op->accumulate ? ctx->bn_tmp : dst;
         dnnl_memory_set_data_handle(po->src, op->src == LWFM_NET_INPUT ? input : ctx->buf[op->src]);
-        dnnl_memory_set_data_handle(po->dst, dst);
+        dnnl_memory_set_data_handle(po->dst, conv_out);
         dnnl_memory_set_data_handle(po->scratch, ctx->scratch);
         dnnl_exec_arg_t a[5];
         int na = 0;
@@ -787,6 +901,7 @@ static lwfm_status run_plan(lwfm__net_ctx *ctx, plan *p, const float *x, float *
             a[na++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, po->bias};
         }
         DNNL_CHECK(dnnl_primitive_execute(po->prim, ctx->stream, na, a), op->name);
+        if (op->bn_g && (st = run_bn(ctx, op, po, conv_out, dst))) goto done;
         if (op->tap >= 0) {
             plan_tap *tp = &p->taps[op->tap];
             int64_t off = net->tap_offset[op->tap];
@@ -817,7 +932,9 @@ lwfm_status lwfm__net_forward(lwfm__net_ctx *ctx, const float *x, int64_t n, int
     if (st) return st;
     /* Create every plan and buffer first, so that a failure (out of memory,
      * unsupported shape) leaves the output untouched. */
-    int64_t full = n < ctx->chunk ? n : ctx->chunk, rest = n % full;
+    /* batch statistics: the whole batch in one pass */
+    int64_t chunk = ctx->net->bn_batch ? n : ctx->chunk;
+    int64_t full = n < chunk ? n : chunk, rest = n % full;
     plan *pf = NULL, *pr = NULL;
     if ((st = get_plan(ctx, full, h, w, &pf))) return st;
     if (rest && (st = get_plan(ctx, rest, h, w, &pr))) return st;

@@ -24,12 +24,17 @@ typedef struct lwfm__op {
     void *w_data;   /* weights in compute layout, described by w_md */
     dnnl_memory_desc_t w_md;
     float *bias;   /* oc floats (folded BatchNorm shift) */
+    /* Batch-statistics BatchNorm (net->bn_batch): the BatchNorm is not
+     * folded; bias is the conv's own, bn_g / bn_b its scale and shift (oc
+     * floats each), the statistics come from each forward's batch. */
+    float *bn_g, *bn_b;
     char name[96]; /* key of the conv weight, for messages */
 } lwfm__op;
 
 struct lwfm__net {
     dnnl_engine_t engine;
     lwfm_precision precision;
+    int bn_batch; /* BatchNorm with batch statistics (rcn's transductive mode) */
     int in_channels;
     lwfm__op *ops;
     int n_ops, cap_ops;

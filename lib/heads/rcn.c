@@ -18,14 +18,18 @@ void lwfm__rcn_free(lwfm__rcn *h) {
     for (int i = 0; i < LWFM_RCN_MAX_LAYERS; i++) {
         lwfm__free(h->w[i]);
         lwfm__free(h->b[i]);
+        lwfm__free(h->g[i]);
+        lwfm__free(h->beta[i]);
     }
     lwfm__free(h->w0s);
     lwfm__free(h->w0q);
     memset(h, 0, sizeof *h);
 }
 
-lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels) {
+lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
+                           int batch_stats) {
     memset(h, 0, sizeof *h);
+    h->batch_stats = batch_stats;
     int in = 2 * channels;
     for (int i = 0;; i++) {
         char key[96];
@@ -60,7 +64,11 @@ lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels) 
         }
         h->w[i] = lwfm__alloc((size_t)out * in * sizeof(float));
         h->b[i] = lwfm__alloc((size_t)out * sizeof(float));
-        if (!h->w[i] || !h->b[i]) {
+        if (batch_stats) {
+            h->g[i] = lwfm__alloc((size_t)out * sizeof(float));
+            h->beta[i] = lwfm__alloc((size_t)out * sizeof(float));
+        }
+        if (!h->w[i] || !h->b[i] || (batch_stats && (!h->g[i] || !h->beta[i]))) {
             lwfm__rcn_free(h);
             return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (RCN meta-learner)");
         }
@@ -71,6 +79,13 @@ lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels) 
                                    "tensor 'explain_network.meta_learner.%d.running_var' has a "
                                    "negative value",
                                    3 * i + 1);
+            }
+            if (batch_stats) { /* raw conv; the BatchNorm runs per query batch */
+                memcpy(h->w[i] + (size_t)o * in, w + (size_t)o * in, (size_t)in * sizeof(float));
+                h->b[i][o] = 0.0f;
+                h->g[i][o] = g[o];
+                h->beta[i][o] = beta[o];
+                continue;
             }
             double scale = g[o] / sqrt((double)var[o] + BN_EPS);
             for (int k = 0; k < in; k++) h->w[i][(size_t)o * in + k] = (float)(w[(size_t)o * in + k] * scale);
@@ -207,6 +222,146 @@ double lwfm__rcn_pair(const lwfm_model *m, const side *S, int64_t j, const side 
     return e;
 }
 
+/* In place on H (rows x width): BatchNorm with the rows' statistics (mean
+ * and biased variance per column, in double), scale g, shift b, then ReLU.
+ * part: threads x 2 x width doubles. */
+static void batch_norm_relu(float *H, int64_t rows, int width, const float *g, const float *b,
+                            double *part) {
+    int threads = omp_get_max_threads();
+    double *mean = part, *var = part + width; /* thread 0's partials become the totals */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int t = 0; t < threads; t++) /* a team may be smaller than `threads` */
+            for (int k = 0; k < width; k++) part[(size_t)t * 2 * width + (size_t)pass * width + k] = 0.0;
+#pragma omp parallel
+        {
+            int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            double *acc = part + (size_t)t * 2 * width + (size_t)pass * width;
+            int64_t lo = rows * t / nt, hi = rows * (t + 1) / nt;
+            for (int64_t r = lo; r < hi; r++) {
+                const float *x = H + r * width;
+                if (pass == 0)
+                    for (int k = 0; k < width; k++) acc[k] += x[k];
+                else
+                    for (int k = 0; k < width; k++) {
+                        double d = x[k] - mean[k];
+                        acc[k] += d * d;
+                    }
+            }
+        }
+        double *tot = pass == 0 ? mean : var;
+        for (int t = 1; t < threads; t++)
+            for (int k = 0; k < width; k++) tot[k] += part[(size_t)t * 2 * width + (size_t)pass * width + k];
+        for (int k = 0; k < width; k++) tot[k] /= (double)rows;
+    }
+    float *scale = (float *)(part + 2 * (size_t)threads * width), *shift = scale + width;
+    for (int k = 0; k < width; k++) {
+        double sc = g[k] / sqrt(var[k] + BN_EPS);
+        scale[k] = (float)sc;
+        shift[k] = (float)(b[k] - mean[k] * sc);
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        float *x = H + r * width;
+        for (int k = 0; k < width; k++) {
+            float v = x[k] * scale[k] + shift[k];
+            x[k] = v > 0 ? v : 0;
+        }
+    }
+}
+
+/* Batch-statistics mode: queries in batches of cfg.query_batch; per batch,
+ * every meta-learner BatchNorm normalises over all (query, support image,
+ * cell) rows of the batch (peers.md 4.7). */
+static lwfm_status rcn_score_batch(const lwfm_model *m, const side *S, const int32_t *labels,
+                                   const int64_t *count, int64_t way, const side *Q,
+                                   float *logits, lwfm__arena *arena, int widest) {
+    const lwfm__rcn *h = &m->rcn;
+    const int C = m->layers.C, o0 = h->out[0];
+    const int64_t P = S->P, ns = S->n, qb = m->cfg.query_batch < Q->n ? m->cfg.query_batch : Q->n;
+    int threads = omp_get_max_threads();
+    const size_t rows = (size_t)qb * (size_t)ns * (size_t)P; /* of the largest batch */
+    /* H, H2: rows x widest; sim: rows; dots: per thread ns*P x P; stats */
+    size_t floats = 2 * rows * (size_t)widest + rows + (size_t)threads * ns * P * P;
+    size_t bytes = (floats * sizeof(float) + 7) / 8 * 8;
+    size_t stat_bytes = (2 * (size_t)threads * widest + (size_t)widest) * sizeof(double);
+    char *mem = lwfm__arena_get(arena, LWFM_SLOT_R, bytes + stat_bytes);
+    if (!mem) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring RCN queries");
+    float *H = (float *)mem, *H2 = H + rows * widest, *sim = H2 + rows * widest;
+    float *dots_all = sim + rows;
+    double *part = (double *)(mem + bytes);
+    lwfm_status st = LWFM_OK;
+    dnnl_stream_t stream = NULL;
+    if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success)
+        return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
+    for (int64_t q0 = 0; q0 < Q->n && !st; q0 += qb) {
+        const int64_t nq = Q->n - q0 < qb ? Q->n - q0 : qb;
+        const int64_t nrows = nq * ns * P;
+        /* region similarities and the first layer, pre-BatchNorm */
+#pragma omp parallel
+        {
+            float *dots = dots_all + (size_t)omp_get_thread_num() * ns * P * P;
+            dnnl_stream_t ts = NULL;
+            lwfm_status my = LWFM_OK;
+            if (dnnl_stream_create(&ts, m->engine, dnnl_stream_default_flags) != dnnl_success)
+                my = LWFM_ERR_BACKEND;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t qi = 0; qi < nq; qi++) {
+                if (my) continue;
+                const int64_t q = q0 + qi;
+                my = lwfm__gemm_abt(m->engine, ts, ns * P, P, C, S->X, C, Q->X + q * P * C, C,
+                                    dots, P, 0);
+                if (my) continue;
+                for (int64_t j = 0; j < ns; j++)
+                    similarities(S, j, Q, q, C, dots + j * P * P, sim + (qi * ns + j) * P, NULL);
+                const float *B = Q->G + q * P * o0;
+                for (int64_t j = 0; j < ns; j++)
+                    for (int64_t r = 0; r < P; r++) {
+                        const float *a = S->U + (j * P + r) * o0, *b = B + r * o0;
+                        float *o = H + ((qi * ns + j) * P + r) * o0;
+                        for (int k = 0; k < o0; k++) o[k] = a[k] + b[k];
+                    }
+            }
+            if (ts) dnnl_stream_destroy(ts);
+            if (my) {
+#pragma omp critical
+                if (!st) st = my;
+            }
+        }
+        if (st) break;
+        float *cur = H, *nxt = H2;
+        int width = o0;
+        batch_norm_relu(cur, nrows, width, h->g[0], h->beta[0], part);
+        for (int i = 1; i < h->n_layers; i++) {
+            int out = h->out[i];
+            if ((st = lwfm__gemm_abt(m->engine, stream, nrows, out, width, cur, width, h->w[i],
+                                     width, nxt, out, 0)))
+                break;
+            batch_norm_relu(nxt, nrows, out, h->g[i], h->beta[i], part);
+            float *t = cur;
+            cur = nxt;
+            nxt = t;
+            width = out;
+        }
+        if (st) break;
+        /* cur: the weights w[(qi, j, r)] */
+#pragma omp parallel for schedule(static)
+        for (int64_t qi = 0; qi < nq; qi++) {
+            for (int64_t c = 0; c < way; c++) {
+                double acc = 0.0;
+                for (int64_t j = 0; j < ns; j++) {
+                    if (labels[j] != c) continue;
+                    const float *w = cur + (qi * ns + j) * P, *sm = sim + (qi * ns + j) * P;
+                    for (int64_t r = 0; r < P; r++) acc += (double)w[r] * sm[r];
+                }
+                logits[(q0 + qi) * way + c] = (float)(acc / (double)count[c]);
+            }
+        }
+    }
+    dnnl_stream_destroy(stream);
+    if (st) return lwfm__error(st, "RCN scoring: a oneDNN matmul failed");
+    return LWFM_OK;
+}
+
 lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *labels,
                             const int64_t *count, int64_t way, const side *Q, float *logits,
                             lwfm__arena *arena) {
@@ -219,6 +374,10 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *l
                            "regions, queries %lld",
                            (long long)P, (long long)Q->P);
     int widest = 1;
+    for (int i = 0; i < h->n_layers; i++)
+        if (h->out[i] > widest) widest = h->out[i];
+    if (h->batch_stats) return rcn_score_batch(m, S, labels, count, way, Q, logits, arena, widest);
+    widest = 1;
     for (int i = 0; i < h->n_layers; i++)
         if (h->out[i] > widest) widest = h->out[i];
     int threads = omp_get_max_threads();

@@ -21,6 +21,12 @@ typedef struct side side; /* episode.h */
  * cell first, then the query cell), out[last] = 1. */
 typedef struct lwfm__rcn {
     int n_layers;
+    /* batch-statistics BatchNorm (config batch_norm 'batch', peers.md 4.7):
+     * w, w0s, w0q hold the raw convolutions, b is 0, and g / beta the
+     * BatchNorm scale and shift, applied with the statistics of all the
+     * (query, support, cell) rows of a query batch. */
+    int batch_stats;
+    float *g[LWFM_RCN_MAX_LAYERS], *beta[LWFM_RCN_MAX_LAYERS];
     int in[LWFM_RCN_MAX_LAYERS], out[LWFM_RCN_MAX_LAYERS];
     float *w[LWFM_RCN_MAX_LAYERS];
     float *b[LWFM_RCN_MAX_LAYERS];
@@ -29,7 +35,8 @@ typedef struct lwfm__rcn {
 
 /* Load `explain_network.meta_learner.{3i}.weight` (out, in, 1, 1) and the
  * BatchNorm `explain_network.meta_learner.{3i+1}.*` for i = 0, 1, ... */
-lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels);
+lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
+                           int batch_stats);
 void lwfm__rcn_free(lwfm__rcn *h);
 
 /* Per image: X (P x C, position-major), norms (P), A = W0s X (P x out0) and

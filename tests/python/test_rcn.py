@@ -84,3 +84,71 @@ def test_rcn_pair_explains_the_logits(lib, tmp_path):
         assert err.value.status == 10 and "rcn" in str(err.value)
         with pytest.raises(ValueError):         # the pair must have equal shapes
             m.rcn_pair(fs[0], fq[0][:, :4, :4])
+
+
+def export_batch_stats(tmp_path, backbone="conv4", query_batch=25, seed=0):
+    """An RCN model whose file asks for batch-statistics BatchNorm."""
+    path, model = export_rcn(tmp_path, backbone, seed)
+    from lwfm.weights import load_weights
+    tensors, config = load_weights(path)
+    out = tmp_path / f"rcn_{backbone}_batch{query_batch}.npz"
+    save_weights(out, tensors, dict(config, batch_norm="batch", query_batch=query_batch))
+    return out, model
+
+
+def batch_stats_reference(model, support, labels, query, query_batch, features=False):
+    m64 = model.double()
+    try:
+        return m64.episode_logits_batch_stats(
+            torch.from_numpy(support).double(), torch.from_numpy(labels).long(),
+            torch.from_numpy(query).double(), query_batch, features).numpy()
+    finally:
+        model.float()
+
+
+@pytest.mark.parametrize("backbone,way,shot,n_query,query_batch",
+                         [("conv4", 5, 1, 25, 25), ("conv4", 5, 5, 30, 25),
+                          ("conv4", 20, 1, 7, 3), ("resnet12", 5, 1, 4, 3)])
+def test_rcn_batch_statistics_match_reference(lib, tmp_path, backbone, way, shot, n_query,
+                                              query_batch):
+    """The authors' transductive mode (peers.md 4.7): BatchNorm statistics of
+    the support batch, of each query batch, and of a query batch's (query,
+    support, cell) rows in the meta-learner."""
+    path, model = export_batch_stats(tmp_path, backbone, query_batch)
+    rng = np.random.default_rng(way * shot + n_query)
+    support, labels, query = random_episode(rng, [shot] * way, n_query, 84)
+    expect = batch_stats_reference(model, support, labels, query, query_batch)
+    # the statistics matter: eval-mode logits are far from these
+    assert rel_err(reference(model, support, labels, query), expect) > 1e-2
+    assert np.abs(expect).max() > 0
+    with lib.Model(path) as m:
+        assert m.config["batch_norm"] == "batch" and m.config["query_batch"] == query_batch
+        got = m.episode_score(support, labels, query)
+        assert rel_err(got, expect) < 1e-4
+        assert (got.argmax(1) == expect.argmax(1)).all()
+        with m.prepare_support(support, labels) as s:   # the same through a prepared set
+            np.testing.assert_allclose(s.score(query), got, rtol=1e-5, atol=1e-6)
+        # features: the backbone's statistics are those of each features() call
+        fs = m.features(support)
+        fq = np.concatenate([m.features(query[i:i + query_batch])
+                             for i in range(0, n_query, query_batch)])
+        np.testing.assert_allclose(m.score_features(fs, labels, fq), got, rtol=1e-4, atol=1e-5)
+        # a query batch depends on its companions: the first query alone differs
+        if n_query > 1:
+            alone = m.episode_score(support, labels, query[:1])
+            assert np.abs(alone - got[:1]).max() > 1e-4
+
+
+def test_rcn_batch_statistics_refusals(lib, tmp_path):
+    path, _ = export_batch_stats(tmp_path)
+    with lib.Model(path) as m:
+        with pytest.raises(lib.Error) as err:   # no per-pair view
+            m.rcn_pair(np.zeros((64, 5, 5), np.float32), np.zeros((64, 5, 5), np.float32))
+        assert "batch-statistics BatchNorm" in str(err.value)
+    with pytest.raises(lib.Error) as err:
+        lib.Model(path, precision="bf16")
+    assert "fp32 only" in str(err.value)
+    from lwfm.weights import WeightFileError, load_weights
+    tensors, config = load_weights(path)
+    with pytest.raises(WeightFileError):
+        save_weights(tmp_path / "x.npz", tensors, dict(config, batch_norm="transductive"))

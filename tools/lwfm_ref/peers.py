@@ -27,6 +27,7 @@ parameters (slots are exchangeable: classes come in random order).
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -303,3 +304,21 @@ class RCN(nn.Module):
         n_s = support_images.shape[0]
         feats = self.extract(torch.cat([support_images, query_images]))
         return self.episode_logits(feats[:n_s], support_labels, feats[n_s:])
+
+    def episode_logits_batch_stats(self, support_images, support_labels, query_images,
+                                   query_batch: int = 25, features: bool = False):
+        """The authors' transductive protocol (peers.md 4.7): every BatchNorm
+        uses the statistics of its batch: the backbone's the support set, then
+        each batch of ``query_batch`` queries; the meta-learner's all the
+        (query, support image, cell) rows of a query batch. ``features``:
+        the inputs are feature maps (the backbone is skipped). The module's
+        own mode and running statistics are left unchanged."""
+        model = copy.deepcopy(self).train()
+        with torch.no_grad():
+            fs = support_images if features else model.extract(support_images)
+            out = []
+            for i in range(0, query_images.shape[0], query_batch):
+                chunk = query_images[i:i + query_batch]
+                fq = chunk if features else model.extract(chunk)
+                out.append(model.episode_logits_fast(fs, support_labels, fq))
+        return torch.cat(out)

@@ -21,6 +21,9 @@ config/learnable_matcher    int32 ()        0 / 1
 config/top_k                int32 ()        SPM matched pairs summed
 config/neighbor_k           int32 ()        dn4 / mml nearest neighbours
 config/distance             uint8 (n,)      mml distribution distance: wass (default), kl, w2
+config/batch_norm           uint8 (n,)      rcn BatchNorm: running (default) or batch (statistics
+                                            of each batch, the authors' transductive protocol)
+config/query_batch          int32 ()        rcn with batch_norm 'batch': queries per batch (25)
 config/image_size           int32 ()        network input size
 config/resize               int32 ()        resize before the centre crop (0: none)
 config/mean, config/std     float32 (3,)    per-channel normalisation (or (1,))
@@ -66,17 +69,17 @@ CONFIG_PREFIX = "config/"
 PathLike = Union[str, "os.PathLike[str]"]
 
 # Config keys by kind.
-_STRING_KEYS = ("method", "backbone", "distance")
+_STRING_KEYS = ("method", "backbone", "distance", "batch_norm")
 _INT_KEYS = ("first_padding", "feature_size", "learnable_matcher", "top_k", "neighbor_k",
-             "image_size", "resize")
+             "query_batch", "image_size", "resize")
 _FLOAT_KEYS = ("temperature", "temperature_attn", "matcher_prob")
 _INT_ARRAY_KEYS = ("hyperpixel_ids",)
 _FLOAT_ARRAY_KEYS = ("mean", "std")
 # All keys, in the order they are written.
 _KNOWN_KEYS = ("format_version", "method", "backbone", "first_padding", "hyperpixel_ids",
                "feature_size", "temperature", "temperature_attn", "matcher_prob",
-               "learnable_matcher", "top_k", "neighbor_k", "distance", "image_size", "resize", "mean",
-               "std")
+               "learnable_matcher", "top_k", "neighbor_k", "distance", "batch_norm", "query_batch",
+               "image_size", "resize", "mean", "std")
 
 # Model-building keys that the weight file does not record: the training-only
 # classifier size, and the input channels (implied by the first conv weight).
@@ -242,6 +245,13 @@ def _check_ranges(cfg: Mapping[str, Any]) -> None:
             f"config 'hyperpixel_ids' must be distinct, got {cfg['hyperpixel_ids']}")
     if "distance" in cfg and cfg["distance"] not in ("wass", "kl", "w2"):
         raise WeightFileError(f"config 'distance' must be wass, kl or w2, got {cfg['distance']!r}")
+    if "batch_norm" in cfg and cfg["batch_norm"] not in ("running", "batch"):
+        raise WeightFileError(
+            f"config 'batch_norm' must be running or batch, got {cfg['batch_norm']!r}")
+    if cfg.get("batch_norm") == "batch" and cfg["method"] != "rcn":
+        raise WeightFileError("config 'batch_norm' = 'batch' is for rcn models only")
+    if "query_batch" in cfg and not 1 <= cfg["query_batch"] <= 4096:
+        raise WeightFileError(f"config 'query_batch' must be in 1..4096, got {cfg['query_batch']}")
     if any(s <= 0 for s in cfg["std"]):
         raise WeightFileError(f"config 'std' must be positive, got {cfg['std']}")
     if len(cfg["mean"]) != len(cfg["std"]):
