@@ -515,6 +515,23 @@ def test_bundled_model_eval_matches_reference(cli, way, shot, seed):
     assert got["accuracy"] > (90.0 if way == 5 else 80.0)   # chance: 20% / 5%
 
 
+@pytest.mark.skipif(not OMNIGLOT.exists(), reason=f"{OMNIGLOT} is absent")
+def test_eval_batch_statistics_rcn_matches_reference(cli, tmp_path):
+    """An RCN model in the authors' transductive mode (batch_norm 'batch'):
+    lwfm eval scores the queries in batches of 25 in interleaved class order,
+    as lwfm.evaluate's reference does, episode by episode."""
+    from lwfm.weights import load_weights, save_weights
+    tensors, config = load_weights(ROOT / "models" / "omniglot-rcn.npz")
+    model = tmp_path / "rcn-batch.npz"
+    save_weights(model, tensors, dict(config, batch_norm="batch", query_batch=25))
+    args = (5, 1, 15, 4, 5)
+    got, res = lwfm_evaluate(cli, str(model), OMNIGLOT, *args)
+    assert res.returncode == 0, res.stderr
+    want = python_evaluate(str(model), OMNIGLOT, *args)
+    assert_same_scores(got, want)
+    assert got["accuracy"] > 80.0
+
+
 @pytest.fixture(scope="module")
 def mini_tree(tmp_path_factory):
     if not MINI_TEST.is_dir():

@@ -9,6 +9,21 @@
 
 #include "cli.h"
 
+/* Whether the model's BatchNorm uses batch statistics (an rcn model with
+ * config batch_norm 'batch'): its queries are then scored in the authors'
+ * interleaved class order (c0, c1, ..., c0, c1, ...), so that each batch of
+ * 25 holds 5 queries of each of 5 classes as in the official protocol. */
+static int transductive(const lwfm_model *model) {
+    size_t len = 0;
+    lwfm_status st = lwfm_model_config_json(model, NULL, 0, &len);
+    if (st != LWFM_OK && st != LWFM_ERR_BUFFER_TOO_SMALL) return 0;
+    char *json = malloc(len + 1);
+    int yes = json && lwfm_model_config_json(model, json, len + 1, NULL) == LWFM_OK &&
+              strstr(json, "\"batch_norm\": \"batch\"") != NULL;
+    free(json);
+    return yes;
+}
+
 static const char kEvalUsage[] =
     "Usage: lwfm eval --model MODEL.npz --data PATH [options]\n"
     "\n"
@@ -294,6 +309,9 @@ int cmd_eval(int argc, char **argv) {
     image_cache cache = {0};
     float **kept = NULL, *support = NULL, *queries = NULL, *logits = NULL;
     double *accs = NULL;
+    int64_t *order_class = NULL, *order_index = NULL;
+    int32_t *order_label = NULL;
+    int interleave = 0;
     char **bad = NULL;
     int64_t n_bad = 0, c = 0, h = 0, w = 0;
     size_t per = 0;
@@ -305,6 +323,7 @@ int cmd_eval(int argc, char **argv) {
         if (!model) goto done;
         lwfm_model_input_shape(model, &c, &h, &w);
         per = (size_t)(c * h * w);
+        interleave = transductive(model);
     }
     if (skip_bad && !ds.is_npz && decode_all(&ds, model, per, quiet || list, &kept, &bad, &n_bad)) {
         cli_error("cannot read dataset", data_path, "out of memory");
@@ -340,7 +359,13 @@ int cmd_eval(int argc, char **argv) {
     queries = malloc((size_t)ep.n_query * per * sizeof *queries);
     logits = malloc((size_t)(ep.n_query * way) * sizeof *logits);
     accs = malloc((size_t)episodes * sizeof *accs);
-    if (!support || !queries || !logits || !accs) {
+    if (interleave) {
+        order_class = malloc((size_t)ep.n_query * sizeof *order_class);
+        order_index = malloc((size_t)ep.n_query * sizeof *order_index);
+        order_label = malloc((size_t)ep.n_query * sizeof *order_label);
+    }
+    if (!support || !queries || !logits || !accs ||
+        (interleave && (!order_class || !order_index || !order_label))) {
         cli_error("cannot evaluate", data_path, "out of memory");
         goto done;
     }
@@ -359,6 +384,17 @@ int cmd_eval(int argc, char **argv) {
             const float *x = cache_get(&cache, ep.s_class[k], ep.s_index[k]);
             if (!x) goto done;
             memcpy(support + (size_t)k * per, x, per * sizeof *x);
+        }
+        if (interleave) { /* class-major -> c0, c1, ..., c0, c1, ... (query per class) */
+            for (int64_t k = 0; k < ep.n_query; k++) {
+                const int64_t at = (k % query) * way + k / query;
+                order_class[at] = ep.q_class[k];
+                order_index[at] = ep.q_index[k];
+                order_label[at] = ep.q_label[k];
+            }
+            memcpy(ep.q_class, order_class, (size_t)ep.n_query * sizeof *order_class);
+            memcpy(ep.q_index, order_index, (size_t)ep.n_query * sizeof *order_index);
+            memcpy(ep.q_label, order_label, (size_t)ep.n_query * sizeof *order_label);
         }
         for (int64_t k = 0; k < ep.n_query; k++) {
             const float *x = cache_get(&cache, ep.q_class[k], ep.q_index[k]);
@@ -428,6 +464,9 @@ done:
     free(queries);
     free(logits);
     free(accs);
+    free(order_class);
+    free(order_index);
+    free(order_label);
     cache_free(&cache);
     episode_free(&ep);
     sampler_free(&smp);

@@ -67,6 +67,9 @@ def evaluate(model_path: str, data_path: str, way: int, shot: int, query: int,
     if backend == "lwfm":
         import lwfm
         lib_model = lwfm.Model(model_path)
+    # rcn with batch-statistics BatchNorm: queries in batches of query_batch,
+    # 5 per class interleaved as the official loader makes them (peers.md 4.6)
+    transductive = cfg.get("batch_norm") == "batch"
     ds = open_dataset(data_path)
     sampler = EpisodeSampler(ds.class_sizes, way, shot, query, seed)
     cache: Dict[Any, np.ndarray] = {}
@@ -84,9 +87,16 @@ def evaluate(model_path: str, data_path: str, way: int, shot: int, query: int,
     with torch.no_grad():
         for e in range(episodes):
             sup, s_lab, qry, q_lab = sampler.episode()
+            if transductive:   # the authors' interleaved class order (c0, c1, ..., c0, ...)
+                order = np.arange(len(qry)).reshape(way, query).T.ravel()
+                qry, q_lab = [qry[i] for i in order], [q_lab[i] for i in order]
             xs, xq = images(sup), images(qry)
             if lib_model is not None:
                 logits = lib_model.episode_score(xs, np.asarray(s_lab, np.int32), xq)
+            elif transductive:
+                logits = model.episode_logits_batch_stats(
+                    torch.from_numpy(xs), torch.tensor(s_lab), torch.from_numpy(xq),
+                    cfg.get("query_batch", 25)).numpy()
             else:
                 extract = model.extract if hasattr(model, "extract") else model.features
                 feats = extract(torch.from_numpy(np.concatenate([xs, xq])))
