@@ -13,6 +13,7 @@
 
 #include "core/core.h"
 #include "core/gemm.h"
+#include "core/profile.h"
 #include "episode.h"
 #include "heads/dn4.h"
 #include "heads/mml.h"
@@ -48,8 +49,18 @@ void lwfm__side_free(side *s) {
 }
 
 /* Per-image work for n feature maps (n x C x P). */
+static lwfm_status side_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
+                                side *out, lwfm__arena *arena);
 lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
                                side *out, lwfm__arena *arena) {
+    double tp = LWFM_PROF_T0();
+    lwfm_status st = side_prepare(m, feats, n, P, out, arena);
+    if (m->cfg.method != LWFM_METHOD_LWFM_SPM) LWFM_PROF_ADD(LWFM_PROF_HEAD, tp);
+    return st;
+}
+
+static lwfm_status side_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
+                                side *out, lwfm__arena *arena) {
     const lwfm__layers *ly = &m->layers;
     const int64_t C = ly->C, L = ly->n;
     lwfm_status st = LWFM_OK;
@@ -122,15 +133,19 @@ lwfm_status lwfm__side_prepare(const lwfm_model *m, const float *feats, int64_t 
             goto done;
         }
     }
+    double tp = LWFM_PROF_T0();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++)
         lwfm__lwe_prepare_image(ly, feats + i * C * P, s.X + i * P * C, s.U + i * P * C);
+    LWFM_PROF_ADD(LWFM_PROF_LWE, tp);
     if (spm) {
         if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success) {
             st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
             goto done;
         }
+        tp = LWFM_PROF_T0();
         st = lwfm__matcher_apply(&m->matcher, ly, m->engine, stream, n * P, s.X, s.G, s.gn, tmp);
+        LWFM_PROF_ADD(LWFM_PROF_MATCHER, tp);
     }
 done:
     if (stream) dnnl_stream_destroy(stream);
@@ -216,9 +231,11 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
             for (int b = 0; b < P; b++) wqa[b] += ps->wq[b];
             if (spm) {
                 const int64_t gs = j * P * C + off, gq = q * P * C + off;
+                double tp = LWFM_PROF_T0();
                 double sc = lwfm__spm_pair_score(Rp, ldr, P, S->G + gs, S->gn + j * P * L + l,
                                                  Q->G + gq, Q->gn + q * P * L + l, C, L, d,
                                                  cfg->top_k, ps->sigma, NULL, ps->spm);
+                LWFM_PROF_ADD(LWFM_PROF_SOLVER_THREAD, tp);
                 sc *= cfg->matcher_prob;
                 if (sc > best) best = sc;
             }
@@ -259,11 +276,16 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
 static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t *labels,
                                const int64_t *count, int64_t way, const side *Q, float *logits,
                                lwfm__arena *arena) {
-    if (m->cfg.method == LWFM_METHOD_DN4) return lwfm__dn4_score(m, S, labels, way, Q, logits, arena);
-    if (m->cfg.method == LWFM_METHOD_MML)
-        return lwfm__mml_score(m, S, labels, count, way, Q, logits, arena);
-    if (m->cfg.method == LWFM_METHOD_RCN)
-        return lwfm__rcn_score(m, S, labels, count, way, Q, logits, arena);
+    if (m->cfg.method != LWFM_METHOD_LWFM_SPM) {
+        double tp = LWFM_PROF_T0();
+        lwfm_status hs = m->cfg.method == LWFM_METHOD_DN4
+                             ? lwfm__dn4_score(m, S, labels, way, Q, logits, arena)
+                         : m->cfg.method == LWFM_METHOD_MML
+                             ? lwfm__mml_score(m, S, labels, count, way, Q, logits, arena)
+                             : lwfm__rcn_score(m, S, labels, count, way, Q, logits, arena);
+        LWFM_PROF_ADD(LWFM_PROF_HEAD, tp);
+        return hs;
+    }
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     lwfm_status st = LWFM_OK;
@@ -293,19 +315,25 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     }
     for (int64_t q0 = 0; q0 < Q->n; q0 += chunk) {
         int64_t nq = Q->n - q0 < chunk ? Q->n - q0 : chunk, ldr = nq * P;
+        double tp = LWFM_PROF_T0();
         for (int l = 0; l < L; l++)
             if ((st = lwfm__gemm_abt(m->engine, stream, S->n * P, nq * P, ly->dim[l],
                                      S->U + ly->off[l], C, Q->U + q0 * P * C + ly->off[l], C, R[l],
                                      ldr, 0)))
                 goto done;
+        LWFM_PROF_ADD(LWFM_PROF_LWE, tp);
+        tp = LWFM_PROF_T0();
 #pragma omp parallel
         {
             pair_scratch ps;
+            double tt = LWFM_PROF_T0();
             scratch_bind(&ps, scratch + sd * (size_t)omp_get_thread_num(), way, C, L, P);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t qi = 0; qi < nq; qi++)
                 score_query(m, S, labels, count, way, Q, q0 + qi, qi, R, ldr, &ps, logits);
+            LWFM_PROF_ADD(LWFM_PROF_PAIRS_THREAD, tt);
         }
+        LWFM_PROF_ADD(LWFM_PROF_PAIRS, tp);
     }
 done:
     if (stream) dnnl_stream_destroy(stream);
@@ -425,7 +453,9 @@ static lwfm_status images_to_side(const lwfm_model *m, const char *what, const f
     size_t bytes = (size_t)n * C * fh * fw * sizeof(float);
     float *feats = arena ? lwfm__arena_get(arena, LWFM_SLOT_FEATS, bytes) : lwfm__alloc(bytes);
     if (!feats) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for %s features", what);
+    double tp = LWFM_PROF_T0();
     st = lwfm__model_forward(m, images, n, h, w, feats);
+    LWFM_PROF_ADD(LWFM_PROF_BACKBONE, tp);
     /* finite pixels of extreme magnitude can overflow in the backbone */
     if (!st && !lwfm__all_finite(feats, (size_t)n * C * fh * fw))
         st = lwfm__error(LWFM_ERR_NONFINITE,
@@ -516,6 +546,7 @@ LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
                                           const float *support, int64_t n_support,
                                           const int32_t *support_labels, int64_t channels,
                                           int64_t height, int64_t width, int64_t way) {
+    LWFM_PROF_SCOPE("lwfm_support_prepare");
     lwfm__error_clear();
     if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
     lwfm_status st;
@@ -536,6 +567,7 @@ LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_mode
                                                    const float *support_features, int64_t n_support,
                                                    const int32_t *support_labels, int64_t channels,
                                                    int64_t fh, int64_t fw, int64_t way) {
+    LWFM_PROF_SCOPE("lwfm_support_prepare_features");
     lwfm__error_clear();
     if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
     lwfm_status st;
@@ -616,6 +648,7 @@ static lwfm_status support_score_once(const lwfm_support *sp, const float *query
 LWFM_API lwfm_status lwfm_support_score(const lwfm_support *support, const float *query,
                                         int64_t n_query, int64_t channels, int64_t height,
                                         int64_t width, float *logits, size_t capacity) {
+    LWFM_PROF_SCOPE("lwfm_support_score");
     lwfm__error_clear();
     if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
     int64_t C, fh, fw;
@@ -632,6 +665,7 @@ LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
                                                  const float *query_features, int64_t n_query,
                                                  int64_t channels, int64_t fh, int64_t fw,
                                                  float *logits, size_t capacity) {
+    LWFM_PROF_SCOPE("lwfm_support_score_features");
     lwfm__error_clear();
     if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
     lwfm_status st = lwfm__check_features(support->model, "query features", query_features, n_query,
@@ -649,6 +683,7 @@ LWFM_API lwfm_status lwfm_episode_score(const lwfm_model *model, const float *su
                                         const float *query, int64_t n_query, int64_t channels,
                                         int64_t height, int64_t width, int64_t way, float *logits,
                                         size_t capacity) {
+    LWFM_PROF_SCOPE("lwfm_episode_score");
     lwfm__error_clear();
     if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
     lwfm_status st;
@@ -675,6 +710,7 @@ LWFM_API lwfm_status lwfm_episode_score_features(const lwfm_model *model,
                                                  const float *query_features, int64_t n_query,
                                                  int64_t channels, int64_t fh, int64_t fw,
                                                  int64_t way, float *logits, size_t capacity) {
+    LWFM_PROF_SCOPE("lwfm_episode_score_features");
     lwfm__error_clear();
     if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
     lwfm_status st;

@@ -5,6 +5,7 @@
 #include "core/core.h"
 #include "io/npz.h"
 #include "model.h"
+#include "core/profile.h"
 
 struct lwfm_load_options {
     lwfm_precision precision;
@@ -318,11 +319,15 @@ lwfm_status lwfm__model_forward(const lwfm_model *model, const float *images, in
 LWFM_API lwfm_status lwfm_model_features(const lwfm_model *model, const float *images, int64_t n,
                                          int64_t channels, int64_t height, int64_t width,
                                          float *features, size_t capacity) {
+    LWFM_PROF_SCOPE("lwfm_model_features");
     lwfm__error_clear();
     if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
+    double tp = LWFM_PROF_T0();
     lwfm_status st = check_forward(model, images, n, channels, height, width, features, capacity);
     if (st) return st;
-    return lwfm__model_forward(model, images, n, height, width, features);
+    st = lwfm__model_forward(model, images, n, height, width, features);
+    LWFM_PROF_ADD(LWFM_PROF_BACKBONE, tp);
+    return st;
 }
 
 lwfm__arena *lwfm__model_arena_take(const lwfm_model *model) {

@@ -361,6 +361,7 @@ done:
 static lwfm_status finalise_weights(lwfm__net *net) {
     lwfm_status st = LWFM_OK;
     int64_t oh[256], ow[256];
+    size_t held = 0, f32_bytes = 0;
     if ((st = walk_shapes(net, net->canonical_h, net->canonical_w, oh, ow))) return st;
     for (int i = 0; i < net->n_ops; i++) {
         lwfm__op *op = &net->ops[i];
@@ -377,6 +378,8 @@ static lwfm_status finalise_weights(lwfm__net *net) {
         op->w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         dnnl_primitive_desc_destroy(pd);
         size_t bytes = dnnl_memory_desc_get_size(&op->w_md);
+        held += bytes + (size_t)op->oc * sizeof(float);
+        f32_bytes += ((size_t)op->oc * op->ic * op->kh * op->kw + (size_t)op->oc) * sizeof(float);
         op->w_data = lwfm__alloc(bytes);
         if (!op->w_data) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (weights)");
         dnnl_memory_desc_t plain;
@@ -386,6 +389,9 @@ static lwfm_status finalise_weights(lwfm__net *net) {
         lwfm__free(op->w_plain);
         op->w_plain = NULL;
     }
+    /* one copy, in the compute layout (bench/bench_all.py reads this line) */
+    lwfm__log(LWFM_LOG_DEBUG, "backbone weights held: %zu bytes (%s, BatchNorm folded; %zu as f32)",
+              held, net->precision == LWFM_PRECISION_BF16 ? "bf16" : "f32", f32_bytes);
     return LWFM_OK;
 }
 
