@@ -49,8 +49,11 @@ abi-baseline: build
 	  --out-file abi/liblwfm-$(VERSION).abi $(BUILD)/liblwfm.so
 	@echo "wrote abi/liblwfm-$(VERSION).abi: commit it with the release"
 
+# bench/bench_all.py: every figure of docs/benchmarks.md against the PyTorch
+# reference in one run (BENCH_ARGS=--quick for a short one); `$(BUILD)/lwfm bench
+# --model M` measures without Python.
 bench: build
-	$(PYTHON) bench/bench_backbone.py --library $(LWFM_LIBRARY)
+	$(PYTHON) bench/bench_all.py --library $(LWFM_LIBRARY) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD)
