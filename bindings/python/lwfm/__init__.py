@@ -180,6 +180,11 @@ class Model:
     The underlying C model is immutable and thread-safe: one Model may be
     shared by many Python threads; the C calls release the GIL.
     Close it with ``close()``, a ``with`` block, or let it be collected.
+
+    ``precision``: ``"fp32"`` (default) or ``"bf16"``, the backbone's
+    arithmetic (bf16 convolutions with f32 accumulation; inputs, features and
+    logits stay float32; the metric is float32 in both). Other values raise
+    ValueError.
     """
 
     def __init__(self, path, precision="fp32", max_total_bytes=None):
