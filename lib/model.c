@@ -125,6 +125,15 @@ fail:
     return st;
 }
 
+/* Prefix the message with the file name unless it already starts with it
+ * (the archive's own messages name their source). */
+static lwfm_status source_prefix(lwfm_status st, const char *source) {
+    const char *e = lwfm_last_error();
+    const size_t n = strlen(source);
+    if (strncmp(e, source, n) == 0 && e[n] == ':') return st;
+    return lwfm__error_prefix(st, "%s", source);
+}
+
 LWFM_API lwfm_status lwfm_model_load(lwfm_model **out, const char *path,
                                      const lwfm_load_options *options) {
     lwfm__error_clear();
@@ -134,7 +143,7 @@ LWFM_API lwfm_status lwfm_model_load(lwfm_model **out, const char *path,
     if (st) return st;
     st = model_from_archive(out, &ar, options);
     lwfm__archive_free(&ar);
-    if (st) return lwfm__error_prefix(st, "%s", path);
+    if (st) return source_prefix(st, path);
     lwfm__log(LWFM_LOG_INFO, "loaded %s: %s on %s, %d taps", path,
               lwfm__method_name((*out)->cfg.method), lwfm__backbone_name((*out)->cfg.backbone),
               (*out)->cfg.n_taps);
@@ -151,7 +160,7 @@ LWFM_API lwfm_status lwfm_model_load_from_memory(lwfm_model **out, const void *d
     if (st) return st;
     st = model_from_archive(out, &ar, options);
     lwfm__archive_free(&ar);
-    if (st) return lwfm__error_prefix(st, "<memory>");
+    if (st) return source_prefix(st, "<memory>");
     return LWFM_OK;
 }
 

@@ -131,6 +131,41 @@ def weights():
     out("weights", "empty.zip", npz([]))
 
 
+def members():
+    """The weight seeds as member lists for fuzz_members.c: per member a flags
+    byte, the name without ".npy", the .npy header text and a data pattern
+    (the seeds' weights are constant per tensor, so 8 bytes tile them)."""
+    d = os.path.join(HERE, "corpus", "weights")
+    for fn in sorted(os.listdir(d)):
+        try:
+            z = zipfile.ZipFile(os.path.join(d, fn))
+            names = z.namelist()
+        except Exception:
+            continue
+        if not any(n.startswith("config/") for n in names):
+            continue
+        blob = b""
+        for n in names:
+            try:
+                raw = z.read(n)
+            except Exception:
+                continue
+            if raw[:6] != b"\x93NUMPY" or not n.endswith(".npy"):
+                continue
+            pre = 10 if raw[6] == 1 else 12
+            hl = int.from_bytes(raw[8:pre], "little")
+            header = raw[pre:pre + hl].strip()
+            data = raw[pre + hl:]
+            name = n[:-4].encode()
+            if len(name) > 255 or len(header) > 255:
+                continue
+            pattern = data[:8] if len(set(data[i:i + 8] for i in range(0, len(data), 8))) <= 1 \
+                else data[:255]
+            blob += bytes([1 if n.startswith("feature") else 0, len(name)]) + name
+            blob += bytes([len(header)]) + header + bytes([len(pattern)]) + pattern
+        out("members", fn.replace(".npz", ""), blob)
+
+
 def png(w, h, ctype, depth, rows, interlace=0, extra=b""):
     def chunk(t, d):
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
@@ -201,7 +236,11 @@ def episodes():
 
 
 if __name__ == "__main__":
+    # make_corpus.py [TARGET...]: only those corpora (default: all). The zip
+    # time stamps make the weight files differ from run to run.
     sys.path[:0] = [os.path.join(ROOT, "bindings/python"), os.path.join(ROOT, "tools")]
-    weights()
-    images()
-    episodes()
+    todo = sys.argv[1:] or ["weights", "members", "image", "episode"]
+    for name, fn in (("weights", weights), ("members", members), ("image", images),
+                     ("episode", episodes)):
+        if name in todo:
+            fn()
