@@ -2,6 +2,7 @@
 #   make demo   installs missing Debian packages, builds, runs the main job
 #   make test   same set-up, then the whole test suite
 # Other targets: make build, make bench, make clean,
+#   make test-sanitize  ASan+UBSan and TSan builds, their tests (tests/sanitize.sh)
 #   make abi-baseline   record the ABI of this version (docs/api-stability.md)
 
 BUILD ?= build
@@ -13,7 +14,7 @@ DEPS := gcc g++ meson ninja-build pkg-config cmake libdnnl-dev zlib1g-dev libzip
 export PYTHONPATH := $(CURDIR)/bindings/python:$(CURDIR)/tools$(if $(PYTHONPATH),:$(PYTHONPATH))
 export LWFM_LIBRARY := $(CURDIR)/$(BUILD)/liblwfm.so
 
-.PHONY: all deps build demo test abi-baseline bench clean
+.PHONY: all deps build demo test test-sanitize abi-baseline bench clean
 
 all: build
 
@@ -36,6 +37,10 @@ demo: build
 test: build
 	meson test -C $(BUILD) --print-errorlogs --num-processes 2
 
+# Sanitizer builds in build-asan and build-tsan (about 10 min on 2 cores).
+test-sanitize: deps
+	sh tests/sanitize.sh
+
 # The ABI of this version as the baseline the `abi` test compares against.
 VERSION := $(shell sed -n 's/^\#define LWFM_VERSION_STRING "\(.*\)"/\1/p' include/lwfm/lwfm.h)
 abi-baseline: build
@@ -56,4 +61,4 @@ bench: build
 	$(PYTHON) bench/bench_all.py --library $(LWFM_LIBRARY) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan build-tsan
