@@ -191,6 +191,9 @@ void explain_close(explainer *ex); /* NULL is accepted */
 
 /* Shared by the commands: load a model, printing the error. */
 lwfm_model *load_model(const char *path);
+/* The model's configuration as JSON (malloc'd; NULL out of memory or on a
+ * library error, lwfm_last_error() then says which). */
+char *model_config_json(const lwfm_model *model);
 /* The same with a backbone precision (`--precision`). */
 lwfm_model *load_model_precision(const char *path, lwfm_precision precision);
 /* Parse a --precision value ("fp32" or "bf16"); 0, or EXIT_USAGE after a

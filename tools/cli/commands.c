@@ -40,14 +40,9 @@ int cmd_info(int argc, char **argv) {
     lwfm_model *model = load_model(model_path);
     if (!model) return EXIT_RUNTIME;
     int rc = EXIT_RUNTIME;
-    char *config = NULL;
-    size_t len = 0;
     int64_t c, h, w, fc, fh, fw;
-    lwfm_status st = lwfm_model_config_json(model, NULL, 0, &len);
-    if (st == LWFM_ERR_BUFFER_TOO_SMALL || st == LWFM_OK) {
-        config = malloc(len + 1);
-        st = config ? lwfm_model_config_json(model, config, len + 1, NULL) : LWFM_ERR_OUT_OF_MEMORY;
-    }
+    char *config = model_config_json(model);
+    lwfm_status st = config ? LWFM_OK : LWFM_ERR_OUT_OF_MEMORY;
     if (!st) st = lwfm_model_input_shape(model, &c, &h, &w);
     if (!st) st = lwfm_model_feature_shape(model, h, w, &fc, &fh, &fw);
     if (st) {

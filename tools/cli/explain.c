@@ -92,21 +92,15 @@ static int make_dirs(const char *dir) {
 
 /* The model configuration's top_k (default 1). */
 static int64_t config_top_k(const lwfm_model *model) {
-    size_t len = 0;
     int64_t k = 1;
-    lwfm_status st = lwfm_model_config_json(model, NULL, 0, &len);
-    if (st != LWFM_OK && st != LWFM_ERR_BUFFER_TOO_SMALL) return k;
-    char *json = malloc(len + 1);
-    if (!json) return k;
-    if (lwfm_model_config_json(model, json, len + 1, NULL) == LWFM_OK) {
-        const char *p = strstr(json, "\"top_k\"");
-        if (p) {
-            p += strlen("\"top_k\"");
-            while (*p == ' ' || *p == ':') p++;
-            char *end = NULL;
-            long long v = strtoll(p, &end, 10);
-            if (end != p && v >= 1) k = v;
-        }
+    char *json = model_config_json(model);
+    const char *p = json ? strstr(json, "\"top_k\"") : NULL;
+    if (p) {
+        p += strlen("\"top_k\"");
+        while (*p == ' ' || *p == ':') p++;
+        char *end = NULL;
+        long long v = strtoll(p, &end, 10);
+        if (end != p && v >= 1) k = v;
     }
     free(json);
     return k;

@@ -187,6 +187,18 @@ int cli_precision(const char *cmd, const char *text, lwfm_precision *out) {
     return 0;
 }
 
+char *model_config_json(const lwfm_model *model) {
+    size_t len = 0;
+    lwfm_status st = lwfm_model_config_json(model, NULL, 0, &len);
+    if (st != LWFM_OK && st != LWFM_ERR_BUFFER_TOO_SMALL) return NULL;
+    char *json = malloc(len + 1);
+    if (json && lwfm_model_config_json(model, json, len + 1, NULL) != LWFM_OK) {
+        free(json);
+        json = NULL;
+    }
+    return json;
+}
+
 lwfm_model *load_model(const char *path) {
     return load_model_precision(path, LWFM_PRECISION_FP32);
 }
