@@ -594,7 +594,28 @@ LWFM_API int64_t lwfm_support_count(const lwfm_support *support) {
  * computed there and copied out only on success. */
 static lwfm_status support_score_once(const lwfm_support *sp, const float *query, int features,
                                       int64_t n_query, int64_t channels, int64_t h, int64_t w,
-                                      float *logits);
+                                      float *logits) {
+    lwfm__arena *arena = lwfm__model_arena_take(sp->model);
+    if (!arena) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    side Q;
+    size_t n = (size_t)n_query * (size_t)sp->way;
+    lwfm_status st =
+        features ? lwfm__side_prepare(sp->model, query, n_query, h * w, &Q, arena)
+                 : images_to_side(sp->model, "query images", query, n_query, h, w, &Q, arena);
+    if (!st) {
+        float *tmp = lwfm__arena_get(arena, LWFM_SLOT_LOGITS, n * sizeof(float));
+        st = tmp ? score_sides(sp->model, &sp->s, sp->labels, sp->count, sp->way, &Q, tmp, arena)
+                 : lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+        /* inputs of extreme magnitude can overflow inside the metric */
+        if (!st && !lwfm__all_finite(tmp, n))
+            st = lwfm__error(LWFM_ERR_NONFINITE,
+                             "scores overflowed to NaN or infinity (feature values of extreme "
+                             "magnitude)");
+        if (!st) memcpy(logits, tmp, n * sizeof(float));
+    }
+    lwfm__model_arena_give(sp->model, arena);
+    return st;
+}
 
 /* RCN with batch-statistics BatchNorm (peers.md 4.7): the backbone sees the
  * queries in batches of cfg.query_batch, each its own BatchNorm batch (the
@@ -617,31 +638,6 @@ static lwfm_status support_score(const lwfm_support *sp, const float *query, int
     }
     if (!st) memcpy(logits, all, (size_t)n_query * (size_t)sp->way * sizeof(float));
     free(all);
-    return st;
-}
-
-static lwfm_status support_score_once(const lwfm_support *sp, const float *query, int features,
-                                      int64_t n_query, int64_t channels, int64_t h, int64_t w,
-                                      float *logits) {
-    lwfm__arena *arena = lwfm__model_arena_take(sp->model);
-    if (!arena) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
-    side Q;
-    size_t n = (size_t)n_query * (size_t)sp->way;
-    lwfm_status st =
-        features ? lwfm__side_prepare(sp->model, query, n_query, h * w, &Q, arena)
-                 : images_to_side(sp->model, "query images", query, n_query, h, w, &Q, arena);
-    if (!st) {
-        float *tmp = lwfm__arena_get(arena, LWFM_SLOT_LOGITS, n * sizeof(float));
-        st = tmp ? score_sides(sp->model, &sp->s, sp->labels, sp->count, sp->way, &Q, tmp, arena)
-                 : lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
-        /* inputs of extreme magnitude can overflow inside the metric */
-        if (!st && !lwfm__all_finite(tmp, n))
-            st = lwfm__error(LWFM_ERR_NONFINITE,
-                             "scores overflowed to NaN or infinity (feature values of extreme "
-                             "magnitude)");
-        if (!st) memcpy(logits, tmp, n * sizeof(float));
-    }
-    lwfm__model_arena_give(sp->model, arena);
     return st;
 }
 
