@@ -36,6 +36,16 @@ PY_TESTS=${SANITIZE_PYTHON_TESTS:-"tests/python/test_api.py tests/python/test_ep
   tests/python/test_preprocess.py tests/python/test_dn4.py tests/python/test_mml.py"}
 
 stamp() { date -u +%H:%M:%S; }
+
+# GCC 12's sanitizer runtimes cannot place their shadow memory when the kernel
+# randomises mmap with more than 28 bits (the default of some newer kernels):
+# there, run the instrumented programs without address randomisation.
+norand=
+if [ "$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 28)" -gt 28 ] &&
+   setarch "$(uname -m)" -R true 2>/dev/null; then
+  norand="setarch $(uname -m) -R"
+  echo "vm.mmap_rnd_bits > 28: sanitized programs run under '$norand'"
+fi
 t0=$(date +%s)
 
 # ---------------------------------------------------------------- ASan+UBSan
@@ -56,14 +66,14 @@ c_tests=$(meson test -C "$ASAN_BUILD" --no-rebuild --list 2>/dev/null |
   grep -v -e '^python' -e '^cli$' -e '^examples-valgrind$' | tr '\n' ' ')
 echo "== $(stamp) C tests under ASan+UBSan: $c_tests"
 # shellcheck disable=SC2086
-meson test -C "$ASAN_BUILD" --no-rebuild --print-errorlogs --num-processes 2 \
+$norand meson test -C "$ASAN_BUILD" --no-rebuild --print-errorlogs --num-processes 2 \
   --timeout-multiplier 3 $c_tests
 
 echo "== $(stamp) Python tests under ASan+UBSan (libasan preloaded)"
 asan_rt=$(gcc -print-file-name=libasan.so)
 [ -f "$asan_rt" ] || { echo "libasan.so not found ($asan_rt)"; exit 1; }
 # shellcheck disable=SC2086
-env LD_PRELOAD="$asan_rt" \
+$norand env LD_PRELOAD="$asan_rt" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
   LWFM_LIBRARY="$root/$ASAN_BUILD/liblwfm.so" \
   PYTHONPATH="$root/bindings/python:$root/tools" \
@@ -79,7 +89,7 @@ fi
 ninja -C "$TSAN_BUILD" tests/test_concurrency tests/lwfm_small.npz
 
 echo "== $(stamp) concurrency test under ThreadSanitizer"
-env OMP_NUM_THREADS=1 \
+$norand env OMP_NUM_THREADS=1 \
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$root/tests/tsan.supp" \
   LWFM_CONCURRENCY_ROUNDS=3 \
   "$TSAN_BUILD/tests/test_concurrency" "$TSAN_BUILD/tests/lwfm_small.npz" \
