@@ -22,7 +22,7 @@
 
 /* A JPEG over JPEG_BOMB_PIXELS pixels must come with at least one byte per
  * JPEG_BOMB_RATIO pixels. libjpeg fills missing arithmetic-coded (and some
- * progressive) data with zeros without a warning, so a 200-byte file could
+ * progressive) data with zeros without a warning, so a 148-byte file could
  * otherwise make us decode and resample a 16384 x 3082 image (found by
  * fuzzing: tests/fuzz/regressions/image/). Real photographs are far below
  * this ratio (baseline JPEG needs at least 2 bits per 8x8 block). */
