@@ -43,23 +43,6 @@ static const int32_t labels[N_SUPPORT] = {2, 0, 4, 1, 3, 0, 2};
 /* Batch b of thread t: 1..MAX_BATCH queries, all distinct images. */
 static int batch_size(int t, int b) { return 1 + (t + 2 * b) % MAX_BATCH; }
 
-static uint32_t rng = 2463534242u;
-static float uniform(void) { /* xorshift32, in [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return (float)((rng >> 8) * (1.0 / 8388608.0) - 1.0);
-}
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    return p;
-}
-
 static int rounds_from_env(int dflt) {
     const char *s = getenv("LWFM_CONCURRENCY_ROUNDS");
     int r = s ? atoi(s) : 0;
@@ -113,8 +96,8 @@ static void *work_shared(void *arg) {
     shared *s = wk->s;
     float out[MAX_BATCH * WAY];
     size_t feat_cap = (size_t)MAX_BATCH * s->fm;
-    float *feat = xmalloc(feat_cap * sizeof(float));
-    float *pre = xmalloc(s->img * sizeof(float));
+    float *feat = test_alloc(feat_cap * sizeof(float));
+    float *pre = test_alloc(s->img * sizeof(float));
     lwfm_backbone *bb = NULL;
     lwfm_status st = lwfm_backbone_create(&bb, s->model);
     if (st) fail(wk, "lwfm_backbone_create", st);
@@ -233,7 +216,7 @@ static void *read_file(const char *path, size_t *size) {
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
-    void *p = n > 0 ? xmalloc((size_t)n) : NULL;
+    void *p = n > 0 ? test_alloc((size_t)n) : NULL;
     if (p && fread(p, 1, (size_t)n, f) != (size_t)n) {
         free(p);
         p = NULL;
@@ -265,9 +248,9 @@ static void test_model(const char *path, int rounds) {
     s->fm = (size_t)(s->C * s->fh * s->fw);
 
     /* Support images and their two prepared sets. */
-    float *support = xmalloc(N_SUPPORT * s->img * sizeof(float));
-    for (size_t i = 0; i < N_SUPPORT * s->img; i++) support[i] = 2 * uniform();
-    float *sfeat = xmalloc(N_SUPPORT * s->fm * sizeof(float));
+    float *support = test_alloc(N_SUPPORT * s->img * sizeof(float));
+    for (size_t i = 0; i < N_SUPPORT * s->img; i++) support[i] = 2 * test_uniform();
+    float *sfeat = test_alloc(N_SUPPORT * s->fm * sizeof(float));
     EXPECT(lwfm_model_features(s->model, support, N_SUPPORT, s->c, s->h, s->w, sfeat,
                                N_SUPPORT * s->fm) == LWFM_OK);
     lwfm_support *sp = NULL, *spf = NULL;
@@ -286,15 +269,15 @@ static void test_model(const char *path, int rounds) {
             batch *q = &s->batches[t][b];
             q->n = batch_size(t, b);
             size_t cap = (size_t)q->n * WAY;
-            float *images = xmalloc(q->n * s->img * sizeof(float));
-            for (size_t i = 0; i < q->n * s->img; i++) images[i] = 2 * uniform();
-            float *features = xmalloc(q->n * s->fm * sizeof(float));
-            uint8_t *raw = xmalloc(RAW * RAW * 3);
-            for (int i = 0; i < RAW * RAW * 3; i++) raw[i] = (uint8_t)((uniform() + 1) * 127.5f);
-            q->logits = xmalloc(cap * sizeof(float));
-            q->logits_feat = xmalloc(cap * sizeof(float));
-            q->logits_episode = xmalloc(cap * sizeof(float));
-            q->preprocessed = xmalloc(s->img * sizeof(float));
+            float *images = test_alloc(q->n * s->img * sizeof(float));
+            for (size_t i = 0; i < q->n * s->img; i++) images[i] = 2 * test_uniform();
+            float *features = test_alloc(q->n * s->fm * sizeof(float));
+            uint8_t *raw = test_alloc(RAW * RAW * 3);
+            for (int i = 0; i < RAW * RAW * 3; i++) raw[i] = (uint8_t)((test_uniform() + 1) * 127.5f);
+            q->logits = test_alloc(cap * sizeof(float));
+            q->logits_feat = test_alloc(cap * sizeof(float));
+            q->logits_episode = test_alloc(cap * sizeof(float));
+            q->preprocessed = test_alloc(s->img * sizeof(float));
             EXPECT(lwfm_model_features(s->model, images, q->n, s->c, s->h, s->w, features,
                                        q->n * s->fm) == LWFM_OK);
             EXPECT(lwfm_support_score(sp, images, q->n, s->c, s->h, s->w, q->logits, cap) ==

@@ -128,21 +128,8 @@ static const int32_t labels_missing[N_SUPPORT] = {3, 0, 1, 1, 2, 0}; /* no class
 static const int32_t labels_negative[N_SUPPORT] = {3, 0, 4, -1, 2, 0};
 static const int32_t labels_too_big[N_SUPPORT] = {3, 0, 4, 1, 5, 0};
 
-static uint32_t rng = 2463534242u;
-static float uniform(void) { /* xorshift32, in [-1, 1) */
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return (float)((rng >> 8) * (1.0 / 8388608.0) - 1.0);
-}
-
 static float *alloc_floats(size_t n) {
-    float *p = malloc(n * sizeof(float));
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(1);
-    }
-    return p;
+    return test_alloc(n * sizeof(float));
 }
 
 static float *copy_floats(const float *x, size_t n) {
@@ -213,8 +200,8 @@ int main(int argc, char **argv) {
     /* Images (uniform noise is as good as any: these checks are not about
      * accuracy) and their feature maps. */
     float *support = alloc_floats(N_SUPPORT * img), *query = alloc_floats(N_QALL * img);
-    for (size_t i = 0; i < N_SUPPORT * img; i++) support[i] = 2 * uniform();
-    for (size_t i = 0; i < N_QALL * img; i++) query[i] = 2 * uniform();
+    for (size_t i = 0; i < N_SUPPORT * img; i++) support[i] = 2 * test_uniform();
+    for (size_t i = 0; i < N_QALL * img; i++) query[i] = 2 * test_uniform();
     float *sfeat = alloc_floats(N_SUPPORT * fm), *qfeat = alloc_floats(N_QALL * fm);
     EXPECT(lwfm_model_features(model, support, N_SUPPORT, c, h, w, sfeat, N_SUPPORT * fm) ==
            LWFM_OK);
