@@ -124,17 +124,21 @@ LWFM_API lwfm_status lwfm_lwe_pair(const lwfm_lwe *lwe, const float *support_fea
     lwfm_status st =
         prepare_pair(m, support_feature, query_feature, channels, fh, fw, capacity, &S, &Q, &R);
     if (st) return st;
-    float *work = lwfm__alloc((LWFM_LWE_WORK_FLOATS(P) + 2 * (size_t)P) * sizeof(float) + 64 +
+    /* results go to scratch first (all layers' weights): the outputs are
+     * written only on success */
+    const size_t lp = (size_t)L * P;
+    float *work = lwfm__alloc((LWFM_LWE_WORK_FLOATS(P) + 2 * lp) * sizeof(float) + 64 +
                               (size_t)2 * C * sizeof(double));
     if (!work) {
         st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
         goto done;
     }
-    float *ws = work + LWFM_LWE_WORK_FLOATS(P), *wq = ws + P;
+    float *ws_all = work + LWFM_LWE_WORK_FLOATS(P), *wq_all = ws_all + lp;
     /* pooled attended maps, in doubles after the floats (64-byte aligned) */
-    size_t float_bytes = (LWFM_LWE_WORK_FLOATS(P) + 2 * (size_t)P) * sizeof(float);
+    size_t float_bytes = (LWFM_LWE_WORK_FLOATS(P) + 2 * lp) * sizeof(float);
     double *ps = (double *)((char *)work + (float_bytes + 63) / 64 * 64), *pq = ps + C;
     for (int l = 0; l < L; l++) {
+        float *ws = ws_all + (size_t)l * P, *wq = wq_all + (size_t)l * P;
         lwfm__lwe_attention(R + (size_t)l * P * P, P, P, (float)m->cfg.temperature_attn, ws, wq,
                             work);
         for (int k = ly->off[l]; k < ly->off[l] + ly->dim[l]; k++) {
@@ -146,19 +150,24 @@ LWFM_API lwfm_status lwfm_lwe_pair(const lwfm_lwe *lwe, const float *support_fea
             ps[k] = s / P;
             pq[k] = q / P;
         }
-        memcpy(support_weights + (size_t)l * P, ws, (size_t)P * sizeof(float));
-        memcpy(query_weights + (size_t)l * P, wq, (size_t)P * sizeof(float));
     }
-    if (global_similarity) {
-        double dot = 0.0, ns = 0.0, nq = 0.0;
-        for (int k = 0; k < C; k++) {
-            dot += ps[k] * pq[k];
-            ns += ps[k] * ps[k];
-            nq += pq[k] * pq[k];
-        }
-        double den = sqrt(ns) * sqrt(nq);
-        *global_similarity = (float)(dot / (den > COS_EPS ? den : COS_EPS));
+    double dot = 0.0, ns = 0.0, nq = 0.0;
+    for (int k = 0; k < C; k++) {
+        dot += ps[k] * pq[k];
+        ns += ps[k] * ps[k];
+        nq += pq[k] * pq[k];
     }
+    double den = sqrt(ns) * sqrt(nq);
+    float global = (float)(dot / (den > COS_EPS ? den : COS_EPS));
+    if (!isfinite(global) || !lwfm__all_finite(ws_all, 2 * lp)) {
+        st = lwfm__error(LWFM_ERR_NONFINITE,
+                         "LWE pair: attention overflowed to NaN or infinity (feature values of "
+                         "extreme magnitude)");
+        goto done;
+    }
+    memcpy(support_weights, ws_all, lp * sizeof(float));
+    memcpy(query_weights, wq_all, lp * sizeof(float));
+    if (global_similarity) *global_similarity = global;
 done:
     lwfm__free(work);
     lwfm__free(R);
@@ -198,7 +207,9 @@ LWFM_API lwfm_status lwfm_spm_pair(const lwfm_spm *spm, const float *support_fea
                                         Q.G + ly->off[l], Q.gn + l, C, L, ly->dim[l], m->cfg.top_k,
                                         sigma + (size_t)l * P, sim + (size_t)l * P, work);
         s *= m->cfg.matcher_prob;
-        if (!isfinite(s)) { /* finite inputs of extreme magnitude overflowed */
+        /* finite inputs of extreme magnitude overflowed (in the score, or in a
+         * matched similarity the top_k sum left out) */
+        if (!isfinite(s) || !lwfm__all_finite(sim + (size_t)l * P, (size_t)P)) {
             st = lwfm__error(LWFM_ERR_NONFINITE,
                              "SPM pair: similarities overflowed to NaN or infinity (feature "
                              "values of extreme magnitude)");
@@ -291,6 +302,12 @@ LWFM_API lwfm_status lwfm_rcn_pair(const lwfm_rcn *rcn, const float *support_fea
         goto done;
     }
     double e = lwfm__rcn_pair(m, &S, 0, &Q, 0, sim, mt, w, scratch);
+    if (!isfinite(e) || !lwfm__all_finite(sim, (size_t)P) || !lwfm__all_finite(w, (size_t)P)) {
+        st = lwfm__error(LWFM_ERR_NONFINITE,
+                         "RCN pair: similarities or weights overflowed to NaN or infinity "
+                         "(feature values of extreme magnitude)");
+        goto done;
+    }
     /* outputs written only now, on success */
     for (int64_t r = 0; r < P; r++) {
         similarity[r] = sim[r];

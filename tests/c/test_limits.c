@@ -18,6 +18,7 @@
  *    LWFM_ERR_OUT_OF_MEMORY (output untouched) and the library works again
  *    once memory is back. */
 #include <stdint.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -342,6 +343,30 @@ static void test_other_bad_inputs(lwfm_model *tiny, lwfm_model *dn4) {
                                             2, out_buf, OUT_CAP),
                 LWFM_ERR_NONFINITE, "overflowed to NaN or infinity", "");
     EXPECT(untouched());
+    /* the per-pair views refuse the same way and write nothing */
+    lwfm_spm *spm = NULL;
+    EXPECT(lwfm_lwe_create(&lwe, tiny) == LWFM_OK && lwfm_spm_create(&spm, tiny) == LWFM_OK);
+    float *extreme = tf + 2 * C * fh * fw; /* all +3e38: the attention overflows too */
+    for (int64_t i = 0; i < C * fh * fw; i++) extreme[i] = 3e38f;
+    float g = 7.0f;
+    arm();
+    EXPECT_FAIL(lwfm_lwe_pair(lwe, tf, extreme, C, fh, fw, out_buf, out_buf + OUT_CAP / 2,
+                              OUT_CAP / 2, &g),
+                LWFM_ERR_NONFINITE, "LWE pair", "overflowed to NaN or infinity");
+    EXPECT(untouched() && g == 7.0f);
+    int64_t assign[OUT_CAP];
+    for (int i = 0; i < OUT_CAP; i++) assign[i] = -7;
+    float score = 7.0f;
+    arm();
+    EXPECT_FAIL(lwfm_spm_pair(spm, tf, extreme, C, fh, fw, assign, out_buf, out_buf + OUT_CAP / 2,
+                              OUT_CAP / 2, &score),
+                LWFM_ERR_NONFINITE, "SPM pair", "overflowed to NaN or infinity");
+    EXPECT(untouched() && score == 7.0f && assign[0] == -7 && assign[OUT_CAP - 1] == -7);
+    /* and still answer for ordinary features */
+    EXPECT(lwfm_lwe_pair(lwe, tf, tf + C * fh * fw, C, fh, fw, out_buf, out_buf + OUT_CAP / 2,
+                         OUT_CAP / 2, &g) == LWFM_OK && isfinite(g) && g != 7.0f);
+    lwfm_spm_destroy(spm);
+    lwfm_lwe_destroy(lwe);
     free(tf);
     free(big);
     free(f);

@@ -152,3 +152,17 @@ def test_rcn_batch_statistics_refusals(lib, tmp_path):
     tensors, config = load_weights(path)
     with pytest.raises(WeightFileError):
         save_weights(tmp_path / "x.npz", tensors, dict(config, batch_norm="transductive"))
+
+
+def test_rcn_pair_refuses_overflow(lib, tmp_path):
+    """Finite features of extreme magnitude overflow inside the comparison:
+    the pair view refuses (LWFM_ERR_NONFINITE) instead of returning NaN."""
+    path, _ = export_rcn(tmp_path)
+    with lib.Model(path) as m:
+        fs = m.features(random_episode(np.random.default_rng(3), [1, 1], 1, 84)[0])
+        big = np.full_like(fs[0], 3e38)
+        for s, q in ((fs[0], big), (big, fs[1])):
+            with pytest.raises(lib.Error) as err:
+                m.rcn_pair(s, q)
+            assert "overflowed to NaN or infinity" in str(err.value)
+        assert np.isfinite(m.rcn_pair(fs[0], fs[1])[3])
