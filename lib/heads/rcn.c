@@ -96,6 +96,9 @@ lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
         h->n_layers = i + 1;
         in = out;
     }
+    h->widest = 1;
+    for (int i = 0; i < h->n_layers; i++)
+        if (h->out[i] > h->widest) h->widest = h->out[i];
     if (h->out[h->n_layers - 1] != 1) {
         lwfm__rcn_free(h);
         return lwfm__error(LWFM_ERR_SHAPE, "the RCN meta-learner's last layer must have 1 output");
@@ -169,10 +172,7 @@ static void similarities(const side *S, int64_t j, const side *Q, int64_t q, int
 }
 
 size_t lwfm__rcn_pair_floats(const lwfm_model *m, int64_t P) {
-    int widest = 1;
-    for (int i = 0; i < m->rcn.n_layers; i++)
-        if (m->rcn.out[i] > widest) widest = m->rcn.out[i];
-    return (size_t)P * P + 2 * (size_t)P * widest;
+    return (size_t)P * P + 2 * (size_t)P * m->rcn.widest;
 }
 
 /* Scalar meta-learner on `rows` cells whose first layer is h (rows x out0,
@@ -202,10 +202,7 @@ double lwfm__rcn_pair(const lwfm_model *m, const side *S, int64_t j, const side 
                       float *sim, int *match, float *w, float *scratch) {
     const int C = m->layers.C, o0 = m->rcn.out[0];
     const int64_t P = S->P, Pq = Q->P;
-    int widest = 1;
-    for (int i = 0; i < m->rcn.n_layers; i++)
-        if (m->rcn.out[i] > widest) widest = m->rcn.out[i];
-    float *dots = scratch, *H = dots + P * Pq, *tmp = H + P * widest;
+    float *dots = scratch, *H = dots + P * Pq, *tmp = H + P * m->rcn.widest;
     const float *xs = S->X + j * P * C, *xq = Q->X + q * Pq * C;
     for (int64_t r = 0; r < P; r++)
         for (int64_t p = 0; p < Pq; p++) {
@@ -274,8 +271,9 @@ static void batch_norm_relu(float *H, int64_t rows, int width, const float *g, c
  * cell) rows of the batch (peers.md 4.7). */
 static lwfm_status rcn_score_batch(const lwfm_model *m, const side *S, const int32_t *labels,
                                    const int64_t *count, int64_t way, const side *Q,
-                                   float *logits, lwfm__arena *arena, int widest) {
+                                   float *logits, lwfm__arena *arena) {
     const lwfm__rcn *h = &m->rcn;
+    const int widest = h->widest;
     const int C = m->layers.C, o0 = h->out[0];
     const int64_t P = S->P, ns = S->n, qb = m->cfg.query_batch < Q->n ? m->cfg.query_batch : Q->n;
     int threads = omp_get_max_threads();
@@ -373,13 +371,8 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *l
                            "RCN compares regions of the same grid: support maps have %lld "
                            "regions, queries %lld",
                            (long long)P, (long long)Q->P);
-    int widest = 1;
-    for (int i = 0; i < h->n_layers; i++)
-        if (h->out[i] > widest) widest = h->out[i];
-    if (h->batch_stats) return rcn_score_batch(m, S, labels, count, way, Q, logits, arena, widest);
-    widest = 1;
-    for (int i = 0; i < h->n_layers; i++)
-        if (h->out[i] > widest) widest = h->out[i];
+    if (h->batch_stats) return rcn_score_batch(m, S, labels, count, way, Q, logits, arena);
+    const int widest = h->widest;
     int threads = omp_get_max_threads();
     size_t rows = (size_t)ns * P;
     /* floats, then the doubles at an 8-byte boundary (the float count may be odd) */

@@ -28,6 +28,7 @@ typedef struct lwfm__rcn {
     int batch_stats;
     float *g[LWFM_RCN_MAX_LAYERS], *beta[LWFM_RCN_MAX_LAYERS];
     int in[LWFM_RCN_MAX_LAYERS], out[LWFM_RCN_MAX_LAYERS];
+    int widest; /* the largest out[i] (scratch sizes) */
     float *w[LWFM_RCN_MAX_LAYERS];
     float *b[LWFM_RCN_MAX_LAYERS];
     float *w0s, *w0q; /* the first layer split: (out0, C) each, row-major */
