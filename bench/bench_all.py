@@ -154,6 +154,21 @@ class LogCapture:
 # Backbone
 # ---------------------------------------------------------------------------
 
+def alternate(torch, clock, reps, **calls):
+    """{name: [seconds]}: the calls run one after another, round after round,
+    timed with `clock`; round 0 (primitive creation, buffer growth) is
+    dropped."""
+    out = {name: [] for name in calls}
+    with torch.no_grad():
+        for rep in range(reps + 1):
+            for name, call in calls.items():
+                t0 = clock()
+                call()
+                if rep:
+                    out[name].append(clock() - t0)
+    return out
+
+
 def bench_backbone(args, np, torch, lwfm, lwfm_ref, tmp, results):
     cases = [("ResNet-18 [7, 8], fs 3", lwfm_ref.make_config()),
              ("Conv-64F 21 x 21 (DN4)", dict(lwfm_ref.DN4_CONFIG))]
@@ -170,20 +185,8 @@ def bench_backbone(args, np, torch, lwfm, lwfm_ref, tmp, results):
         scale = np.abs(expect).max()
         e32 = float(np.abs(f32 - expect).max() / scale)
         e16 = float(np.abs(f16 - expect).max() / scale)
-        t = {"ref": [], "fp32": [], "bf16": []}
-        with torch.no_grad():
-            for rep in range(args.reps + 1):
-                t0 = time.perf_counter()
-                ref(x)
-                t1 = time.perf_counter()
-                m32.features(xn)
-                t2 = time.perf_counter()
-                m16.features(xn)
-                t3 = time.perf_counter()
-                if rep:  # the first round creates primitives and grows buffers
-                    t["ref"].append(t1 - t0)
-                    t["fp32"].append(t2 - t1)
-                    t["bf16"].append(t3 - t2)
+        t = alternate(torch, time.perf_counter, args.reps, ref=lambda: ref(x),
+                      fp32=lambda: m32.features(xn), bf16=lambda: m16.features(xn))
         # The same on one thread, timed in CPU seconds of the process: other
         # processes on a shared machine cannot inflate it (no waiting counted).
         # Fresh models: oneDNN fixes a primitive's thread count when it is
@@ -192,20 +195,8 @@ def bench_backbone(args, np, torch, lwfm, lwfm_ref, tmp, results):
         m16.close()
         torch.set_num_threads(1)
         m32, m16 = lwfm.Model(path), lwfm.Model(path, precision="bf16")
-        c = {"ref": [], "fp32": [], "bf16": []}
-        with torch.no_grad():
-            for rep in range(max(2, args.reps // 2) + 1):
-                t0 = time.process_time()
-                ref(x)
-                t1 = time.process_time()
-                m32.features(xn)
-                t2 = time.process_time()
-                m16.features(xn)
-                t3 = time.process_time()
-                if rep:
-                    c["ref"].append(t1 - t0)
-                    c["fp32"].append(t2 - t1)
-                    c["bf16"].append(t3 - t2)
+        c = alternate(torch, time.process_time, max(2, args.reps // 2), ref=lambda: ref(x),
+                      fp32=lambda: m32.features(xn), bf16=lambda: m16.features(xn))
         torch.set_num_threads(args.threads)
         m32.close()
         m16.close()
@@ -254,27 +245,16 @@ def bench_stream(args, np, torch, lwfm, lwfm_ref, tmp, results):
     agree = {p: float((s.score(queries).argmax(1) == expect.argmax(1)).mean())
              for p, s in sets.items()}
     rows, out = [], []
-    for batch in (1, 16, 75):
-        n_batches = {1: 15, 16: 4, 75: 1}[batch] if not args.quick else {1: 5, 16: 2, 75: 1}[batch]
-        reps = args.reps
-        t = {"ref": [], "fp32": [], "bf16": []}
-        for rep in range(reps + 1):
-            for k in range(n_batches):
-                q = queries[(k * batch) % 75:][:batch]
-                tq = torch.from_numpy(q)
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    model.episode_logits_fast(fs_ref, tl, model.features(tq))
-                t1 = time.perf_counter()
-                sets["fp32"].score(q)
-                t2 = time.perf_counter()
-                sets["bf16"].score(q)
-                t3 = time.perf_counter()
-                if rep:
-                    t["ref"].append(t1 - t0)
-                    t["fp32"].append(t2 - t1)
-                    t["bf16"].append(t3 - t2)
-        ips = {k: batch / med(v) for k, v in t.items()}
+    per_rep = {1: 15, 16: 4, 75: 1} if not args.quick else {1: 5, 16: 2, 75: 1}
+    for batch, n_batches in per_rep.items():
+        batches = [queries[(k * batch) % 75:][:batch] for k in range(n_batches)]
+        t = alternate(
+            torch, time.perf_counter, args.reps,
+            ref=lambda: [model.episode_logits_fast(fs_ref, tl, model.features(torch.from_numpy(q)))
+                         for q in batches],
+            fp32=lambda: [sets["fp32"].score(q) for q in batches],
+            bf16=lambda: [sets["bf16"].score(q) for q in batches])
+        ips = {k: batch * n_batches / med(v) for k, v in t.items()}
         rows.append([batch, f"{ips['ref']:.1f}", f"{ips['fp32']:.1f}", f"{ips['bf16']:.1f}",
                      f"**{ips['fp32'] / ips['ref']:.2f}x**", f"**{ips['bf16'] / ips['ref']:.2f}x**"])
         out.append(dict(batch=batch, torch_img_s=ips["ref"], fp32_img_s=ips["fp32"],
@@ -284,7 +264,8 @@ def bench_stream(args, np, torch, lwfm, lwfm_ref, tmp, results):
     for m in models.values():
         m.close()
     table(f"Streaming queries: prepared 5-way 5-shot support set, {args.threads} threads, "
-          f"median over batches and {args.reps} reps",
+          f"median of {args.reps} reps of " +
+          ", ".join(f"{n} x {b}" for b, n in per_rep.items()) + " queries",
           ["batch", "PyTorch img/s", "fp32 img/s", "bf16 img/s", "fp32 / PyTorch",
            "bf16 / PyTorch"], rows,
           f"PyTorch: reference backbone on the batch + its vectorised metric "
