@@ -22,8 +22,8 @@
 #include "spm/assign.h"
 
 #define COS_EPS 1e-8
-/* Correlation matrices of one query chunk are kept below this many floats. */
-#define R_BUDGET_FLOATS ((size_t)16 << 20)
+/* A thread's correlation blocks (all layers) aim at this many floats. */
+#define RT_BLOCK_FLOATS ((size_t)64 << 10)
 
 struct lwfm_support {
     lwfm_model *model;
@@ -159,6 +159,8 @@ done:
 
 /* Per-thread scratch of the pair loop (floats; the solver's part doubles). */
 typedef struct pair_scratch {
+    float *rt;    /* L blocks of rows x ldt: correlations of the thread's query block */
+    float *rloc;  /* P x P: one pair's correlations, support position-major */
     float *sacc;  /* way x C: sum over the class's supports of pooled attended support maps */
     float *wqacc; /* way x L x P: sum over the class's supports of the query weights */
     double *macc; /* way: sum of SPM scores */
@@ -167,28 +169,33 @@ typedef struct pair_scratch {
     int *sigma;
 } pair_scratch;
 
-/* Floats at the start of a pair_scratch slice (see scratch_bind). */
-static size_t scratch_floats(int64_t way, int C, int L, int P) {
-    return (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P + LWFM_LWE_WORK_FLOATS(P) + C;
+/* Floats at the start of a pair_scratch slice (see scratch_bind); rt_floats
+ * is the size of one layer's correlation block. */
+static size_t scratch_floats(int64_t way, int C, int L, int P, size_t rt_floats) {
+    return rt_floats * L + (size_t)P * P + (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P +
+           LWFM_LWE_WORK_FLOATS(P) + C;
 }
 
-static size_t scratch_bytes(int64_t way, int C, int L, int P) {
-    size_t floats = scratch_floats(way, C, L, P);
+static size_t scratch_bytes(int64_t way, int C, int L, int P, size_t rt_floats) {
+    size_t floats = scratch_floats(way, C, L, P, rt_floats);
     size_t doubles = (size_t)way + lwfm__spm_work_doubles(P);
     size_t bytes = (floats * sizeof(float) + 63) / 64 * 64 + doubles * sizeof(double) +
                    (size_t)P * sizeof(int);
     return (bytes + 63) / 64 * 64; /* each thread's slice starts 64-byte aligned */
 }
 
-static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L, int P) {
+static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L, int P,
+                         size_t rt_floats) {
     float *f = (float *)base;
-    ps->sacc = f;
+    ps->rt = f;
+    ps->rloc = ps->rt + rt_floats * L;
+    ps->sacc = ps->rloc + (size_t)P * P;
     ps->wqacc = ps->sacc + (size_t)way * C;
     ps->ws = ps->wqacc + (size_t)way * L * P;
     ps->wq = ps->ws + P;
     ps->attn = ps->wq + P;
     ps->qv = ps->attn + LWFM_LWE_WORK_FLOATS(P);
-    size_t floats = scratch_floats(way, C, L, P);
+    size_t floats = scratch_floats(way, C, L, P, rt_floats);
     double *d = (double *)(base + (floats * sizeof(float) + 63) / 64 * 64);
     ps->macc = d;
     ps->spm = d + way;
@@ -196,11 +203,12 @@ static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L
 }
 
 /* Logits of one query q (row of Q) against the prepared support set.
- * R[l] holds the chunk's correlations of layer l: row j*P + a (support
- * position), column qi*P + b (query position), leading dimension ldr. */
+ * RT[l] holds the correlations of layer l for the thread's query block:
+ * row qi*P + b (query position), column j*P + a (support position),
+ * leading dimension ldt. */
 LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const int32_t *labels,
                                        const int64_t *count, int64_t way, const side *Q, int64_t q,
-                                       int64_t qi, float *const *R, int64_t ldr, pair_scratch *ps,
+                                       int64_t qi, float *const *RT, int64_t ldt, pair_scratch *ps,
                                        float *logits) {
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
@@ -208,6 +216,7 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
     const int spm = lwfm__spm_on(m);
     const float t_attn = (float)cfg->temperature_attn;
     const float *Xq = Q->X + q * P * C;
+    float *Rp = ps->rloc;
     memset(ps->sacc, 0, sizeof(float) * ((size_t)way * C + (size_t)way * L * P));
     memset(ps->macc, 0, sizeof(double) * (size_t)way);
 
@@ -217,9 +226,12 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
         float *sacc = ps->sacc + (size_t)c * C;
         double best = -INFINITY;
         for (int l = 0; l < L; l++) {
-            const float *Rp = R[l] + (j * P) * ldr + qi * P;
+            /* the pair's P x P block, support position-major */
+            const float *blk = RT[l] + (qi * P) * ldt + j * P;
+            for (int b = 0; b < P; b++)
+                for (int a = 0; a < P; a++) Rp[a * P + b] = blk[b * ldt + a];
             const int off = ly->off[l], d = ly->dim[l];
-            lwfm__lwe_attention(Rp, ldr, P, t_attn, ps->ws, ps->wq, ps->attn);
+            lwfm__lwe_attention(Rp, P, P, t_attn, ps->ws, ps->wq, ps->attn);
             /* attended support map, pooled (sum over positions; / P later) */
             for (int a = 0; a < P; a++) {
                 const float w = ps->ws[a];
@@ -232,7 +244,7 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
             if (spm) {
                 const int64_t gs = j * P * C + off, gq = q * P * C + off;
                 double tp = LWFM_PROF_T0();
-                double sc = lwfm__spm_pair_score(Rp, ldr, P, S->G + gs, S->gn + j * P * L + l,
+                double sc = lwfm__spm_pair_score(Rp, P, P, S->G + gs, S->gn + j * P * L + l,
                                                  Q->G + gq, Q->gn + q * P * L + l, C, L, d,
                                                  cfg->top_k, ps->sigma, NULL, ps->spm);
                 LWFM_PROF_ADD(LWFM_PROF_SOLVER_THREAD, tp);
@@ -272,7 +284,12 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
     }
 }
 
-/* Logits (Q->n x way) of prepared queries against a prepared support set. */
+/* Logits (Q->n x way) of prepared queries against a prepared support set.
+ * LWFM-SPM: each thread takes a contiguous range of queries and works
+ * through it in blocks: one GEMM per layer correlates the block's query
+ * positions (rows) with every support position, then the block's pairs
+ * are scored. oneDNN's GEMM runs single-threaded inside the parallel
+ * region, and tall (query-row) products are the shape it runs fastest. */
 static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t *labels,
                                const int64_t *count, int64_t way, const side *Q, float *logits,
                                lwfm__arena *arena) {
@@ -288,56 +305,53 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     }
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
-    lwfm_status st = LWFM_OK;
-    dnnl_stream_t stream = NULL;
-    float *R[LWFM_MAX_TAPS] = {0};
-    char *scratch = NULL;
+    const int64_t ldt = S->n * P;
     int threads = omp_get_max_threads();
+    if (threads > Q->n) threads = (int)Q->n;
 
-    /* queries per chunk so that the L correlation blocks stay bounded */
-    size_t per_query = (size_t)S->n * P * P * L;
-    int64_t chunk = (int64_t)(R_BUDGET_FLOATS / (per_query ? per_query : 1));
-    if (chunk < 1) chunk = 1;
-    if (chunk > Q->n) chunk = Q->n;
-    size_t sd = scratch_bytes(way, C, L, P);
-    size_t r_floats = (size_t)S->n * P * chunk * P;
-    scratch = lwfm__arena_get(arena, LWFM_SLOT_PAIRS, sd * (size_t)threads);
-    float *r_all = lwfm__arena_get(arena, LWFM_SLOT_R, r_floats * L * sizeof(float));
-    if (!scratch || !r_all) {
-        st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",
-                         (long long)Q->n);
-        goto done;
-    }
-    for (int l = 0; l < L; l++) R[l] = r_all + (size_t)l * r_floats;
-    if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success) {
-        st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
-        goto done;
-    }
-    for (int64_t q0 = 0; q0 < Q->n; q0 += chunk) {
-        int64_t nq = Q->n - q0 < chunk ? Q->n - q0 : chunk, ldr = nq * P;
-        double tp = LWFM_PROF_T0();
-        for (int l = 0; l < L; l++)
-            if ((st = lwfm__gemm_abt(m->engine, stream, S->n * P, nq * P, ly->dim[l],
-                                     S->U + ly->off[l], C, Q->U + q0 * P * C + ly->off[l], C, R[l],
-                                     ldr, 0)))
-                goto done;
-        LWFM_PROF_ADD(LWFM_PROF_LWE, tp);
-        tp = LWFM_PROF_T0();
-#pragma omp parallel
-        {
-            pair_scratch ps;
-            double tt = LWFM_PROF_T0();
-            scratch_bind(&ps, scratch + sd * (size_t)omp_get_thread_num(), way, C, L, P);
-#pragma omp for schedule(dynamic, 1)
+    /* queries per block: a thread's correlation blocks stay near L2-sized */
+    size_t per_query = (size_t)ldt * P * L;
+    int64_t block = (int64_t)(RT_BLOCK_FLOATS / per_query);
+    int64_t share = (Q->n + threads - 1) / threads;
+    if (block < 1) block = 1;
+    if (block > share) block = share;
+    size_t rt_floats = (size_t)block * P * (size_t)ldt;
+    size_t sd = scratch_bytes(way, C, L, P, rt_floats);
+    char *scratch = lwfm__arena_get(arena, LWFM_SLOT_PAIRS, sd * (size_t)threads);
+    if (!scratch)
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",
+                           (long long)Q->n);
+    int failed = 0;
+    double tp = LWFM_PROF_T0();
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t first = Q->n * t / nt, last = Q->n * (t + 1) / nt;
+        pair_scratch ps;
+        float *RT[LWFM_MAX_TAPS];
+        double tt = LWFM_PROF_T0();
+        scratch_bind(&ps, scratch + sd * (size_t)t, way, C, L, P, rt_floats);
+        for (int l = 0; l < L; l++) RT[l] = ps.rt + (size_t)l * rt_floats;
+        for (int64_t q0 = first; q0 < last; q0 += block) {
+            const int64_t nq = last - q0 < block ? last - q0 : block;
+            int bad = 0;
+            for (int l = 0; l < L && !bad; l++)
+                bad = dnnl_sgemm('N', 'T', nq * P, ldt, ly->dim[l], 1.0f,
+                                 Q->U + q0 * P * C + ly->off[l], C, S->U + ly->off[l], C, 0.0f,
+                                 RT[l], ldt) != dnnl_success;
+            if (bad) {
+#pragma omp atomic write
+                failed = 1;
+                break;
+            }
             for (int64_t qi = 0; qi < nq; qi++)
-                score_query(m, S, labels, count, way, Q, q0 + qi, qi, R, ldr, &ps, logits);
-            LWFM_PROF_ADD(LWFM_PROF_PAIRS_THREAD, tt);
+                score_query(m, S, labels, count, way, Q, q0 + qi, qi, RT, ldt, &ps, logits);
         }
-        LWFM_PROF_ADD(LWFM_PROF_PAIRS, tp);
+        LWFM_PROF_ADD(LWFM_PROF_PAIRS_THREAD, tt);
     }
-done:
-    if (stream) dnnl_stream_destroy(stream);
-    return st;
+    LWFM_PROF_ADD(LWFM_PROF_PAIRS, tp);
+    if (failed) return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: sgemm (layer correlations) failed");
+    return LWFM_OK;
 }
 
 /* ------------------------------------------------------------------------ */
