@@ -157,46 +157,50 @@ done:
     return st;
 }
 
-/* Per-thread scratch of the pair loop (floats; the solver's part doubles). */
+/* Per-thread scratch of the pair loop (floats; the solver's part doubles).
+ * N = supports x P columns. */
 typedef struct pair_scratch {
-    float *rt;    /* L blocks of rows x ldt: correlations of the thread's query block */
-    float *rloc;  /* P x P: one pair's correlations, support position-major */
+    float *rt;    /* L blocks of rows x N: correlations of the thread's query block */
+    float *rs;    /* L x P x N: one query's correlations, support position-major */
+    float *ws;    /* L x N: support weights of one query against every support */
+    float *wq;    /* L x N: query weights likewise */
+    float *attn;  /* LWFM_LWE_WORK_FLOATS(P, supports) */
     float *sacc;  /* way x C: sum over the class's supports of pooled attended support maps */
     float *wqacc; /* way x L x P: sum over the class's supports of the query weights */
+    float *qv;    /* C */
     double *macc; /* way: sum of SPM scores */
-    float *ws, *wq, *attn, *qv;
     double *spm;
     int *sigma;
 } pair_scratch;
 
-/* Floats at the start of a pair_scratch slice (see scratch_bind); rt_floats
- * is the size of one layer's correlation block. */
-static size_t scratch_floats(int64_t way, int C, int L, int P, size_t rt_floats) {
-    return rt_floats * L + (size_t)P * P + (size_t)way * C + (size_t)way * L * P + 2 * (size_t)P +
-           LWFM_LWE_WORK_FLOATS(P) + C;
+/* Offsets (floats) of a pair_scratch slice's float arrays, in order; the
+ * last entry is the total (see scratch_bind). */
+static void scratch_layout(int64_t way, int C, int L, int P, int64_t n_s, size_t rt_floats,
+                           size_t off[9]) {
+    const size_t N = (size_t)n_s * P;
+    const size_t sizes[8] = {rt_floats * L,  (size_t)L * P * N,    (size_t)L * N,
+                             (size_t)L * N,  LWFM_LWE_WORK_FLOATS(P, n_s), (size_t)way * C,
+                             (size_t)way * L * P, (size_t)C};
+    off[0] = 0;
+    for (int i = 0; i < 8; i++) off[i + 1] = off[i] + (sizes[i] + 15) / 16 * 16;
 }
 
-static size_t scratch_bytes(int64_t way, int C, int L, int P, size_t rt_floats) {
-    size_t floats = scratch_floats(way, C, L, P, rt_floats);
+static size_t scratch_bytes(int64_t way, int C, int L, int P, int64_t n_s, size_t rt_floats) {
+    size_t off[9];
+    scratch_layout(way, C, L, P, n_s, rt_floats, off);
     size_t doubles = (size_t)way + lwfm__spm_work_doubles(P);
-    size_t bytes = (floats * sizeof(float) + 63) / 64 * 64 + doubles * sizeof(double) +
-                   (size_t)P * sizeof(int);
+    size_t bytes = off[8] * sizeof(float) + doubles * sizeof(double) + (size_t)P * sizeof(int);
     return (bytes + 63) / 64 * 64; /* each thread's slice starts 64-byte aligned */
 }
 
 static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L, int P,
-                         size_t rt_floats) {
+                         int64_t n_s, size_t rt_floats) {
+    size_t off[9];
+    scratch_layout(way, C, L, P, n_s, rt_floats, off);
     float *f = (float *)base;
-    ps->rt = f;
-    ps->rloc = ps->rt + rt_floats * L;
-    ps->sacc = ps->rloc + (size_t)P * P;
-    ps->wqacc = ps->sacc + (size_t)way * C;
-    ps->ws = ps->wqacc + (size_t)way * L * P;
-    ps->wq = ps->ws + P;
-    ps->attn = ps->wq + P;
-    ps->qv = ps->attn + LWFM_LWE_WORK_FLOATS(P);
-    size_t floats = scratch_floats(way, C, L, P, rt_floats);
-    double *d = (double *)(base + (floats * sizeof(float) + 63) / 64 * 64);
+    float **dst[8] = {&ps->rt, &ps->rs, &ps->ws, &ps->wq, &ps->attn, &ps->sacc, &ps->wqacc, &ps->qv};
+    for (int i = 0; i < 8; i++) *dst[i] = f + off[i];
+    double *d = (double *)(f + off[8]);
     ps->macc = d;
     ps->spm = d + way;
     ps->sigma = (int *)(ps->spm + lwfm__spm_work_doubles(P));
@@ -205,20 +209,32 @@ static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L
 /* Logits of one query q (row of Q) against the prepared support set.
  * RT[l] holds the correlations of layer l for the thread's query block:
  * row qi*P + b (query position), column j*P + a (support position),
- * leading dimension ldt. */
+ * leading dimension N = S->n * P. */
 LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const int32_t *labels,
                                        const int64_t *count, int64_t way, const side *Q, int64_t q,
-                                       int64_t qi, float *const *RT, int64_t ldt, pair_scratch *ps,
+                                       int64_t qi, float *const *RT, pair_scratch *ps,
                                        float *logits) {
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
+    const int64_t N = S->n * P;
     const lwfm__config *cfg = &m->cfg;
     const int spm = lwfm__spm_on(m);
     const float t_attn = (float)cfg->temperature_attn;
     const float *Xq = Q->X + q * P * C;
-    float *Rp = ps->rloc;
-    memset(ps->sacc, 0, sizeof(float) * ((size_t)way * C + (size_t)way * L * P));
+    memset(ps->sacc, 0, sizeof(float) * (size_t)way * C);
+    memset(ps->wqacc, 0, sizeof(float) * (size_t)way * L * P);
     memset(ps->macc, 0, sizeof(double) * (size_t)way);
+
+    /* attention of this query against every support, a layer at a time */
+    for (int l = 0; l < L; l++) {
+        const float *rq = RT[l] + qi * P * N;
+        float *rs = ps->rs + (size_t)l * P * N;
+        for (int64_t j = 0; j < S->n; j++)
+            for (int b = 0; b < P; b++)
+                for (int a = 0; a < P; a++) rs[a * N + j * P + b] = rq[b * N + j * P + a];
+        lwfm__lwe_attention_blocks(rq, N, rs, N, P, (int)S->n, t_attn, ps->ws + l * N,
+                                   ps->wq + l * N, ps->attn);
+    }
 
     for (int64_t j = 0; j < S->n; j++) {
         const int c = labels[j];
@@ -226,27 +242,25 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
         float *sacc = ps->sacc + (size_t)c * C;
         double best = -INFINITY;
         for (int l = 0; l < L; l++) {
-            /* the pair's P x P block, support position-major */
-            const float *blk = RT[l] + (qi * P) * ldt + j * P;
-            for (int b = 0; b < P; b++)
-                for (int a = 0; a < P; a++) Rp[a * P + b] = blk[b * ldt + a];
+            const float *ws = ps->ws + l * N + j * P, *wq = ps->wq + l * N + j * P;
             const int off = ly->off[l], d = ly->dim[l];
-            lwfm__lwe_attention(Rp, P, P, t_attn, ps->ws, ps->wq, ps->attn);
             /* attended support map, pooled (sum over positions; / P later) */
             for (int a = 0; a < P; a++) {
-                const float w = ps->ws[a];
+                const float w = ws[a];
                 const float *x = Xs + (int64_t)a * C + off;
                 float *acc = sacc + off;
+#pragma omp simd
                 for (int k = 0; k < d; k++) acc[k] += w * x[k];
             }
             float *wqa = ps->wqacc + ((size_t)c * L + l) * P;
-            for (int b = 0; b < P; b++) wqa[b] += ps->wq[b];
+            for (int b = 0; b < P; b++) wqa[b] += wq[b];
             if (spm) {
                 const int64_t gs = j * P * C + off, gq = q * P * C + off;
                 double tp = LWFM_PROF_T0();
-                double sc = lwfm__spm_pair_score(Rp, P, P, S->G + gs, S->gn + j * P * L + l,
-                                                 Q->G + gq, Q->gn + q * P * L + l, C, L, d,
-                                                 cfg->top_k, ps->sigma, NULL, ps->spm);
+                double sc = lwfm__spm_pair_score(ps->rs + (size_t)l * P * N + j * P, N, P,
+                                                 S->G + gs, S->gn + j * P * L + l, Q->G + gq,
+                                                 Q->gn + q * P * L + l, C, L, d, cfg->top_k,
+                                                 ps->sigma, NULL, ps->spm);
                 LWFM_PROF_ADD(LWFM_PROF_SOLVER_THREAD, tp);
                 sc *= cfg->matcher_prob;
                 if (sc > best) best = sc;
@@ -266,6 +280,7 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
             for (int k = 0; k < d; k++) qv[off + k] = 0.0f;
             for (int b = 0; b < P; b++) {
                 const float w = wqa[b], *x = Xq + (int64_t)b * C + off;
+#pragma omp simd
                 for (int k = 0; k < d; k++) qv[off + k] += w * x[k];
             }
         }
@@ -316,7 +331,7 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     if (block < 1) block = 1;
     if (block > share) block = share;
     size_t rt_floats = (size_t)block * P * (size_t)ldt;
-    size_t sd = scratch_bytes(way, C, L, P, rt_floats);
+    size_t sd = scratch_bytes(way, C, L, P, S->n, rt_floats);
     char *scratch = lwfm__arena_get(arena, LWFM_SLOT_PAIRS, sd * (size_t)threads);
     if (!scratch)
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",
@@ -330,7 +345,7 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
         pair_scratch ps;
         float *RT[LWFM_MAX_TAPS];
         double tt = LWFM_PROF_T0();
-        scratch_bind(&ps, scratch + sd * (size_t)t, way, C, L, P, rt_floats);
+        scratch_bind(&ps, scratch + sd * (size_t)t, way, C, L, P, S->n, rt_floats);
         for (int l = 0; l < L; l++) RT[l] = ps.rt + (size_t)l * rt_floats;
         for (int64_t q0 = first; q0 < last; q0 += block) {
             const int64_t nq = last - q0 < block ? last - q0 : block;
@@ -345,7 +360,7 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
                 break;
             }
             for (int64_t qi = 0; qi < nq; qi++)
-                score_query(m, S, labels, count, way, Q, q0 + qi, qi, RT, ldt, &ps, logits);
+                score_query(m, S, labels, count, way, Q, q0 + qi, qi, RT, &ps, logits);
         }
         LWFM_PROF_ADD(LWFM_PROF_PAIRS_THREAD, tt);
     }

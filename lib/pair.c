@@ -127,15 +127,15 @@ LWFM_API lwfm_status lwfm_lwe_pair(const lwfm_lwe *lwe, const float *support_fea
     /* results go to scratch first (all layers' weights): the outputs are
      * written only on success */
     const size_t lp = (size_t)L * P;
-    float *work = lwfm__alloc((LWFM_LWE_WORK_FLOATS(P) + 2 * lp) * sizeof(float) + 64 +
+    float *work = lwfm__alloc((LWFM_LWE_WORK_FLOATS(P, 1) + 2 * lp) * sizeof(float) + 64 +
                               (size_t)2 * C * sizeof(double));
     if (!work) {
         st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
         goto done;
     }
-    float *ws_all = work + LWFM_LWE_WORK_FLOATS(P), *wq_all = ws_all + lp;
+    float *ws_all = work + LWFM_LWE_WORK_FLOATS(P, 1), *wq_all = ws_all + lp;
     /* pooled attended maps, in doubles after the floats (64-byte aligned) */
-    size_t float_bytes = (LWFM_LWE_WORK_FLOATS(P) + 2 * lp) * sizeof(float);
+    size_t float_bytes = (LWFM_LWE_WORK_FLOATS(P, 1) + 2 * lp) * sizeof(float);
     double *ps = (double *)((char *)work + (float_bytes + 63) / 64 * 64), *pq = ps + C;
     for (int l = 0; l < L; l++) {
         float *ws = ws_all + (size_t)l * P, *wq = wq_all + (size_t)l * P;

@@ -11,41 +11,27 @@
 LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X,
                                             float *U) {
     const int C = ly->C, P = ly->P;
-    /* channel mean per position, accumulated over contiguous rows of feat */
-    float mean[LWFM_MAX_POSITIONS];
-    for (int p = 0; p < P; p++) mean[p] = 0.0f;
-    for (int c = 0; c < C; c++) {
-        const float *row = feat + (int64_t)c * P;
+    /* Transpose to position-major, 64 channels at a time so that the block
+     * read (64 x P contiguous floats) stays in L1 while each position's 64
+     * channels are gathered from it (stride P). */
+    for (int c0 = 0; c0 < C; c0 += 64) {
+        const int nc = C - c0 < 64 ? C - c0 : 64;
+        const float *blk = feat + (int64_t)c0 * P;
+        for (int p = 0; p < P; p++) {
+            float *x = X + (int64_t)p * C + c0;
 #pragma omp simd
-        for (int p = 0; p < P; p++) mean[p] += row[p];
-    }
-    for (int p = 0; p < P; p++) mean[p] /= (float)C;
-    /* Transpose to position-major while centring, 16 channels at a time: a
-     * block of 16 channels is 16 * P contiguous floats of feat, and each of
-     * X's rows (C floats apart, often exactly 4 KiB, so scattered writes
-     * into all rows would thrash one L1 set) gets a whole 64-byte line. */
-    float block[16 * 64]; /* 16 channels x up to 64 positions */
-    int c0 = 0;
-    if (P <= 64) {
-        for (; c0 + 16 <= C; c0 += 16) {
-            const float *src = feat + (int64_t)c0 * P;
-            for (int k = 0; k < 16; k++)
-                for (int p = 0; p < P; p++) block[p * 16 + k] = src[k * P + p];
-            for (int p = 0; p < P; p++) {
-                float *x = X + (int64_t)p * C + c0;
-                const float mp = mean[p];
-#pragma omp simd
-                for (int k = 0; k < 16; k++) x[k] = block[p * 16 + k] - mp;
-            }
+            for (int c = 0; c < nc; c++) x[c] = blk[c * P + p];
         }
     }
-    for (int p = 0; p < P; p++) { /* the rest (or every channel for large P) */
-        float *x = X + (int64_t)p * C;
-        const float mp = mean[p];
-        for (int c = c0; c < C; c++) x[c] = feat[(int64_t)c * P + p] - mp;
-    }
     for (int p = 0; p < P; p++) {
-        const float *x = X + (int64_t)p * C;
+        float *x = X + (int64_t)p * C;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int c = 0; c < C; c++) sum += x[c];
+        /* centre (step 1), then unit vectors per layer (step 2) */
+        const float mp = sum / (float)C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) x[c] -= mp;
         float *u = U + (int64_t)p * C;
         for (int l = 0; l < ly->n; l++) {
             const float *xs = x + ly->off[l];
@@ -82,66 +68,78 @@ static inline float exp_nonpos(float x) {
     return p * scale.f;
 }
 
-/* Steps 3-4 with every inner loop running along R's contiguous (query)
- * axis, so the compiler vectorises them: the support-side softmax (along a,
- * for each column b) keeps per-column statistics in vectors over b, the
- * query-side softmax (along b, for each row a) works row by row. Single
- * precision is ample: correlations lie in [-1, 1] and P is small. */
+/* Steps 3-4 along the rows of a rows x n block M (leading dimension ldm)
+ * made of n / rows square pair blocks side by side: each column is
+ * standardised over the rows (unbiased variance) and soft-maxed over them at
+ * temperature t_attn; out[s * rows + r] = sum of row r of the result over
+ * the s-th block's columns. Every inner loop runs along M's contiguous
+ * columns, so it vectorises across all the blocks at once. Single precision
+ * is ample: correlations lie in [-1, 1]. work: rows * n + 3 * n floats. */
+LWFM_MULTIARCH static void softmax_rows_blocksum(const float *M, int64_t ldm, int rows, int n,
+                                                 float t_attn, float *out, float *work) {
+    float *E = work, *mean = E + (size_t)rows * n, *scale = mean + n, *mx = scale + n;
+    const float inv_r = 1.0f / (float)rows, inv_r1 = 1.0f / (float)(rows - 1); /* rows >= 2 */
+    for (int c = 0; c < n; c++) mean[c] = 0.0f, scale[c] = 0.0f, mx[c] = -INFINITY;
+    for (int r = 0; r < rows; r++) {
+        const float *m = M + r * ldm;
+#pragma omp simd
+        for (int c = 0; c < n; c++) mean[c] += m[c];
+    }
+#pragma omp simd
+    for (int c = 0; c < n; c++) mean[c] *= inv_r;
+    for (int r = 0; r < rows; r++) {
+        const float *m = M + r * ldm;
+#pragma omp simd
+        for (int c = 0; c < n; c++) scale[c] += (m[c] - mean[c]) * (m[c] - mean[c]);
+    }
+#pragma omp simd
+    for (int c = 0; c < n; c++)
+        scale[c] = 1.0f / (sqrtf(scale[c] * inv_r1 + (float)VAR_EPS) * t_attn);
+    for (int r = 0; r < rows; r++) {
+        const float *m = M + r * ldm;
+        float *e = E + (size_t)r * n;
+#pragma omp simd
+        for (int c = 0; c < n; c++) {
+            e[c] = (m[c] - mean[c]) * scale[c];
+            mx[c] = e[c] > mx[c] ? e[c] : mx[c];
+        }
+    }
+    float *sum = mean; /* reused: the column sums of the exponentials */
+#pragma omp simd
+    for (int c = 0; c < n; c++) sum[c] = 0.0f;
+    for (int r = 0; r < rows; r++) {
+        float *e = E + (size_t)r * n;
+#pragma omp simd
+        for (int c = 0; c < n; c++) {
+            e[c] = exp_nonpos(e[c] - mx[c]);
+            sum[c] += e[c];
+        }
+    }
+#pragma omp simd
+    for (int c = 0; c < n; c++) sum[c] = 1.0f / sum[c];
+    for (int r = 0; r < rows; r++) {
+        const float *e = E + (size_t)r * n;
+        for (int s = 0; s < n / rows; s++) {
+            float w = 0.0f;
+            for (int k = s * rows; k < (s + 1) * rows; k++) w += e[k] * sum[k];
+            out[s * rows + r] = w;
+        }
+    }
+}
+
+LWFM_MULTIARCH void lwfm__lwe_attention_blocks(const float *Rq, int64_t ldq, const float *Rs,
+                                               int64_t lds, int P, int n_pairs, float t_attn,
+                                               float *ws, float *wq, float *work) {
+    /* support side: softmax over a (Rs's rows) for each b; query side:
+     * softmax over b (Rq's rows) for each a */
+    softmax_rows_blocksum(Rs, lds, P, P * n_pairs, t_attn, ws, work);
+    softmax_rows_blocksum(Rq, ldq, P, P * n_pairs, t_attn, wq, work);
+}
+
 LWFM_MULTIARCH void lwfm__lwe_attention(const float *R, int64_t ldr, int P, float t_attn, float *ws,
                                         float *wq, float *work) {
-    float *E = work; /* P x P exponentials */
-    float *mean = work + (size_t)P * P, *scale = mean + P, *mx = scale + P, *sum = mx + P;
-    const float inv_p = 1.0f / (float)P, inv_p1 = 1.0f / (float)(P - 1); /* P >= 2 */
-
-    /* support side: softmax over a of the column-standardised R, for each b */
-    for (int b = 0; b < P; b++) mean[b] = 0.0f, scale[b] = 0.0f, sum[b] = 0.0f;
+    float *Rt = work; /* R transposed: query position-major */
     for (int a = 0; a < P; a++)
-        for (int b = 0; b < P; b++) mean[b] += R[a * ldr + b];
-    for (int b = 0; b < P; b++) mean[b] *= inv_p;
-    for (int a = 0; a < P; a++)
-        for (int b = 0; b < P; b++) {
-            const float d = R[a * ldr + b] - mean[b];
-            scale[b] += d * d;
-        }
-    for (int b = 0; b < P; b++) {
-        scale[b] = 1.0f / (sqrtf(scale[b] * inv_p1 + (float)VAR_EPS) * t_attn);
-        mx[b] = -INFINITY;
-    }
-    for (int a = 0; a < P; a++)
-        for (int b = 0; b < P; b++) {
-            const float z = (R[a * ldr + b] - mean[b]) * scale[b];
-            E[a * P + b] = z;
-            mx[b] = z > mx[b] ? z : mx[b];
-        }
-    for (int a = 0; a < P; a++)
-        for (int b = 0; b < P; b++) {
-            const float e = exp_nonpos(E[a * P + b] - mx[b]);
-            E[a * P + b] = e;
-            sum[b] += e;
-        }
-    for (int b = 0; b < P; b++) sum[b] = 1.0f / sum[b];
-    for (int a = 0; a < P; a++) {
-        float w = 0.0f;
-        for (int b = 0; b < P; b++) w += E[a * P + b] * sum[b];
-        ws[a] = w;
-    }
-
-    /* query side: softmax over b of the row-standardised R, for each a */
-    for (int b = 0; b < P; b++) wq[b] = 0.0f;
-    for (int a = 0; a < P; a++) {
-        const float *r = R + a * ldr;
-        float m = 0.0f, v = 0.0f, top = -INFINITY, tot = 0.0f;
-        for (int b = 0; b < P; b++) m += r[b];
-        m *= inv_p;
-        for (int b = 0; b < P; b++) v += (r[b] - m) * (r[b] - m);
-        const float sc = 1.0f / (sqrtf(v * inv_p1 + (float)VAR_EPS) * t_attn);
-        float *e = E + a * P;
-        for (int b = 0; b < P; b++) {
-            e[b] = (r[b] - m) * sc;
-            top = e[b] > top ? e[b] : top;
-        }
-        for (int b = 0; b < P; b++) tot += (e[b] = exp_nonpos(e[b] - top));
-        tot = 1.0f / tot;
-        for (int b = 0; b < P; b++) wq[b] += e[b] * tot;
-    }
+        for (int b = 0; b < P; b++) Rt[b * P + a] = R[a * ldr + b];
+    lwfm__lwe_attention_blocks(Rt, P, R, ldr, P, 1, t_attn, ws, wq, work + (size_t)P * P);
 }
