@@ -14,6 +14,7 @@
 #include "core/core.h"
 #include "core/gemm.h"
 #include "core/profile.h"
+#include "core/vec.h"
 #include "episode.h"
 #include "heads/dn4.h"
 #include "heads/mml.h"
@@ -64,7 +65,6 @@ static lwfm_status side_prepare(const lwfm_model *m, const float *feats, int64_t
     const lwfm__layers *ly = &m->layers;
     const int64_t C = ly->C, L = ly->n;
     lwfm_status st = LWFM_OK;
-    dnnl_stream_t stream = NULL;
     float *tmp = NULL;
     side s = {.n = n, .P = P, .owned = arena == NULL};
     if (m->cfg.method == LWFM_METHOD_DN4) {
@@ -139,16 +139,11 @@ static lwfm_status side_prepare(const lwfm_model *m, const float *feats, int64_t
         lwfm__lwe_prepare_image(ly, feats + i * C * P, s.X + i * P * C, s.U + i * P * C);
     LWFM_PROF_ADD(LWFM_PROF_LWE, tp);
     if (spm) {
-        if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success) {
-            st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
-            goto done;
-        }
         tp = LWFM_PROF_T0();
-        st = lwfm__matcher_apply(&m->matcher, ly, m->engine, stream, n * P, s.X, s.G, s.gn, tmp);
+        st = lwfm__matcher_apply(&m->matcher, ly, n * P, s.X, s.G, s.gn, tmp);
         LWFM_PROF_ADD(LWFM_PROF_MATCHER, tp);
     }
 done:
-    if (stream) dnnl_stream_destroy(stream);
     if (!arena) lwfm__free(tmp);
     if (st)
         lwfm__side_free(&s);
@@ -245,13 +240,7 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
             const float *ws = ps->ws + l * N + j * P, *wq = ps->wq + l * N + j * P;
             const int off = ly->off[l], d = ly->dim[l];
             /* attended support map, pooled (sum over positions; / P later) */
-            for (int a = 0; a < P; a++) {
-                const float w = ws[a];
-                const float *x = Xs + (int64_t)a * C + off;
-                float *acc = sacc + off;
-#pragma omp simd
-                for (int k = 0; k < d; k++) acc[k] += w * x[k];
-            }
+            lwfm__weighted_rows(Xs + off, C, ws, P, d, sacc + off, 1);
             float *wqa = ps->wqacc + ((size_t)c * L + l) * P;
             for (int b = 0; b < P; b++) wqa[b] += wq[b];
             if (spm) {
@@ -277,12 +266,7 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
         for (int l = 0; l < L; l++) {
             const float *wqa = ps->wqacc + ((size_t)c * L + l) * P;
             const int off = ly->off[l], d = ly->dim[l];
-            for (int k = 0; k < d; k++) qv[off + k] = 0.0f;
-            for (int b = 0; b < P; b++) {
-                const float w = wqa[b], *x = Xq + (int64_t)b * C + off;
-#pragma omp simd
-                for (int k = 0; k < d; k++) qv[off + k] += w * x[k];
-            }
+            lwfm__weighted_rows(Xq + off, C, wqa, P, d, qv + off, 0);
         }
         double dot = 0.0, ns = 0.0, nq = 0.0;
 #pragma omp simd reduction(+ : dot, ns, nq)

@@ -1,5 +1,3 @@
-#include <stdio.h>
-#include <stdlib.h>
 /* Opt-in per-stage timing: see profile.h. */
 #include "core/profile.h"
 
@@ -53,7 +51,6 @@ void lwfm__prof_leave(const char *call, double t0) {
                         ? ms[LWFM_PROF_PAIRS] * ms[LWFM_PROF_SOLVER_THREAD] /
                               ms[LWFM_PROF_PAIRS_THREAD]
                         : 0.0;
-    if (getenv("LWFM_PROFILE_RAW")) fprintf(stderr, "RAW lwe %.3f pairs %.3f pairs_thr %.3f solver_thr %.3f matcher %.3f\n", ms[LWFM_PROF_LWE], ms[LWFM_PROF_PAIRS], ms[LWFM_PROF_PAIRS_THREAD], ms[LWFM_PROF_SOLVER_THREAD], ms[LWFM_PROF_MATCHER]);
     double lwe = ms[LWFM_PROF_LWE] + ms[LWFM_PROF_PAIRS] - solver;
     double other = 1e3 * total - ms[LWFM_PROF_BACKBONE] - lwe - ms[LWFM_PROF_MATCHER] - solver -
                    ms[LWFM_PROF_HEAD];

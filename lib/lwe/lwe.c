@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "core/core.h"
+#include "core/vec.h"
 
 #define UNIT_EPS 1e-6 /* step 2: sqrt(sum of squares + 1e-6) */
 #define VAR_EPS 1e-5  /* step 3: (R - mean) / sqrt(var + 1e-5) */
@@ -25,9 +26,7 @@ LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float 
     }
     for (int p = 0; p < P; p++) {
         float *x = X + (int64_t)p * C;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int c = 0; c < C; c++) sum += x[c];
+        const float sum = lwfm__sum(x, C);
         /* centre (step 1), then unit vectors per layer (step 2) */
         const float mp = sum / (float)C;
 #pragma omp simd
@@ -37,9 +36,7 @@ LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float 
             const float *xs = x + ly->off[l];
             float *us = u + ly->off[l];
             const int d = ly->dim[l];
-            float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-            for (int k = 0; k < d; k++) ss += xs[k] * xs[k];
+            const float ss = lwfm__dot(xs, xs, d);
             const float inv = (float)(1.0 / sqrt((double)ss + UNIT_EPS));
 #pragma omp simd
             for (int k = 0; k < d; k++) us[k] = xs[k] * inv;

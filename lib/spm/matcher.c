@@ -6,10 +6,13 @@
 #include <string.h>
 
 #include "core/core.h"
-#include "core/gemm.h"
+#include "core/vec.h"
+#include "core/omp_compat.h"
 #include "spm/assign.h"
 
 #define COS_EPS 1e-8
+/* Rows of position vectors per matcher GEMM. */
+#define MATCHER_BLOCK 128
 
 /* out (cols x rows) = in (rows x cols)^T */
 static void transpose(const float *in, int rows, int cols, float *out) {
@@ -58,47 +61,66 @@ size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, 
     int h = 0;
     for (int l = 0; l < ly->n; l++)
         if (m->hid[l] > h) h = m->hid[l];
-    return (size_t)rows * (size_t)(h > 0 ? h : 1);
+    int64_t block = rows < MATCHER_BLOCK ? rows : MATCHER_BLOCK;
+    return (size_t)omp_get_max_threads() * (size_t)block * (size_t)(h > 0 ? h : 1);
 }
 
-LWFM_MULTIARCH lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly,
-                                               dnnl_engine_t engine, dnnl_stream_t stream,
-                                               int64_t rows, const float *X, float *G, float *gnorm,
-                                               float *tmp) {
+/* One block of rows: G_l = relu(relu(X_l W1^T) W2^T) + X_l (or X_l when not
+ * learnable) and the norms. oneDNN's GEMM runs single-threaded here. */
+LWFM_MULTIARCH static int matcher_block(const lwfm__matcher *m, const lwfm__layers *ly,
+                                        int64_t rows, const float *X, float *G, float *gnorm,
+                                        float *tmp) {
     const int C = ly->C, L = ly->n;
-    lwfm_status st;
     for (int l = 0; l < L; l++) {
         const int off = ly->off[l], d = ly->dim[l], h = m->hid[l];
         if (m->learnable) {
-            /* tmp = relu(X_l W1^T); G_l = relu(tmp W2^T) + X_l */
-            if ((st =
-                     lwfm__gemm_ab(engine, stream, rows, h, d, X + off, C, m->w1[l], h, tmp, h, 1)))
-                return st;
-            if ((st =
-                     lwfm__gemm_ab(engine, stream, rows, d, h, tmp, h, m->w2[l], d, G + off, C, 1)))
-                return st;
+            if (dnnl_sgemm('N', 'N', rows, h, d, 1.0f, X + off, C, m->w1[l], h, 0.0f, tmp, h) !=
+                dnnl_success)
+                return -1;
+            for (int64_t i = 0; i < rows * h; i++) tmp[i] = tmp[i] > 0.0f ? tmp[i] : 0.0f;
+            if (dnnl_sgemm('N', 'N', rows, d, h, 1.0f, tmp, h, m->w2[l], d, 0.0f, G + off, C) !=
+                dnnl_success)
+                return -1;
         }
-#pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const float *x = X + r * C + off;
             float *g = G + r * C + off;
-            float ss = 0.0f;
             if (m->learnable) {
-#pragma omp simd reduction(+ : ss)
-                for (int c = 0; c < d; c++) {
-                    g[c] += x[c];
-                    ss += g[c] * g[c];
-                }
+#pragma omp simd
+                for (int c = 0; c < d; c++) g[c] = (g[c] > 0.0f ? g[c] : 0.0f) + x[c];
             } else {
-#pragma omp simd reduction(+ : ss)
-                for (int c = 0; c < d; c++) {
-                    g[c] = x[c];
-                    ss += g[c] * g[c];
-                }
+                memcpy(g, x, sizeof(float) * (size_t)d);
             }
-            gnorm[r * L + l] = sqrtf(ss);
+            gnorm[r * L + l] = sqrtf(lwfm__dot(g, g, d));
         }
     }
+    return 0;
+}
+
+lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t rows,
+                                const float *X, float *G, float *gnorm, float *tmp) {
+    const int C = ly->C, L = ly->n;
+    int h = 1, failed = 0;
+    for (int l = 0; l < L; l++)
+        if (m->hid[l] > h) h = m->hid[l];
+    const int64_t block = rows < MATCHER_BLOCK ? rows : MATCHER_BLOCK;
+    /* each thread takes a contiguous range of rows, in blocks whose hidden
+     * activations stay in cache */
+#pragma omp parallel
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t first = rows * t / nt, last = rows * (t + 1) / nt;
+        float *mine = tmp + (size_t)t * (size_t)block * (size_t)h;
+        for (int64_t r0 = first; r0 < last; r0 += block) {
+            const int64_t nr = last - r0 < block ? last - r0 : block;
+            if (matcher_block(m, ly, nr, X + r0 * C, G + r0 * C, gnorm + r0 * L, mine)) {
+#pragma omp atomic write
+                failed = 1;
+                break;
+            }
+        }
+    }
+    if (failed) return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: sgemm (matcher) failed");
     return LWFM_OK;
 }
 
@@ -127,9 +149,7 @@ LWFM_MULTIARCH double lwfm__spm_pair_score(const float *R, int64_t ldr, int P, c
     }
     for (int a = 0; a < P; a++) {
         const float *u = Gs + (int64_t)a * ldg, *v = Gq + (int64_t)sigma[a] * ldg;
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int k = 0; k < d; k++) dot += u[k] * v[k];
+        const float dot = lwfm__dot(u, v, d);
         double den = (double)ns[a * nstride] * nq[sigma[a] * nstride];
         c[a] = dot / (den > COS_EPS ? den : COS_EPS);
         if (sim) sim[a] = (float)c[a];

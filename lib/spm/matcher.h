@@ -12,8 +12,8 @@
 typedef struct lwfm__matcher {
     int learnable;            /* 0: g is the identity */
     int hid[LWFM_MAX_TAPS];   /* d_l / 2 */
-    float *w1[LWFM_MAX_TAPS]; /* (hid, d) row-major */
-    float *w2[LWFM_MAX_TAPS]; /* (d, hid) row-major */
+    float *w1[LWFM_MAX_TAPS]; /* W1^T: (d, hid) row-major */
+    float *w2[LWFM_MAX_TAPS]; /* W2^T: (hid, d) row-major */
 } lwfm__matcher;
 
 /* Load `matchers.{l}.linear.0.weight` (d/2, d) and `.linear.2.weight`
@@ -22,13 +22,13 @@ lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const 
                                int learnable);
 void lwfm__matcher_free(lwfm__matcher *m);
 
-/* Bytes of scratch lwfm__matcher_apply needs for `rows` position vectors. */
+/* Floats of scratch lwfm__matcher_apply needs for `rows` position vectors
+ * (a block of hidden activations per OpenMP thread). */
 size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, int64_t rows);
 
 /* G = g_l(X) on each layer's slice of `rows` position vectors (row stride
  * C, as lwfm__lwe_prepare_image lays them out); gnorm[r * L + l] = |G_l(r)|. */
-lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly,
-                                dnnl_engine_t engine, dnnl_stream_t stream, int64_t rows,
+lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t rows,
                                 const float *X, float *G, float *gnorm, float *tmp);
 
 /* Step 7 for one pair and one layer: assignment on the cost 1 - R (R as in
