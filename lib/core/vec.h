@@ -8,11 +8,22 @@
 
 #include <stdint.h>
 
+/* The helpers are always inlined into their callers, so the warning that
+ * passing 64-byte vectors changes the ABI on CPUs without AVX-512 (the
+ * default target clone) concerns no real call. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 typedef float lwfm__v16 __attribute__((vector_size(64)));
 /* the same, at float alignment: dereferencing one is an unaligned load */
 typedef float lwfm__v16u __attribute__((vector_size(64), aligned(4), may_alias));
 
+typedef int32_t lwfm__v16i __attribute__((vector_size(64)));
+
 #define lwfm__v16_load(p) (*(const lwfm__v16u *)(p))
+/* all 16 lanes set to x */
+#define LWFM_V16(x) ((lwfm__v16){0} + (x))
 
 #define LWFM_VEC_INLINE static inline __attribute__((always_inline))
 
@@ -20,6 +31,23 @@ LWFM_VEC_INLINE float lwfm__v16_hsum(lwfm__v16 v) {
     float s = 0.0f;
     for (int k = 0; k < 16; k++) s += v[k];
     return s;
+}
+
+/* the first k <= 16 floats at p; the other lanes 0 */
+LWFM_VEC_INLINE lwfm__v16 lwfm__v16_loadn(const float *p, int k) {
+    if (k == 16) return lwfm__v16_load(p);
+    lwfm__v16 v = {0};
+    for (int i = 0; i < k; i++) v[i] = p[i];
+    return v;
+}
+
+/* store the first k <= 16 lanes of v at p */
+LWFM_VEC_INLINE void lwfm__v16_storen(float *p, lwfm__v16 v, int k) {
+    if (k == 16) {
+        *(lwfm__v16u *)p = v;
+        return;
+    }
+    for (int i = 0; i < k; i++) p[i] = v[i];
 }
 
 /* sum_i a[i] * b[i] */

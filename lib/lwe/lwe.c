@@ -44,81 +44,74 @@ LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float 
     }
 }
 
-/* exp(x) for x <= 0 (softmax arguments after the max is subtracted), to
- * about 2 ulp: 2^n * p(r) with r = x - n ln 2 in [-ln2/2, ln2/2] and a
- * degree-6 polynomial. Plain arithmetic, so loops over it vectorise. */
-static inline float exp_nonpos(float x) {
-    x = x >= -87.0f ? x : -87.0f; /* NaN too: it must not reach the int conversion */
-    const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f); /* inlines */
-    const float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union {
-        float f;
-        int32_t i;
-    } scale = {.i = ((int32_t)n + 127) << 23};
-    return p * scale.f;
+/* exp(x) for x <= 0 (softmax arguments after the max is subtracted) on 16
+ * lanes, to about 2 ulp: 2^n p(r) with n = round(x / ln 2) taken from the
+ * low bits of x / ln 2 + 1.5 * 2^23 (no float-to-int conversion, so a NaN
+ * stays a NaN without undefined behaviour), r = x - n ln 2 in
+ * [-ln2/2, ln2/2] and a degree-6 polynomial. Below -87 the result is
+ * exp(-87) (never denormal). */
+LWFM_VEC_INLINE lwfm__v16 exp_nonpos(lwfm__v16 x) {
+    const lwfm__v16 lo = LWFM_V16(-87.0f), magic = LWFM_V16(12582912.0f);
+    const lwfm__v16i below = x < lo;
+    x = (lwfm__v16)((below & (lwfm__v16i)lo) | (~below & (lwfm__v16i)x));
+    const lwfm__v16 t = x * LWFM_V16(1.44269504088896341f) + magic;
+    const lwfm__v16 n = t - magic;
+    const lwfm__v16 r = x - n * LWFM_V16(0.693145751953125f) -
+                        n * LWFM_V16(1.42860682030941723212e-6f);
+    lwfm__v16 p = LWFM_V16(1.0f / 720.0f);
+    p = p * r + LWFM_V16(1.0f / 120.0f);
+    p = p * r + LWFM_V16(1.0f / 24.0f);
+    p = p * r + LWFM_V16(1.0f / 6.0f);
+    p = p * r + LWFM_V16(0.5f);
+    p = p * r + LWFM_V16(1.0f);
+    p = p * r + LWFM_V16(1.0f);
+    const lwfm__v16i bits = ((lwfm__v16i)t - (lwfm__v16i)magic + 127) << 23; /* 2^n */
+    return p * (lwfm__v16)bits;
 }
 
 /* Steps 3-4 along the rows of a rows x n block M (leading dimension ldm)
  * made of n / rows square pair blocks side by side: each column is
  * standardised over the rows (unbiased variance) and soft-maxed over them at
  * temperature t_attn; out[s * rows + r] = sum of row r of the result over
- * the s-th block's columns. Every inner loop runs along M's contiguous
- * columns, so it vectorises across all the blocks at once. Single precision
- * is ample: correlations lie in [-1, 1]. work: rows * n + 3 * n floats. */
+ * the s-th block's columns. Columns are processed 16 at a time in vector
+ * registers, so one pass covers several pair blocks. Single precision is
+ * ample: correlations lie in [-1, 1]. work: rows * n floats. */
 LWFM_MULTIARCH static void softmax_rows_blocksum(const float *M, int64_t ldm, int rows, int n,
                                                  float t_attn, float *out, float *work) {
-    float *E = work, *mean = E + (size_t)rows * n, *scale = mean + n, *mx = scale + n;
-    const float inv_r = 1.0f / (float)rows, inv_r1 = 1.0f / (float)(rows - 1); /* rows >= 2 */
-    for (int c = 0; c < n; c++) mean[c] = 0.0f, scale[c] = 0.0f, mx[c] = -INFINITY;
-    for (int r = 0; r < rows; r++) {
-        const float *m = M + r * ldm;
-#pragma omp simd
-        for (int c = 0; c < n; c++) mean[c] += m[c];
-    }
-#pragma omp simd
-    for (int c = 0; c < n; c++) mean[c] *= inv_r;
-    for (int r = 0; r < rows; r++) {
-        const float *m = M + r * ldm;
-#pragma omp simd
-        for (int c = 0; c < n; c++) scale[c] += (m[c] - mean[c]) * (m[c] - mean[c]);
-    }
-#pragma omp simd
-    for (int c = 0; c < n; c++)
-        scale[c] = 1.0f / (sqrtf(scale[c] * inv_r1 + (float)VAR_EPS) * t_attn);
-    for (int r = 0; r < rows; r++) {
-        const float *m = M + r * ldm;
-        float *e = E + (size_t)r * n;
-#pragma omp simd
-        for (int c = 0; c < n; c++) {
-            e[c] = (m[c] - mean[c]) * scale[c];
-            mx[c] = e[c] > mx[c] ? e[c] : mx[c];
+    float *E = work; /* rows x n: the soft-maxed block */
+    const lwfm__v16 inv_r = LWFM_V16(1.0f / (float)rows);
+    const float inv_r1 = 1.0f / (float)(rows - 1); /* rows >= 2 */
+    for (int c0 = 0; c0 < n; c0 += 16) {
+        const int k = n - c0 < 16 ? n - c0 : 16;
+        lwfm__v16 mean = {0}, var = {0}, scale, mx = LWFM_V16(-INFINITY), sum = {0};
+        for (int r = 0; r < rows; r++) mean += lwfm__v16_loadn(M + r * ldm + c0, k);
+        mean *= inv_r;
+        for (int r = 0; r < rows; r++) {
+            const lwfm__v16 d = lwfm__v16_loadn(M + r * ldm + c0, k) - mean;
+            var += d * d;
         }
-    }
-    float *sum = mean; /* reused: the column sums of the exponentials */
-#pragma omp simd
-    for (int c = 0; c < n; c++) sum[c] = 0.0f;
-    for (int r = 0; r < rows; r++) {
-        float *e = E + (size_t)r * n;
-#pragma omp simd
-        for (int c = 0; c < n; c++) {
-            e[c] = exp_nonpos(e[c] - mx[c]);
-            sum[c] += e[c];
+        for (int i = 0; i < 16; i++) scale[i] = 1.0f / (sqrtf(var[i] * inv_r1 + (float)VAR_EPS) * t_attn);
+        for (int r = 0; r < rows; r++) {
+            const lwfm__v16 z = (lwfm__v16_loadn(M + r * ldm + c0, k) - mean) * scale;
+            const lwfm__v16i up = z > mx;
+            mx = (lwfm__v16)((up & (lwfm__v16i)z) | (~up & (lwfm__v16i)mx));
+            lwfm__v16_storen(E + (size_t)r * n + c0, z, k);
         }
+        for (int r = 0; r < rows; r++) {
+            const lwfm__v16 e = exp_nonpos(lwfm__v16_loadn(E + (size_t)r * n + c0, k) - mx);
+            sum += e;
+            lwfm__v16_storen(E + (size_t)r * n + c0, e, k);
+        }
+        const lwfm__v16 inv = LWFM_V16(1.0f) / sum; /* lanes past k: 1 / 0, unused */
+        for (int r = 0; r < rows; r++)
+            lwfm__v16_storen(E + (size_t)r * n + c0, lwfm__v16_loadn(E + (size_t)r * n + c0, k) * inv,
+                             k);
     }
-#pragma omp simd
-    for (int c = 0; c < n; c++) sum[c] = 1.0f / sum[c];
     for (int r = 0; r < rows; r++) {
         const float *e = E + (size_t)r * n;
         for (int s = 0; s < n / rows; s++) {
             float w = 0.0f;
-            for (int k = s * rows; k < (s + 1) * rows; k++) w += e[k] * sum[k];
+            for (int k = s * rows; k < (s + 1) * rows; k++) w += e[k];
             out[s * rows + r] = w;
         }
     }

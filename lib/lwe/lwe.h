@@ -31,8 +31,7 @@ void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float *feat, float *X
  * support position a with query position b (P x P). Writes the support
  * weights ws[a] = sum_b softmax_a(Rs / t)[a, b] and the query weights
  * wq[b] = sum_a softmax_b(Rq / t)[a, b]. work: LWFM_LWE_WORK_FLOATS(P, 1). */
-#define LWFM_LWE_WORK_FLOATS(P, n_pairs)                                                           \
-    ((size_t)(P) * (P) * ((n_pairs) + 1) + 3 * (size_t)(P) * (n_pairs))
+#define LWFM_LWE_WORK_FLOATS(P, n_pairs) ((size_t)(P) * (P) * ((n_pairs) + 1))
 void lwfm__lwe_attention(const float *R, int64_t ldr, int P, float t_attn, float *ws, float *wq,
                          float *work);
 
