@@ -2,10 +2,11 @@
  * episode / prepared-support / LWE / SPM calls (spec section 3).
  *
  * Work is split so that everything depending on one image only is done
- * once per image (centring, unit vectors, the matcher MLP g_l), the layer
- * correlations of all (support, query) pairs come from one GEMM per layer,
- * and the per-pair steps (attention, assignment, matched cosines) run in
- * parallel over queries. */
+ * once per image (centring, unit vectors, the matcher MLP g_l), and each
+ * thread takes a contiguous range of queries: one GEMM per layer and block
+ * of queries gives their correlations with every support position, then
+ * the per-pair steps (attention, vectorised across the supports;
+ * assignment; matched cosines) follow while the block is in cache. */
 #include <math.h>
 #include "core/omp_compat.h"
 #include <stdlib.h>
@@ -283,12 +284,58 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
     }
 }
 
+/* What the threads of score_sides share. */
+typedef struct score_job {
+    const lwfm_model *m;
+    const side *S, *Q;
+    const int32_t *labels;
+    const int64_t *count;
+    int64_t way;
+    float *logits;
+    char *scratch;     /* one slice of sd bytes per thread */
+    size_t sd;         /* bytes per thread */
+    int64_t block;     /* queries per correlation GEMM */
+    size_t rt_floats;  /* floats of one layer's correlation block */
+} score_job;
+
+/* Thread t of nt: its contiguous range of queries, in blocks. Returns 0, or
+ * -1 when oneDNN's GEMM failed. */
+static int score_range(const score_job *job, int t, int nt) {
+    const lwfm_model *m = job->m;
+    const side *S = job->S, *Q = job->Q;
+    const lwfm__layers *ly = &m->layers;
+    const int C = ly->C, P = ly->P, L = ly->n;
+    const int64_t ldt = S->n * P;
+    const int64_t first = Q->n * t / nt, last = Q->n * (t + 1) / nt;
+    pair_scratch ps;
+    float *RT[LWFM_MAX_TAPS];
+    double tt = LWFM_PROF_T0();
+    scratch_bind(&ps, job->scratch + job->sd * (size_t)t, job->way, C, L, P, S->n, job->rt_floats);
+    for (int l = 0; l < L; l++) RT[l] = ps.rt + (size_t)l * job->rt_floats;
+    int bad = 0;
+    for (int64_t q0 = first; q0 < last && !bad; q0 += job->block) {
+        const int64_t nq = last - q0 < job->block ? last - q0 : job->block;
+        for (int l = 0; l < L && !bad; l++)
+            bad = dnnl_sgemm('N', 'T', nq * P, ldt, ly->dim[l], 1.0f,
+                             Q->U + q0 * P * C + ly->off[l], C, S->U + ly->off[l], C, 0.0f, RT[l],
+                             ldt) != dnnl_success;
+        for (int64_t qi = 0; qi < nq && !bad; qi++)
+            score_query(m, S, job->labels, job->count, job->way, Q, q0 + qi, qi, RT, &ps,
+                        job->logits);
+    }
+    LWFM_PROF_ADD(LWFM_PROF_PAIRS_THREAD, tt);
+    return bad ? -1 : 0;
+}
+
 /* Logits (Q->n x way) of prepared queries against a prepared support set.
  * LWFM-SPM: each thread takes a contiguous range of queries and works
  * through it in blocks: one GEMM per layer correlates the block's query
  * positions (rows) with every support position, then the block's pairs
  * are scored. oneDNN's GEMM runs single-threaded inside the parallel
- * region, and tall (query-row) products are the shape it runs fastest. */
+ * region, and tall (query-row) products are the shape it runs fastest.
+ * With one thread's worth of queries no parallel region is opened: inside
+ * a one-thread (inactive) region oneDNN would start a nested team of its
+ * own on every call. */
 static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t *labels,
                                const int64_t *count, int64_t way, const side *Q, float *logits,
                                lwfm__arena *arena) {
@@ -314,39 +361,24 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     int64_t share = (Q->n + threads - 1) / threads;
     if (block < 1) block = 1;
     if (block > share) block = share;
-    size_t rt_floats = (size_t)block * P * (size_t)ldt;
-    size_t sd = scratch_bytes(way, C, L, P, S->n, rt_floats);
-    char *scratch = lwfm__arena_get(arena, LWFM_SLOT_PAIRS, sd * (size_t)threads);
-    if (!scratch)
+    score_job job = {.m = m, .S = S, .Q = Q, .labels = labels, .count = count, .way = way,
+                     .logits = logits, .block = block,
+                     .rt_floats = (size_t)block * P * (size_t)ldt};
+    job.sd = scratch_bytes(way, C, L, P, S->n, job.rt_floats);
+    job.scratch = lwfm__arena_get(arena, LWFM_SLOT_PAIRS, job.sd * (size_t)threads);
+    if (!job.scratch)
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",
                            (long long)Q->n);
     int failed = 0;
     double tp = LWFM_PROF_T0();
+    if (threads == 1) {
+        failed = score_range(&job, 0, 1);
+    } else {
 #pragma omp parallel num_threads(threads)
-    {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int64_t first = Q->n * t / nt, last = Q->n * (t + 1) / nt;
-        pair_scratch ps;
-        float *RT[LWFM_MAX_TAPS];
-        double tt = LWFM_PROF_T0();
-        scratch_bind(&ps, scratch + sd * (size_t)t, way, C, L, P, S->n, rt_floats);
-        for (int l = 0; l < L; l++) RT[l] = ps.rt + (size_t)l * rt_floats;
-        for (int64_t q0 = first; q0 < last; q0 += block) {
-            const int64_t nq = last - q0 < block ? last - q0 : block;
-            int bad = 0;
-            for (int l = 0; l < L && !bad; l++)
-                bad = dnnl_sgemm('N', 'T', nq * P, ldt, ly->dim[l], 1.0f,
-                                 Q->U + q0 * P * C + ly->off[l], C, S->U + ly->off[l], C, 0.0f,
-                                 RT[l], ldt) != dnnl_success;
-            if (bad) {
+        if (score_range(&job, omp_get_thread_num(), omp_get_num_threads())) {
 #pragma omp atomic write
-                failed = 1;
-                break;
-            }
-            for (int64_t qi = 0; qi < nq; qi++)
-                score_query(m, S, labels, count, way, Q, q0 + qi, qi, RT, &ps, logits);
+            failed = 1;
         }
-        LWFM_PROF_ADD(LWFM_PROF_PAIRS_THREAD, tt);
     }
     LWFM_PROF_ADD(LWFM_PROF_PAIRS, tp);
     if (failed) return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: sgemm (layer correlations) failed");
