@@ -6,32 +6,58 @@
 
 #include "core/core.h"
 #include "core/gemm.h"
+#include "core/vec.h"
 
 /* Tile of one query image's vectors against one support image's: at most
  * TILE_ROWS x TILE_COLS floats (512 KiB), folded while it is in L2. */
 #define TILE_ROWS 256
 #define TILE_COLS 512
 
+/* Insert v into the sorted (descending) list t of k values if it beats the
+ * last one; returns the new last value. */
+static inline float topk_insert(float *t, int k, float v) {
+    int i = k - 1;
+    while (i > 0 && t[i - 1] < v) {
+        t[i] = t[i - 1];
+        i--;
+    }
+    t[i] = v;
+    return t[k - 1];
+}
+
+/* Lists up to this long are kept per vector lane while a row is scanned. */
+#define LANE_TOPK_MAX 8
+
 /* Fold a tile's rows into the sorted (descending) top-k lists of one class.
- * The class's list for row a is top + (a * way + cls) * k. */
-static void fold_tile(const float *tile, int64_t rows, int64_t cols, float *top, int64_t way,
-                      int k, int cls) {
+ * The class's list for row a is top + (a * way + cls) * k. For k <=
+ * LANE_TOPK_MAX each of 16 lanes keeps its own top k of the row, branch-free
+ * (a max / min network), and only those 16 k candidates are then merged into
+ * the list: a row's top k are among them. */
+LWFM_MULTIARCH static void fold_tile(const float *tile, int64_t rows, int64_t cols, float *top,
+                                     int64_t way, int k, int cls) {
     for (int64_t a = 0; a < rows; a++) {
         const float *r = tile + a * cols;
         float *t = top + (a * way + cls) * k;
         float thr = t[k - 1];
-        for (int64_t p = 0; p < cols; p++) {
-            float v = r[p];
-            if (v > thr) {
-                int i = k - 1;
-                while (i > 0 && t[i - 1] < v) {
-                    t[i] = t[i - 1];
-                    i--;
+        int64_t p = 0;
+        if (k <= LANE_TOPK_MAX && cols >= 16) {
+            lwfm__v16 lane[LANE_TOPK_MAX];
+            for (int i = 0; i < k; i++) lane[i] = LWFM_V16(-INFINITY);
+            for (; p + 16 <= cols; p += 16) {
+                lwfm__v16 v = lwfm__v16_load(r + p);
+                for (int i = 0; i < k; i++) { /* v sinks to the first level it does not beat */
+                    const lwfm__v16i up = v > lane[i];
+                    const lwfm__v16 hi = (lwfm__v16)((up & (lwfm__v16i)v) | (~up & (lwfm__v16i)lane[i]));
+                    v = (lwfm__v16)((up & (lwfm__v16i)lane[i]) | (~up & (lwfm__v16i)v));
+                    lane[i] = hi;
                 }
-                t[i] = v;
-                thr = t[k - 1];
             }
+            for (int i = 0; i < k; i++)
+                for (int l = 0; l < 16; l++)
+                    if (lane[i][l] > thr) thr = topk_insert(t, k, lane[i][l]);
         }
+        for (; p < cols; p++)
+            if (r[p] > thr) thr = topk_insert(t, k, r[p]);
     }
 }
 

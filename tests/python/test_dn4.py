@@ -18,11 +18,14 @@ def export_dn4(tmp_path, seed=0, **overrides):
     return path, model
 
 
-@pytest.mark.parametrize("way,shot,k", [(5, 1, 3), (5, 5, 3), (20, 1, 1), (20, 5, 7)])
-def test_dn4_matches_reference(lib, tmp_path, way, shot, k):
+# sizes: 40 keeps the 20-way reference loop quick; k = 12 takes the top-k
+# fold's scalar path (lane lists hold up to 8), 12 x 12 images give rows of 9
+# positions (shorter than one vector)
+@pytest.mark.parametrize("way,shot,k,size", [(5, 1, 3, 84), (5, 5, 3, 84), (20, 1, 1, 40),
+                                             (20, 5, 7, 40), (5, 2, 12, 84), (5, 1, 3, 12)])
+def test_dn4_matches_reference(lib, tmp_path, way, shot, k, size):
     path, model = export_dn4(tmp_path, neighbor_k=k)
     rng = np.random.default_rng(way * 10 + shot)
-    size = 84 if way == 5 else 40        # keep the 20-way reference loop quick
     support, labels, query = random_episode(rng, [shot] * way, 7, size)
     expect = reference(model, support, labels, query)
     with lib.Model(path) as m:
