@@ -174,9 +174,14 @@ typedef struct pair_scratch {
 static void scratch_layout(int64_t way, int C, int L, int P, int64_t n_s, size_t rt_floats,
                            size_t off[9]) {
     const size_t N = (size_t)n_s * P;
-    const size_t sizes[8] = {rt_floats * L,  (size_t)L * P * N,    (size_t)L * N,
-                             (size_t)L * N,  LWFM_LWE_WORK_FLOATS(P, n_s), (size_t)way * C,
-                             (size_t)way * L * P, (size_t)C};
+    const size_t sizes[8] = {rt_floats * L,
+                             (size_t)L * P * N,
+                             (size_t)L * N,
+                             (size_t)L * N,
+                             LWFM_LWE_WORK_FLOATS(P, n_s),
+                             (size_t)way * C,
+                             (size_t)way * L * P,
+                             (size_t)C};
     off[0] = 0;
     for (int i = 0; i < 8; i++) off[i + 1] = off[i] + (sizes[i] + 15) / 16 * 16;
 }
@@ -194,7 +199,8 @@ static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L
     size_t off[9];
     scratch_layout(way, C, L, P, n_s, rt_floats, off);
     float *f = (float *)base;
-    float **dst[8] = {&ps->rt, &ps->rs, &ps->ws, &ps->wq, &ps->attn, &ps->sacc, &ps->wqacc, &ps->qv};
+    float **dst[8] = {&ps->rt,   &ps->rs,   &ps->ws,    &ps->wq,
+                      &ps->attn, &ps->sacc, &ps->wqacc, &ps->qv};
     for (int i = 0; i < 8; i++) *dst[i] = f + off[i];
     double *d = (double *)(f + off[8]);
     ps->macc = d;
@@ -247,10 +253,10 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const side *S, const
             if (spm) {
                 const int64_t gs = j * P * C + off, gq = q * P * C + off;
                 double tp = LWFM_PROF_T0();
-                double sc = lwfm__spm_pair_score(ps->rs + (size_t)l * P * N + j * P, N, P,
-                                                 S->G + gs, S->gn + j * P * L + l, Q->G + gq,
-                                                 Q->gn + q * P * L + l, C, L, d, cfg->top_k,
-                                                 ps->sigma, NULL, ps->spm);
+                double sc =
+                    lwfm__spm_pair_score(ps->rs + (size_t)l * P * N + j * P, N, P, S->G + gs,
+                                         S->gn + j * P * L + l, Q->G + gq, Q->gn + q * P * L + l, C,
+                                         L, d, cfg->top_k, ps->sigma, NULL, ps->spm);
                 LWFM_PROF_ADD(LWFM_PROF_SOLVER_THREAD, tp);
                 sc *= cfg->matcher_prob;
                 if (sc > best) best = sc;
@@ -292,10 +298,10 @@ typedef struct score_job {
     const int64_t *count;
     int64_t way;
     float *logits;
-    char *scratch;     /* one slice of sd bytes per thread */
-    size_t sd;         /* bytes per thread */
-    int64_t block;     /* queries per correlation GEMM */
-    size_t rt_floats;  /* floats of one layer's correlation block */
+    char *scratch;    /* one slice of sd bytes per thread */
+    size_t sd;        /* bytes per thread */
+    int64_t block;    /* queries per correlation GEMM */
+    size_t rt_floats; /* floats of one layer's correlation block */
 } score_job;
 
 /* Thread t of nt: its contiguous range of queries, in blocks. Returns 0, or
@@ -316,9 +322,9 @@ static int score_range(const score_job *job, int t, int nt) {
     for (int64_t q0 = first; q0 < last && !bad; q0 += job->block) {
         const int64_t nq = last - q0 < job->block ? last - q0 : job->block;
         for (int l = 0; l < L && !bad; l++)
-            bad = dnnl_sgemm('N', 'T', nq * P, ldt, ly->dim[l], 1.0f,
-                             Q->U + q0 * P * C + ly->off[l], C, S->U + ly->off[l], C, 0.0f, RT[l],
-                             ldt) != dnnl_success;
+            bad =
+                dnnl_sgemm('N', 'T', nq * P, ldt, ly->dim[l], 1.0f, Q->U + q0 * P * C + ly->off[l],
+                           C, S->U + ly->off[l], C, 0.0f, RT[l], ldt) != dnnl_success;
         for (int64_t qi = 0; qi < nq && !bad; qi++)
             score_query(m, S, job->labels, job->count, job->way, Q, q0 + qi, qi, RT, &ps,
                         job->logits);
@@ -361,8 +367,14 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     int64_t share = (Q->n + threads - 1) / threads;
     if (block < 1) block = 1;
     if (block > share) block = share;
-    score_job job = {.m = m, .S = S, .Q = Q, .labels = labels, .count = count, .way = way,
-                     .logits = logits, .block = block,
+    score_job job = {.m = m,
+                     .S = S,
+                     .Q = Q,
+                     .labels = labels,
+                     .count = count,
+                     .way = way,
+                     .logits = logits,
+                     .block = block,
                      .rt_floats = (size_t)block * P * (size_t)ldt};
     job.sd = scratch_bytes(way, C, L, P, S->n, job.rt_floats);
     job.scratch = lwfm__arena_get(arena, LWFM_SLOT_PAIRS, job.sd * (size_t)threads);
@@ -395,12 +407,11 @@ static lwfm_status check_labels(const int32_t *labels, int64_t n, int64_t way, i
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be in 2..%d, got %lld",
                            LWFM_LIMIT_WAY, (long long)way);
     if (way > LWFM_LIMIT_WAY)
-        return lwfm__error(LWFM_ERR_LIMIT, "way = %lld exceeds LWFM_LIMIT_WAY = %d",
-                           (long long)way, LWFM_LIMIT_WAY);
+        return lwfm__error(LWFM_ERR_LIMIT, "way = %lld exceeds LWFM_LIMIT_WAY = %d", (long long)way,
+                           LWFM_LIMIT_WAY);
     if (n > LWFM_LIMIT_IMAGES)
-        return lwfm__error(LWFM_ERR_LIMIT,
-                           "support: %lld images exceed LWFM_LIMIT_IMAGES = %d", (long long)n,
-                           LWFM_LIMIT_IMAGES);
+        return lwfm__error(LWFM_ERR_LIMIT, "support: %lld images exceed LWFM_LIMIT_IMAGES = %d",
+                           (long long)n, LWFM_LIMIT_IMAGES);
     if (n < way)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
                            "%lld support images cannot cover %lld classes", (long long)n,
@@ -438,8 +449,7 @@ lwfm_status lwfm__check_features(const lwfm_model *m, const char *what, const fl
         return lwfm__error(LWFM_ERR_LIMIT, "%s: %lld feature maps exceed LWFM_LIMIT_IMAGES = %d",
                            what, (long long)n, LWFM_LIMIT_IMAGES);
     if (m->cfg.feature_size == 0 && fh >= 1 && fw >= 1 &&
-        (fh > LWFM_LIMIT_POSITIONS || fw > LWFM_LIMIT_POSITIONS ||
-         fh * fw > LWFM_LIMIT_POSITIONS))
+        (fh > LWFM_LIMIT_POSITIONS || fw > LWFM_LIMIT_POSITIONS || fh * fw > LWFM_LIMIT_POSITIONS))
         return lwfm__error(LWFM_ERR_LIMIT,
                            "%s: feature maps of %lld x %lld positions exceed "
                            "LWFM_LIMIT_POSITIONS = %d",
@@ -522,7 +532,8 @@ static lwfm_status support_begin(lwfm_model *m, const int32_t *labels, int64_t n
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support: count must be > 0, got %lld",
                            (long long)n);
     lwfm_status st;
-    int64_t *count = malloc(sizeof(int64_t) * (size_t)(way >= 2 && way <= LWFM_LIMIT_WAY ? way : 1));
+    int64_t *count =
+        malloc(sizeof(int64_t) * (size_t)(way >= 2 && way <= LWFM_LIMIT_WAY ? way : 1));
     if (!count) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     if ((st = check_labels(labels, n, way, count))) {
         free(count);

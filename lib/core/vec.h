@@ -33,18 +33,10 @@ LWFM_VEC_INLINE float lwfm__v16_hsum(lwfm__v16 v) {
     return s;
 }
 
-/* the largest lane (a NaN lane may or may not win) */
-LWFM_VEC_INLINE float lwfm__v16_max(lwfm__v16 v) {
-    lwfm__v16 h = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    lwfm__v16i up = h > v;
-    v = (lwfm__v16)((up & (lwfm__v16i)h) | (~up & (lwfm__v16i)v));
-    h = __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-    up = h > v;
-    v = (lwfm__v16)((up & (lwfm__v16i)h) | (~up & (lwfm__v16i)v));
-    h = __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    up = h > v;
-    v = (lwfm__v16)((up & (lwfm__v16i)h) | (~up & (lwfm__v16i)v));
-    return v[0] > v[1] ? v[0] : v[1];
+/* lane i: mask[i] ? a[i] : b[i] (mask lanes all ones or all zeros, as
+ * vector comparisons give them) */
+LWFM_VEC_INLINE lwfm__v16 lwfm__v16_select(lwfm__v16i mask, lwfm__v16 a, lwfm__v16 b) {
+    return (lwfm__v16)((mask & (lwfm__v16i)a) | (~mask & (lwfm__v16i)b));
 }
 
 /* the first k <= 16 floats at p; the other lanes 0 */

@@ -47,8 +47,8 @@ LWFM_MULTIARCH static void fold_tile(const float *tile, int64_t rows, int64_t co
                 lwfm__v16 v = lwfm__v16_load(r + p);
                 for (int i = 0; i < k; i++) { /* v sinks to the first level it does not beat */
                     const lwfm__v16i up = v > lane[i];
-                    const lwfm__v16 hi = (lwfm__v16)((up & (lwfm__v16i)v) | (~up & (lwfm__v16i)lane[i]));
-                    v = (lwfm__v16)((up & (lwfm__v16i)lane[i]) | (~up & (lwfm__v16i)v));
+                    const lwfm__v16 hi = lwfm__v16_select(up, v, lane[i]);
+                    v = lwfm__v16_select(up, lane[i], v);
                     lane[i] = hi;
                 }
             }

@@ -53,11 +53,11 @@ LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float 
 LWFM_VEC_INLINE lwfm__v16 exp_nonpos(lwfm__v16 x) {
     const lwfm__v16 lo = LWFM_V16(-87.0f), magic = LWFM_V16(12582912.0f);
     const lwfm__v16i below = x < lo;
-    x = (lwfm__v16)((below & (lwfm__v16i)lo) | (~below & (lwfm__v16i)x));
+    x = lwfm__v16_select(below, lo, x);
     const lwfm__v16 t = x * LWFM_V16(1.44269504088896341f) + magic;
     const lwfm__v16 n = t - magic;
-    const lwfm__v16 r = x - n * LWFM_V16(0.693145751953125f) -
-                        n * LWFM_V16(1.42860682030941723212e-6f);
+    const lwfm__v16 r =
+        x - n * LWFM_V16(0.693145751953125f) - n * LWFM_V16(1.42860682030941723212e-6f);
     lwfm__v16 p = LWFM_V16(1.0f / 720.0f);
     p = p * r + LWFM_V16(1.0f / 120.0f);
     p = p * r + LWFM_V16(1.0f / 24.0f);
@@ -90,11 +90,12 @@ LWFM_MULTIARCH static void softmax_rows_blocksum(const float *M, int64_t ldm, in
             const lwfm__v16 d = lwfm__v16_loadn(M + r * ldm + c0, k) - mean;
             var += d * d;
         }
-        for (int i = 0; i < 16; i++) scale[i] = 1.0f / (sqrtf(var[i] * inv_r1 + (float)VAR_EPS) * t_attn);
+        for (int i = 0; i < 16; i++)
+            scale[i] = 1.0f / (sqrtf(var[i] * inv_r1 + (float)VAR_EPS) * t_attn);
         for (int r = 0; r < rows; r++) {
             const lwfm__v16 z = (lwfm__v16_loadn(M + r * ldm + c0, k) - mean) * scale;
             const lwfm__v16i up = z > mx;
-            mx = (lwfm__v16)((up & (lwfm__v16i)z) | (~up & (lwfm__v16i)mx));
+            mx = lwfm__v16_select(up, z, mx);
             lwfm__v16_storen(E + (size_t)r * n + c0, z, k);
         }
         for (int r = 0; r < rows; r++) {
@@ -102,10 +103,10 @@ LWFM_MULTIARCH static void softmax_rows_blocksum(const float *M, int64_t ldm, in
             sum += e;
             lwfm__v16_storen(E + (size_t)r * n + c0, e, k);
         }
-        const lwfm__v16 inv = LWFM_V16(1.0f) / sum; /* lanes past k: 1 / 0, unused */
+        const lwfm__v16 inv = LWFM_V16(1.0f) / sum; /* lanes past k: exp(0) sums, unused */
         for (int r = 0; r < rows; r++)
-            lwfm__v16_storen(E + (size_t)r * n + c0, lwfm__v16_loadn(E + (size_t)r * n + c0, k) * inv,
-                             k);
+            lwfm__v16_storen(E + (size_t)r * n + c0,
+                             lwfm__v16_loadn(E + (size_t)r * n + c0, k) * inv, k);
     }
     for (int r = 0; r < rows; r++) {
         const float *e = E + (size_t)r * n;
