@@ -11,7 +11,7 @@
 /* The helpers are always inlined into their callers, so the warning that
  * passing 64-byte vectors changes the ABI on CPUs without AVX-512 (the
  * default target clone) concerns no real call. */
-#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__GNUC__) /* GCC and clang */
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
