@@ -87,6 +87,25 @@ def test_score_features_matches_reference(lib, tmp_path, way, shot, prob, top_k,
     np.testing.assert_allclose(again, got, rtol=0, atol=1e-6 * np.abs(got).max())
 
 
+def test_query_blocks_and_single_queries(lib, tmp_path):
+    """Enough queries that each thread scores several blocks of them (one
+    correlation GEMM per block): the batch must equal the queries scored one
+    at a time (no parallel region then), and both the reference."""
+    path, ref = export(tmp_path, lwfm_ref.make_config(), seed=21)
+    rng = np.random.default_rng(21)
+    labels = episode_labels(rng, 5, 5)
+    s = synthetic_features(rng, 25, ref.out_channels, 3)
+    q = synthetic_features(rng, 70, ref.out_channels, 3)
+    with lib.Model(path) as m:
+        got = m.score_features(s, labels, q)
+        with m.prepare_support(s, labels, features=True) as sup:
+            one = np.concatenate([sup.score(q[i:i + 1]) for i in range(len(q))])
+    np.testing.assert_allclose(one, got, rtol=0, atol=1e-6 * np.abs(got).max())
+    pick = [0, 17, 35, 36, 52, 69]  # first / middle / last queries of the threads' ranges
+    expect = reference_logits(ref, s, labels, q[pick])
+    assert rel_err(got[pick], expect) <= TOL
+
+
 def test_unequal_shots_and_label_order(lib, tmp_path):
     path, ref = export(tmp_path, lwfm_ref.make_config(), seed=11)
     rng = np.random.default_rng(5)
