@@ -13,7 +13,6 @@
 #include <string.h>
 
 #include "core/core.h"
-#include "core/gemm.h"
 #include "core/profile.h"
 #include "core/vec.h"
 #include "episode.h"

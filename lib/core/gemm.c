@@ -14,8 +14,8 @@
     } while (0)
 
 static lwfm_status gemm(dnnl_engine_t engine, dnnl_stream_t stream, int64_t M, int64_t N, int64_t K,
-                        const float *A, int64_t lda, const float *B, int64_t ldb, int b_trans,
-                        float *C, int64_t ldc, int relu) {
+                        const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
+                        int64_t ldc, int relu) {
     lwfm_status st = LWFM_OK;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
@@ -26,7 +26,6 @@ static lwfm_status gemm(dnnl_engine_t engine, dnnl_stream_t stream, int64_t M, i
     dnnl_memory_desc_t a_md, b_md, c_md;
     dnnl_dims_t ad = {M, K}, as = {lda, 1};
     dnnl_dims_t bd = {K, N}, bs = {1, ldb}; /* B^T as a (K, N) view of B */
-    if (!b_trans) bs[0] = ldb, bs[1] = 1;
     dnnl_dims_t cd = {M, N}, cs = {ldc, 1};
     CHECK(dnnl_memory_desc_init_by_strides(&a_md, 2, ad, dnnl_f32, as), "src md");
     CHECK(dnnl_memory_desc_init_by_strides(&b_md, 2, bd, dnnl_f32, bs), "weights md");
@@ -72,11 +71,5 @@ done:
 lwfm_status lwfm__gemm_abt(dnnl_engine_t engine, dnnl_stream_t stream, int64_t M, int64_t N,
                            int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
                            float *C, int64_t ldc, int relu) {
-    return gemm(engine, stream, M, N, K, A, lda, B, ldb, 1, C, ldc, relu);
-}
-
-lwfm_status lwfm__gemm_ab(dnnl_engine_t engine, dnnl_stream_t stream, int64_t M, int64_t N,
-                          int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
-                          float *C, int64_t ldc, int relu) {
-    return gemm(engine, stream, M, N, K, A, lda, B, ldb, 0, C, ldc, relu);
+    return gemm(engine, stream, M, N, K, A, lda, B, ldb, C, ldc, relu);
 }

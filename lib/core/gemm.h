@@ -1,5 +1,7 @@
-/* Single-precision C = op(A * B^T) on oneDNN's matmul, for the metric
- * stages (layer correlations, the matcher MLP). Private to liblwfm. */
+/* Single-precision C = op(A * B^T) on oneDNN's matmul, for the peer heads
+ * (DN4 / MML image-to-class similarities, RCN). The LWFM-SPM metric calls
+ * dnnl_sgemm directly, single-threaded inside its own parallel regions.
+ * Private to liblwfm. */
 #ifndef LWFM_CORE_GEMM_H
 #define LWFM_CORE_GEMM_H
 
@@ -15,11 +17,5 @@
 lwfm_status lwfm__gemm_abt(dnnl_engine_t engine, dnnl_stream_t stream, int64_t M, int64_t N,
                            int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
                            float *C, int64_t ldc, int relu);
-
-/* Same with B given as K x N row-major (C = A * B): the faster form when B
- * is a weight matrix that can be stored transposed once. */
-lwfm_status lwfm__gemm_ab(dnnl_engine_t engine, dnnl_stream_t stream, int64_t M, int64_t N,
-                          int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
-                          float *C, int64_t ldc, int relu);
 
 #endif
