@@ -339,19 +339,18 @@ def mem_child(args):
         torch.set_num_threads(args.threads)
         base = _status_kb("VmRSS")
         _reset_hwm()
-        tensors, cfg = load_weights(path)
-        cfg.pop("format_version", None)
-        model = lwfm_ref.LWFMSPM(lwfm_ref.make_config(**cfg)).eval()
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
-        del tensors
+        def load_reference():
+            tensors, cfg = load_weights(path)
+            cfg.pop("format_version", None)
+            m = lwfm_ref.LWFMSPM(lwfm_ref.make_config(**cfg)).eval()
+            m.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
+            return m  # the loaded arrays are freed on return
+
+        model = load_reference()
         res["load_peak_kb"] = _status_kb("VmHWM") - base
         res["load_rss_kb"] = _status_kb("VmRSS") - base
         base = _status_kb("VmRSS")
-        t2, c2 = load_weights(path)
-        c2.pop("format_version", None)
-        again = lwfm_ref.LWFMSPM(lwfm_ref.make_config(**c2)).eval()
-        again.load_state_dict({k: torch.from_numpy(v) for k, v in t2.items()}, strict=False)
-        del t2
+        again = load_reference()
         res["load_again_kb"] = _status_kb("VmRSS") - base
         del again
         if "episode" in kind:

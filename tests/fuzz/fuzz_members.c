@@ -20,19 +20,7 @@
  * untouched on failure; a model that loads is used the same way. */
 #include <zip.h>
 
-#include "fuzz_common.h"
-
-static lwfm_load_options *g_opts;
-
 #include "fuzz_weights_use.h"
-
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    (void)argc;
-    (void)argv;
-    FUZZ_CHECK(lwfm_load_options_create(&g_opts) == LWFM_OK);
-    FUZZ_CHECK(lwfm_load_options_set_max_total_bytes(g_opts, (uint64_t)64 << 20) == LWFM_OK);
-    return 0;
-}
 
 /* Bytes the header's shape and descr call for, or 0 when unreadable. */
 static size_t wanted_bytes(const char *h) {

@@ -9,19 +9,6 @@
  * kernels too. */
 #include <math.h>
 
-#include "fuzz_common.h"
-
-static lwfm_load_options *g_opts;
-
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    (void)argc;
-    (void)argv;
-    FUZZ_CHECK(lwfm_load_options_create(&g_opts) == LWFM_OK);
-    /* keep one run's memory far below libFuzzer's -rss_limit_mb */
-    FUZZ_CHECK(lwfm_load_options_set_max_total_bytes(g_opts, (uint64_t)64 << 20) == LWFM_OK);
-    return 0;
-}
-
 #include "fuzz_weights_use.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -1,4 +1,5 @@
-/* use_model(): what fuzz_weights.c and fuzz_members.c do with a model that
+/* What fuzz_weights.c and fuzz_members.c share: their load options
+ * (g_opts, LLVMFuzzerInitialize) and use_model(), what they do with a model that
  * loaded (configuration JSON, shapes, features of three images, an episode
  * on them, the per-pair views), checking the output canaries. Included by
  * the targets (a static function each). */
@@ -6,6 +7,18 @@
 #define LWFM_FUZZ_WEIGHTS_USE_H
 
 #include "fuzz_common.h"
+
+/* Load options of both targets, set up once by libFuzzer. */
+static lwfm_load_options *g_opts;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc;
+    (void)argv;
+    FUZZ_CHECK(lwfm_load_options_create(&g_opts) == LWFM_OK);
+    /* keep one run's memory far below libFuzzer's -rss_limit_mb */
+    FUZZ_CHECK(lwfm_load_options_set_max_total_bytes(g_opts, (uint64_t)64 << 20) == LWFM_OK);
+    return 0;
+}
 
 #define CANARY_FLOATS 8
 #define CANARY 0x5a

@@ -12,8 +12,12 @@
 #ifdef _OPENMP
 #include <omp.h>
 #else /* a build without OpenMP: the library runs serially */
-static void omp_set_num_threads(int n) { (void)n; }
-static int omp_get_max_threads(void) { return 1; }
+static void omp_set_num_threads(int n) {
+    (void)n;
+}
+static int omp_get_max_threads(void) {
+    return 1;
+}
 #endif
 
 static const char kBenchUsage[] =
@@ -68,20 +72,21 @@ static void fill_random(float *x, size_t n, uint64_t seed) {
 /* Measurements, per precision. */
 enum { M_BACKBONE, M_EP1, M_EP5, M_MET1, M_MET5, M_S1, M_S16, M_S75, M_COUNT };
 static const char *const kNames[M_COUNT] = {
-    "backbone, 80 images",          "episode 5-way 1-shot 15q",     "episode 5-way 5-shot 15q",
-    "metric / backbone, 1-shot",     "metric / backbone, 5-shot",    "streaming, batch of 1",
-    "streaming, batch of 16",        "streaming, batch of 75"};
-static const char *const kKeys[M_COUNT] = {"backbone_images_per_s", "episode_5w1s_ms",
-                                           "episode_5w5s_ms",       "metric_share_1shot_pct",
-                                           "metric_share_5shot_pct", "stream_b1_images_per_s",
+    "backbone, 80 images",       "episode 5-way 1-shot 15q",  "episode 5-way 5-shot 15q",
+    "metric / backbone, 1-shot", "metric / backbone, 5-shot", "streaming, batch of 1",
+    "streaming, batch of 16",    "streaming, batch of 75"};
+static const char *const kKeys[M_COUNT] = {"backbone_images_per_s",   "episode_5w1s_ms",
+                                           "episode_5w5s_ms",         "metric_share_1shot_pct",
+                                           "metric_share_5shot_pct",  "stream_b1_images_per_s",
                                            "stream_b16_images_per_s", "stream_b75_images_per_s"};
-static const char *const kUnits[M_COUNT] = {"img/s", "ms", "ms", "%", "%", "img/s", "img/s", "img/s"};
+static const char *const kUnits[M_COUNT] = {"img/s", "ms",    "ms",    "%",
+                                            "%",     "img/s", "img/s", "img/s"};
 
 typedef struct workload {
     int64_t c, h, w, C, fh, fw, way;
-    float *s1, *s5, *q;             /* images: 5 supports, 25 supports, 75 queries */
-    int32_t *l1, *l5;               /* labels */
-    float *f_s1, *f_s5, *f_q;       /* features of the same */
+    float *s1, *s5, *q;       /* images: 5 supports, 25 supports, 75 queries */
+    int32_t *l1, *l5;         /* labels */
+    float *f_s1, *f_s5, *f_q; /* features of the same */
     float *logits, *feat_tmp;
 } workload;
 
@@ -120,8 +125,8 @@ static double run_once(const bench_model *bm, lwfm_support *set, const workload 
     case M_S16: {
         int64_t b = m == M_S1 ? 1 : 16;
         for (int64_t i = 0; i + b <= 75 && !st; i += b) /* as many batches as fit in 75 */
-            st = lwfm_support_score(set, wl->q + i * wl->c * wl->h * wl->w, b, wl->c, wl->h,
-                                    wl->w, wl->logits, cap_l);
+            st = lwfm_support_score(set, wl->q + i * wl->c * wl->h * wl->w, b, wl->c, wl->h, wl->w,
+                                    wl->logits, cap_l);
         break;
     }
     case M_S75:
@@ -148,21 +153,9 @@ int cmd_bench(int argc, char **argv) {
                                       {"--precision", &precision_s},
                                       {"--threads", &threads_s},
                                       {"--reps", &reps_s}};
-    int json = 0, quick = 0, r;
-    for (; a.i < argc; a.i++) {
-        if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) {
-            fputs(kBenchUsage, stdout);
-            return EXIT_OK;
-        }
-        if (cli_flag(&a, "--json"))
-            json = 1;
-        else if (cli_flag(&a, "--quick"))
-            quick = 1;
-        else if ((r = cli_options(&a, opts, 4)) < 0)
-            return EXIT_USAGE;
-        else if (r == 0)
-            return cli_usage_error("bench", "unexpected argument '%s'", argv[a.i]);
-    }
+    int json = 0, quick = 0, code;
+    const cli_bool_flag flags[] = {{"--json", &json}, {"--quick", &quick}};
+    if (cli_parse(&a, kBenchUsage, flags, 2, opts, 4, &code)) return code;
     if (!model_path) return cli_usage_error("bench", "--model is required");
     int n_prec = 0;
     lwfm_precision precs[2];
@@ -275,9 +268,10 @@ int cmd_bench(int argc, char **argv) {
     if (json) {
         printf("{\"model\": ");
         json_string(stdout, model_path);
-        printf(", \"method\": \"%s\", \"threads\": %d, \"reps\": %lld, \"input\": [%lld, %lld, %lld]",
-               method_name(lwfm_model_method(bm[0].model)), n_threads, (long long)reps,
-               (long long)wl.c, (long long)wl.h, (long long)wl.w);
+        printf(
+            ", \"method\": \"%s\", \"threads\": %d, \"reps\": %lld, \"input\": [%lld, %lld, %lld]",
+            method_name(lwfm_model_method(bm[0].model)), n_threads, (long long)reps,
+            (long long)wl.c, (long long)wl.h, (long long)wl.w);
         for (int p = 0; p < n_prec; p++) {
             printf(", \"%s\": {", precs[p] == LWFM_PRECISION_BF16 ? "bf16" : "fp32");
             for (int m = 0; m < M_COUNT; m++)

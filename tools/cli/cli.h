@@ -68,6 +68,17 @@ typedef struct cli_string_option {
     const char **value;
 } cli_string_option;
 int cli_options(cli_args *a, const cli_string_option *opts, int n);
+/* Boolean flags: *value set to 1 when present. */
+typedef struct cli_bool_flag {
+    const char *name;
+    int *value;
+} cli_bool_flag;
+/* The whole rest of the command line of a command with only boolean flags
+ * and string options: --help / -h prints `usage`; anything else is a usage
+ * error. Returns 0 to go on, or 1 with *code the exit status the command
+ * returns at once (EXIT_OK after help, EXIT_USAGE after a usage message). */
+int cli_parse(cli_args *a, const char *usage, const cli_bool_flag *flags, int n_flags,
+              const cli_string_option *opts, int n_opts, int *code);
 /* Strict integer parsing: the whole text, in [lo, hi]. 0 on success,
  * otherwise a usage message naming `name` and EXIT_USAGE. */
 int cli_int(const char *cmd, const char *name, const char *text, int64_t lo, int64_t hi,

@@ -22,19 +22,9 @@ int cmd_info(int argc, char **argv) {
     cli_args a = {argc, argv, 2, "info"};
     const char *model_path = NULL;
     const cli_string_option opts[] = {{"--model", &model_path}};
-    int json = 0, r;
-    for (; a.i < argc; a.i++) {
-        if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) {
-            fputs(kInfoUsage, stdout);
-            return EXIT_OK;
-        }
-        if (cli_flag(&a, "--json"))
-            json = 1;
-        else if ((r = cli_options(&a, opts, 1)) < 0)
-            return EXIT_USAGE;
-        else if (r == 0)
-            return cli_usage_error("info", "unexpected argument '%s'", argv[a.i]);
-    }
+    int json = 0, code;
+    const cli_bool_flag flags[] = {{"--json", &json}};
+    if (cli_parse(&a, kInfoUsage, flags, 1, opts, 1, &code)) return code;
     if (!model_path) return cli_usage_error("info", "--model is required");
 
     lwfm_model *model = load_model(model_path);
@@ -189,8 +179,8 @@ int cmd_classify(int argc, char **argv) {
     cli_args a = {argc, argv, 2, "classify"};
     const char *model_path = NULL, *support_dir = NULL, *on_bad = "fail", *query = NULL,
                *explain_dir = NULL, *precision_s = "fp32";
-    const cli_string_option opts[] = {{"--model", &model_path},   {"--support", &support_dir},
-                                      {"--on-bad", &on_bad},      {"--query", &query},
+    const cli_string_option opts[] = {{"--model", &model_path},    {"--support", &support_dir},
+                                      {"--on-bad", &on_bad},       {"--query", &query},
                                       {"--explain", &explain_dir}, {"--precision", &precision_s}};
     const char **queries = calloc((size_t)argc, sizeof *queries);
     int64_t n_queries = 0;

@@ -258,28 +258,14 @@ int cmd_eval(int argc, char **argv) {
     const char *model_path = NULL, *data_path = NULL, *on_bad = "fail";
     const char *way_s = "5", *shot_s = "1", *query_s = "15", *episodes_s = "600", *seed_s = "1";
     const char *precision_s = "fp32";
-    const cli_string_option opts[] = {{"--model", &model_path},    {"--data", &data_path},
-                                      {"--on-bad", &on_bad},       {"--way", &way_s},
-                                      {"--shot", &shot_s},         {"--query", &query_s},
-                                      {"--episodes", &episodes_s}, {"--seed", &seed_s},
-                                      {"--precision", &precision_s}};
-    int json = 0, list = 0, quiet = 0, r;
-    for (; a.i < argc; a.i++) {
-        if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) {
-            fputs(kEvalUsage, stdout);
-            return EXIT_OK;
-        }
-        if (cli_flag(&a, "--json"))
-            json = 1;
-        else if (cli_flag(&a, "--list-episodes"))
-            list = 1;
-        else if (cli_flag(&a, "--quiet"))
-            quiet = 1;
-        else if ((r = cli_options(&a, opts, 9)) < 0)
-            return EXIT_USAGE;
-        else if (r == 0)
-            return cli_usage_error("eval", "unexpected argument '%s'", argv[a.i]);
-    }
+    const cli_string_option opts[] = {
+        {"--model", &model_path},    {"--data", &data_path}, {"--on-bad", &on_bad},
+        {"--way", &way_s},           {"--shot", &shot_s},    {"--query", &query_s},
+        {"--episodes", &episodes_s}, {"--seed", &seed_s},    {"--precision", &precision_s}};
+    int json = 0, list = 0, quiet = 0, code;
+    const cli_bool_flag flags[] = {
+        {"--json", &json}, {"--list-episodes", &list}, {"--quiet", &quiet}};
+    if (cli_parse(&a, kEvalUsage, flags, 3, opts, 9, &code)) return code;
     int64_t way, shot, query, episodes;
     uint64_t seed;
     lwfm_precision precision;

@@ -90,6 +90,30 @@ int cli_options(cli_args *a, const cli_string_option *opts, int n) {
     return 0;
 }
 
+int cli_parse(cli_args *a, const char *usage, const cli_bool_flag *flags, int n_flags,
+              const cli_string_option *opts, int n_opts, int *code) {
+    for (; a->i < a->argc; a->i++) {
+        if (cli_flag(a, "--help") || cli_flag(a, "-h")) {
+            fputs(usage, stdout);
+            *code = EXIT_OK;
+            return 1;
+        }
+        int k = 0;
+        while (k < n_flags && !cli_flag(a, flags[k].name)) k++;
+        if (k < n_flags) {
+            *flags[k].value = 1;
+            continue;
+        }
+        int r = cli_options(a, opts, n_opts);
+        if (r == 0) cli_usage_error(a->cmd, "unexpected argument '%s'", a->argv[a->i]);
+        if (r <= 0) {
+            *code = EXIT_USAGE;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int cli_int(const char *cmd, const char *name, const char *text, int64_t lo, int64_t hi,
             int64_t *out) {
     char *end = NULL;
@@ -251,5 +275,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc, argv);
     if (cmd[0] == '-') return cli_usage_error(NULL, "unknown option '%s'", cmd);
-    return cli_usage_error(NULL, "unknown command '%s' (commands: info, classify, eval, bench)", cmd);
+    return cli_usage_error(NULL, "unknown command '%s' (commands: info, classify, eval, bench)",
+                           cmd);
 }
