@@ -3,6 +3,8 @@
 #   make test   same set-up, then the whole test suite
 # Other targets: make build, make bench, make clean,
 #   make test-sanitize  ASan+UBSan and TSan builds, their tests (tests/sanitize.sh)
+#   make fresh-check    the README's two commands in a new minimal Debian 12 root,
+#                       as CI runs them (tests/fresh_machine.sh; root, ~30 min)
 #   make abi-baseline   record the ABI of this version (docs/api-stability.md)
 
 BUILD ?= build
@@ -14,7 +16,7 @@ DEPS := gcc g++ meson ninja-build pkg-config cmake libdnnl-dev zlib1g-dev libzip
 export PYTHONPATH := $(CURDIR)/bindings/python:$(CURDIR)/tools$(if $(PYTHONPATH),:$(PYTHONPATH))
 export LWFM_LIBRARY := $(CURDIR)/$(BUILD)/liblwfm.so
 
-.PHONY: all deps build demo test test-sanitize abi-baseline bench clean
+.PHONY: all deps build demo test test-sanitize fresh-check abi-baseline bench clean
 
 all: build
 
@@ -40,6 +42,10 @@ test: build
 # Sanitizer builds in build-asan and build-tsan (about 10 min on 2 cores).
 test-sanitize: deps
 	sh tests/sanitize.sh
+
+# What CI proves: a fresh machine with only `make` runs the README's commands.
+fresh-check:
+	$(SUDO) sh tests/fresh_machine.sh
 
 # The ABI of this version as the baseline the `abi` test compares against.
 VERSION := $(shell sed -n 's/^\#define LWFM_VERSION_STRING "\(.*\)"/\1/p' include/lwfm/lwfm.h)
