@@ -17,6 +17,7 @@
 #include "core/vec.h"
 #include "episode.h"
 #include "heads/dn4.h"
+#include "heads/i2c.h"
 #include "heads/mml.h"
 #include "heads/rcn.h"
 #include "model.h"
@@ -347,7 +348,7 @@ static lwfm_status score_sides(const lwfm_model *m, const side *S, const int32_t
     if (m->cfg.method != LWFM_METHOD_LWFM_SPM) {
         double tp = LWFM_PROF_T0();
         lwfm_status hs = m->cfg.method == LWFM_METHOD_DN4
-                             ? lwfm__dn4_score(m, S, labels, way, Q, logits, arena)
+                             ? lwfm__dn4_score(m, S, labels, count, way, Q, logits, arena)
                          : m->cfg.method == LWFM_METHOD_MML
                              ? lwfm__mml_score(m, S, labels, count, way, Q, logits, arena)
                              : lwfm__rcn_score(m, S, labels, count, way, Q, logits, arena);
@@ -552,18 +553,25 @@ static lwfm_status support_begin(lwfm_model *m, const int32_t *labels, int64_t n
     return LWFM_OK;
 }
 
+/* Images whose vectors one image-to-class top-k list draws from: those of
+ * the smallest class, or one when unequal classes are scored per image. */
+static int64_t i2c_images(const lwfm_support *s) {
+    return lwfm__i2c_per_image(s->count, s->way) ? 1 : lwfm__fewest_in_class(s->count, s->way);
+}
+
 /* Method-specific limits that depend on the support set. */
 static lwfm_status check_support_size(const lwfm_model *m, const lwfm_support *s) {
     if (m->cfg.method == LWFM_METHOD_DN4) {
-        int64_t most = lwfm__fewest_in_class(s->count, s->way) * s->s.P;
+        int64_t most = i2c_images(s) * s->s.P;
         if (m->cfg.neighbor_k > most)
             return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
                                "DN4 neighbor_k = %d exceeds the %lld local descriptors of the "
-                               "smallest class; give more or larger support images",
+                               "smallest class (of one image when the classes' image counts "
+                               "differ); give more or larger support images",
                                m->cfg.neighbor_k, (long long)most);
     }
     if (m->cfg.method == LWFM_METHOD_MML) {
-        int64_t fewest = lwfm__fewest_in_class(s->count, s->way);
+        int64_t fewest = i2c_images(s);
         if (s->s.P < 2)
             return lwfm__error(LWFM_ERR_SHAPE,
                                "MML needs feature maps of at least 2 positions (Gaussians of the "

@@ -31,12 +31,14 @@ int64_t lwfm__fewest_in_class(const int64_t *count, int64_t way) {
 }
 
 lwfm_status lwfm__dn4_score(const lwfm_model *m, const side *S, const int32_t *labels,
-                            int64_t way, const side *Q, float *logits, lwfm__arena *arena) {
+                            const int64_t *count, int64_t way, const side *Q, float *logits,
+                            lwfm__arena *arena) {
     size_t n = (size_t)Q->n * way;
     double *acc = lwfm__arena_get(arena, LWFM_SLOT_LEVELS, n * sizeof(double));
     if (!acc) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring DN4 queries");
     lwfm_status st = lwfm__i2c_topk(m->engine, Q->U, Q->n, Q->P, S->U, S->n, S->P, m->layers.C,
-                                    labels, way, m->cfg.neighbor_k, acc, arena, LWFM_SLOT_R);
+                                    labels, count, way, m->cfg.neighbor_k, acc, arena,
+                                    LWFM_SLOT_R);
     if (st) return st;
     for (size_t i = 0; i < n; i++) logits[i] = (float)acc[i];
     return LWFM_OK;

@@ -16,8 +16,10 @@ int64_t lwfm__fewest_in_class(const int64_t *count, int64_t way);
 
 /* logits[q * way + c] = sum over query q's descriptors of the sum of their
  * neighbor_k largest cosines with class c's support descriptors
- * (lwfm__i2c_topk on the unit descriptors). */
+ * (lwfm__i2c_topk on the unit descriptors; per support image, averaged,
+ * when the classes' image counts differ). */
 lwfm_status lwfm__dn4_score(const lwfm_model *m, const side *S, const int32_t *labels,
-                            int64_t way, const side *Q, float *logits, lwfm__arena *arena);
+                            const int64_t *count, int64_t way, const side *Q, float *logits,
+                            lwfm__arena *arena);
 
 #endif

@@ -28,16 +28,16 @@ static inline float topk_insert(float *t, int k, float v) {
 /* Lists up to this long are kept per vector lane while a row is scanned. */
 #define LANE_TOPK_MAX 8
 
-/* Fold a tile's rows into the sorted (descending) top-k lists of one class.
- * The class's list for row a is top + (a * way + cls) * k. For k <=
+/* Fold a tile's rows into the sorted (descending) top-k lists of one class
+ * (or one support image). Its list for row a is top + (a * lists + list) * k. For k <=
  * LANE_TOPK_MAX each of 16 lanes keeps its own top k of the row, branch-free
  * (a max / min network), and only those 16 k candidates are then merged into
  * the list: a row's top k are among them. */
 LWFM_MULTIARCH static void fold_tile(const float *tile, int64_t rows, int64_t cols, float *top,
-                                     int64_t way, int k, int cls) {
+                                     int64_t lists, int k, int list) {
     for (int64_t a = 0; a < rows; a++) {
         const float *r = tile + a * cols;
-        float *t = top + (a * way + cls) * k;
+        float *t = top + (a * lists + list) * k;
         float thr = t[k - 1];
         int64_t p = 0;
         if (k <= LANE_TOPK_MAX && cols >= 16) {
@@ -61,17 +61,43 @@ LWFM_MULTIARCH static void fold_tile(const float *tile, int64_t rows, int64_t co
     }
 }
 
+int lwfm__i2c_per_image(const int64_t *count, int64_t way) {
+    for (int64_t c = 1; c < way; c++)
+        if (count[c] != count[0]) return 1;
+    return 0;
+}
+
+/* One query's scores from its top-k lists: lists per class (pooled), or per
+ * support image, averaged over each class's images. */
+static void sum_lists(const float *top, int64_t mq, int64_t lists, int k,
+                      const int32_t *labels, const int64_t *count, int64_t way, int per_image,
+                      double *o) {
+    for (int64_t c = 0; c < way; c++) o[c] = 0.0;
+    /* each vector's top-k summed in float, the vectors' sums in double */
+    for (int64_t a = 0; a < mq; a++)
+        for (int64_t l = 0; l < lists; l++) {
+            const float *t = top + (a * lists + l) * k;
+            float s = 0.0f;
+            for (int i = 0; i < k; i++) s += t[i];
+            o[per_image ? labels[l] : l] += s;
+        }
+    if (per_image)
+        for (int64_t c = 0; c < way; c++) o[c] /= (double)count[c];
+}
+
 lwfm_status lwfm__i2c_topk(dnnl_engine_t engine, const float *Qv, int64_t n_q, int64_t mq,
                            const float *Sv, int64_t n_s, int64_t ms, int64_t dim,
-                           const int32_t *labels, int64_t way, int k, double *out,
-                           lwfm__arena *arena, int slot) {
+                           const int32_t *labels, const int64_t *count, int64_t way, int k,
+                           double *out, lwfm__arena *arena, int slot) {
     int threads = omp_get_max_threads();
+    const int per_image = lwfm__i2c_per_image(count, way);
+    const int64_t lists = per_image ? n_s : way;   /* top-k lists per query vector */
     /* Row blocks of near-equal size (<= TILE_ROWS), column blocks of TILE_COLS. */
     int64_t row_blocks = (mq + TILE_ROWS - 1) / TILE_ROWS;
     int64_t rb = (mq + row_blocks - 1) / row_blocks;
     int64_t cb = ms < TILE_COLS ? ms : TILE_COLS;
     size_t tile_floats = ((size_t)rb * cb + 15) / 16 * 16;
-    size_t top_floats = ((size_t)mq * way * k + 15) / 16 * 16;
+    size_t top_floats = ((size_t)mq * lists * k + 15) / 16 * 16;
     size_t per_thread = (tile_floats + top_floats) * sizeof(float);
     per_thread = (per_thread + 63) / 64 * 64;
     char *scratch = lwfm__arena_get(arena, slot, per_thread * (size_t)threads);
@@ -92,7 +118,7 @@ lwfm_status lwfm__i2c_topk(dnnl_engine_t engine, const float *Qv, int64_t n_q, i
         for (int64_t q = 0; q < n_q; q++) {
             if (my) continue;
             const float *xq = Qv + q * mq * dim;
-            for (size_t i = 0; i < (size_t)mq * way * k; i++) top[i] = -INFINITY;
+            for (size_t i = 0; i < (size_t)mq * lists * k; i++) top[i] = -INFINITY;
             for (int64_t j = 0; j < n_s && !my; j++) {
                 const float *xs = Sv + j * ms * dim;
                 for (int64_t a0 = 0; a0 < mq && !my; a0 += rb) {
@@ -102,21 +128,13 @@ lwfm_status lwfm__i2c_topk(dnnl_engine_t engine, const float *Qv, int64_t n_q, i
                         my = lwfm__gemm_abt(engine, stream, rows, cols, dim, xq + a0 * dim, dim,
                                             xs + p0 * dim, dim, tile, cols, 0);
                         if (my) break;
-                        fold_tile(tile, rows, cols, top + a0 * way * k, way, k, labels[j]);
+                        fold_tile(tile, rows, cols, top + a0 * lists * k, lists, k,
+                                  per_image ? (int)j : labels[j]);
                     }
                 }
             }
             if (my) continue;
-            double *o = out + q * way;
-            for (int64_t c = 0; c < way; c++) o[c] = 0.0;
-            /* each vector's top-k summed in float, the vectors' sums in double */
-            for (int64_t a = 0; a < mq; a++)
-                for (int64_t c = 0; c < way; c++) {
-                    const float *t = top + (a * way + c) * k;
-                    float s = 0.0f;
-                    for (int i = 0; i < k; i++) s += t[i];
-                    o[c] += s;
-                }
+            sum_lists(top, mq, lists, k, labels, count, way, per_image, out + q * way);
         }
         if (stream) dnnl_stream_destroy(stream);
         if (my) {

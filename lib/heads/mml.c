@@ -214,9 +214,9 @@ lwfm_status lwfm__mml_score(const lwfm_model *m, const side *S, const int32_t *l
     if (!lv) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring MML queries");
     double *D = lv, *Pix = lv + n, *Part = lv + 2 * n, *buf = lv + 3 * n;
     lwfm_status st;
-    if ((st = lwfm__i2c_topk(m->engine, Q->U, Q->n, Q->P, S->U, S->n, S->P, C, labels, way, k, Pix,
+    if ((st = lwfm__i2c_topk(m->engine, Q->U, Q->n, Q->P, S->U, S->n, S->P, C, labels, count, way, k, Pix,
                              arena, LWFM_SLOT_R)) ||
-        (st = lwfm__i2c_topk(m->engine, Q->V, Q->n, C, S->V, S->n, C, Q->P, labels, way, k, Part,
+        (st = lwfm__i2c_topk(m->engine, Q->V, Q->n, C, S->V, S->n, C, Q->P, labels, count, way, k, Part,
                              arena, LWFM_SLOT_R)) ||
         (st = distances(m, S, labels, count, way, Q, D, buf)))
         return st;

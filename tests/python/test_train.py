@@ -124,3 +124,71 @@ def test_folder_dataset_training(lib, tmp_path):
         assert x.shape == (4, 3, 24, 24)
         logits = model.episode_score(x[:2], np.array([0, 1], np.int32), x[2:])
         assert np.isfinite(logits).all()
+
+
+def _photo_tree(root, classes=12, per_class=6, size=(30, 26)):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c:02d}").mkdir(parents=True)
+        base = rng.integers(0, 256, size=(3,))
+        for i in range(per_class):
+            img = np.clip(base + rng.normal(0, 40, size + (3,)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / f"class{c:02d}" / f"{i}.jpg", quality=95)
+    return root
+
+
+def test_photo_recipe_pretrain_then_episodic_is_resumable(lib, tmp_path):
+    """Photos: a pretraining stage, then episodic steps, on one step counter;
+    stopping inside stage 1 and at the stage boundary, then resuming, gives
+    the weights of an uninterrupted run bit for bit."""
+    root = _photo_tree(tmp_path / "tree")
+
+    def run(workdir, *extra):
+        from lwfm import train as trainer
+        argv = ["--data", str(root), "--output", str(workdir / "m.npz"), "--workdir",
+                str(workdir), "--seed", "5", "--pretrain-steps", "3", "--pretrain-batch", "6",
+                "--steps", "2", "--val-every", "2", "--val-episodes", "2", "--batch", "4",
+                "--query", "1", "--val-fraction", "0.4", "--backbone", "conv64f",
+                "--image-size", "24", "--resize", "28", "--threads", "2", "--device", "cpu",
+                *extra]
+        assert trainer.main(argv) == 0
+        return torch.load(workdir / "checkpoint.pt")
+
+    a = run(tmp_path / "a")
+    assert run(tmp_path / "b", "--stop-at", "2")["step"] == 2
+    assert run(tmp_path / "b", "--resume", "--stop-at", "3")["step"] == 3
+    b = run(tmp_path / "b", "--resume")
+    assert a["step"] == b["step"] == 5
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    stages = [h["stage"] for h in a["history"]]
+    assert stages == ["pretrain", "episodic", "episodic"]
+    # The decoded images were cached in the work directory and reused.
+    assert len(list((tmp_path / "a").glob("photos-*.npy"))) == 1
+    with lib.Model(tmp_path / "a" / "m.npz") as model:
+        assert model.input_shape == (3, 24, 24)
+
+
+def test_photo_augment_identity_and_flip():
+    """With the whole image as the crop and no jitter, a batch comes back as
+    the normalised image or its mirror; jitter stays within [0, 1] pixels."""
+    from lwfm.photos import PhotoAugment
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, size=(8, 20, 20, 3), dtype=np.uint8)
+    aug = PhotoAugment([0.5, 0.4, 0.3], [0.2, 0.25, 0.3], crop_scale=1.0, jitter=0.0)
+    plain = aug.plain(imgs).numpy()
+    out = aug(imgs, np.random.default_rng(2)).numpy()
+    flipped = 0
+    for o, p in zip(out, plain):
+        if np.allclose(o, p, atol=1e-5):
+            continue
+        assert np.allclose(o, p[:, :, ::-1], atol=1e-5)
+        flipped += 1
+    assert 0 < flipped < 8
+    jit = PhotoAugment([0.0] * 3, [1.0] * 3, crop_scale=0.3, jitter=0.4)
+    x = jit(imgs, np.random.default_rng(3)).numpy()
+    assert x.shape == (8, 3, 20, 20) and x.min() >= 0.0 and x.max() <= 1.0
+    assert not np.allclose(x, plain)
+    with pytest.raises(ValueError):
+        PhotoAugment([0.0] * 3, [1.0] * 3, crop_scale=0.0)

@@ -28,7 +28,7 @@ parameters (slots are exchangeable: classes come in random order).
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -67,17 +67,29 @@ def dn4_logits(support_feats: torch.Tensor, support_labels: Any, query_feats: to
     labels = avg.argmax(dim=1)
     out = torch.zeros(q.shape[0], way, dtype=q.dtype)
     for c in range(way):
-        members = s[labels == c]                                  # (K, C, P)
-        d = members.permute(0, 2, 1).reshape(-1, s.shape[1])      # (K*P, C): row k*P + m
-        if neighbor_k > d.shape[0]:
-            raise ValueError(f"neighbor_k {neighbor_k} exceeds class {c}'s {d.shape[0]} "
-                             "descriptors")
-        d_hat = _unit_rows(d)
-        for i in range(q.shape[0]):
-            x_hat = _unit_rows(q[i].t())                          # (P_q, C)
-            cos = x_hat @ d_hat.t()                               # (P_q, K*P)
-            out[i, c] = cos.topk(neighbor_k, dim=1).values.sum()
+        groups = _image_groups(s[labels == c], labels, way)       # each (K or 1, C, P)
+        for group in groups:
+            d = group.permute(0, 2, 1).reshape(-1, s.shape[1])    # (K*P, C): row k*P + m
+            if neighbor_k > d.shape[0]:
+                raise ValueError(f"neighbor_k {neighbor_k} exceeds class {c}'s {d.shape[0]} "
+                                 "descriptors")
+            d_hat = _unit_rows(d)
+            for i in range(q.shape[0]):
+                x_hat = _unit_rows(q[i].t())                      # (P_q, C)
+                cos = x_hat @ d_hat.t()                           # (P_q, K*P)
+                out[i, c] += cos.topk(neighbor_k, dim=1).values.sum() / len(groups)
     return out
+
+
+def _image_groups(members: torch.Tensor, labels: torch.Tensor, way: int) -> List[torch.Tensor]:
+    """The support images whose descriptors one image-to-class measure pools:
+    all of the class's (the authors' measure) when every class has as many
+    images, else each image alone, the class's score then being the mean over
+    its images (pooling favours the class with most images; docs/methods.md)."""
+    counts = torch.bincount(labels, minlength=way)
+    if bool((counts == counts[0]).all()):
+        return [members]
+    return [members[i:i + 1] for i in range(members.shape[0])]
 
 
 class DN4(nn.Module):
@@ -165,12 +177,15 @@ def mml_levels(support_feats, support_labels, query_feats, neighbor_k: int, dist
     for c in range(way):
         members = s[labels == c]                                     # (K, C, P)
         rows = members.permute(0, 2, 1).reshape(-1, C)               # (K*P, C) raw
-        hat = _unit_rows(rows)
-        parts = torch.cat([_unit_rows(m.t()).t() for m in members])  # (K*C, P)
         mc, sc = _gaussian(rows)
+        groups = _image_groups(members, labels, way)
+        for group in groups:
+            hat = _unit_rows(group.permute(0, 2, 1).reshape(-1, C))
+            parts = torch.cat([_unit_rows(m.t()).t() for m in group])   # (K*C, P)
+            for i in range(n_q):
+                P[i, c] += _topk_sum(q_hat[i], hat, neighbor_k) / len(groups)
+                T[i, c] += _topk_sum(q_hat[i].t(), parts, neighbor_k) / len(groups)
         for i in range(n_q):
-            P[i, c] = _topk_sum(q_hat[i], hat, neighbor_k)
-            T[i, c] = _topk_sum(q_hat[i].t(), parts, neighbor_k)
             D[i, c] = -_distance(distance, q_gauss[i][0], q_gauss[i][1], mc, sc)
     return D, P, T
 

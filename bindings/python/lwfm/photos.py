@@ -91,8 +91,12 @@ class PhotoAugment:
         at random."""
         area = rng.uniform(self.crop_scale, 1.0, size=n)
         log_ratio = rng.uniform(np.log(3 / 4), np.log(4 / 3), size=n)
-        sx = np.minimum(1.0, np.sqrt(area * np.exp(log_ratio)))
-        sy = np.minimum(1.0, np.sqrt(area / np.exp(log_ratio)))
+        sx = np.sqrt(area * np.exp(log_ratio))
+        sy = np.sqrt(area / np.exp(log_ratio))
+        # A side longer than the image is cut to it and the other side keeps
+        # the area (so the whole image, area 1, is never stretched).
+        sx, sy = np.where(sx > 1, 1.0, np.where(sy > 1, area, sx)), \
+            np.where(sy > 1, 1.0, np.where(sx > 1, area, sy))
         tx = rng.uniform(-1.0, 1.0, size=n) * (1.0 - sx)
         ty = rng.uniform(-1.0, 1.0, size=n) * (1.0 - sy)
         flip = np.where(rng.random(n) < 0.5, -1.0, 1.0) if self.flip else np.ones(n)
