@@ -129,6 +129,8 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     c.feature_size = 3;
     c.temperature = 0.2;
     c.temperature_attn = 5.0;
+    c.calibration_temperature = 1.0;
+    c.unknown_threshold = 0.0;
     c.matcher_prob = 0.25;
     c.learnable_matcher = 1;
     c.top_k = 1;
@@ -169,6 +171,11 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     if ((st = opt_float(ar, "config/temperature", 1e-6, 1e6, &c.temperature))) return st;
     if ((st = opt_float(ar, "config/temperature_attn", 1e-6, 1e6, &c.temperature_attn))) return st;
     if ((st = opt_float(ar, "config/matcher_prob", 0.0, 1e6, &c.matcher_prob))) return st;
+    if ((st = opt_float(ar, "config/calibration_temperature", 1e-6, 1e6,
+                        &c.calibration_temperature)))
+        return st;
+    if ((st = opt_float(ar, "config/unknown_threshold", 0.0, 1.0, &c.unknown_threshold)))
+        return st;
     if ((st = opt_int(ar, "config/learnable_matcher", 0, 1, &c.learnable_matcher))) return st;
     if ((st = opt_int(ar, "config/top_k", 1, 4096, &c.top_k))) return st;
     if ((st = opt_int(ar, "config/neighbor_k", 1, 4096, &c.neighbor_k))) return st;
@@ -254,6 +261,9 @@ size_t lwfm__config_json(const lwfm__config *c, char *buf, size_t cap) {
         put(buf, cap, &len, ", \"batch_norm\": \"%s\"", kBatchNorm[c->bn_batch ? 1 : 0]);
         if (c->bn_batch) put(buf, cap, &len, ", \"query_batch\": %d", c->query_batch);
     }
+    if (c->calibration_temperature != 1.0 || c->unknown_threshold != 0.0)
+        put(buf, cap, &len, ", \"calibration_temperature\": %.9g, \"unknown_threshold\": %.9g",
+            c->calibration_temperature, c->unknown_threshold);
     put(buf, cap, &len, ", \"image_size\": %d, \"resize\": %d", c->image_size, c->resize);
     put_list(buf, cap, &len, "mean", c->mean, c->n_norm);
     put_list(buf, cap, &len, "std", c->std, c->n_norm);

@@ -42,6 +42,11 @@ typedef struct lwfm__config {
     int feature_size; /* 0: taps kept at native size */
     double temperature;
     double temperature_attn;
+    /* Probabilities (any method): softmax(logits / calibration_temperature),
+     * fitted on held-out classes (lwfm.calibrate; 1: uncalibrated), and the
+     * fitted "none of these" threshold on the top probability (0: none). */
+    double calibration_temperature;
+    double unknown_threshold;
     double matcher_prob;
     int learnable_matcher;
     int top_k;

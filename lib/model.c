@@ -1,4 +1,6 @@
 /* Model loading, configuration access and the backbone handle. */
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -184,6 +186,39 @@ LWFM_API lwfm_status lwfm_model_config_json(const lwfm_model *model, char *buffe
                            "configuration needs %zu bytes, buffer has %zu", need + 1, capacity);
     lwfm__config_json(&model->cfg, buffer, capacity);
     return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_model_probabilities(const lwfm_model *model, const float *logits,
+                                              int64_t n, int64_t way, float *probs,
+                                              size_t probs_len) {
+    lwfm__error_clear();
+    if (!model || !logits || !probs)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model, logits or probs is NULL");
+    if (n < 0 || way < 1 || (n > 0 && (uint64_t)way > SIZE_MAX / sizeof(float) / (uint64_t)n))
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "bad row count %lld or way %lld",
+                           (long long)n, (long long)way);
+    size_t total = (size_t)n * (size_t)way;
+    if (probs_len < total)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL, "probs holds %zu floats, %zu needed",
+                           probs_len, total);
+    for (size_t i = 0; i < total; i++)
+        if (!isfinite(logits[i]))
+            return lwfm__error(LWFM_ERR_NONFINITE, "logit %zu is not finite", i);
+    const double inv_t = 1.0 / model->cfg.calibration_temperature;
+    for (int64_t q = 0; q < n; q++) {
+        const float *l = logits + q * way;
+        float *p = probs + q * way;
+        double top = l[0], sum = 0.0;
+        for (int64_t c = 1; c < way; c++) top = l[c] > top ? l[c] : top;
+        for (int64_t c = 0; c < way; c++) sum += exp((l[c] - top) * inv_t);
+        /* element by element after the row's sum: probs may alias logits */
+        for (int64_t c = 0; c < way; c++) p[c] = (float)(exp((l[c] - top) * inv_t) / sum);
+    }
+    return LWFM_OK;
+}
+
+LWFM_API double lwfm_model_unknown_threshold(const lwfm_model *model) {
+    return model ? model->cfg.unknown_threshold : -1.0;
 }
 
 LWFM_API lwfm_status lwfm_model_input_shape(const lwfm_model *model, int64_t *channels,

@@ -220,6 +220,22 @@ LWFM_API lwfm_method lwfm_model_method(const lwfm_model *model);
 LWFM_API lwfm_status lwfm_model_config_json(const lwfm_model *model, char *buffer, size_t capacity,
                                             size_t *length);
 
+/** Class probabilities of `n` rows of `way` logits (any method), calibrated:
+ *  softmax(logits / T) per row, T the model's `calibration_temperature`
+ *  (fitted on held-out classes by `python3 -m lwfm.calibrate`, docs/models.md;
+ *  1 for a model that was not calibrated). `probs` (n * way floats) may be
+ *  `logits` itself. Non-finite logits fail with LWFM_ERR_NONFINITE and leave
+ *  `probs` untouched. Thread-safe. */
+LWFM_API lwfm_status lwfm_model_probabilities(const lwfm_model *model, const float *logits,
+                                              int64_t n, int64_t way, float *probs,
+                                              size_t probs_len);
+
+/** The model's calibrated "none of these" threshold: a query whose largest
+ *  calibrated probability is below it belongs, by the model's measured
+ *  rates, to none of the support classes (opt-in: `lwfm classify --unknown`).
+ *  0 when the model carries no threshold; negative for a NULL model. */
+LWFM_API double lwfm_model_unknown_threshold(const lwfm_model *model);
+
 /** Input the model expects: channels and the preprocessed image size
  *  (e.g. 3, 84, 84). The forward calls accept any height and width for which
  *  every layer gets a non-empty input (as PyTorch does); others fail with

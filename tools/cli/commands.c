@@ -76,7 +76,7 @@ static const char kClassifyUsage[] =
     "in it is a support image of that class. A query PATH is an image file or a\n"
     "directory (all its images, sorted by name). Prints, per query, its path,\n"
     "the predicted class and the probability of every class (softmax of the\n"
-    "logits), tab-separated.\n"
+    "logits, calibrated when the model is: docs/models.md), tab-separated.\n"
     "\n"
     "  --model PATH        weight file (.npz)\n"
     "  --support DIR       support images, one sub-folder per class\n"
@@ -87,6 +87,9 @@ static const char kClassifyUsage[] =
     "                      best-matching support image beside the query, with\n"
     "                      attention heat maps and matches (lwfm-spm models only)\n"
     "  --precision P       backbone arithmetic: fp32 (default) or bf16\n"
+    "  --unknown           a query whose top probability is below the model's\n"
+    "                      calibrated threshold is predicted '(none of these)'\n"
+    "  --unknown-threshold P  the same with threshold P in [0, 1]\n"
     "  --json              print one JSON object\n";
 
 /* A growable array of preprocessed images. */
@@ -166,25 +169,39 @@ static int add_image(const lwfm_model *model, image_set *s, const char *path, in
     return 0;
 }
 
-/* p = softmax(logits), in double. */
-static void softmax(const float *logits, int64_t way, double *p) {
-    float m = logits[0];
-    for (int64_t k = 1; k < way; k++) m = logits[k] > m ? logits[k] : m;
-    double sum = 0;
-    for (int64_t k = 0; k < way; k++) sum += p[k] = exp((double)logits[k] - (double)m);
-    for (int64_t k = 0; k < way; k++) p[k] /= sum;
+/* The "none of these" threshold asked for: --unknown-threshold P, or the
+ * model's own with --unknown (an error when the model has none); -1: off. */
+static int unknown_threshold(const lwfm_model *model, int use_model, const char *given,
+                             double *thr) {
+    *thr = -1.0;
+    if (given) {
+        char *end;
+        *thr = strtod(given, &end);
+        if (*end || end == given || !(*thr >= 0.0 && *thr <= 1.0))
+            return cli_usage_error("classify", "--unknown-threshold takes a number in [0, 1], "
+                                               "got '%s'", given);
+    } else if (use_model) {
+        *thr = lwfm_model_unknown_threshold(model);
+        if (*thr <= 0.0) {
+            cli_error("--unknown", NULL, "this model carries no calibrated threshold; calibrate "
+                      "it with python3 -m lwfm.calibrate or give --unknown-threshold P");
+            return EXIT_USAGE;
+        }
+    }
+    return 0;
 }
 
 int cmd_classify(int argc, char **argv) {
     cli_args a = {argc, argv, 2, "classify"};
     const char *model_path = NULL, *support_dir = NULL, *on_bad = "fail", *query = NULL,
-               *explain_dir = NULL, *precision_s = "fp32";
+               *explain_dir = NULL, *precision_s = "fp32", *unknown_s = NULL;
     const cli_string_option opts[] = {{"--model", &model_path},    {"--support", &support_dir},
                                       {"--on-bad", &on_bad},       {"--query", &query},
-                                      {"--explain", &explain_dir}, {"--precision", &precision_s}};
+                                      {"--explain", &explain_dir}, {"--precision", &precision_s},
+                                      {"--unknown-threshold", &unknown_s}};
     const char **queries = calloc((size_t)argc, sizeof *queries);
     int64_t n_queries = 0;
-    int json = 0, r, usage = 0;
+    int json = 0, use_unknown = 0, r, usage = 0;
     if (!queries) return EXIT_RUNTIME;
     for (; a.i < argc && !usage; a.i++) {
         if (cli_flag(&a, "--help") || cli_flag(&a, "-h")) {
@@ -194,13 +211,15 @@ int cmd_classify(int argc, char **argv) {
         }
         if (cli_flag(&a, "--json")) {
             json = 1;
+        } else if (cli_flag(&a, "--unknown")) {
+            use_unknown = 1;
         } else if (cli_flag(&a, "--query")) { /* one or more values */
             int first = a.i + 1;
             while (a.i + 1 < argc && strncmp(argv[a.i + 1], "--", 2) != 0)
                 queries[n_queries++] = argv[++a.i];
             if (a.i < first)
                 usage = cli_usage_error("classify", "option --query needs at least one path");
-        } else if ((r = cli_options(&a, opts, 6)) != 0) {
+        } else if ((r = cli_options(&a, opts, 7)) != 0) {
             if (r < 0) usage = EXIT_USAGE;
             if (query) queries[n_queries++] = query; /* --query=PATH */
             query = NULL;
@@ -233,14 +252,18 @@ int cmd_classify(int argc, char **argv) {
     bad_list bad = {0};
     char **classes = NULL;
     int64_t n_classes = 0, way = 0, *counts = NULL;
-    float *logits = NULL;
-    double *prob = NULL;
+    float *logits = NULL, *prob = NULL;
+    double threshold = -1.0;
     int64_t c, h, w;
     explainer *ex = NULL;
     char **explained = NULL; /* per query, the explanation's path */
 
     model = load_model_precision(model_path, precision);
     if (!model) goto done;
+    if ((r = unknown_threshold(model, use_unknown, unknown_s, &threshold)) != 0) {
+        rc = r;
+        goto done;
+    }
     if (explain_dir && explain_open(&ex, model, model_path, explain_dir)) goto done;
     lwfm_model_input_shape(model, &c, &h, &w);
     sup.per = qry.per = (size_t)(c * h * w);
@@ -336,7 +359,7 @@ int cmd_classify(int argc, char **argv) {
         goto done;
     }
     logits = malloc((size_t)qry.n * (size_t)way * sizeof *logits);
-    prob = malloc((size_t)way * sizeof *prob);
+    prob = malloc((size_t)qry.n * (size_t)way * sizeof *prob);
     if (!logits || !prob) {
         cli_error("cannot classify", NULL, "out of memory");
         goto done;
@@ -350,6 +373,12 @@ int cmd_classify(int argc, char **argv) {
             cli_error("cannot score queries", qry.paths[q], "%s", lwfm_last_error());
             goto done;
         }
+    }
+
+    st = lwfm_model_probabilities(model, logits, qry.n, way, prob, (size_t)(qry.n * way));
+    if (st) {
+        cli_error("cannot compute probabilities", NULL, "%s", lwfm_last_error());
+        goto done;
     }
 
     if (ex) { /* before any output: a failure leaves stdout empty */
@@ -394,14 +423,18 @@ int cmd_classify(int argc, char **argv) {
         int64_t best = 0;
         for (int64_t k = 1; k < way; k++)
             if (l[k] > l[best]) best = k;
-        softmax(l, way, prob);
+        const float *p = prob + (size_t)q * (size_t)way;
+        const int none = p[best] < threshold; /* threshold -1: never */
         if (json) {
             fputs(q ? ", {\"path\": " : "{\"path\": ", stdout);
             json_string(stdout, qry.paths[q]);
             fputs(", \"prediction\": ", stdout);
-            json_string(stdout, classes[best]);
-            printf(", \"label\": %lld, \"probabilities\": [", (long long)best);
-            for (int64_t k = 0; k < way; k++) printf("%s%.9g", k ? ", " : "", prob[k]);
+            if (none)
+                fputs("null", stdout);
+            else
+                json_string(stdout, classes[best]);
+            printf(", \"label\": %lld, \"probabilities\": [", none ? -1LL : (long long)best);
+            for (int64_t k = 0; k < way; k++) printf("%s%.9g", k ? ", " : "", (double)p[k]);
             fputs("], \"logits\": [", stdout);
             for (int64_t k = 0; k < way; k++) printf("%s%.9g", k ? ", " : "", (double)l[k]);
             fputs("]", stdout);
@@ -411,8 +444,8 @@ int cmd_classify(int argc, char **argv) {
             }
             fputs("}", stdout);
         } else {
-            printf("%s\t%s", qry.paths[q], classes[best]);
-            for (int64_t k = 0; k < way; k++) printf("\t%s=%.4f", classes[k], prob[k]);
+            printf("%s\t%s", qry.paths[q], none ? "(none of these)" : classes[best]);
+            for (int64_t k = 0; k < way; k++) printf("\t%s=%.4f", classes[k], (double)p[k]);
             putchar('\n');
         }
     }

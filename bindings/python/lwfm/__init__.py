@@ -67,6 +67,8 @@ def _declare(lib):
     fn("lwfm_model_config_json", st, _p, ctypes.c_char_p, _size, ctypes.POINTER(_size))
     fn("lwfm_model_input_shape", st, _p, ctypes.POINTER(_i64), ctypes.POINTER(_i64),
        ctypes.POINTER(_i64))
+    fn("lwfm_model_probabilities", st, _p, _fptr, _i64, _i64, _fptr, _size)
+    fn("lwfm_model_unknown_threshold", ctypes.c_double, _p)
     fn("lwfm_model_feature_shape", st, _p, _i64, _i64, ctypes.POINTER(_i64),
        ctypes.POINTER(_i64), ctypes.POINTER(_i64))
     fn("lwfm_model_features", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
@@ -258,6 +260,26 @@ class Model:
         _check(_library().lwfm_model_input_shape(self._h(), ctypes.byref(c), ctypes.byref(h),
                                                  ctypes.byref(w)))
         return (c.value, h.value, w.value)
+
+    @property
+    def unknown_threshold(self):
+        """The calibrated "none of these" threshold on the top probability
+        (0.0 when the model has none; see ``probabilities``)."""
+        return float(_library().lwfm_model_unknown_threshold(self._h()))
+
+    def probabilities(self, logits):
+        """Calibrated class probabilities of logits rows ``(n, way)``:
+        softmax(logits / T) with the model's fitted ``calibration_temperature``
+        (1 for an uncalibrated model). A row whose largest probability is
+        below ``unknown_threshold`` is, by the model's measured rates, none of
+        the support classes (docs/models.md)."""
+        arr = np.ascontiguousarray(logits, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] < 1:
+            raise ValueError(f"logits must be (n, way), got shape {arr.shape}")
+        out = np.empty_like(arr)
+        _check(_library().lwfm_model_probabilities(self._h(), _fp(arr), arr.shape[0], arr.shape[1],
+                                                   _fp(out), out.size))
+        return out
 
     def feature_shape(self, height=None, width=None):
         """(C, fh, fw) of one image's feature map for an input size."""

@@ -17,6 +17,8 @@ config/feature_size         int32 ()        pooled size fs (0 = native size)
 config/temperature          float32 ()      logit temperature
 config/temperature_attn     float32 ()      attention temperature
 config/matcher_prob         float32 ()      SPM weight (0 disables SPM)
+config/calibration_temperature float32 ()   probabilities = softmax(logits / it) (optional, 1)
+config/unknown_threshold    float32 ()      "none of these" below this top probability (optional)
 config/learnable_matcher    int32 ()        0 / 1
 config/top_k                int32 ()        SPM matched pairs summed
 config/neighbor_k           int32 ()        dn4 / mml nearest neighbours
@@ -72,14 +74,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 _STRING_KEYS = ("method", "backbone", "distance", "batch_norm")
 _INT_KEYS = ("first_padding", "feature_size", "learnable_matcher", "top_k", "neighbor_k",
              "query_batch", "image_size", "resize")
-_FLOAT_KEYS = ("temperature", "temperature_attn", "matcher_prob")
+_FLOAT_KEYS = ("temperature", "temperature_attn", "matcher_prob", "calibration_temperature",
+               "unknown_threshold")
 _INT_ARRAY_KEYS = ("hyperpixel_ids",)
 _FLOAT_ARRAY_KEYS = ("mean", "std")
 # All keys, in the order they are written.
 _KNOWN_KEYS = ("format_version", "method", "backbone", "first_padding", "hyperpixel_ids",
                "feature_size", "temperature", "temperature_attn", "matcher_prob",
                "learnable_matcher", "top_k", "neighbor_k", "distance", "batch_norm", "query_batch",
-               "image_size", "resize", "mean", "std")
+               "calibration_temperature", "unknown_threshold", "image_size", "resize", "mean",
+               "std")
 
 # Model-building keys that the weight file does not record: the training-only
 # classifier size, and the input channels (implied by the first conv weight).
@@ -234,8 +238,12 @@ def _check_ranges(cfg: Mapping[str, Any]) -> None:
         if key in cfg and cfg[key] < 0:
             raise WeightFileError(f"config {key!r} must be >= 0, got {cfg[key]!r}")
 
-    for key in ("temperature", "temperature_attn", "top_k", "neighbor_k", "image_size"):
+    for key in ("temperature", "temperature_attn", "top_k", "neighbor_k", "image_size",
+                "calibration_temperature"):
         positive(key)
+    if "unknown_threshold" in cfg and not 0.0 <= cfg["unknown_threshold"] <= 1.0:
+        raise WeightFileError(
+            f"config 'unknown_threshold' must be in [0, 1], got {cfg['unknown_threshold']!r}")
     for key in ("first_padding", "feature_size", "matcher_prob", "resize"):
         non_negative(key)
     if any(i < 0 for i in cfg["hyperpixel_ids"]):
