@@ -39,10 +39,25 @@ unmount_all() {
     for m in $mounted; do umount -l "$m" 2>/dev/null || true; done
     mounted=""
 }
+# Mount points still under the root (none once everything is unmounted).
+mounts_under_root() {
+    awk -v r="$ROOT/" 'index($2, r) == 1 { print $2 }' /proc/mounts
+}
+# Deletes the root only when nothing is mounted under it any more: a bind of
+# /dev or of the shared data left behind would otherwise be deleted through.
+remove_root() {
+    [ -d "$ROOT" ] || return 0
+    if [ -n "$(mounts_under_root)" ]; then
+        echo "fresh_machine.sh: still mounted under $ROOT, not deleting it:" >&2
+        mounts_under_root >&2
+        return 1
+    fi
+    rm -rf --one-file-system "$ROOT"
+}
 cleanup() {
     status=$?
     unmount_all
-    if [ "${FRESH_KEEP:-0}" != 1 ] && [ -d "$ROOT" ]; then rm -rf "$ROOT"; fi
+    if [ "${FRESH_KEEP:-0}" != 1 ]; then remove_root || status=1; fi
     exit $status
 }
 trap cleanup EXIT
@@ -112,8 +127,8 @@ mkdir -p "$LOGS" "$DEBS"
 rm -f "$LOGS"/*.log
 if [ -d "$ROOT" ]; then
     # A root left by an interrupted run: unmount whatever is still mounted there.
-    grep " $ROOT/" /proc/mounts | awk '{ print $2 }' | sort -r | xargs -r -n1 umount -l
-    rm -rf "$ROOT"
+    mounts_under_root | sort -r | xargs -r -n1 umount -l
+    remove_root || exit 2
 fi
 echo "== fresh machine: Debian $SUITE from $MIRROR into $ROOT"
 
