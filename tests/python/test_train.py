@@ -163,7 +163,9 @@ def test_photo_recipe_pretrain_then_episodic_is_resumable(lib, tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     stages = [h["stage"] for h in a["history"]]
-    assert stages == ["pretrain", "episodic", "episodic"]
+    assert stages == ["pretrain", "pretrain", "episodic", "episodic"]   # steps 2, 3 (end of
+    # stage 1, also kept as pretrained.pt), 4, 5
+    assert torch.load(tmp_path / "a" / "pretrained.pt")["step"] == 3
     # The decoded images were cached in the work directory and reused.
     assert len(list((tmp_path / "a").glob("photos-*.npy"))) == 1
     with lib.Model(tmp_path / "a" / "m.npz") as model:
@@ -192,3 +194,48 @@ def test_photo_augment_identity_and_flip():
     assert not np.allclose(x, plain)
     with pytest.raises(ValueError):
         PhotoAugment([0.0] * 3, [1.0] * 3, crop_scale=0.0)
+
+
+def test_dn4_batched_logits_equal_the_reference():
+    import lwfm_ref
+    from lwfm.trainees import dn4_logits_batched
+    g = torch.Generator().manual_seed(0)
+    s, q = torch.randn(6, 16, 5, 5, generator=g), torch.randn(4, 16, 5, 5, generator=g)
+    labels = torch.tensor([1, 0, 2, 1, 2, 0])
+    want = lwfm_ref.peers.dn4_logits(s, labels, q, 3)
+    got = dn4_logits_batched(s, labels, q, 3)
+    assert rel_err(got.numpy(), want.numpy()) < 1e-5
+
+
+def test_dn4_head_from_a_pretrained_backbone(lib, tmp_path):
+    """--method dn4 --init-from: stage 2 with DN4's head on the backbone the
+    LWFM-SPM run pretrained (its WORKDIR/pretrained.pt); the weight file is a
+    DN4 model of the library, equal to the reference on an episode."""
+    from lwfm import train as trainer
+    from lwfm.weights import load_weights
+    import lwfm_ref
+    root = _photo_tree(tmp_path / "tree")
+    common = ["--data", str(root), "--seed", "5", "--val-episodes", "2", "--batch", "4",
+              "--query", "1", "--val-fraction", "0.4", "--backbone", "conv64f", "--image-size",
+              "24", "--resize", "28", "--threads", "2", "--device", "cpu"]
+    assert trainer.main([*common, "--output", str(tmp_path / "a.npz"), "--workdir",
+                         str(tmp_path / "a"), "--pretrain-steps", "2", "--pretrain-batch", "6",
+                         "--steps", "1", "--val-every", "5"]) == 0
+    pre = tmp_path / "a" / "pretrained.pt"
+    assert torch.load(pre)["step"] == 2
+    out = tmp_path / "dn4.npz"
+    assert trainer.main([*common, "--method", "dn4", "--init-from", str(pre), "--output",
+                         str(out), "--workdir", str(tmp_path / "d"), "--steps", "2",
+                         "--val-every", "2", "--lr", "0.001"]) == 0
+    tensors, config = load_weights(out)
+    assert config["method"] == "dn4" and not any(k.startswith("fc.") for k in tensors)
+    ref = lwfm_ref.DN4(dict(config, in_channels=3)).eval()
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
+    x = np.random.default_rng(2).standard_normal((6, 3, 24, 24)).astype(np.float32)
+    labels = np.array([0, 1, 2], np.int32)
+    with torch.no_grad():
+        feats = ref.extract(torch.from_numpy(x))
+        want = ref.episode_logits(feats[:3], torch.from_numpy(labels).long(), feats[3:])
+    with lib.Model(out) as m:
+        got = m.episode_score(x[:3], labels, x[3:])
+    assert rel_err(got, want.numpy()) < 1e-4

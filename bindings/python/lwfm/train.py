@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -243,7 +244,7 @@ def validate(model, data: TrainData, episodes: int, seed: int, device, shot: int
         for _ in range(episodes):
             sup, qry, _ = sample_episode(data, rng, way, shot, query)
             x = data.plain(np.concatenate([sup, qry])).to(device)
-            feats = (model.extract if hasattr(model, "extract") else model.features)(x)
+            feats = embed(model, x)
             labels = torch.arange(way, device=device).repeat_interleave(shot)
             logits = model.episode_logits_fast(feats[:len(sup)], labels, feats[len(sup):])
             truth = torch.arange(way, device=device).repeat_interleave(query)
@@ -302,9 +303,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=8000, help="length of the schedule")
     p.add_argument("--stop-at", type=int, default=0,
                    help="save a checkpoint and exit after this step (continue with --resume)")
-    p.add_argument("--method", choices=["lwfm-spm", "rcn"], default="lwfm-spm",
-                   help="lwfm-spm (spec section 6 objective, SGD) or rcn (the RCN authors' "
-                        "recipe: MSE between the softmax and the one-hot labels, Adam)")
+    p.add_argument("--method", choices=["lwfm-spm", "dn4", "rcn"], default="lwfm-spm",
+                   help="lwfm-spm (spec section 6 objective, SGD), dn4 (DN4's head on Conv-64F "
+                        "with the same objective and stages, for method-against-method "
+                        "comparisons) or rcn (the RCN authors' recipe: MSE between the softmax "
+                        "and the one-hot labels, Adam)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from the backbone of another run's checkpoint (e.g. its "
+                        "WORKDIR/pretrained.pt, written at the end of the pretraining stage)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (lwfm-spm 0.05 with SGD, rcn 1e-3 with Adam)")
     p.add_argument("--warmup", type=int, default=200)
@@ -346,6 +352,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_config(args, omniglot: bool) -> Dict[str, Any]:
+    if args.method == "dn4":     # peers.md 2: native 21 x 21 descriptors of the last block
+        return {"method": "dn4", "backbone": "conv64f", "hyperpixel_ids": [3],
+                "feature_size": 0, "neighbor_k": 3,
+                "image_size": args.image_size or (28 if omniglot else 84),
+                "resize": args.resize if args.resize is not None else (0 if omniglot else 92)}
     if args.method == "rcn":     # peers.md 4: the last block on a 5 x 5 region grid
         return {"method": "rcn", "backbone": args.backbone or "conv4", "hyperpixel_ids": [3],
                 "feature_size": 5, "image_size": args.image_size or (28 if omniglot else 84),
@@ -427,13 +438,19 @@ def make_optimizer(params, args, stage: str, rcn: bool):
                            weight_decay=args.weight_decay)
 
 
+def embed(model, x):
+    """Feature maps of a batch: ``extract`` for the peer heads' models,
+    ``features`` (pooled taps) for LWFM-SPM."""
+    return (model.extract if hasattr(model, "extract") else model.features)(x)
+
+
 def pretrain_loss(model, train: TrainData, rng, args, device):
     """Stage 1: ``CE(fc(pooled features))`` on an augmented batch."""
     import torch
     import torch.nn.functional as F
     idx = rng.integers(0, len(train.labels), size=args.pretrain_batch)
     x = train.augmented(idx, rng, args.shift).to(device)
-    logits = model.fc(model.features(x).flatten(2).mean(2))
+    logits = model.fc(embed(model, x).flatten(2).mean(2))
     target = torch.from_numpy(train.labels[idx]).to(device)
     return F.cross_entropy(logits, target), logits, target
 
@@ -455,7 +472,7 @@ def episodic_loss(model, train: TrainData, rng, args, device, rcn: bool):
         logits = model.episode_logits_fast(feats[:n_s], s_labels, feats[n_s:])
         loss = F.mse_loss(torch.softmax(logits, dim=1), F.one_hot(q_labels, way).float())
         return loss, logits, q_labels
-    feats = model.features(x)
+    feats = embed(model, x)
     logits, pooled_q = model.episode_logits_fast(feats[:n_s], s_labels, feats[n_s:n_s + n_q],
                                                  return_pooled_query=True)
     q_global = torch.from_numpy(train.labels[qry]).to(device)
@@ -488,6 +505,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ref = _import_reference()
     import torch
 
+    from .trainees import dn4_trainee, load_backbone
+
     tune_allocator()
     device = _device(args)
     os.makedirs(args.workdir, exist_ok=True)
@@ -512,8 +531,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.lr = 1e-3 if rcn else 0.05
     if rcn:
         model = ref.RCN(config).to(device)
+    elif args.method == "dn4":
+        model = dn4_trainee(ref, config, train.n_classes).to(device)
     else:
         model = ref.LWFMSPM(dict(config, num_classes=train.n_classes)).to(device)
+    if args.init_from and not args.resume:
+        n = load_backbone(model, torch.load(args.init_from, map_location=device)["model"])
+        _log(f"backbone ({n} tensors) from {args.init_from}")
     inplace_activations(model)
     params = [p for p in model.parameters() if p.requires_grad]
     sched = Schedule(args)
@@ -572,7 +596,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if step == sched.pretrain:
             run_loss, run_acc = None, None     # the two stages' losses differ in kind
 
-        if step % args.val_every == 0 or step == sched.total or step == stop_at:
+        if step % args.val_every == 0 or step in (sched.total, stop_at, sched.pretrain):
             mean, ci = validate(model, val, args.val_episodes, args.seed + 7, device)
             improved = mean > best
             history.append({"step": step, "stage": stage, "val_acc": mean, "val_ci95": ci,
@@ -583,6 +607,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             progress.message(f"step {step}: held-out 5-way 1-shot {mean:.2f} +- {ci:.2f}%"
                              + (f"  -> wrote {args.output}" if improved else ""))
             save_checkpoint()
+            if step == sched.pretrain:      # stage 1 kept for other heads (--init-from)
+                shutil.copyfile(ckpt_path, os.path.join(args.workdir, "pretrained.pt"))
             with open(os.path.join(args.workdir, "history.json"), "w") as fh:
                 json.dump({"config": config, "args": vars(args), "history": history}, fh,
                           indent=1)
