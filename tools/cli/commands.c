@@ -1,5 +1,4 @@
 /* `lwfm info` and `lwfm classify`. */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>

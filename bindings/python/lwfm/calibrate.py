@@ -44,8 +44,8 @@ def _log(msg: str) -> None:
 
 def held_out_classes(n_classes: int, val_fraction: float) -> range:
     """The classes ``lwfm.train`` held out for the same fraction."""
-    n_val = max(5, int(round(n_classes * val_fraction)))
-    return range(n_classes - n_val, n_classes)
+    from .train import held_out_count
+    return range(n_classes - held_out_count(n_classes, val_fraction), n_classes)
 
 
 def open_set_logits(model, ds, classes: Sequence[int], episodes: int, way: int, query: int,

@@ -146,7 +146,7 @@ def channel_stats(images_u8: np.ndarray, limit: int = 4096) -> Tuple[list, list]
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
 
 
-def split_classes(ds: FolderSet, images: np.ndarray, n_val: int) -> Dict[str, Any]:
+def split_classes(ds: FolderSet, n_val: int) -> Dict[str, Any]:
     """Per-image labels, and the image ranges of the training / held-out classes
     (the last ``n_val`` classes, as for every other dataset)."""
     sizes = np.asarray(ds.class_sizes)

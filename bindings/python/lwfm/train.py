@@ -92,8 +92,14 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def held_out_count(n_cls: int, val_fraction: float) -> int:
+    """How many classes (the last ones) a run holds out for validation; the
+    one rule, also used by ``lwfm.calibrate``."""
+    return max(5, int(round(n_cls * val_fraction))) if val_fraction > 0 else 0
+
+
 def _held_out_count(path: str, n_cls: int, val_fraction: float) -> int:
-    n_val = max(5, int(round(n_cls * val_fraction))) if val_fraction > 0 else 0
+    n_val = held_out_count(n_cls, val_fraction)
     if n_cls - n_val < 5:
         raise SystemExit(f"{path}: {n_cls} classes are too few to train on")
     return n_val
@@ -108,7 +114,7 @@ def load_photo_data(path: str, config: Dict[str, Any], val_fraction: float, cach
     cfg = dict(config, in_channels=3)
     _log(f"decoding {path} ({len(ds.class_sizes)} classes, {n_val} held out) ...")
     images = decode_folder(ds, cfg, cache_dir)
-    split = split_classes(ds, images, n_val)
+    split = split_classes(ds, n_val)
     end = split["train_end"]
     if "mean" not in config or "std" not in config:
         cfg["mean"], cfg["std"] = channel_stats(images[:end])
