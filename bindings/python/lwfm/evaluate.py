@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .episodes import EpisodeSampler, open_dataset, preprocess
-from .weights import load_weights
+from .weights import FILE_ONLY_KEYS, load_weights
 
 
 def _reference_model(path: str):
@@ -30,7 +30,7 @@ def _reference_model(path: str):
     ref = _import_reference()
     import torch
     tensors, config = load_weights(path)
-    cfg = {k: v for k, v in config.items() if k != "format_version"}
+    cfg = {k: v for k, v in config.items() if k not in FILE_ONLY_KEYS}
     first = next(v for k, v in tensors.items() if k.endswith(".weight") and v.ndim == 4)
     cfg["in_channels"] = int(first.shape[1])
     method = cfg["method"]

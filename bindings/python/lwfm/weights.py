@@ -52,6 +52,7 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION",
+    "FILE_ONLY_KEYS",
     "METHODS",
     "BACKBONES",
     "CONFIG_PREFIX",
@@ -84,6 +85,11 @@ _KNOWN_KEYS = ("format_version", "method", "backbone", "first_padding", "hyperpi
                "learnable_matcher", "top_k", "neighbor_k", "distance", "batch_norm", "query_batch",
                "calibration_temperature", "unknown_threshold", "image_size", "resize", "mean",
                "std")
+
+# Keys a weight file records that are not the model's configuration: the
+# format, and the calibration of its probabilities (lwfm.calibrate), which
+# the reference model's logits do not depend on.
+FILE_ONLY_KEYS = ("format_version", "calibration_temperature", "unknown_threshold")
 
 # Model-building keys that the weight file does not record: the training-only
 # classifier size, and the input channels (implied by the first conv weight).
