@@ -339,6 +339,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="photos: smallest area of a random resized crop")
     p.add_argument("--jitter", type=float, default=0.4,
                    help="photos: brightness / contrast / saturation jitter (0: none)")
+    p.add_argument("--mean", type=float, nargs="+", default=None,
+                   help="input normalisation (default: measured on the training images); "
+                        "give the one the --init-from backbone was trained with, e.g. "
+                        "0.5 for the DN4 authors' weights")
+    p.add_argument("--std", type=float, nargs="+", default=None)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--val-episodes", type=int, default=300)
@@ -358,6 +363,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_config(args, omniglot: bool) -> Dict[str, Any]:
+    return _with_normalisation(_method_config(args, omniglot), args, 1 if omniglot else 3)
+
+
+def _method_config(args, omniglot: bool) -> Dict[str, Any]:
     if args.method == "dn4":     # peers.md 2: native 21 x 21 descriptors of the last block
         return {"method": "dn4", "backbone": "conv64f", "hyperpixel_ids": [3],
                 "feature_size": 0, "neighbor_k": 3,
@@ -379,6 +388,19 @@ def _model_config(args, omniglot: bool) -> Dict[str, Any]:
     }
     if backbone == "resnet18":
         cfg["first_padding"] = 3
+    return cfg
+
+
+def _with_normalisation(cfg: Dict[str, Any], args, channels: int) -> Dict[str, Any]:
+    """``--mean`` / ``--std`` (one value for every channel, or one per channel)
+    override the statistics the data loaders would measure."""
+    if (args.mean is None) != (args.std is None):
+        raise SystemExit("--mean and --std go together")
+    if args.mean is not None:
+        for key, values in (("mean", args.mean), ("std", args.std)):
+            if len(values) not in (1, channels) or (key == "std" and min(values) <= 0):
+                raise SystemExit(f"--{key}: give 1 or {channels} values (std > 0)")
+            cfg[key] = [float(v) for v in values] * (channels // len(values))
     return cfg
 
 
@@ -542,7 +564,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         model = ref.LWFMSPM(dict(config, num_classes=train.n_classes)).to(device)
     if args.init_from and not args.resume:
-        n = load_backbone(model, torch.load(args.init_from, map_location=device)["model"])
+        source = torch.load(args.init_from, map_location=device)
+        n = load_backbone(model, source.get("model", source.get("state_dict", source)))
         _log(f"backbone ({n} tensors) from {args.init_from}")
     inplace_activations(model)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -54,24 +54,30 @@ def dn4_trainee(ref, config: Dict[str, Any], num_classes: int) -> nn.Module:
     return DN4Trainee()
 
 
+def _backbone_name(key: str) -> str:
+    """A backbone tensor's name without the ``feature_extractor.`` prefix that
+    LWFM-SPM's reference model puts before it (the peers' models have none)."""
+    prefix = "feature_extractor."
+    return key[len(prefix):] if key.startswith(prefix) else key
+
+
 def load_backbone(model: nn.Module, state: Dict[str, torch.Tensor]) -> int:
-    """Copy the backbone of another run's checkpoint (any method on the same
-    backbone) into ``model``: keys matched after dropping a leading
-    ``feature_extractor.``; returns how many tensors were copied. Every
-    backbone tensor of ``model`` must be found."""
+    """Copy the backbone of another checkpoint (any method's run on the same
+    backbone, or the DN4 / MML authors' ``state_dict``) into ``model``: names
+    are compared without the ``feature_extractor.`` prefix on either side;
+    returns how many tensors were copied. Every backbone tensor of ``model``
+    must be found, with its shape."""
     own = model.state_dict()
-    mapped = {}
-    for key, value in state.items():
-        name = key[len("feature_extractor."):] if key.startswith("feature_extractor.") else key
-        if name in own and not name.startswith("fc.") and own[name].shape == value.shape:
-            mapped[name] = value
-    wanted = [k for k in own if k.startswith("features.")]
-    missing = [k for k in wanted if k not in mapped]
-    if missing:
+    source = {_backbone_name(k): v for k, v in state.items()}
+    wanted = [k for k in own if _backbone_name(k).startswith("features.")]
+    missing = [k for k in wanted
+               if _backbone_name(k) not in source
+               or source[_backbone_name(k)].shape != own[k].shape]
+    if not wanted or missing:
         raise ValueError(f"the checkpoint lacks backbone tensors {missing[:3]}... "
                          "(another backbone?)")
-    model.load_state_dict(mapped, strict=False)
-    return len(mapped)
+    model.load_state_dict({k: source[_backbone_name(k)] for k in wanted}, strict=False)
+    return len(wanted)
 
 
 __all__ = ["dn4_logits_batched", "dn4_trainee", "load_backbone"]
