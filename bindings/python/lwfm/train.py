@@ -347,6 +347,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--val-episodes", type=int, default=300)
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="steps between checkpoints (also written at every validation), so "
+                        "that a killed run loses at most this many steps")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     # Model configuration.
@@ -625,6 +628,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if step == sched.pretrain:
             run_loss, run_acc = None, None     # the two stages' losses differ in kind
 
+        if step % args.checkpoint_every == 0:
+            save_checkpoint()
         if step % args.val_every == 0 or step in (sched.total, stop_at, sched.pretrain):
             mean, ci = validate(model, val, args.val_episodes, args.seed + 7, device)
             improved = mean > best
