@@ -175,7 +175,9 @@ LWFM_API lwfm_status lwfm_load_options_create(lwfm_load_options **out);
 /** Destroy load options. NULL is accepted. */
 LWFM_API void lwfm_load_options_destroy(lwfm_load_options *options);
 
-/** Backbone precision (default LWFM_PRECISION_FP32). */
+/** Backbone precision (default LWFM_PRECISION_FP32). bf16 runs only on CPUs
+ *  with AVX-512 (oneDNN 2.6 has no bf16 convolution below it): elsewhere
+ *  lwfm_model_load() refuses it with LWFM_ERR_UNSUPPORTED. */
 LWFM_API lwfm_status lwfm_load_options_set_precision(lwfm_load_options *options,
                                                      lwfm_precision precision);
 

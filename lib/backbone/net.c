@@ -236,10 +236,16 @@ static int is_fast(const_dnnl_primitive_desc_t pd) {
 /* The activation layout for this CPU (and ONEDNN_MAX_CPU_ISA): the first of
  * nChw16c (AVX-512 kernels), nChw8c (AVX2 / SSE4.1 kernels) and nhwc for
  * which a probe convolution gets an optimised kernel. A layout the CPU's
- * kernels do not take would send oneDNN to its slow reference convolution. */
-static dnnl_format_tag_t pick_act_tag(dnnl_engine_t eng, dnnl_data_type_t dt) {
+ * kernels do not take would send oneDNN to its slow reference convolution.
+ * When no layout gets a convolution at all (bf16 on a CPU without AVX-512:
+ * oneDNN 2.6 has no bf16 kernel, not even a reference one, below it), the
+ * precision is refused here, at load, rather than at the first call. */
+static lwfm_status pick_act_tag(dnnl_engine_t eng, dnnl_data_type_t dt,
+                                dnnl_format_tag_t *tag) {
     static const dnnl_format_tag_t candidates[] = {dnnl_nChw16c, dnnl_nChw8c, dnnl_nhwc};
     dnnl_dims_t sd = {16, 64, 21, 21}, wd = {64, 64, 3, 3}, one = {1, 1};
+    int any = 0;
+    *tag = dnnl_nhwc;
     for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
         dnnl_memory_desc_t act, wmd;
         dnnl_convolution_desc_t cd;
@@ -252,10 +258,18 @@ static dnnl_format_tag_t pick_act_tag(dnnl_engine_t eng, dnnl_data_type_t dt) {
             dnnl_primitive_desc_create(&pd, &cd, NULL, eng, NULL) == dnnl_success) {
             int fast = is_fast(pd);
             dnnl_primitive_desc_destroy(pd);
-            if (fast) return candidates[i];
+            any = 1;
+            if (fast) {
+                *tag = candidates[i];
+                return LWFM_OK;
+            }
         }
     }
-    return dnnl_nhwc;
+    if (!any && dt == dnnl_bf16)
+        return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                           "bf16 needs a CPU with AVX-512 (oneDNN has no bf16 convolution for "
+                           "this one); load the model with the fp32 precision");
+    return LWFM_OK;
 }
 
 static lwfm_status make_attr(dnnl_primitive_attr_t *attr, const lwfm__op *op) {
@@ -412,7 +426,8 @@ lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm
     net->feature_size = cfg->feature_size;
     net->canonical_h = net->canonical_w = cfg->image_size > 0 ? cfg->image_size : 84;
     DNNL_CHECK(dnnl_engine_create(&net->engine, dnnl_cpu, 0), "engine create");
-    net->act_tag = pick_act_tag(net->engine, act_dt(net));
+    st = pick_act_tag(net->engine, act_dt(net), &net->act_tag);
+    if (st) goto done;
     lwfm__log(LWFM_LOG_DEBUG, "backbone activations in layout %s",
               net->act_tag == dnnl_nChw16c  ? "nChw16c"
               : net->act_tag == dnnl_nChw8c ? "nChw8c"

@@ -22,6 +22,23 @@ DN4_DIR = SHARED / "checkpoints" / "dn4"
 torch.set_num_threads(2)
 
 
+def cpu_runs_bf16() -> bool:
+    """Whether oneDNN 2.6 has bf16 convolutions on this CPU: only with AVX-512
+    (its avx512_core: F, BW, VL and DQ), read from /proc/cpuinfo, apart from
+    the library, so that a library refusing bf16 where it should run fails."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags)
+
+
+needs_bf16 = pytest.mark.skipif(not cpu_runs_bf16(),
+                                reason="bf16 needs an AVX-512 CPU (this one has none)")
+
+
 def rel_err(got, expect):
     """max |got - expect| / max |expect| (the project's parity measure)."""
     got, expect = np.asarray(got, np.float64), np.asarray(expect, np.float64)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, cpu_runs_bf16, needs_bf16
 from lwfm.episodes import EpisodeSampler, FolderSet, preprocess
 
 OMNIGLOT = SHARED / "data" / "omniglot" / "images_evaluation.npz"
@@ -730,16 +730,23 @@ def test_bench_quick_table(cli, tiny):
     positive number (never the times themselves)."""
     res = run(cli, "bench", "--model", tiny, "--quick", "--reps", "1", check=0)
     lines = [l for l in res.stdout.splitlines() if l.startswith("|")]
-    assert lines[0].split("|")[1:-1] == [" measure ", " unit ", " fp32 ", " bf16 ",
-                                          " bf16 / fp32 "]
+    bf16 = cpu_runs_bf16()
+    columns = [" measure ", " unit ", " fp32 "] + ([" bf16 ", " bf16 / fp32 "] if bf16 else [])
+    assert lines[0].split("|")[1:-1] == columns
+    if not bf16:     # measured fp32 only, and said why
+        assert "bf16 not measured: " in res.stderr and "AVX-512" in res.stderr
     rows = [[c.strip() for c in l.split("|")[1:-1]] for l in lines[2:]]
     assert [r[0] for r in rows] == [
         "backbone, 80 images", "episode 5-way 1-shot 15q", "episode 5-way 5-shot 15q",
         "metric / backbone, 1-shot", "metric / backbone, 5-shot", "streaming, batch of 1",
         "streaming, batch of 16", "streaming, batch of 75"]
     for r in rows:
-        assert len(r) == 5 and all(float(v) > 0 for v in r[2:]), r
+        assert len(r) == len(columns) and all(float(v) > 0 for v in r[2:]), r
     assert "lwfm bench:" in res.stdout.splitlines()[0]
+    if not bf16:
+        res = run(cli, "bench", "--model", tiny, "--quick", "--precision", "bf16", check=1)
+        assert "bf16 needs a CPU with AVX-512" in res.stderr
+        return
     js = json.loads(run(cli, "bench", "--model", tiny, "--quick", "--reps", "1",
                         "--precision", "bf16", "--json", check=0).stdout)
     assert set(js) >= {"model", "method", "threads", "bf16"} and "fp32" not in js
@@ -749,6 +756,7 @@ def test_bench_quick_table(cli, tiny):
     assert run(cli, "bench", check=2).stderr.startswith("lwfm: --model is required")
 
 
+@needs_bf16
 def test_precision_option(cli, tiny, tree):
     """--precision on classify and eval: bf16 runs and its logits stay close to
     fp32's (tests/python/test_precision.py states the tolerances); bad values

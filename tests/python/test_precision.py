@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import lwfm_ref
-from conftest import ROOT, SHARED, export
+from conftest import ROOT, SHARED, cpu_runs_bf16, export, needs_bf16
 
 OMNIGLOT = SHARED / "data" / "omniglot" / "images_evaluation.npz"
 BUNDLED = ROOT / "models" / "omniglot.npz"
@@ -56,6 +56,7 @@ def models(tmp_path_factory):
             m.close()
 
 
+@needs_bf16
 @pytest.mark.parametrize("name", ["resnet18", "conv64f"])
 def test_bf16_features_close_to_fp32(models, name):
     m32, m16 = models[name]
@@ -71,6 +72,7 @@ def test_bf16_features_close_to_fp32(models, name):
     assert rel_max > 0  # bf16 really ran (it is not fp32 under another name)
 
 
+@needs_bf16
 @pytest.mark.parametrize("name", ["resnet18", "conv64f"])
 def test_bf16_logits_and_predictions(models, name):
     m32, m16 = models[name]
@@ -104,6 +106,7 @@ def test_bad_precision_rejected(lib):
         c.lwfm_load_options_destroy(opts)
 
 
+@needs_bf16
 @pytest.mark.skipif(not OMNIGLOT.exists(), reason="../shared/data/omniglot is not available")
 def test_bf16_bundled_model_on_omniglot(lib):
     from lwfm.episodes import EpisodeSampler, OmniglotSet, preprocess
@@ -126,3 +129,18 @@ def test_bf16_bundled_model_on_omniglot(lib):
         total += len(q_labels)
     assert same / total >= 0.98, same / total
     assert abs(correct16 - correct32) / total <= 0.01, (correct32, correct16, total)
+
+
+def test_bf16_loads_exactly_where_the_cpu_runs_it(lib):
+    """On an AVX-512 CPU bf16 loads; elsewhere the load is refused at once
+    (LWFM_ERR_UNSUPPORTED, 9) with a message that says why and what to do,
+    not at the first call with oneDNN's status code."""
+    if cpu_runs_bf16():
+        with lib.Model(BUNDLED, precision="bf16") as m:
+            assert m.precision == "bf16"
+        return
+    with pytest.raises(lib.Error) as err:
+        lib.Model(BUNDLED, precision="bf16")
+    assert err.value.status == 9
+    assert "bf16 needs a CPU with AVX-512" in str(err.value)
+    assert "fp32" in str(err.value)
