@@ -2,7 +2,7 @@
  *
  *   main.c      entry point, help, option parsing helpers, messages
  *   image.c     image files and folders
- *   decode.c    PNG (libpng) and JPEG (libjpeg) decoding from memory
+ *   decode.c    PNG (libpng), JPEG (libjpeg), WebP (libwebp) decoding from memory
  *   dataset.c   image folders, Omniglot .npz archives, the episode sampler
  *   commands.c  `lwfm info` and `lwfm classify`
  *   eval.c      `lwfm eval`
@@ -100,12 +100,17 @@ typedef struct cli_image {
     void *pixels;                    /* packed rows, malloc'd */
 } cli_image;
 
-/* Decode a PNG or JPEG file (recognised by its first bytes, whatever its
- * name). 0 on success; otherwise -1 with a reason in err (no path in it). */
+/* Decode a PNG, JPEG or WebP file (recognised by its first bytes, whatever
+ * its name), turned as its EXIF orientation says. 0 on success; otherwise -1
+ * with a reason in err (no path in it). */
 int image_read(const char *path, cli_image *img, char *err, size_t cap);
 /* The same from `size` bytes in memory (decode.c; what image_read and the
  * fuzz target tests/fuzz/fuzz_image.c call). */
 int image_decode(const unsigned char *data, size_t size, cli_image *img, char *err, size_t cap);
+/* Only the headers: the format is known, the size within the limits. 0, or
+ * -1 with a reason in err. image_check_file() reads the file first. */
+int image_check(const unsigned char *data, size_t size, char *err, size_t cap);
+int image_check_file(const char *path, char *err, size_t cap);
 void image_free(cli_image *img);
 
 /* 1 when the file name ends in .png, .jpg or .jpeg (any case): the files a

@@ -1,5 +1,5 @@
 /* Image files (decoded by decode.c: PNG through libpng, JPEG through
- * libjpeg, chosen by the file's first bytes); directory listings of image
+ * libjpeg, WebP through libwebp, chosen by the file's first bytes); directory listings of image
  * files. */
 #include <dirent.h>
 #include <errno.h>
@@ -13,8 +13,9 @@
 
 /* ---- files -------------------------------------------------------------- */
 
-int image_read(const char *path, cli_image *img, char *err, size_t cap) {
-    memset(img, 0, sizeof *img);
+/* Read the whole file into a malloc'd buffer. 0, or -1 with err. */
+static int read_file(const char *path, unsigned char **out, size_t *out_size, char *err,
+                     size_t cap) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, cap, "cannot open: %s", strerror(errno));
@@ -47,13 +48,32 @@ int image_read(const char *path, cli_image *img, char *err, size_t cap) {
     size_t got = fread(data, 1, size, f);
     int read_error = ferror(f);
     fclose(f);
-    int rc = -1;
-    if (read_error || got != size)
+    if (read_error || got != size) {
         snprintf(err, cap, "read error: %s", read_error ? strerror(errno) : "file changed size");
-    else
-        rc = image_decode(data, size, img, err, cap);
+        free(data);
+        return -1;
+    }
+    *out = data;
+    *out_size = size;
+    return 0;
+}
+
+int image_read(const char *path, cli_image *img, char *err, size_t cap) {
+    memset(img, 0, sizeof *img);
+    unsigned char *data;
+    size_t size;
+    if (read_file(path, &data, &size, err, cap)) return -1;
+    int rc = image_decode(data, size, img, err, cap);
     free(data);
-    if (rc) memset(img, 0, sizeof *img);
+    return rc;
+}
+
+int image_check_file(const char *path, char *err, size_t cap) {
+    unsigned char *data;
+    size_t size;
+    if (read_file(path, &data, &size, err, cap)) return -1;
+    int rc = image_check(data, size, err, cap);
+    free(data);
     return rc;
 }
 

@@ -1,0 +1,133 @@
+"""The `lwfm` command on photos as people have them (issue 17, items 4-6):
+EXIF orientation, WebP, every file checked before the first episode, class
+counts that match what can be sampled; CLI consistency (skipped files
+reported, positional model, `lwfm help CMD`, --threads, shortest floats,
+PyTorch checkpoints named as such); --explain pictures with words."""
+import io
+import json
+import os
+import pickle
+import struct
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def cli():
+    path = Path(os.environ.get("LWFM_CLI") or ROOT / "build" / "lwfm")
+    if not path.exists() or not os.environ.get("LWFM_LIBRARY"):
+        pytest.skip("the lwfm command is not built (LWFM_CLI) or LWFM_LIBRARY is not set")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dump():
+    path = Path(os.environ.get("LWFM_IMAGE_DUMP") or ROOT / "build" / "tests" / "image_dump")
+    if not path.exists():
+        pytest.skip("tests/c/image_dump is not built")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    path = Path(os.environ.get("LWFM_TEST_MODELS") or ROOT / "build" / "tests") / "lwfm_tiny.npz"
+    if not path.exists():
+        pytest.skip(f"{path} is missing (built by tests/make_test_models.py)")
+    return str(path)
+
+
+def run(cli, *args, check=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([cli, *map(str, args)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    if check is not None:
+        assert res.returncode == check, (res.returncode, res.stdout, res.stderr)
+    return res
+
+
+def decode(dump, path):
+    """Pixels as tools/cli/decode.c gives them: (H, W, C) uint8."""
+    res = subprocess.run([dump, str(path)], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    head, _, rest = res.stdout.partition(b"\n")
+    h, w, c, bps = map(int, head.split())
+    assert bps == 1
+    return np.frombuffer(rest, np.uint8).reshape(h, w, c)
+
+
+def upright(h=24, w=40):
+    """An asymmetric RGB picture in 8x8 blocks (JPEG keeps them well)."""
+    rng = np.random.default_rng(17)
+    blocks = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+    return np.kron(blocks, np.ones((8, 8, 1), np.uint8))
+
+
+# Image.transpose methods that undo what EXIF orientation o asks a viewer to do
+STORE = {1: None, 2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM,
+         5: Image.TRANSPOSE, 6: Image.ROTATE_90, 7: Image.TRANSVERSE, 8: Image.ROTATE_270}
+
+
+def exif_bytes(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def stored(orientation):
+    img = Image.fromarray(upright())
+    return img if STORE[orientation] is None else img.transpose(STORE[orientation])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
+def test_exif_orientation(dump, tmp_path, orientation, fmt):
+    img = stored(orientation)
+    path = tmp_path / f"o{orientation}.{fmt.lower()}"
+    opts = {"quality": 100, "subsampling": 0} if fmt == "JPEG" else {}
+    if fmt == "WEBP":
+        opts = {"lossless": True}
+    img.save(path, fmt, exif=exif_bytes(orientation), **opts)
+    got = decode(dump, path)
+    want = upright()
+    assert got.shape == want.shape, (orientation, got.shape)
+    # PIL's own reading agrees (its ImageOps.exif_transpose)
+    from PIL import ImageOps
+    pil = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    assert pil.shape == want.shape
+    tol = 6 if fmt == "JPEG" else 0
+    assert np.abs(got.astype(int) - want).max() <= tol, orientation
+    assert np.abs(got.astype(int) - pil).max() <= tol, orientation
+
+
+def test_exif_orientation_big_endian_and_garbage(dump, tmp_path):
+    """A Motorola-order TIFF block is read too; a broken EXIF block is ignored."""
+    img = stored(6)
+    tiff = b"MM\0\x2a\0\0\0\x08" + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)
+    path = tmp_path / "mm.jpg"
+    img.save(path, "JPEG", quality=100, subsampling=0, exif=b"Exif\0\0" + tiff)
+    assert decode(dump, path).shape == upright().shape
+    for bad in (b"Exif\0\0MM\0\x2a\xff\xff\xff\xf0", b"Exif\0\0II*\0\x08\0\0\0\xff\xff",
+                b"Exif\0\0" + tiff[:-6]):
+        path = tmp_path / "bad.jpg"
+        img.save(path, "JPEG", quality=100, subsampling=0, exif=bad)
+        assert decode(dump, path).shape == (40, 24, 3)  # as stored
+
+
+def test_webp(dump, tmp_path):
+    rgba = np.dstack([upright(), np.full((24, 40), 200, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.webp", "WEBP", lossless=True)
+    assert (decode(dump, tmp_path / "a.webp") == rgba).all()
+    Image.fromarray(upright()).save(tmp_path / "b.webp", "WEBP", quality=90)
+    got = decode(dump, tmp_path / "b.webp")
+    assert got.shape == (24, 40, 3) and np.abs(got.astype(int) - upright()).mean() < 12
+    data = (tmp_path / "b.webp").read_bytes()
+    (tmp_path / "trunc.webp").write_bytes(data[: len(data) // 2])
+    res = subprocess.run([dump, str(tmp_path / "trunc.webp")], capture_output=True, timeout=60)
+    assert res.returncode == 1 and b"WebP" in res.stderr
