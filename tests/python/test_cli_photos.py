@@ -131,3 +131,83 @@ def test_webp(dump, tmp_path):
     (tmp_path / "trunc.webp").write_bytes(data[: len(data) // 2])
     res = subprocess.run([dump, str(tmp_path / "trunc.webp")], capture_output=True, timeout=60)
     assert res.returncode == 1 and b"WebP" in res.stderr
+
+
+# ---------------------------------------------------------------------------
+# files: every skipped file named, checked before the first episode, counts
+
+def photo(path, seed, fmt=None, size=(20, 16), **kw):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+        path, fmt, **kw)
+
+
+@pytest.fixture()
+def support(tmp_path):
+    """apple: PNGs; webp_only: WebP files and a BMP; a notes.txt beside them."""
+    root = tmp_path / "support"
+    (root / "apple").mkdir(parents=True)
+    (root / "webp_only").mkdir()
+    for i in range(3):
+        photo(root / "apple" / f"a{i}.png", i)
+        photo(root / "webp_only" / f"w{i}.webp", 10 + i, "WEBP", quality=90)
+    photo(root / "webp_only" / "old.bmp", 20, "BMP")
+    (root / "apple" / "notes.txt").write_text("not an image")
+    (root / ".hidden").mkdir()
+    photo(tmp_path / "q.jpg", 30, "JPEG")
+    return root
+
+
+def test_classify_reports_every_skipped_file(cli, tiny, support, tmp_path):
+    q = tmp_path / "q.jpg"
+    res = run(cli, "classify", "--model", tiny, "--support", support, "--query", q, check=1)
+    bmp = support / "webp_only" / "old.bmp"
+    assert f"cannot read image ({bmp}): BMP images are not supported" in res.stderr
+    assert f"skipping file ({support / 'apple' / 'notes.txt'}): not an image" in res.stderr
+    assert res.stdout == ""
+    res = run(cli, "classify", "--model", tiny, "--support", support, "--query", q, "--json",
+              "--on-bad", "skip", check=0)
+    out = json.loads(res.stdout)
+    assert out["classes"] == ["apple", "webp_only"]  # the WebP class is there
+    assert out["support_counts"] == [3, 3]
+    assert out["skipped"] == [str(bmp)]
+    assert f"({bmp})" in res.stderr and "notes.txt" in res.stderr
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    """7 class folders: c0..c5 with 5 PNGs, tiny with 3."""
+    root = tmp_path / "data"
+    for k in range(7):
+        d = root / ("tiny" if k == 6 else f"c{k}")
+        d.mkdir(parents=True)
+        for i in range(3 if k == 6 else 5):
+            photo(d / f"{i}.png", 100 * k + i)
+    return root
+
+
+def test_eval_counts_what_can_be_sampled(cli, tiny, dataset):
+    res = run(cli, "eval", "--model", tiny, "--data", dataset, "--way", 3, "--shot", 1,
+              "--query", 3, "--episodes", 2, "--json", check=0)
+    out = json.loads(res.stdout)
+    assert out["classes"] == 6
+    assert (f"class 'tiny' ({dataset / 'tiny'}) has 3 examples, fewer than shot + query = 4"
+            in res.stderr)
+    assert "lwfm: 6 classes, 3-way 1-shot" in res.stderr
+
+
+def test_eval_checks_files_up_front(cli, tiny, dataset):
+    link = dataset / "c2" / "9_gone.png"
+    link.symlink_to(dataset / "nowhere.png")
+    res = run(cli, "eval", "--model", tiny, "--data", dataset, "--way", 3, "--shot", 1,
+              "--query", 3, "--episodes", 50, "--seed", 3)
+    assert res.returncode == 1 and res.stdout == ""
+    assert f"cannot read image ({link}): cannot open: No such file or directory" in res.stderr
+    assert "classes, 3-way" not in res.stderr  # stopped before the first episode
+    broken = dataset / "c4" / "3.png"
+    link.unlink()
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(10))
+    res = run(cli, "eval", "--model", tiny, "--data", dataset, "--way", 3, "--shot", 1,
+              "--query", 3, "--episodes", 50, "--seed", 3)
+    assert res.returncode == 1 and f"cannot read image ({broken})" in res.stderr
+    assert "classes, 3-way" not in res.stderr

@@ -113,14 +113,20 @@ int image_check(const unsigned char *data, size_t size, char *err, size_t cap);
 int image_check_file(const char *path, char *err, size_t cap);
 void image_free(cli_image *img);
 
-/* 1 when the file name ends in .png, .jpg or .jpeg (any case): the files a
- * folder dataset lists (as lwfm.episodes.FolderSet does). */
+/* 1 when the file name ends in .png, .jpg, .jpeg or .webp (any case): the
+ * files lwfm.episodes.FolderSet lists. */
 int image_name(const char *name);
 
 /* Sorted names (strcmp order, which is Python's sorted() on UTF-8) of the
- * entries of `dir`: sub-directories when `dirs`, else files with an image
- * name. 0 on success, -1 with a reason in err. */
+ * entries of `dir`: sub-directories when `dirs`, else the other entries but
+ * hidden ones (names starting with '.'). 0 on success, -1 with a reason in
+ * err. */
 int list_dir(const char *dir, int dirs, char ***names, int64_t *count, char *err, size_t cap);
+/* The files of `dir` that are images (an image name, another image format's
+ * name such as .bmp, or an image's first bytes), sorted; every other file is
+ * named on stderr ("skipping file (PATH): not an image"). Images in formats
+ * the tool does not read stay in: decoding them gives the reason. */
+int list_images(const char *dir, char ***names, int64_t *count, char *err, size_t cap);
 void free_names(char **names, int64_t count);
 
 /* ---- dataset.c -------------------------------------------------------- */

@@ -71,7 +71,7 @@ static const char kClassifyUsage[] =
     "Usage: lwfm classify --model MODEL.npz --support DIR --query PATH... [options]\n"
     "\n"
     "Classify query images against labelled support images. DIR holds one\n"
-    "sub-folder per class (classes sorted by name); every .png/.jpg/.jpeg file\n"
+    "sub-folder per class (classes sorted by name); every .png/.jpg/.jpeg/.webp\n"
     "in it is a support image of that class. A query PATH is an image file or a\n"
     "directory (all its images, sorted by name). Prints, per query, its path,\n"
     "the predicted class and the probability of every class (softmax of the\n"
@@ -278,7 +278,7 @@ int cmd_classify(int argc, char **argv) {
         char *dir = path_join(support_dir, classes[k]);
         char **files = NULL;
         int64_t n = 0;
-        if (list_dir(dir, 0, &files, &n, err, sizeof err)) {
+        if (list_images(dir, &files, &n, err, sizeof err)) {
             cli_error("cannot read class folder", dir, "%s", err);
             free(dir);
             goto done;
@@ -315,7 +315,7 @@ int cmd_classify(int argc, char **argv) {
                   "found %lld class folder%s with images; "
                   "2 or more are needed",
                   (long long)way, way == 1 ? "" : "s");
-        cli_hint("--support DIR holds one sub-folder of .png/.jpg/.jpeg images per class");
+        cli_hint("--support DIR holds one sub-folder of .png/.jpg/.jpeg/.webp images per class");
         goto done;
     }
 
@@ -325,12 +325,12 @@ int cmd_classify(int argc, char **argv) {
         if (stat(queries[k], &sb) == 0 && S_ISDIR(sb.st_mode)) {
             char **files = NULL;
             int64_t n = 0;
-            if (list_dir(queries[k], 0, &files, &n, err, sizeof err)) {
+            if (list_images(queries[k], &files, &n, err, sizeof err)) {
                 cli_error("cannot read query folder", queries[k], "%s", err);
                 goto done;
             }
             if (n == 0) {
-                cli_error("no query images", queries[k], "no .png/.jpg/.jpeg files in the folder");
+                cli_error("no query images", queries[k], "no .png/.jpg/.jpeg/.webp files in the folder");
                 goto done;
             }
             for (int64_t i = 0; i < n; i++) {

@@ -438,6 +438,14 @@ static int decode_any(const unsigned char *data, size_t size, cli_image *img, ch
         rc = decode_jpeg(data, size, img, err, cap, header_only);
     else if (size >= 12 && memcmp(data, "RIFF", 4) == 0 && memcmp(data + 8, "WEBP", 4) == 0)
         rc = decode_webp(data, size, img, err, cap, header_only);
+    else if (size >= 2 && memcmp(data, "BM", 2) == 0)
+        snprintf(err, cap, "BMP images are not supported (PNG, JPEG and WebP are)");
+    else if (size >= 4 && memcmp(data, "GIF8", 4) == 0)
+        snprintf(err, cap, "GIF images are not supported (PNG, JPEG and WebP are)");
+    else if (size >= 4 && (memcmp(data, "II*\0", 4) == 0 || memcmp(data, "MM\0*", 4) == 0))
+        snprintf(err, cap, "TIFF images are not supported (PNG, JPEG and WebP are)");
+    else if (size >= 12 && memcmp(data + 4, "ftyp", 4) == 0)
+        snprintf(err, cap, "HEIF/AVIF images are not supported (PNG, JPEG and WebP are)");
     else
         snprintf(err, cap, "not a PNG, JPEG or WebP image (unrecognised file signature)");
     if (rc) {

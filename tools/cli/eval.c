@@ -31,7 +31,7 @@ static const char kEvalUsage[] =
     "  --model PATH        weight file (.npz); not needed with --list-episodes\n"
     "  --data PATH         an Omniglot .npz archive (bool array 'images' (classes,\n"
     "                      drawings, H, W), True = paper) or a folder with one\n"
-    "                      sub-folder of .png/.jpg/.jpeg images per class\n"
+    "                      sub-folder of .png/.jpg/.jpeg/.webp images per class\n"
     "  --way N             classes per episode (default 5)\n"
     "  --shot K            support images per class (default 1)\n"
     "  --query Q           query images per class (default 15)\n"
@@ -204,6 +204,47 @@ static int decode_all(dataset *ds, const lwfm_model *model, size_t per, int quie
     return 0;
 }
 
+/* --on-bad fail on a folder tree: open every file and decode its headers
+ * before the first episode, so that a dangling link or a broken file stops
+ * the run at once rather than at the episode that draws it. 0, or -1 after
+ * the error. */
+static int check_all(const dataset *ds, int quiet) {
+    int64_t total = 0, done = 0;
+    for (int64_t k = 0; k < ds->n_classes; k++) total += ds->sizes[k];
+    progress pr;
+    progress_start(&pr, !quiet && total > 0, "checking images", total);
+    for (int64_t k = 0; k < ds->n_classes; k++) {
+        for (int64_t i = 0; i < ds->sizes[k]; i++) {
+            char err[ERR_CAP];
+            char *path = dataset_item_path(ds, k, i);
+            int bad = image_check_file(path, err, sizeof err);
+            if (bad) {
+                cli_error("cannot read image", path, "%s", err);
+                cli_hint("--on-bad skip leaves unreadable images out of their class");
+            }
+            free(path);
+            if (bad) return -1;
+            progress_update(&pr, ++done, -1);
+        }
+    }
+    return 0;
+}
+
+/* Name on stderr every class too small for an episode (fewer than shot +
+ * query examples): the sampler leaves them out. */
+static void report_small(const dataset *ds, int64_t shot, int64_t query) {
+    for (int64_t k = 0; k < ds->n_classes; k++) {
+        if (ds->sizes[k] >= shot + query) continue;
+        char *dir = ds->is_npz ? str_dup(ds->path) : path_join(ds->path, ds->names[k]);
+        fprintf(stderr,
+                "lwfm: class '%s' (%s) has %lld example%s, fewer than shot + query = %lld: "
+                "left out of the episodes\n",
+                ds->names[k], dir, (long long)ds->sizes[k], ds->sizes[k] == 1 ? "" : "s",
+                (long long)(shot + query));
+        free(dir);
+    }
+}
+
 /* ---- output ----------------------------------------------------------------- */
 
 static void print_items(const char *key, const int64_t *cls, const int64_t *idx, int64_t n) {
@@ -311,6 +352,8 @@ int cmd_eval(int argc, char **argv) {
         cli_error("cannot read dataset", data_path, "out of memory");
         goto done;
     }
+    if (!skip_bad && !ds.is_npz && !list && check_all(&ds, quiet)) goto done;
+    report_small(&ds, shot, query);
     if (sampler_init(&smp, ds.sizes, ds.n_classes, way, shot, query, seed, err, sizeof err)) {
         cli_error("cannot sample episodes", data_path, "%s", err);
         goto done;
@@ -355,7 +398,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr,
                 "lwfm: %lld classes, %lld-way %lld-shot, %lld queries per class, %lld "
                 "episodes, seed %s\n",
-                (long long)ds.n_classes, (long long)way, (long long)shot, (long long)query,
+                (long long)smp.n_eligible, (long long)way, (long long)shot, (long long)query,
                 (long long)episodes, seed_s);
     progress pr;
     progress_start(&pr, !quiet, "episode", episodes);
@@ -420,7 +463,7 @@ int cmd_eval(int argc, char **argv) {
         fputs(", \"data\": ", stdout);
         json_string(stdout, data_path);
         printf(", \"backend\": \"lwfm\", \"seconds\": %.3f, \"classes\": %lld, \"skipped\": [",
-               now_seconds() - t0, (long long)ds.n_classes);
+               now_seconds() - t0, (long long)smp.n_eligible);
         for (int64_t k = 0; k < n_bad; k++) {
             fputs(k ? ", " : "", stdout);
             json_string(stdout, bad[k]);
