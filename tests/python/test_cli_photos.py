@@ -211,3 +211,106 @@ def test_eval_checks_files_up_front(cli, tiny, dataset):
               "--query", 3, "--episodes", 50, "--seed", 3)
     assert res.returncode == 1 and f"cannot read image ({broken})" in res.stderr
     assert "classes, 3-way" not in res.stderr
+
+
+# ---------------------------------------------------------------------------
+# CLI consistency
+
+BUNDLED = ROOT / "models" / "omniglot.npz"
+
+
+def test_positional_model(cli, tiny, support, tmp_path):
+    want = run(cli, "info", "--model", BUNDLED, "--json", check=0).stdout
+    assert run(cli, "info", BUNDLED, "--json", check=0).stdout == want
+    assert run(cli, "info", "--json", BUNDLED, check=0).stdout == want
+    res = run(cli, "info", BUNDLED, "--model", BUNDLED, check=2)
+    assert "given twice" in res.stderr
+    assert run(cli, "info", BUNDLED, BUNDLED, check=2).stderr.startswith(
+        "lwfm: unexpected argument")
+    (support / "webp_only" / "old.bmp").unlink()
+    a = run(cli, "classify", tiny, "--support", support, "--query", tmp_path / "q.jpg",
+            "--json", check=0).stdout
+    b = run(cli, "classify", "--model", tiny, "--support", support, "--query",
+            tmp_path / "q.jpg", "--json", check=0).stdout
+    assert a == b
+
+
+def test_help_command(cli):
+    for cmd in ("info", "classify", "eval", "bench"):
+        res = run(cli, "help", cmd, check=0)
+        assert res.stdout == run(cli, cmd, "--help", check=0).stdout
+        assert res.stdout.startswith(f"Usage: lwfm {cmd} ")
+    assert "no command 'nope'" in run(cli, "help", "nope", check=2).stderr
+    assert run(cli, "help", check=0).stdout.startswith("Usage: lwfm <command>")
+
+
+def test_threads_everywhere(cli, tiny, support, dataset, tmp_path):
+    (support / "webp_only" / "old.bmp").unlink()
+    for cmd in ("classify", "eval", "bench"):
+        assert "--threads N" in run(cli, cmd, "--help", check=0).stdout
+    run(cli, "classify", tiny, "--support", support, "--query", tmp_path / "q.jpg",
+        "--threads", 1, check=0)
+    run(cli, "eval", tiny, "--data", dataset, "--way", 2, "--query", 2, "--episodes", 2,
+        "--threads", 2, check=0)
+    assert "--threads" in run(cli, "eval", tiny, "--data", dataset, "--threads", 0,
+                              check=2).stderr
+
+
+def test_help_says_explain_works_for_rcn(cli):
+    text = run(cli, "classify", "--help", check=0).stdout
+    assert "lwfm-spm models only" not in text and "rcn" in text
+
+
+def sig_digits(text):
+    mantissa = text.split("e")[0].replace("-", "").replace(".", "").lstrip("0")
+    return max(len(mantissa.rstrip("0")), 1)
+
+
+def assert_shortest(text, kind):
+    """No decimal with fewer significant digits reads back as the same value."""
+    v = kind(text)
+    assert all(kind(f"{float(v):.{p}g}") != v for p in range(1, sig_digits(text))), text
+
+
+def raw_numbers(text):
+    """Every non-integer number of a JSON text, as written."""
+    found = []
+
+    def keep(s):
+        found.append(s)
+        return float(s)
+    json.loads(text, parse_float=keep)
+    return found
+
+
+def test_shortest_floats(cli, tiny, support, dataset, tmp_path):
+    info = run(cli, "info", BUNDLED, check=0).stdout
+    assert '"temperature": 0.2,' in info and "0.200000003" not in info
+    nums = raw_numbers(run(cli, "info", BUNDLED, "--json", check=0).stdout)
+    assert len(nums) >= 5
+    for text in nums:
+        assert_shortest(text, np.float32)
+    (support / "webp_only" / "old.bmp").unlink()
+    out = run(cli, "classify", tiny, "--support", support, "--query", tmp_path / "q.jpg",
+              "--json", check=0).stdout
+    nums = raw_numbers(out)
+    assert len(nums) == 4  # 2 probabilities, 2 logits
+    for text in nums:
+        assert_shortest(text, np.float32)
+    # accuracies of 6 queries: 100 / 6 * k print as Python's repr does
+    res = run(cli, "eval", tiny, "--data", dataset, "--way", 3, "--query", 2, "--episodes", 3,
+              "--json", check=0)
+    nums = raw_numbers(res.stdout)
+    assert len(nums) >= 2
+    for text in nums:
+        assert_shortest(text, np.float64)
+    assert "000000000" not in res.stdout and "99999999" not in res.stdout
+
+
+def test_pytorch_checkpoint_named(cli, tmp_path):
+    import torch
+    torch.save({"w": torch.zeros(2)}, tmp_path / "new.pth")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    for name in ("new.pth", "old.pth"):
+        res = run(cli, "info", tmp_path / name, check=1)
+        assert "PyTorch checkpoint" in res.stderr and "python3 -m lwfm.convert" in res.stderr

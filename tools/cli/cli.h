@@ -54,6 +54,9 @@ typedef struct cli_args {
     char **argv;
     int i;           /* index of the current argument */
     const char *cmd; /* for messages */
+    /* When not NULL: one argument that is not an option (the model, as in
+     * `lwfm info MODEL.npz`) is stored here; a second is a usage error. */
+    const char **positional;
 } cli_args;
 
 /* 1 when argv[i] is the flag `name` (no value allowed); 0 otherwise. */
@@ -83,10 +86,23 @@ int cli_parse(cli_args *a, const char *usage, const cli_bool_flag *flags, int n_
  * otherwise a usage message naming `name` and EXIT_USAGE. */
 int cli_int(const char *cmd, const char *name, const char *text, int64_t lo, int64_t hi,
             int64_t *out);
+/* The model given as --model PATH or as the positional argument (`given`):
+ * *model_path set; 0, or EXIT_USAGE after a message when it is given twice
+ * or not at all (`required`). */
+int cli_model_arg(const char *cmd, const char **model_path, const char *given, int required);
+/* --threads N (NULL: the default, OMP_NUM_THREADS or all cores): sets the
+ * OpenMP thread count of the calls that follow. 0, or EXIT_USAGE. */
+int cli_threads(const char *cmd, const char *text);
+/* The number of threads the library will use. */
+int cli_max_threads(void);
 
 /* ---- JSON and small helpers ------------------------------------------- */
 
 void json_string(FILE *f, const char *s);           /* a quoted, escaped JSON string */
+/* Numbers in the shortest form that reads back as the same value: float32
+ * (0.2, not 0.200000003) or double (56, not 56.000000000000007). */
+void json_f32(FILE *f, float v);
+void json_f64(FILE *f, double v);
 double now_seconds(void);                           /* monotonic clock */
 char *path_join(const char *dir, const char *name); /* malloc'd "dir/name" */
 char *str_dup(const char *s);

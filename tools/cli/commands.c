@@ -8,23 +8,23 @@
 /* ---- lwfm info ------------------------------------------------------------ */
 
 static const char kInfoUsage[] =
-    "Usage: lwfm info --model MODEL.npz [--json]\n"
+    "Usage: lwfm info [--model] MODEL.npz [--json]\n"
     "\n"
     "A weight file's method, configuration (backbone, metric parameters,\n"
     "preprocessing), the input shape it expects and the feature-map shape of\n"
     "one such input.\n"
     "\n"
-    "  --model PATH  weight file (.npz)\n"
+    "  --model PATH  weight file (.npz); the --model may be left out\n"
     "  --json        print one JSON object\n";
 
 int cmd_info(int argc, char **argv) {
-    cli_args a = {argc, argv, 2, "info"};
-    const char *model_path = NULL;
+    const char *model_path = NULL, *given = NULL;
+    cli_args a = {argc, argv, 2, "info", &given};
     const cli_string_option opts[] = {{"--model", &model_path}};
     int json = 0, code;
     const cli_bool_flag flags[] = {{"--json", &json}};
     if (cli_parse(&a, kInfoUsage, flags, 1, opts, 1, &code)) return code;
-    if (!model_path) return cli_usage_error("info", "--model is required");
+    if (cli_model_arg("info", &model_path, given, 1)) return EXIT_USAGE;
 
     lwfm_model *model = load_model(model_path);
     if (!model) return EXIT_RUNTIME;
@@ -68,7 +68,7 @@ done:
 /* ---- lwfm classify -------------------------------------------------------- */
 
 static const char kClassifyUsage[] =
-    "Usage: lwfm classify --model MODEL.npz --support DIR --query PATH... [options]\n"
+    "Usage: lwfm classify [--model] MODEL.npz --support DIR --query PATH... [options]\n"
     "\n"
     "Classify query images against labelled support images. DIR holds one\n"
     "sub-folder per class (classes sorted by name); every .png/.jpg/.jpeg/.webp\n"
@@ -77,15 +77,20 @@ static const char kClassifyUsage[] =
     "the predicted class and the probability of every class (softmax of the\n"
     "logits, calibrated when the model is: docs/models.md), tab-separated.\n"
     "\n"
-    "  --model PATH        weight file (.npz)\n"
+    "  --model PATH        weight file (.npz); the --model may be left out when\n"
+    "                      MODEL.npz does not follow --query\n"
     "  --support DIR       support images, one sub-folder per class\n"
     "  --query PATH...     query images or directories (one or more; may repeat)\n"
-    "  --on-bad fail|skip  an unreadable image: stop with an error (default), or\n"
-    "                      report it on stderr and leave it out\n"
+    "  --on-bad fail|skip  an unreadable image (support or query): stop with an\n"
+    "                      error (default), or report it on stderr and leave it\n"
+    "                      out. Files that are not images are named on stderr and\n"
+    "                      left out either way.\n"
     "  --explain DIR       write DIR/NNN_<query>.png per query: the predicted class's\n"
-    "                      best-matching support image beside the query, with\n"
-    "                      attention heat maps and matches (lwfm-spm models only)\n"
+    "                      best-matching support image beside the query, with heat\n"
+    "                      maps, matches, class names and probabilities (lwfm-spm\n"
+    "                      and rcn models)\n"
     "  --precision P       backbone arithmetic: fp32 (default) or bf16\n"
+    "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
     "  --unknown           a query whose top probability is below the model's\n"
     "                      calibrated threshold is predicted '(none of these)'\n"
     "  --unknown-threshold P  the same with threshold P in [0, 1]\n"
@@ -191,13 +196,15 @@ static int unknown_threshold(const lwfm_model *model, int use_model, const char 
 }
 
 int cmd_classify(int argc, char **argv) {
-    cli_args a = {argc, argv, 2, "classify"};
+    cli_args a = {argc, argv, 2, "classify", NULL};
     const char *model_path = NULL, *support_dir = NULL, *on_bad = "fail", *query = NULL,
-               *explain_dir = NULL, *precision_s = "fp32", *unknown_s = NULL;
+               *explain_dir = NULL, *precision_s = "fp32", *unknown_s = NULL, *threads_s = NULL,
+               *given = NULL;
     const cli_string_option opts[] = {{"--model", &model_path},    {"--support", &support_dir},
                                       {"--on-bad", &on_bad},       {"--query", &query},
                                       {"--explain", &explain_dir}, {"--precision", &precision_s},
-                                      {"--unknown-threshold", &unknown_s}};
+                                      {"--unknown-threshold", &unknown_s},
+                                      {"--threads", &threads_s}};
     const char **queries = calloc((size_t)argc, sizeof *queries);
     int64_t n_queries = 0;
     int json = 0, use_unknown = 0, r, usage = 0;
@@ -218,14 +225,18 @@ int cmd_classify(int argc, char **argv) {
                 queries[n_queries++] = argv[++a.i];
             if (a.i < first)
                 usage = cli_usage_error("classify", "option --query needs at least one path");
-        } else if ((r = cli_options(&a, opts, 7)) != 0) {
+        } else if ((r = cli_options(&a, opts, 8)) != 0) {
             if (r < 0) usage = EXIT_USAGE;
             if (query) queries[n_queries++] = query; /* --query=PATH */
             query = NULL;
+        } else if (!given && argv[a.i][0] != '-' && argv[a.i][0]) {
+            given = argv[a.i]; /* the model, positional */
         } else {
             usage = cli_usage_error("classify", "unexpected argument '%s'", argv[a.i]);
         }
     }
+    if (!usage) usage = cli_model_arg("classify", &model_path, given, 0);
+    if (!usage) usage = cli_threads("classify", threads_s);
     const char *missing = !model_path    ? "--model"
                           : !support_dir ? "--support"
                           : !n_queries   ? "--query"
@@ -433,9 +444,15 @@ int cmd_classify(int argc, char **argv) {
             else
                 json_string(stdout, classes[best]);
             printf(", \"label\": %lld, \"probabilities\": [", none ? -1LL : (long long)best);
-            for (int64_t k = 0; k < way; k++) printf("%s%.9g", k ? ", " : "", (double)p[k]);
+            for (int64_t k = 0; k < way; k++) {
+                fputs(k ? ", " : "", stdout);
+                json_f32(stdout, p[k]);
+            }
             fputs("], \"logits\": [", stdout);
-            for (int64_t k = 0; k < way; k++) printf("%s%.9g", k ? ", " : "", (double)l[k]);
+            for (int64_t k = 0; k < way; k++) {
+                fputs(k ? ", " : "", stdout);
+                json_f32(stdout, l[k]);
+            }
             fputs("]", stdout);
             if (explained) {
                 fputs(", \"explanation\": ", stdout);

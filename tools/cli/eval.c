@@ -21,14 +21,15 @@ static int transductive(const lwfm_model *model) {
 }
 
 static const char kEvalUsage[] =
-    "Usage: lwfm eval --model MODEL.npz --data PATH [options]\n"
+    "Usage: lwfm eval [--model] MODEL.npz --data PATH [options]\n"
     "\n"
     "Mean accuracy and 95% confidence interval of the model over few-shot\n"
     "episodes of a dataset. The episodes are those of lwfm.episodes.EpisodeSampler\n"
     "(splitmix64 from --seed): 'python3 -m lwfm.evaluate' with the same arguments\n"
     "draws the same ones.\n"
     "\n"
-    "  --model PATH        weight file (.npz); not needed with --list-episodes\n"
+    "  --model PATH        weight file (.npz), or MODEL.npz without --model; not\n"
+    "                      needed with --list-episodes\n"
     "  --data PATH         an Omniglot .npz archive (bool array 'images' (classes,\n"
     "                      drawings, H, W), True = paper) or a folder with one\n"
     "                      sub-folder of .png/.jpg/.jpeg/.webp images per class\n"
@@ -38,10 +39,14 @@ static const char kEvalUsage[] =
     "  --episodes E        number of episodes (default 600)\n"
     "  --seed S            sampler seed, any 64-bit integer (default 1)\n"
     "  --precision P       backbone arithmetic: fp32 (default) or bf16\n"
-    "  --on-bad fail|skip  an unreadable image: stop with an error (default), or\n"
-    "                      leave it out of its class (folders are then decoded in\n"
-    "                      full before sampling, so the episodes are those of the\n"
-    "                      dataset without the bad images)\n"
+    "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+    "  --on-bad fail|skip  an unreadable image: stop with an error (default; every\n"
+    "                      file of a folder is opened and its header read before\n"
+    "                      the first episode), or leave it out of its class\n"
+    "                      (folders are then decoded in full before sampling, so\n"
+    "                      the episodes are those of the dataset without the bad\n"
+    "                      images). Classes with fewer than shot + query images\n"
+    "                      are named on stderr and not counted.\n"
     "  --list-episodes     print the episodes as JSON lines, without scoring\n"
     "  --json              print one JSON object\n"
     "  --quiet             no progress on stderr\n";
@@ -295,18 +300,21 @@ static int parse_seed(const char *text, uint64_t *seed) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    cli_args a = {argc, argv, 2, "eval"};
-    const char *model_path = NULL, *data_path = NULL, *on_bad = "fail";
+    const char *model_path = NULL, *data_path = NULL, *on_bad = "fail", *given = NULL;
+    cli_args a = {argc, argv, 2, "eval", &given};
     const char *way_s = "5", *shot_s = "1", *query_s = "15", *episodes_s = "600", *seed_s = "1";
-    const char *precision_s = "fp32";
+    const char *precision_s = "fp32", *threads_s = NULL;
     const cli_string_option opts[] = {
         {"--model", &model_path},    {"--data", &data_path}, {"--on-bad", &on_bad},
         {"--way", &way_s},           {"--shot", &shot_s},    {"--query", &query_s},
-        {"--episodes", &episodes_s}, {"--seed", &seed_s},    {"--precision", &precision_s}};
+        {"--episodes", &episodes_s}, {"--seed", &seed_s},    {"--precision", &precision_s},
+        {"--threads", &threads_s}};
     int json = 0, list = 0, quiet = 0, code;
     const cli_bool_flag flags[] = {
         {"--json", &json}, {"--list-episodes", &list}, {"--quiet", &quiet}};
-    if (cli_parse(&a, kEvalUsage, flags, 3, opts, 9, &code)) return code;
+    if (cli_parse(&a, kEvalUsage, flags, 3, opts, 10, &code)) return code;
+    if (cli_model_arg("eval", &model_path, given, 0) || cli_threads("eval", threads_s))
+        return EXIT_USAGE;
     int64_t way, shot, query, episodes;
     uint64_t seed;
     lwfm_precision precision;
@@ -452,9 +460,12 @@ int cmd_eval(int argc, char **argv) {
     for (int64_t e = 0; e < episodes; e++) var += (accs[e] - mean) * (accs[e] - mean);
     const double ci95 = 1.96 * sqrt(var / (double)episodes) / sqrt((double)episodes);
     if (json) {
-        printf("{\"accuracy\": %.17g, \"ci95\": %.17g, \"episodes\": %lld, \"way\": %lld, "
-               "\"shot\": %lld, \"query\": %lld, \"seed\": ",
-               mean, ci95, (long long)episodes, (long long)way, (long long)shot, (long long)query);
+        fputs("{\"accuracy\": ", stdout);
+        json_f64(stdout, mean);
+        fputs(", \"ci95\": ", stdout);
+        json_f64(stdout, ci95);
+        printf(", \"episodes\": %lld, \"way\": %lld, \"shot\": %lld, \"query\": %lld, \"seed\": ",
+               (long long)episodes, (long long)way, (long long)shot, (long long)query);
         if (seed_s[0] == '-')
             printf("%lld, \"model\": ", (long long)seed);
         else
@@ -469,7 +480,10 @@ int cmd_eval(int argc, char **argv) {
             json_string(stdout, bad[k]);
         }
         fputs("], \"episode_accuracies\": [", stdout);
-        for (int64_t e = 0; e < episodes; e++) printf("%s%.17g", e ? ", " : "", accs[e]);
+        for (int64_t e = 0; e < episodes; e++) {
+            fputs(e ? ", " : "", stdout);
+            json_f64(stdout, accs[e]);
+        }
         fputs("]}\n", stdout);
     } else {
         printf("accuracy %.2f%% +- %.2f%% (95%% CI, %lld episodes, %lld-way %lld-shot)\n", mean,
