@@ -314,3 +314,35 @@ def test_pytorch_checkpoint_named(cli, tmp_path):
     for name in ("new.pth", "old.pth"):
         res = run(cli, "info", tmp_path / name, check=1)
         assert "PyTorch checkpoint" in res.stderr and "python3 -m lwfm.convert" in res.stderr
+
+
+# ---------------------------------------------------------------------------
+# --explain pictures with words (drawn with cairo)
+
+PANEL, GAP, HEAD, STRIP = 192, 24, 48, 44
+
+
+def test_explain_picture_has_words(cli, tiny, support, tmp_path):
+    (support / "webp_only" / "old.bmp").unlink()
+    q = tmp_path / "q.jpg"
+    pics = []
+    for name in ("webp_only", "a_much_longer_class_name"):
+        if name != "webp_only":
+            (support / "webp_only").rename(support / name)
+        out = tmp_path / f"why_{name}"
+        run(cli, "classify", tiny, "--support", support, "--query", q, "--explain", out, check=0)
+        with Image.open(out / "000_q.png") as img:
+            assert img.size == (2 * PANEL + GAP, HEAD + PANEL + STRIP) and img.mode == "RGB"
+            pics.append(np.asarray(img).astype(int))
+    for pic in pics:
+        head = pic[:HEAD]
+        # dark text on white above both panels
+        for x0 in (0, PANEL + GAP):
+            ink = (head[:, x0:x0 + PANEL].max(-1) < 100).sum()
+            assert ink > 150, ink
+        # labels under the colour bars (rows below the bars)
+        labels = pic[HEAD + PANEL + 20:, :PANEL]
+        assert (labels.max(-1) < 120).sum() > 40
+    # the class names are in the words: only they change between the two runs
+    assert (pics[0][:HEAD] != pics[1][:HEAD]).any()
+    assert (pics[0][HEAD:HEAD + PANEL] == pics[1][HEAD:HEAD + PANEL]).all()

@@ -219,12 +219,15 @@ int explain_check(const lwfm_model *model, const char *model_path);
 int explain_open(explainer **out, lwfm_model *model, const char *model_path, const char *dir);
 /* Explain query `query_index` (its preprocessed input and file), predicted
  * as class `predicted`, against the support images (preprocessed inputs,
- * files and labels, n_support of them, the same on every call): writes
+ * files and labels, n_support of them, the same on every call); the class
+ * names and the query's probabilities (way of each) are written in the
+ * picture: writes
  * DIR/<NNN>_<stem>.png, prints "explained ..." on stderr and returns the
  * PNG's path (malloc'd), or NULL after printing the error. */
 char *explain_query(explainer *ex, const float *support_inputs, char *const *support_paths,
                     const int32_t *support_labels, int64_t n_support, const float *query_input,
-                    const char *query_path, int64_t query_index, int32_t predicted);
+                    const char *query_path, int64_t query_index, int32_t predicted,
+                    char *const *class_names, const float *probabilities, int64_t way);
 void explain_close(explainer *ex); /* NULL is accepted */
 
 /* Shared by the commands: load a model, printing the error. */

@@ -402,9 +402,10 @@ int cmd_classify(int argc, char **argv) {
             int64_t best = 0;
             for (int64_t k = 1; k < way; k++)
                 if (l[k] > l[best]) best = k;
-            explained[q] =
-                explain_query(ex, sup.data, sup.paths, sup.labels, sup.n,
-                              qry.data + (size_t)q * qry.per, qry.paths[q], q, (int32_t)best);
+            explained[q] = explain_query(ex, sup.data, sup.paths, sup.labels, sup.n,
+                                         qry.data + (size_t)q * qry.per, qry.paths[q], q,
+                                         (int32_t)best, classes, prob + (size_t)q * (size_t)way,
+                                         way);
             if (!explained[q]) goto done;
         }
     }
