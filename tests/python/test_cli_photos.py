@@ -346,3 +346,36 @@ def test_explain_picture_has_words(cli, tiny, support, tmp_path):
     # the class names are in the words: only they change between the two runs
     assert (pics[0][:HEAD] != pics[1][:HEAD]).any()
     assert (pics[0][HEAD:HEAD + PANEL] == pics[1][HEAD:HEAD + PANEL]).all()
+
+
+def test_eval_oriented_photos_match_python(cli, tiny, tmp_path):
+    """EXIF-oriented JPEGs and PNGs and WebP files: `lwfm eval` and
+    `python3 -m lwfm.evaluate` (lwfm.episodes.FolderSet) see the same pixels,
+    so they score the same episodes alike."""
+    import sys
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(5)
+    for c in range(3):
+        d = root / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(4):
+            px = np.kron(rng.integers(0, 256, (3, 5, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+            img = Image.fromarray(px)
+            o = 1 + (4 * c + i) % 8
+            if STORE[o] is not None:
+                img = img.transpose(STORE[o])
+            fmt, ext, kw = [("JPEG", "jpg", {"quality": 95}), ("PNG", "png", {}),
+                            ("WEBP", "webp", {"lossless": True})][(c + i) % 3]
+            img.save(d / f"{i}.{ext}", fmt, exif=exif_bytes(o), **kw)
+    res = run(cli, "eval", tiny, "--data", root, "--way", 3, "--shot", 1, "--query", 2,
+              "--episodes", 6, "--seed", 4, "--json", check=0)
+    got = json.loads(res.stdout)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    py = subprocess.run(
+        [sys.executable, "-m", "lwfm.evaluate", "--model", tiny, "--data", str(root), "--way", "3",
+         "--shot", "1", "--query", "2", "--episodes", "6", "--seed", "4", "--backend", "lwfm",
+         "--json"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert py.returncode == 0, py.stderr
+    want = json.loads(py.stdout)
+    assert got["episode_accuracies"] == want["episode_accuracies"]
+    assert got["classes"] == 3

@@ -341,7 +341,8 @@ int cmd_classify(int argc, char **argv) {
                 goto done;
             }
             if (n == 0) {
-                cli_error("no query images", queries[k], "no .png/.jpg/.jpeg/.webp files in the folder");
+                cli_error("no query images", queries[k],
+                          "no .png/.jpg/.jpeg/.webp files in the folder");
                 goto done;
             }
             for (int64_t i = 0; i < n; i++) {

@@ -110,13 +110,27 @@ static int apply_orientation(cli_image *img, int o, char *err, size_t cap) {
         for (size_t x = 0; x < ow; x++) {
             size_t sy, sx;
             switch (o) {
-            case 2: sy = y, sx = W - 1 - x; break;
-            case 3: sy = H - 1 - y, sx = W - 1 - x; break;
-            case 4: sy = H - 1 - y, sx = x; break;
-            case 5: sy = x, sx = y; break;
-            case 6: sy = H - 1 - x, sx = y; break;
-            case 7: sy = H - 1 - x, sx = W - 1 - y; break;
-            default: sy = x, sx = W - 1 - y; break; /* 8 */
+            case 2:
+                sy = y, sx = W - 1 - x;
+                break;
+            case 3:
+                sy = H - 1 - y, sx = W - 1 - x;
+                break;
+            case 4:
+                sy = H - 1 - y, sx = x;
+                break;
+            case 5:
+                sy = x, sx = y;
+                break;
+            case 6:
+                sy = H - 1 - x, sx = y;
+                break;
+            case 7:
+                sy = H - 1 - x, sx = W - 1 - y;
+                break;
+            default: /* 8 */
+                sy = x, sx = W - 1 - y;
+                break;
             }
             memcpy(out + (y * ow + x) * px, in + (sy * W + sx) * px, px);
         }
@@ -155,8 +169,8 @@ static void png_on_warning(png_structp png, png_const_charp msg) {
     (void)msg;
 }
 
-static int decode_png(const unsigned char *data, size_t size, cli_image *img, char *err,
-                      size_t cap, int header_only) {
+static int decode_png(const unsigned char *data, size_t size, cli_image *img, char *err, size_t cap,
+                      int header_only) {
     png_source src = {data, size, 0, err, cap};
     png_structp png =
         png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_on_error, png_on_warning);
@@ -371,12 +385,18 @@ static int webp_orientation(const unsigned char *data, size_t size) {
 
 static const char *webp_status(VP8StatusCode st) {
     switch (st) {
-    case VP8_STATUS_OUT_OF_MEMORY: return "out of memory";
-    case VP8_STATUS_INVALID_PARAM: return "invalid parameter";
-    case VP8_STATUS_BITSTREAM_ERROR: return "bitstream error";
-    case VP8_STATUS_UNSUPPORTED_FEATURE: return "unsupported feature";
-    case VP8_STATUS_NOT_ENOUGH_DATA: return "file is truncated";
-    default: return "cannot decode";
+    case VP8_STATUS_OUT_OF_MEMORY:
+        return "out of memory";
+    case VP8_STATUS_INVALID_PARAM:
+        return "invalid parameter";
+    case VP8_STATUS_BITSTREAM_ERROR:
+        return "bitstream error";
+    case VP8_STATUS_UNSUPPORTED_FEATURE:
+        return "unsupported feature";
+    case VP8_STATUS_NOT_ENOUGH_DATA:
+        return "file is truncated";
+    default:
+        return "cannot decode";
     }
 }
 
@@ -424,8 +444,8 @@ static int decode_webp(const unsigned char *data, size_t size, cli_image *img, c
     return apply_orientation(img, webp_orientation(data, size), err, cap);
 }
 
-static int decode_any(const unsigned char *data, size_t size, cli_image *img, char *err,
-                      size_t cap, int header_only) {
+static int decode_any(const unsigned char *data, size_t size, cli_image *img, char *err, size_t cap,
+                      int header_only) {
     static const unsigned char kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     int rc = -1;
     memset(img, 0, sizeof *img);

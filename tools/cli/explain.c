@@ -371,7 +371,8 @@ static void draw_panel(cairo_surface_t *canvas, int x0, const float *image, cons
             colormap(t, heat);
             const float *im = image + ((size_t)y * PANEL + (size_t)x) * 3;
             unsigned char c[3];
-            for (int k = 0; k < 3; k++) c[k] = to_u8((1 - HEAT_ALPHA) * im[k] + HEAT_ALPHA * heat[k]);
+            for (int k = 0; k < 3; k++)
+                c[k] = to_u8((1 - HEAT_ALPHA) * im[k] + HEAT_ALPHA * heat[k]);
             row[x0 + x] = (uint32_t)c[0] << 16 | (uint32_t)c[1] << 8 | c[2]; /* RGB24 */
         }
     }
