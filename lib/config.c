@@ -1,6 +1,7 @@
 /* Model configuration: the "config/..." arrays of a weight file. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
@@ -230,14 +231,28 @@ static void put(char *buf, size_t cap, size_t *len, const char *fmt, ...) {
     if (n > 0) *len += (size_t)n;
 }
 
+/* The shortest decimal that reads back as the same float32 (the values are
+ * float32 quantities): 0.2, not 0.200000003. Non-finite values as %g. */
+static const char *f32(char out[32], double v) {
+    const float want = (float)v;
+    for (int p = 1; p <= 9 && isfinite(want); p++) {
+        snprintf(out, 32, "%.*g", p, (double)want);
+        if (strtof(out, NULL) == want) return out;
+    }
+    snprintf(out, 32, "%.9g", (double)want);
+    return out;
+}
+
 static void put_list(char *buf, size_t cap, size_t *len, const char *name, const double *v, int n) {
+    char t[32];
     put(buf, cap, len, ", \"%s\": [", name);
-    for (int i = 0; i < n; i++) put(buf, cap, len, "%s%.9g", i ? ", " : "", v[i]);
+    for (int i = 0; i < n; i++) put(buf, cap, len, "%s%s", i ? ", " : "", f32(t, v[i]));
     put(buf, cap, len, "]");
 }
 
 size_t lwfm__config_json(const lwfm__config *c, char *buf, size_t cap) {
     size_t len = 0;
+    char t1[32], t2[32], t3[32];
     put(buf, cap, &len, "{\"format_version\": %d, \"method\": \"%s\", \"backbone\": \"%s\"",
         c->format_version, lwfm__method_name(c->method), lwfm__backbone_name(c->backbone));
     put(buf, cap, &len, ", \"input_channels\": %d", c->input_channels);
@@ -249,9 +264,9 @@ size_t lwfm__config_json(const lwfm__config *c, char *buf, size_t cap) {
     put(buf, cap, &len, "], \"feature_size\": %d", c->feature_size);
     if (c->method == LWFM_METHOD_LWFM_SPM)
         put(buf, cap, &len,
-            ", \"temperature\": %.9g, \"temperature_attn\": %.9g, \"matcher_prob\": %.9g, "
+            ", \"temperature\": %s, \"temperature_attn\": %s, \"matcher_prob\": %s, "
             "\"learnable_matcher\": %s, \"top_k\": %d",
-            c->temperature, c->temperature_attn, c->matcher_prob,
+            f32(t1, c->temperature), f32(t2, c->temperature_attn), f32(t3, c->matcher_prob),
             c->learnable_matcher ? "true" : "false", c->top_k);
     if (c->method == LWFM_METHOD_DN4 || c->method == LWFM_METHOD_MML)
         put(buf, cap, &len, ", \"neighbor_k\": %d", c->neighbor_k);
@@ -262,8 +277,8 @@ size_t lwfm__config_json(const lwfm__config *c, char *buf, size_t cap) {
         if (c->bn_batch) put(buf, cap, &len, ", \"query_batch\": %d", c->query_batch);
     }
     if (c->calibration_temperature != 1.0 || c->unknown_threshold != 0.0)
-        put(buf, cap, &len, ", \"calibration_temperature\": %.9g, \"unknown_threshold\": %.9g",
-            c->calibration_temperature, c->unknown_threshold);
+        put(buf, cap, &len, ", \"calibration_temperature\": %s, \"unknown_threshold\": %s",
+            f32(t1, c->calibration_temperature), f32(t2, c->unknown_threshold));
     put(buf, cap, &len, ", \"image_size\": %d, \"resize\": %d", c->image_size, c->resize);
     put_list(buf, cap, &len, "mean", c->mean, c->n_norm);
     put_list(buf, cap, &len, "std", c->std, c->n_norm);

@@ -1,5 +1,6 @@
 /* Fuzz target: image decoding in the `lwfm` tool (tools/cli/decode.c, PNG
- * through libpng, JPEG through libjpeg) and the preprocessing that follows
+ * through libpng, JPEG through libjpeg, WebP through libwebp, the EXIF
+ * orientation parser) and the preprocessing that follows
  * it in `lwfm classify` / `lwfm eval` (lwfm_model_preprocess()).
  *
  * The input is an image file. A decoding failure must come with a reason
@@ -42,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(img.format == LWFM_PIXEL_U8 || img.format == LWFM_PIXEL_U16);
     /* no JPEG decompression bombs: over 4M pixels, at most 4096 per file byte
      * (tools/cli/decode.c; regressions/image/jpeg-arith-bomb-*) */
-    if (data[0] == 0xff) {
+    if (data[0] == 0xff || data[0] == 'R') { /* JPEG, WebP */
         const uint64_t px = (uint64_t)img.height * (uint64_t)img.width;
         FUZZ_CHECK(px <= ((uint64_t)1 << 22) || px / size <= 4096);
     }

@@ -208,6 +208,20 @@ def images():
     rgb = png(w, h, 2, 8, rows(3))
     out("image", "trunc_rgb8.png", rgb[: len(rgb) - 20])
     out("image", "big_header.png", png(30000, 30000, 2, 8, [b"\0" * 3]))
+    # WebP (libwebp) and EXIF orientation (JPEG APP1, PNG eXIf, WebP EXIF)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name, kw in (("lossy.webp", {"quality": 50}), ("lossless.webp", {"lossless": True}),
+                     ("exif6.webp", {"lossless": True, "exif": exif.tobytes()}),
+                     ("exif6.jpg", {"quality": 50, "exif": exif.tobytes()}),
+                     ("exif6.png", {"exif": exif.tobytes()})):
+        b = io.BytesIO()
+        Image.fromarray(arr).save(b, name.split(".")[1].replace("jpg", "jpeg").upper(), **kw)
+        out("image", name, b.getvalue())
+        out("image", "trunc_" + name, b.getvalue()[: len(b.getvalue()) // 2])
+    b = io.BytesIO()
+    Image.fromarray(np.dstack([arr, arr[..., :1]]), "RGBA").save(b, "WEBP", lossless=True)
+    out("image", "rgba.webp", b.getvalue())
 
 
 def episodes():

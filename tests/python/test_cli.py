@@ -579,7 +579,7 @@ def test_eval_bad_images(cli, tiny, small_tree, tmp_path):
 # ---------------------------------------------------------------------------
 # lwfm classify --explain
 
-PANEL, GAP, STRIP = 192, 24, 28
+PANEL, GAP, HEAD, STRIP = 192, 24, 48, 44  # the picture: words, panels, colour bars
 
 
 def plain_render(px):
@@ -632,7 +632,7 @@ def check_explanations(cli, model_path, tree, out_dir, spm, rcn=False):
             png, sup_file, layer, score = lines[q["path"]]
             assert png == q["explanation"]
             with Image.open(png) as img:
-                assert img.size == (2 * PANEL + GAP, PANEL + STRIP) and img.mode == "RGB"
+                assert img.size == (2 * PANEL + GAP, HEAD + PANEL + STRIP) and img.mode == "RGB"
                 pic = np.asarray(img).astype(np.float32)
             # the support image: the predicted class's best pair score
             assert Path(sup_file).parent.name == q["prediction"]
@@ -659,13 +659,13 @@ def check_explanations(cli, model_path, tree, out_dir, spm, rcn=False):
             # each panel: the image under a heat map (correlated with the
             # plain render of the image, but clearly not equal to it)
             for x0, px in ((0, sup_px[sup_file]), (PANEL + GAP, queries[Path(name).stem])):
-                panel = pic[:PANEL, x0:x0 + PANEL]
+                panel = pic[HEAD:HEAD + PANEL, x0:x0 + PANEL]
                 plain = plain_render(px)
                 assert np.abs(panel - plain).mean() > 8, (png, x0)
                 if plain.std() > 10:
                     assert np.corrcoef(panel.ravel(), plain.ravel())[0, 1] > 0.5, (png, x0)
-            assert (pic[:, PANEL + 2:PANEL + GAP - 2] == 255).mean() > 0.5  # the gap: white
-            strip = pic[PANEL:]
+            assert (pic[HEAD:, PANEL + 2:PANEL + GAP - 2] == 255).mean() > 0.5  # the gap: white
+            strip = pic[HEAD + PANEL:]
             assert strip.std() > 20  # colour bars
     return res
 

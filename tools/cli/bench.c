@@ -21,7 +21,7 @@ static int omp_get_max_threads(void) {
 #endif
 
 static const char kBenchUsage[] =
-    "Usage: lwfm bench --model MODEL.npz [options]\n"
+    "Usage: lwfm bench [--model] MODEL.npz [options]\n"
     "\n"
     "Speed of the model on this machine, fp32 and bf16 side by side:\n"
     "backbone images/s (a 5-way 1-shot 15-query episode's 80 images), episode\n"
@@ -163,8 +163,9 @@ static int bf16_available(const char *path) {
 }
 
 int cmd_bench(int argc, char **argv) {
-    cli_args a = {argc, argv, 2, "bench"};
-    const char *model_path = NULL, *precision_s = "both", *threads_s = NULL, *reps_s = NULL;
+    const char *model_path = NULL, *precision_s = "both", *threads_s = NULL, *reps_s = NULL,
+               *given = NULL;
+    cli_args a = {argc, argv, 2, "bench", &given};
     const cli_string_option opts[] = {{"--model", &model_path},
                                       {"--precision", &precision_s},
                                       {"--threads", &threads_s},
@@ -172,7 +173,7 @@ int cmd_bench(int argc, char **argv) {
     int json = 0, quick = 0, code;
     const cli_bool_flag flags[] = {{"--json", &json}, {"--quick", &quick}};
     if (cli_parse(&a, kBenchUsage, flags, 2, opts, 4, &code)) return code;
-    if (!model_path) return cli_usage_error("bench", "--model is required");
+    if (cli_model_arg("bench", &model_path, given, 1)) return EXIT_USAGE;
     int n_prec = 0;
     lwfm_precision precs[2];
     if (!strcmp(precision_s, "both")) {

@@ -2,7 +2,7 @@
  *
  *   main.c      entry point, help, option parsing helpers, messages
  *   image.c     image files and folders
- *   decode.c    PNG (libpng) and JPEG (libjpeg) decoding from memory
+ *   decode.c    PNG (libpng), JPEG (libjpeg), WebP (libwebp) decoding from memory
  *   dataset.c   image folders, Omniglot .npz archives, the episode sampler
  *   commands.c  `lwfm info` and `lwfm classify`
  *   eval.c      `lwfm eval`
@@ -54,6 +54,9 @@ typedef struct cli_args {
     char **argv;
     int i;           /* index of the current argument */
     const char *cmd; /* for messages */
+    /* When not NULL: one argument that is not an option (the model, as in
+     * `lwfm info MODEL.npz`) is stored here; a second is a usage error. */
+    const char **positional;
 } cli_args;
 
 /* 1 when argv[i] is the flag `name` (no value allowed); 0 otherwise. */
@@ -83,10 +86,23 @@ int cli_parse(cli_args *a, const char *usage, const cli_bool_flag *flags, int n_
  * otherwise a usage message naming `name` and EXIT_USAGE. */
 int cli_int(const char *cmd, const char *name, const char *text, int64_t lo, int64_t hi,
             int64_t *out);
+/* The model given as --model PATH or as the positional argument (`given`):
+ * *model_path set; 0, or EXIT_USAGE after a message when it is given twice
+ * or not at all (`required`). */
+int cli_model_arg(const char *cmd, const char **model_path, const char *given, int required);
+/* --threads N (NULL: the default, OMP_NUM_THREADS or all cores): sets the
+ * OpenMP thread count of the calls that follow. 0, or EXIT_USAGE. */
+int cli_threads(const char *cmd, const char *text);
+/* The number of threads the library will use. */
+int cli_max_threads(void);
 
 /* ---- JSON and small helpers ------------------------------------------- */
 
 void json_string(FILE *f, const char *s);           /* a quoted, escaped JSON string */
+/* Numbers in the shortest form that reads back as the same value: float32
+ * (0.2, not 0.200000003) or double (56, not 56.000000000000007). */
+void json_f32(FILE *f, float v);
+void json_f64(FILE *f, double v);
 double now_seconds(void);                           /* monotonic clock */
 char *path_join(const char *dir, const char *name); /* malloc'd "dir/name" */
 char *str_dup(const char *s);
@@ -100,22 +116,33 @@ typedef struct cli_image {
     void *pixels;                    /* packed rows, malloc'd */
 } cli_image;
 
-/* Decode a PNG or JPEG file (recognised by its first bytes, whatever its
- * name). 0 on success; otherwise -1 with a reason in err (no path in it). */
+/* Decode a PNG, JPEG or WebP file (recognised by its first bytes, whatever
+ * its name), turned as its EXIF orientation says. 0 on success; otherwise -1
+ * with a reason in err (no path in it). */
 int image_read(const char *path, cli_image *img, char *err, size_t cap);
 /* The same from `size` bytes in memory (decode.c; what image_read and the
  * fuzz target tests/fuzz/fuzz_image.c call). */
 int image_decode(const unsigned char *data, size_t size, cli_image *img, char *err, size_t cap);
+/* Only the headers: the format is known, the size within the limits. 0, or
+ * -1 with a reason in err. image_check_file() reads the file first. */
+int image_check(const unsigned char *data, size_t size, char *err, size_t cap);
+int image_check_file(const char *path, char *err, size_t cap);
 void image_free(cli_image *img);
 
-/* 1 when the file name ends in .png, .jpg or .jpeg (any case): the files a
- * folder dataset lists (as lwfm.episodes.FolderSet does). */
+/* 1 when the file name ends in .png, .jpg, .jpeg or .webp (any case): the
+ * files lwfm.episodes.FolderSet lists. */
 int image_name(const char *name);
 
 /* Sorted names (strcmp order, which is Python's sorted() on UTF-8) of the
- * entries of `dir`: sub-directories when `dirs`, else files with an image
- * name. 0 on success, -1 with a reason in err. */
+ * entries of `dir`: sub-directories when `dirs`, else the other entries but
+ * hidden ones (names starting with '.'). 0 on success, -1 with a reason in
+ * err. */
 int list_dir(const char *dir, int dirs, char ***names, int64_t *count, char *err, size_t cap);
+/* The files of `dir` that are images (an image name, another image format's
+ * name such as .bmp, or an image's first bytes), sorted; every other file is
+ * named on stderr ("skipping file (PATH): not an image"). Images in formats
+ * the tool does not read stay in: decoding them gives the reason. */
+int list_images(const char *dir, char ***names, int64_t *count, char *err, size_t cap);
 void free_names(char **names, int64_t count);
 
 /* ---- dataset.c -------------------------------------------------------- */
@@ -192,12 +219,15 @@ int explain_check(const lwfm_model *model, const char *model_path);
 int explain_open(explainer **out, lwfm_model *model, const char *model_path, const char *dir);
 /* Explain query `query_index` (its preprocessed input and file), predicted
  * as class `predicted`, against the support images (preprocessed inputs,
- * files and labels, n_support of them, the same on every call): writes
+ * files and labels, n_support of them, the same on every call); the class
+ * names and the query's probabilities (way of each) are written in the
+ * picture: writes
  * DIR/<NNN>_<stem>.png, prints "explained ..." on stderr and returns the
  * PNG's path (malloc'd), or NULL after printing the error. */
 char *explain_query(explainer *ex, const float *support_inputs, char *const *support_paths,
                     const int32_t *support_labels, int64_t n_support, const float *query_input,
-                    const char *query_path, int64_t query_index, int32_t predicted);
+                    const char *query_path, int64_t query_index, int32_t predicted,
+                    char *const *class_names, const float *probabilities, int64_t way);
 void explain_close(explainer *ex); /* NULL is accepted */
 
 /* Shared by the commands: load a model, printing the error. */

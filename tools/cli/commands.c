@@ -8,23 +8,23 @@
 /* ---- lwfm info ------------------------------------------------------------ */
 
 static const char kInfoUsage[] =
-    "Usage: lwfm info --model MODEL.npz [--json]\n"
+    "Usage: lwfm info [--model] MODEL.npz [--json]\n"
     "\n"
     "A weight file's method, configuration (backbone, metric parameters,\n"
     "preprocessing), the input shape it expects and the feature-map shape of\n"
     "one such input.\n"
     "\n"
-    "  --model PATH  weight file (.npz)\n"
+    "  --model PATH  weight file (.npz); the --model may be left out\n"
     "  --json        print one JSON object\n";
 
 int cmd_info(int argc, char **argv) {
-    cli_args a = {argc, argv, 2, "info"};
-    const char *model_path = NULL;
+    const char *model_path = NULL, *given = NULL;
+    cli_args a = {argc, argv, 2, "info", &given};
     const cli_string_option opts[] = {{"--model", &model_path}};
     int json = 0, code;
     const cli_bool_flag flags[] = {{"--json", &json}};
     if (cli_parse(&a, kInfoUsage, flags, 1, opts, 1, &code)) return code;
-    if (!model_path) return cli_usage_error("info", "--model is required");
+    if (cli_model_arg("info", &model_path, given, 1)) return EXIT_USAGE;
 
     lwfm_model *model = load_model(model_path);
     if (!model) return EXIT_RUNTIME;
@@ -68,24 +68,31 @@ done:
 /* ---- lwfm classify -------------------------------------------------------- */
 
 static const char kClassifyUsage[] =
-    "Usage: lwfm classify --model MODEL.npz --support DIR --query PATH... [options]\n"
+    "Usage: lwfm classify [--model] MODEL.npz --support DIR --query PATH... [options]\n"
     "\n"
     "Classify query images against labelled support images. DIR holds one\n"
-    "sub-folder per class (classes sorted by name); every .png/.jpg/.jpeg file\n"
-    "in it is a support image of that class. A query PATH is an image file or a\n"
-    "directory (all its images, sorted by name). Prints, per query, its path,\n"
-    "the predicted class and the probability of every class (softmax of the\n"
-    "logits, calibrated when the model is: docs/models.md), tab-separated.\n"
+    "sub-folder per class (classes sorted by name); every image in it (PNG, JPEG\n"
+    "or WebP, turned as its EXIF orientation says) is a support image of that\n"
+    "class; other files are named on stderr and left out. A query PATH is an\n"
+    "image file or a directory (all its images, sorted by name). Prints, per\n"
+    "query, its path, the predicted class and the probability of every class\n"
+    "(softmax of the logits, calibrated when the model is: docs/models.md),\n"
+    "tab-separated.\n"
     "\n"
-    "  --model PATH        weight file (.npz)\n"
+    "  --model PATH        weight file (.npz); the --model may be left out when\n"
+    "                      MODEL.npz does not follow --query\n"
     "  --support DIR       support images, one sub-folder per class\n"
     "  --query PATH...     query images or directories (one or more; may repeat)\n"
-    "  --on-bad fail|skip  an unreadable image: stop with an error (default), or\n"
-    "                      report it on stderr and leave it out\n"
+    "  --on-bad fail|skip  an unreadable image (support or query): stop with an\n"
+    "                      error (default), or report it on stderr and leave it\n"
+    "                      out. Files that are not images are named on stderr and\n"
+    "                      left out either way.\n"
     "  --explain DIR       write DIR/NNN_<query>.png per query: the predicted class's\n"
-    "                      best-matching support image beside the query, with\n"
-    "                      attention heat maps and matches (lwfm-spm models only)\n"
+    "                      best-matching support image beside the query, with heat\n"
+    "                      maps, matches, class names and probabilities (lwfm-spm\n"
+    "                      and rcn models)\n"
     "  --precision P       backbone arithmetic: fp32 (default) or bf16\n"
+    "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
     "  --unknown           a query whose top probability is below the model's\n"
     "                      calibrated threshold is predicted '(none of these)'\n"
     "  --unknown-threshold P  the same with threshold P in [0, 1]\n"
@@ -191,13 +198,15 @@ static int unknown_threshold(const lwfm_model *model, int use_model, const char 
 }
 
 int cmd_classify(int argc, char **argv) {
-    cli_args a = {argc, argv, 2, "classify"};
+    cli_args a = {argc, argv, 2, "classify", NULL};
     const char *model_path = NULL, *support_dir = NULL, *on_bad = "fail", *query = NULL,
-               *explain_dir = NULL, *precision_s = "fp32", *unknown_s = NULL;
+               *explain_dir = NULL, *precision_s = "fp32", *unknown_s = NULL, *threads_s = NULL,
+               *given = NULL;
     const cli_string_option opts[] = {{"--model", &model_path},    {"--support", &support_dir},
                                       {"--on-bad", &on_bad},       {"--query", &query},
                                       {"--explain", &explain_dir}, {"--precision", &precision_s},
-                                      {"--unknown-threshold", &unknown_s}};
+                                      {"--unknown-threshold", &unknown_s},
+                                      {"--threads", &threads_s}};
     const char **queries = calloc((size_t)argc, sizeof *queries);
     int64_t n_queries = 0;
     int json = 0, use_unknown = 0, r, usage = 0;
@@ -218,14 +227,18 @@ int cmd_classify(int argc, char **argv) {
                 queries[n_queries++] = argv[++a.i];
             if (a.i < first)
                 usage = cli_usage_error("classify", "option --query needs at least one path");
-        } else if ((r = cli_options(&a, opts, 7)) != 0) {
+        } else if ((r = cli_options(&a, opts, 8)) != 0) {
             if (r < 0) usage = EXIT_USAGE;
             if (query) queries[n_queries++] = query; /* --query=PATH */
             query = NULL;
+        } else if (!given && argv[a.i][0] != '-' && argv[a.i][0]) {
+            given = argv[a.i]; /* the model, positional */
         } else {
             usage = cli_usage_error("classify", "unexpected argument '%s'", argv[a.i]);
         }
     }
+    if (!usage) usage = cli_model_arg("classify", &model_path, given, 0);
+    if (!usage) usage = cli_threads("classify", threads_s);
     const char *missing = !model_path    ? "--model"
                           : !support_dir ? "--support"
                           : !n_queries   ? "--query"
@@ -278,7 +291,7 @@ int cmd_classify(int argc, char **argv) {
         char *dir = path_join(support_dir, classes[k]);
         char **files = NULL;
         int64_t n = 0;
-        if (list_dir(dir, 0, &files, &n, err, sizeof err)) {
+        if (list_images(dir, &files, &n, err, sizeof err)) {
             cli_error("cannot read class folder", dir, "%s", err);
             free(dir);
             goto done;
@@ -315,7 +328,7 @@ int cmd_classify(int argc, char **argv) {
                   "found %lld class folder%s with images; "
                   "2 or more are needed",
                   (long long)way, way == 1 ? "" : "s");
-        cli_hint("--support DIR holds one sub-folder of .png/.jpg/.jpeg images per class");
+        cli_hint("--support DIR holds one sub-folder of .png/.jpg/.jpeg/.webp images per class");
         goto done;
     }
 
@@ -325,12 +338,13 @@ int cmd_classify(int argc, char **argv) {
         if (stat(queries[k], &sb) == 0 && S_ISDIR(sb.st_mode)) {
             char **files = NULL;
             int64_t n = 0;
-            if (list_dir(queries[k], 0, &files, &n, err, sizeof err)) {
+            if (list_images(queries[k], &files, &n, err, sizeof err)) {
                 cli_error("cannot read query folder", queries[k], "%s", err);
                 goto done;
             }
             if (n == 0) {
-                cli_error("no query images", queries[k], "no .png/.jpg/.jpeg files in the folder");
+                cli_error("no query images", queries[k],
+                          "no .png/.jpg/.jpeg/.webp files in the folder");
                 goto done;
             }
             for (int64_t i = 0; i < n; i++) {
@@ -391,9 +405,10 @@ int cmd_classify(int argc, char **argv) {
             int64_t best = 0;
             for (int64_t k = 1; k < way; k++)
                 if (l[k] > l[best]) best = k;
-            explained[q] =
-                explain_query(ex, sup.data, sup.paths, sup.labels, sup.n,
-                              qry.data + (size_t)q * qry.per, qry.paths[q], q, (int32_t)best);
+            explained[q] = explain_query(ex, sup.data, sup.paths, sup.labels, sup.n,
+                                         qry.data + (size_t)q * qry.per, qry.paths[q], q,
+                                         (int32_t)best, classes, prob + (size_t)q * (size_t)way,
+                                         way);
             if (!explained[q]) goto done;
         }
     }
@@ -433,9 +448,15 @@ int cmd_classify(int argc, char **argv) {
             else
                 json_string(stdout, classes[best]);
             printf(", \"label\": %lld, \"probabilities\": [", none ? -1LL : (long long)best);
-            for (int64_t k = 0; k < way; k++) printf("%s%.9g", k ? ", " : "", (double)p[k]);
+            for (int64_t k = 0; k < way; k++) {
+                fputs(k ? ", " : "", stdout);
+                json_f32(stdout, p[k]);
+            }
             fputs("], \"logits\": [", stdout);
-            for (int64_t k = 0; k < way; k++) printf("%s%.9g", k ? ", " : "", (double)l[k]);
+            for (int64_t k = 0; k < way; k++) {
+                fputs(k ? ", " : "", stdout);
+                json_f32(stdout, l[k]);
+            }
             fputs("]", stdout);
             if (explained) {
                 fputs(", \"explanation\": ", stdout);

@@ -37,7 +37,7 @@ static int open_folder(dataset *ds, const char *root) {
         char *dir = path_join(root, classes[c]);
         char **files = NULL;
         int64_t k = 0;
-        int rc = list_dir(dir, 0, &files, &k, err, sizeof err);
+        int rc = list_images(dir, &files, &k, err, sizeof err);
         if (rc) {
             cli_error("cannot read class folder", dir, "%s", err);
             free(dir);
@@ -58,7 +58,8 @@ static int open_folder(dataset *ds, const char *root) {
     free_names(classes, n);
     if (ds->n_classes == 0) {
         cli_error("cannot read dataset", root, "no class folders with images");
-        cli_hint("a dataset folder holds one sub-folder of .png/.jpg/.jpeg images per class");
+        cli_hint("a dataset folder holds one sub-folder of .png/.jpg/.jpeg/.webp images per "
+                 "class");
         return -1;
     }
     return 0;

@@ -21,27 +21,32 @@ static int transductive(const lwfm_model *model) {
 }
 
 static const char kEvalUsage[] =
-    "Usage: lwfm eval --model MODEL.npz --data PATH [options]\n"
+    "Usage: lwfm eval [--model] MODEL.npz --data PATH [options]\n"
     "\n"
     "Mean accuracy and 95% confidence interval of the model over few-shot\n"
     "episodes of a dataset. The episodes are those of lwfm.episodes.EpisodeSampler\n"
     "(splitmix64 from --seed): 'python3 -m lwfm.evaluate' with the same arguments\n"
     "draws the same ones.\n"
     "\n"
-    "  --model PATH        weight file (.npz); not needed with --list-episodes\n"
+    "  --model PATH        weight file (.npz), or MODEL.npz without --model; not\n"
+    "                      needed with --list-episodes\n"
     "  --data PATH         an Omniglot .npz archive (bool array 'images' (classes,\n"
     "                      drawings, H, W), True = paper) or a folder with one\n"
-    "                      sub-folder of .png/.jpg/.jpeg images per class\n"
+    "                      sub-folder of .png/.jpg/.jpeg/.webp images per class\n"
     "  --way N             classes per episode (default 5)\n"
     "  --shot K            support images per class (default 1)\n"
     "  --query Q           query images per class (default 15)\n"
     "  --episodes E        number of episodes (default 600)\n"
     "  --seed S            sampler seed, any 64-bit integer (default 1)\n"
     "  --precision P       backbone arithmetic: fp32 (default) or bf16\n"
-    "  --on-bad fail|skip  an unreadable image: stop with an error (default), or\n"
-    "                      leave it out of its class (folders are then decoded in\n"
-    "                      full before sampling, so the episodes are those of the\n"
-    "                      dataset without the bad images)\n"
+    "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+    "  --on-bad fail|skip  an unreadable image: stop with an error (default; every\n"
+    "                      file of a folder is opened and its header read before\n"
+    "                      the first episode), or leave it out of its class\n"
+    "                      (folders are then decoded in full before sampling, so\n"
+    "                      the episodes are those of the dataset without the bad\n"
+    "                      images). Classes with fewer than shot + query images\n"
+    "                      are named on stderr and not counted.\n"
     "  --list-episodes     print the episodes as JSON lines, without scoring\n"
     "  --json              print one JSON object\n"
     "  --quiet             no progress on stderr\n";
@@ -204,6 +209,47 @@ static int decode_all(dataset *ds, const lwfm_model *model, size_t per, int quie
     return 0;
 }
 
+/* --on-bad fail on a folder tree: open every file and decode its headers
+ * before the first episode, so that a dangling link or a broken file stops
+ * the run at once rather than at the episode that draws it. 0, or -1 after
+ * the error. */
+static int check_all(const dataset *ds, int quiet) {
+    int64_t total = 0, done = 0;
+    for (int64_t k = 0; k < ds->n_classes; k++) total += ds->sizes[k];
+    progress pr;
+    progress_start(&pr, !quiet && total > 0, "checking images", total);
+    for (int64_t k = 0; k < ds->n_classes; k++) {
+        for (int64_t i = 0; i < ds->sizes[k]; i++) {
+            char err[ERR_CAP];
+            char *path = dataset_item_path(ds, k, i);
+            int bad = image_check_file(path, err, sizeof err);
+            if (bad) {
+                cli_error("cannot read image", path, "%s", err);
+                cli_hint("--on-bad skip leaves unreadable images out of their class");
+            }
+            free(path);
+            if (bad) return -1;
+            progress_update(&pr, ++done, -1);
+        }
+    }
+    return 0;
+}
+
+/* Name on stderr every class too small for an episode (fewer than shot +
+ * query examples): the sampler leaves them out. */
+static void report_small(const dataset *ds, int64_t shot, int64_t query) {
+    for (int64_t k = 0; k < ds->n_classes; k++) {
+        if (ds->sizes[k] >= shot + query) continue;
+        char *dir = ds->is_npz ? str_dup(ds->path) : path_join(ds->path, ds->names[k]);
+        fprintf(stderr,
+                "lwfm: class '%s' (%s) has %lld example%s, fewer than shot + query = %lld: "
+                "left out of the episodes\n",
+                ds->names[k], dir, (long long)ds->sizes[k], ds->sizes[k] == 1 ? "" : "s",
+                (long long)(shot + query));
+        free(dir);
+    }
+}
+
 /* ---- output ----------------------------------------------------------------- */
 
 static void print_items(const char *key, const int64_t *cls, const int64_t *idx, int64_t n) {
@@ -254,18 +300,21 @@ static int parse_seed(const char *text, uint64_t *seed) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    cli_args a = {argc, argv, 2, "eval"};
-    const char *model_path = NULL, *data_path = NULL, *on_bad = "fail";
+    const char *model_path = NULL, *data_path = NULL, *on_bad = "fail", *given = NULL;
+    cli_args a = {argc, argv, 2, "eval", &given};
     const char *way_s = "5", *shot_s = "1", *query_s = "15", *episodes_s = "600", *seed_s = "1";
-    const char *precision_s = "fp32";
+    const char *precision_s = "fp32", *threads_s = NULL;
     const cli_string_option opts[] = {
         {"--model", &model_path},    {"--data", &data_path}, {"--on-bad", &on_bad},
         {"--way", &way_s},           {"--shot", &shot_s},    {"--query", &query_s},
-        {"--episodes", &episodes_s}, {"--seed", &seed_s},    {"--precision", &precision_s}};
+        {"--episodes", &episodes_s}, {"--seed", &seed_s},    {"--precision", &precision_s},
+        {"--threads", &threads_s}};
     int json = 0, list = 0, quiet = 0, code;
     const cli_bool_flag flags[] = {
         {"--json", &json}, {"--list-episodes", &list}, {"--quiet", &quiet}};
-    if (cli_parse(&a, kEvalUsage, flags, 3, opts, 9, &code)) return code;
+    if (cli_parse(&a, kEvalUsage, flags, 3, opts, 10, &code)) return code;
+    if (cli_model_arg("eval", &model_path, given, 0) || cli_threads("eval", threads_s))
+        return EXIT_USAGE;
     int64_t way, shot, query, episodes;
     uint64_t seed;
     lwfm_precision precision;
@@ -311,6 +360,8 @@ int cmd_eval(int argc, char **argv) {
         cli_error("cannot read dataset", data_path, "out of memory");
         goto done;
     }
+    if (!skip_bad && !ds.is_npz && !list && check_all(&ds, quiet)) goto done;
+    report_small(&ds, shot, query);
     if (sampler_init(&smp, ds.sizes, ds.n_classes, way, shot, query, seed, err, sizeof err)) {
         cli_error("cannot sample episodes", data_path, "%s", err);
         goto done;
@@ -355,7 +406,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr,
                 "lwfm: %lld classes, %lld-way %lld-shot, %lld queries per class, %lld "
                 "episodes, seed %s\n",
-                (long long)ds.n_classes, (long long)way, (long long)shot, (long long)query,
+                (long long)smp.n_eligible, (long long)way, (long long)shot, (long long)query,
                 (long long)episodes, seed_s);
     progress pr;
     progress_start(&pr, !quiet, "episode", episodes);
@@ -409,9 +460,12 @@ int cmd_eval(int argc, char **argv) {
     for (int64_t e = 0; e < episodes; e++) var += (accs[e] - mean) * (accs[e] - mean);
     const double ci95 = 1.96 * sqrt(var / (double)episodes) / sqrt((double)episodes);
     if (json) {
-        printf("{\"accuracy\": %.17g, \"ci95\": %.17g, \"episodes\": %lld, \"way\": %lld, "
-               "\"shot\": %lld, \"query\": %lld, \"seed\": ",
-               mean, ci95, (long long)episodes, (long long)way, (long long)shot, (long long)query);
+        fputs("{\"accuracy\": ", stdout);
+        json_f64(stdout, mean);
+        fputs(", \"ci95\": ", stdout);
+        json_f64(stdout, ci95);
+        printf(", \"episodes\": %lld, \"way\": %lld, \"shot\": %lld, \"query\": %lld, \"seed\": ",
+               (long long)episodes, (long long)way, (long long)shot, (long long)query);
         if (seed_s[0] == '-')
             printf("%lld, \"model\": ", (long long)seed);
         else
@@ -420,13 +474,16 @@ int cmd_eval(int argc, char **argv) {
         fputs(", \"data\": ", stdout);
         json_string(stdout, data_path);
         printf(", \"backend\": \"lwfm\", \"seconds\": %.3f, \"classes\": %lld, \"skipped\": [",
-               now_seconds() - t0, (long long)ds.n_classes);
+               now_seconds() - t0, (long long)smp.n_eligible);
         for (int64_t k = 0; k < n_bad; k++) {
             fputs(k ? ", " : "", stdout);
             json_string(stdout, bad[k]);
         }
         fputs("], \"episode_accuracies\": [", stdout);
-        for (int64_t e = 0; e < episodes; e++) printf("%s%.17g", e ? ", " : "", accs[e]);
+        for (int64_t e = 0; e < episodes; e++) {
+            fputs(e ? ", " : "", stdout);
+            json_f64(stdout, accs[e]);
+        }
         fputs("]}\n", stdout);
     } else {
         printf("accuracy %.2f%% +- %.2f%% (95%% CI, %lld episodes, %lld-way %lld-shot)\n", mean,

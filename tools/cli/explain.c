@@ -7,34 +7,40 @@
  * the highest SPM layer score (layer 0 without SPM). The picture: the
  * support image (left) and the query (right), each resized to S x S, under a
  * heat map of that layer's attention weights, with the Hungarian matches of
- * that layer drawn from panel to panel, and colour bars at the bottom.
+ * that layer drawn from panel to panel; above them the support's class and
+ * file, the query's file, the predicted class and the runner-up with their
+ * probabilities; below them labelled colour bars.
  * RCN (peers.md 4.8): the pair term e = sum_r w_r sim_r of lwfm_rcn_pair();
  * the support panel shows a_r = w_r sim_r (how much each support region adds
  * to e), the query panel the a_r max-scattered into each region's matched
  * query cell, and lines join every support region with a_r > 0 to its match
  * (the RCN_LINES largest drawn bold).
  *
- * Only the public API is used. The PNG is written through libpng into a
- * temporary file in DIR, renamed into place once complete. */
+ * Only the public API is used. The heat maps are computed per pixel; the
+ * lines, discs, colour bars and words are drawn with cairo (text through
+ * fontconfig: DejaVu Sans), and cairo writes the PNG into a temporary file
+ * in DIR, renamed into place once complete. */
 #include <errno.h>
 #include <math.h>
-#include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <png.h>
+#include <cairo.h>
 
 #include "cli.h"
 
 enum {
     PANEL = 192, /* S: side of each panel */
     GAP = 24,    /* between the panels */
-    STRIP = 28,  /* colour bars at the bottom */
+    HEAD = 48,   /* three lines of words above the panels */
+    STRIP = 44,  /* labelled colour bars at the bottom */
     CANVAS_W = 2 * PANEL + GAP,
-    CANVAS_H = PANEL + STRIP
+    CANVAS_H = HEAD + PANEL + STRIP
 };
+#define FONT "DejaVu Sans"
+#define FONT_SIZE 11.0
 #define HEAT_ALPHA 0.45f
 #define RCN_LINES 5 /* RCN: bold lines for the regions adding most to the pair term */
 
@@ -55,7 +61,7 @@ struct explainer {
     float *ws, *wq, *sim, *layer_scores; /* L * P each (layer_scores: L) */
     float *best_ws, *best_wq, *best_sim, *best_layers;
     int64_t *assign, *best_assign;
-    unsigned char *canvas; /* CANVAS_H rows of CANVAS_W RGB pixels */
+    cairo_surface_t *canvas; /* CANVAS_W x CANVAS_H, RGB24 */
 };
 
 /* ---- setup ----------------------------------------------------------------- */
@@ -117,7 +123,7 @@ void explain_close(explainer *ex) {
     free(ex->q_feat);
     free(ex->ws);
     free(ex->assign);
-    free(ex->canvas);
+    if (ex->canvas) cairo_surface_destroy(ex->canvas);
     free(ex);
 }
 
@@ -172,7 +178,11 @@ int explain_open(explainer **out, lwfm_model *model, const char *model_path, con
     ex->ws = malloc((6 * lp + 2 * (size_t)ex->layers) * sizeof(float));
     ex->assign = malloc(2 * lp * sizeof(int64_t) + lp); /* + RCN's scratch flags */
     ex->q_feat = malloc(ex->feat * sizeof(float));
-    ex->canvas = malloc((size_t)CANVAS_W * CANVAS_H * 3);
+    ex->canvas = cairo_image_surface_create(CAIRO_FORMAT_RGB24, CANVAS_W, CANVAS_H);
+    if (cairo_surface_status(ex->canvas) != CAIRO_STATUS_SUCCESS) {
+        cairo_surface_destroy(ex->canvas);
+        ex->canvas = NULL;
+    }
     if (!ex->ws || !ex->assign || !ex->q_feat || !ex->canvas) {
         cli_error("--explain", NULL, "out of memory");
         explain_close(ex);
@@ -330,13 +340,9 @@ static unsigned char to_u8(float v) {
     return (unsigned char)lrintf(v * 255.0f);
 }
 
-static void blend(unsigned char *canvas, int x, int y, const float rgb[3], float alpha) {
-    unsigned char *p = canvas + ((size_t)y * CANVAS_W + (size_t)x) * 3;
-    for (int k = 0; k < 3; k++) p[k] = to_u8((1 - alpha) * (p[k] / 255.0f) + alpha * rgb[k]);
-}
-
-/* One panel at column x0: image plus the fh x fw weights as a heat map. */
-static void draw_panel(unsigned char *canvas, int x0, const float *image, const float *weights,
+/* One panel at column x0 (below the words): image plus the fh x fw weights
+ * as a heat map, written into the surface's pixels. */
+static void draw_panel(cairo_surface_t *canvas, int x0, const float *image, const float *weights,
                        int64_t fh, int64_t fw) {
     float lo = weights[0], hi = weights[0];
     for (int64_t i = 1; i < fh * fw; i++) {
@@ -344,11 +350,15 @@ static void draw_panel(unsigned char *canvas, int x0, const float *image, const 
         hi = weights[i] > hi ? weights[i] : hi;
     }
     const float range = hi - lo;
+    cairo_surface_flush(canvas);
+    unsigned char *data = cairo_image_surface_get_data(canvas);
+    const int stride = cairo_image_surface_get_stride(canvas);
     for (int y = 0; y < PANEL; y++) {
         float gy = (y + 0.5f) * (float)fh / PANEL - 0.5f;
         gy = gy < 0 ? 0 : gy > (float)(fh - 1) ? (float)(fh - 1) : gy;
         int64_t y0 = (int64_t)gy, y1 = y0 + 1 < fh ? y0 + 1 : y0;
         float fy = gy - (float)y0;
+        uint32_t *row = (uint32_t *)(data + (size_t)(HEAD + y) * (size_t)stride);
         for (int x = 0; x < PANEL; x++) {
             float gx = (x + 0.5f) * (float)fw / PANEL - 0.5f;
             gx = gx < 0 ? 0 : gx > (float)(fw - 1) ? (float)(fw - 1) : gx;
@@ -360,112 +370,104 @@ static void draw_panel(unsigned char *canvas, int x0, const float *image, const 
             float heat[3];
             colormap(t, heat);
             const float *im = image + ((size_t)y * PANEL + (size_t)x) * 3;
-            unsigned char *p = canvas + ((size_t)y * CANVAS_W + (size_t)(x0 + x)) * 3;
+            unsigned char c[3];
             for (int k = 0; k < 3; k++)
-                p[k] = to_u8((1 - HEAT_ALPHA) * im[k] + HEAT_ALPHA * heat[k]);
+                c[k] = to_u8((1 - HEAT_ALPHA) * im[k] + HEAT_ALPHA * heat[k]);
+            row[x0 + x] = (uint32_t)c[0] << 16 | (uint32_t)c[1] << 8 | c[2]; /* RGB24 */
         }
     }
+    cairo_surface_mark_dirty(canvas);
 }
 
-/* An antialiased segment `width` pixels wide (coordinates in pixels, pixel
- * centres at +0.5), clipped to the canvas. */
-static void draw_segment(unsigned char *canvas, float xa, float ya, float xb, float yb, float width,
+static void set_rgb(cairo_t *cr, const float rgb[3]) {
+    cairo_set_source_rgb(cr, rgb[0], rgb[1], rgb[2]);
+}
+
+static void draw_segment(cairo_t *cr, float xa, float ya, float xb, float yb, float width,
                          const float rgb[3]) {
-    const float half = width / 2;
-    int x0 = (int)floorf(fminf(xa, xb) - half - 1), x1 = (int)ceilf(fmaxf(xa, xb) + half + 1);
-    int y0 = (int)floorf(fminf(ya, yb) - half - 1), y1 = (int)ceilf(fmaxf(ya, yb) + half + 1);
-    x0 = x0 < 0 ? 0 : x0;
-    y0 = y0 < 0 ? 0 : y0;
-    x1 = x1 > CANVAS_W ? CANVAS_W : x1;
-    y1 = y1 > CANVAS_H ? CANVAS_H : y1;
-    const float dx = xb - xa, dy = yb - ya, len2 = dx * dx + dy * dy;
-    for (int y = y0; y < y1; y++)
-        for (int x = x0; x < x1; x++) {
-            const float px = x + 0.5f - xa, py = y + 0.5f - ya;
-            float t = len2 > 0 ? (px * dx + py * dy) / len2 : 0;
-            t = t < 0 ? 0 : t > 1 ? 1 : t;
-            const float ex = px - t * dx, ey = py - t * dy;
-            const float cover = half + 0.5f - sqrtf(ex * ex + ey * ey);
-            if (cover > 0) blend(canvas, x, y, rgb, cover > 1 ? 1 : cover);
-        }
+    cairo_set_line_width(cr, width);
+    cairo_set_line_cap(cr, CAIRO_LINE_CAP_ROUND);
+    set_rgb(cr, rgb);
+    cairo_move_to(cr, xa, ya);
+    cairo_line_to(cr, xb, yb);
+    cairo_stroke(cr);
 }
 
-static void draw_disc(unsigned char *canvas, float cx, float cy, float radius, const float rgb[3]) {
-    draw_segment(canvas, cx, cy, cx, cy, 2 * radius, rgb);
+static void draw_disc(cairo_t *cr, float cx, float cy, float radius, const float rgb[3]) {
+    set_rgb(cr, rgb);
+    cairo_new_sub_path(cr);
+    cairo_arc(cr, cx, cy, radius, 0, 2 * M_PI);
+    cairo_fill(cr);
 }
 
 static void cell_centre(int64_t pos, int64_t fh, int64_t fw, int x0, float *x, float *y) {
     *x = (float)x0 + ((float)(pos % fw) + 0.5f) * PANEL / (float)fw;
-    *y = ((float)(pos / fw) + 0.5f) * PANEL / (float)fh;
+    *y = HEAD + ((float)(pos / fw) + 0.5f) * PANEL / (float)fh;
 }
 
-/* A bar of `map` under the panel at column x0 (inset 8 px), framed. */
-static void draw_bar(unsigned char *canvas, int x0, void (*map)(float, float *)) {
-    const int top = PANEL + 8, bottom = PANEL + 20, left = x0 + 8, right = x0 + PANEL - 8;
-    static const float frame[3] = {0.25f, 0.25f, 0.25f};
-    for (int y = top - 1; y <= bottom; y++)
-        for (int x = left - 1; x <= right; x++) {
-            float rgb[3];
-            if (y == top - 1 || y == bottom || x == left - 1 || x == right) {
-                blend(canvas, x, y, frame, 1.0f);
-            } else {
-                map((float)(x - left) / (float)(right - left - 1), rgb);
-                blend(canvas, x, y, rgb, 1.0f);
-            }
-        }
+/* `text` at (x, baseline y), at most `room` pixels wide (shortened with an
+ * ellipsis); align 0 left, 1 centre, 2 right of x. */
+static void draw_text(cairo_t *cr, const char *text, double x, double y, double room, int align,
+                      int bold, double grey) {
+    cairo_select_font_face(cr, FONT, CAIRO_FONT_SLANT_NORMAL,
+                           bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
+    cairo_set_font_size(cr, FONT_SIZE);
+    cairo_set_source_rgb(cr, grey, grey, grey);
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", text);
+    cairo_text_extents_t te;
+    cairo_text_extents(cr, buf, &te);
+    size_t n = strlen(buf);
+    while (te.x_advance > room && n > 1) { /* drop UTF-8 characters from the end */
+        do n--;
+        while (n > 0 && ((unsigned char)buf[n] & 0xc0) == 0x80);
+        snprintf(buf + n, sizeof buf - n, "\xe2\x80\xa6"); /* ... */
+        cairo_text_extents(cr, buf, &te);
+    }
+    double at = align == 0 ? x : align == 1 ? x - te.x_advance / 2 : x - te.x_advance;
+    cairo_move_to(cr, at, y);
+    cairo_show_text(cr, buf);
+}
+
+/* A framed bar of `map` under the panel at column x0 (inset 8 px), with
+ * labels under its ends and middle. */
+static void draw_bar(cairo_t *cr, int x0, void (*map)(float, float *), const char *low,
+                     const char *mid, const char *high) {
+    const double top = HEAD + PANEL + 6, height = 12, left = x0 + 8, width = PANEL - 16;
+    cairo_pattern_t *pat = cairo_pattern_create_linear(left, 0, left + width, 0);
+    for (int k = 0; k <= 16; k++) {
+        float rgb[3];
+        map((float)k / 16.0f, rgb);
+        cairo_pattern_add_color_stop_rgb(pat, k / 16.0, rgb[0], rgb[1], rgb[2]);
+    }
+    cairo_rectangle(cr, left, top, width, height);
+    cairo_set_source(cr, pat);
+    cairo_fill_preserve(cr);
+    cairo_pattern_destroy(pat);
+    cairo_set_source_rgb(cr, 0.25, 0.25, 0.25);
+    cairo_set_line_width(cr, 1.0);
+    cairo_stroke(cr);
+    const double base = top + height + 13;
+    cairo_text_extents_t lo, hi;
+    cairo_select_font_face(cr, FONT, CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+    cairo_set_font_size(cr, FONT_SIZE);
+    cairo_text_extents(cr, low, &lo);
+    cairo_text_extents(cr, high, &hi);
+    const double ends = lo.x_advance > hi.x_advance ? lo.x_advance : hi.x_advance;
+    draw_text(cr, low, left, base, width / 3, 0, 0, 0.2);
+    draw_text(cr, mid, left + width / 2, base, width - 2 * ends - 8, 1, 0, 0.2);
+    draw_text(cr, high, left + width, base, width / 3, 2, 0, 0.2);
 }
 
 /* ---- PNG output --------------------------------------------------------------- */
 
-typedef struct png_sink {
-    char *err;
-    size_t cap;
-} png_sink;
-
-static void png_on_error(png_structp png, png_const_charp msg) {
-    png_sink *s = png_get_error_ptr(png);
-    snprintf(s->err, s->cap, "libpng: %s", msg);
-    png_longjmp(png, 1);
-}
-
-static void png_on_warning(png_structp png, png_const_charp msg) {
-    (void)png;
-    (void)msg;
-}
-
-/* Write the canvas to `f`. 0, or -1 with a reason in err. */
-static int write_png(FILE *f, const unsigned char *canvas, char *err, size_t cap) {
-    png_sink sink = {err, cap};
-    png_structp png =
-        png_create_write_struct(PNG_LIBPNG_VER_STRING, &sink, png_on_error, png_on_warning);
-    png_infop info = png ? png_create_info_struct(png) : NULL;
-    if (!info) {
-        png_destroy_write_struct(png ? &png : NULL, NULL);
-        snprintf(err, cap, "out of memory");
-        return -1;
-    }
-    png_bytep *volatile rows = NULL;
-    if (setjmp(png_jmpbuf(png))) {
-        png_destroy_write_struct(&png, &info);
-        free(rows);
-        return -1; /* err written by png_on_error */
-    }
-    rows = malloc(sizeof(png_bytep) * CANVAS_H);
-    if (!rows) png_error(png, "out of memory");
-    for (int y = 0; y < CANVAS_H; y++) rows[y] = (png_bytep)canvas + (size_t)y * CANVAS_W * 3;
-    png_init_io(png, f);
-    png_set_IHDR(png, info, CANVAS_W, CANVAS_H, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
-                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
-    png_write_image(png, rows);
-    png_write_end(png, NULL);
-    png_destroy_write_struct(&png, &info);
-    free(rows);
-    return 0;
+static cairo_status_t write_to_file(void *closure, const unsigned char *data, unsigned int n) {
+    return fwrite(data, 1, n, (FILE *)closure) == n ? CAIRO_STATUS_SUCCESS
+                                                    : CAIRO_STATUS_WRITE_ERROR;
 }
 
 /* Write the canvas to `path` through a temporary file in `dir`. */
-static int save_png(const char *dir, const char *path, const unsigned char *canvas, char *err,
+static int save_png(const char *dir, const char *path, cairo_surface_t *canvas, char *err,
                     size_t cap) {
     char *tmp = path_join(dir, ".lwfm-explain-XXXXXX");
     int fd = mkstemp(tmp);
@@ -484,7 +486,12 @@ static int save_png(const char *dir, const char *path, const unsigned char *canv
         free(tmp);
         return -1;
     }
-    int rc = write_png(f, canvas, err, cap);
+    int rc = 0;
+    cairo_status_t cs = cairo_surface_write_to_png_stream(canvas, write_to_file, f);
+    if (cs != CAIRO_STATUS_SUCCESS) {
+        snprintf(err, cap, "cairo: %s", cairo_status_to_string(cs));
+        rc = -1;
+    }
     if (fflush(f) != 0 && rc == 0) {
         snprintf(err, cap, "cannot write: %s", strerror(errno));
         rc = -1;
@@ -537,9 +544,15 @@ static char *output_path(const char *dir, const char *query_path, int64_t index)
     return path;
 }
 
+static const char *base_name(const char *path) {
+    const char *b = strrchr(path, '/');
+    return b && b[1] ? b + 1 : path;
+}
+
 char *explain_query(explainer *ex, const float *support_inputs, char *const *support_paths,
                     const int32_t *support_labels, int64_t n_support, const float *query_input,
-                    const char *query_path, int64_t query_index, int32_t predicted) {
+                    const char *query_path, int64_t query_index, int32_t predicted,
+                    char *const *class_names, const float *probabilities, int64_t way) {
     const size_t per = (size_t)(ex->c * ex->h * ex->w);
     const int64_t P = ex->fh * ex->fw, L = ex->layers;
     const size_t lp = (size_t)(L * P);
@@ -613,19 +626,24 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
         for (int64_t l = 1; l < L; l++)
             if (ex->best_layers[l] > ex->best_layers[layer]) layer = l;
 
-    /* the picture */
+    /* the picture: heat-mapped panels, then cairo draws over them */
     cli_image img[2];
     const char *files[2] = {support_paths[best], query_path};
     float *panel = malloc((size_t)PANEL * PANEL * 3 * sizeof(float));
-    if (!panel) {
+    cairo_t *cr = cairo_create(ex->canvas);
+    if (!panel || cairo_status(cr) != CAIRO_STATUS_SUCCESS) {
         cli_error("cannot explain", query_path, "out of memory");
+        free(panel);
+        cairo_destroy(cr);
         return NULL;
     }
-    memset(ex->canvas, 255, (size_t)CANVAS_W * CANVAS_H * 3);
+    cairo_set_source_rgb(cr, 1, 1, 1);
+    cairo_paint(cr);
     for (int side = 0; side < 2; side++) {
         if (image_read(files[side], &img[side], err, sizeof err)) {
             cli_error("cannot read image", files[side], "%s", err);
             free(panel);
+            cairo_destroy(cr);
             return NULL;
         }
         int bad = resize_panel(&img[side], panel);
@@ -633,15 +651,43 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
         if (bad) {
             cli_error("cannot explain", query_path, "out of memory");
             free(panel);
+            cairo_destroy(cr);
             return NULL;
         }
         const float *w = (side ? ex->best_wq : ex->best_ws) + (size_t)layer * (size_t)P;
         draw_panel(ex->canvas, side ? PANEL + GAP : 0, panel, w, ex->fh, ex->fw);
     }
     free(panel);
-    draw_bar(ex->canvas, 0, colormap);
+
+    /* words: the support's class and file; the query's file, the predicted
+     * class and the runner-up with their probabilities */
+    char line[256];
+    int64_t second = -1;
+    for (int64_t k = 0; k < way; k++)
+        if (k != predicted && (second < 0 || probabilities[k] > probabilities[second])) second = k;
+    const double right = PANEL + GAP + 2, room = PANEL - 4;
+    snprintf(line, sizeof line, "support: %s", class_names[predicted]);
+    draw_text(cr, line, 2, 13, room, 0, 1, 0.1);
+    draw_text(cr, base_name(support_paths[best]), 2, 28, room, 0, 0, 0.35);
+    snprintf(line, sizeof line, "pair score %.4g", (double)best_score);
+    draw_text(cr, line, 2, 43, room, 0, 0, 0.35);
+    snprintf(line, sizeof line, "predicted: %s %.1f%%", class_names[predicted],
+             100.0 * (double)probabilities[predicted]);
+    draw_text(cr, line, right, 13, room, 0, 1, 0.1);
+    draw_text(cr, base_name(query_path), right, 28, room, 0, 0, 0.35);
+    if (second >= 0) {
+        snprintf(line, sizeof line, "next: %s %.1f%%", class_names[second],
+                 100.0 * (double)probabilities[second]);
+        draw_text(cr, line, right, 43, room, 0, 0, 0.35);
+    }
+
+    char attn[64];
+    if (ex->rcn)
+        snprintf(attn, sizeof attn, "w\xc2\xb7sim");
+    else
+        snprintf(attn, sizeof attn, "attention (layer %lld)", (long long)layer);
+    draw_bar(cr, 0, colormap, "low", attn, "high");
     if (ex->spm || ex->rcn) {
-        draw_bar(ex->canvas, PANEL + GAP, match_colour);
         const int64_t *as = ex->best_assign + (size_t)layer * (size_t)P;
         /* SPM: the matched similarities; RCN: a_r = w_r sim_r (best_ws) */
         const float *sim = (ex->rcn ? ex->best_ws : ex->best_sim) + (size_t)layer * (size_t)P;
@@ -652,6 +698,7 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
         unsigned char *top = calloc((size_t)P, 1);
         if (!top) {
             cli_error("cannot explain", query_path, "out of memory");
+            cairo_destroy(cr);
             return NULL;
         }
         for (int64_t r = 0; r < k; r++) {
@@ -668,6 +715,11 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
             lo = sim[a] < lo ? sim[a] : lo;
             hi = sim[a] > hi ? sim[a] : hi;
         }
+        char lo_s[32], hi_s[32];
+        snprintf(lo_s, sizeof lo_s, "%.3g", (double)lo);
+        snprintf(hi_s, sizeof hi_s, "%.3g", (double)hi);
+        draw_bar(cr, PANEL + GAP, match_colour, lo_s, ex->rcn ? "w\xc2\xb7sim" : "similarity",
+                 hi_s);
         for (int pass = 0; pass < 2; pass++)
             for (int64_t a = 0; a < P; a++) {
                 if (top[a] != pass || (ex->rcn && !(sim[a] > 0))) continue;
@@ -676,17 +728,24 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
                 cell_centre(as[a], ex->fh, ex->fw, PANEL + GAP, &xb, &yb);
                 match_colour(hi > lo ? (sim[a] - lo) / (hi - lo) : 1.0f, rgb);
                 if (!pass) {
-                    draw_segment(ex->canvas, xa, ya, xb, yb, 1.0f, rgb);
+                    draw_segment(cr, xa, ya, xb, yb, 1.0f, rgb);
                 } else {
                     static const float dark[3] = {0.1f, 0.1f, 0.1f};
-                    draw_segment(ex->canvas, xa, ya, xb, yb, 3.0f, rgb);
-                    draw_disc(ex->canvas, xa, ya, 5.0f, dark);
-                    draw_disc(ex->canvas, xb, yb, 5.0f, dark);
-                    draw_disc(ex->canvas, xa, ya, 3.5f, rgb);
-                    draw_disc(ex->canvas, xb, yb, 3.5f, rgb);
+                    draw_segment(cr, xa, ya, xb, yb, 3.0f, rgb);
+                    draw_disc(cr, xa, ya, 5.0f, dark);
+                    draw_disc(cr, xb, yb, 5.0f, dark);
+                    draw_disc(cr, xa, ya, 3.5f, rgb);
+                    draw_disc(cr, xb, yb, 3.5f, rgb);
                 }
             }
         free(top);
+    }
+    cairo_status_t cs = cairo_status(cr);
+    cairo_destroy(cr);
+    cairo_surface_flush(ex->canvas);
+    if (cs != CAIRO_STATUS_SUCCESS) {
+        cli_error("cannot explain", query_path, "cairo: %s", cairo_status_to_string(cs));
+        return NULL;
     }
 
     char *out = output_path(ex->dir, query_path, query_index);

@@ -1,5 +1,5 @@
 /* Image files (decoded by decode.c: PNG through libpng, JPEG through
- * libjpeg, chosen by the file's first bytes); directory listings of image
+ * libjpeg, WebP through libwebp, chosen by the file's first bytes); directory listings of image
  * files. */
 #include <dirent.h>
 #include <errno.h>
@@ -13,8 +13,9 @@
 
 /* ---- files -------------------------------------------------------------- */
 
-int image_read(const char *path, cli_image *img, char *err, size_t cap) {
-    memset(img, 0, sizeof *img);
+/* Read the whole file into a malloc'd buffer. 0, or -1 with err. */
+static int read_file(const char *path, unsigned char **out, size_t *out_size, char *err,
+                     size_t cap) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, cap, "cannot open: %s", strerror(errno));
@@ -47,23 +48,85 @@ int image_read(const char *path, cli_image *img, char *err, size_t cap) {
     size_t got = fread(data, 1, size, f);
     int read_error = ferror(f);
     fclose(f);
-    int rc = -1;
-    if (read_error || got != size)
+    if (read_error || got != size) {
         snprintf(err, cap, "read error: %s", read_error ? strerror(errno) : "file changed size");
-    else
-        rc = image_decode(data, size, img, err, cap);
+        free(data);
+        return -1;
+    }
+    *out = data;
+    *out_size = size;
+    return 0;
+}
+
+int image_read(const char *path, cli_image *img, char *err, size_t cap) {
+    memset(img, 0, sizeof *img);
+    unsigned char *data;
+    size_t size;
+    if (read_file(path, &data, &size, err, cap)) return -1;
+    int rc = image_decode(data, size, img, err, cap);
     free(data);
-    if (rc) memset(img, 0, sizeof *img);
     return rc;
 }
 
-int image_name(const char *name) {
+int image_check_file(const char *path, char *err, size_t cap) {
+    unsigned char *data;
+    size_t size;
+    if (read_file(path, &data, &size, err, cap)) return -1;
+    int rc = image_check(data, size, err, cap);
+    free(data);
+    return rc;
+}
+
+static int name_ends(const char *name, const char *const *ext, int n_ext) {
     size_t n = strlen(name);
-    static const char *const kExt[] = {".png", ".jpg", ".jpeg"};
-    for (int k = 0; k < 3; k++) {
-        size_t e = strlen(kExt[k]);
-        if (n >= e && strcasecmp(name + n - e, kExt[k]) == 0) return 1;
+    for (int k = 0; k < n_ext; k++) {
+        size_t e = strlen(ext[k]);
+        if (n >= e && strcasecmp(name + n - e, ext[k]) == 0) return 1;
     }
+    return 0;
+}
+
+int image_name(const char *name) {
+    static const char *const kExt[] = {".png", ".jpg", ".jpeg", ".webp"};
+    return name_ends(name, kExt, 4);
+}
+
+/* Whether a file that has no image name is still an image, of a format we
+ * read or not (then decoding says which): an image-format name, or the
+ * first bytes of one. */
+static int image_like(const char *path, const char *name) {
+    static const char *const kOther[] = {".bmp",  ".gif", ".tif", ".tiff", ".heic", ".heif",
+                                         ".avif", ".jxl", ".ppm", ".pgm",  ".pnm",  ".ico"};
+    if (name_ends(name, kOther, 12)) return 1;
+    unsigned char b[12] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return 1; /* unreadable (a dangling link): decoding reports it */
+    size_t n = fread(b, 1, sizeof b, f);
+    fclose(f);
+    return (n >= 8 && memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0) ||
+           (n >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) ||
+           (n >= 12 && memcmp(b, "RIFF", 4) == 0 && memcmp(b + 8, "WEBP", 4) == 0) ||
+           (n >= 4 && memcmp(b, "GIF8", 4) == 0) || (n >= 2 && memcmp(b, "BM", 2) == 0) ||
+           (n >= 4 && (memcmp(b, "II*\0", 4) == 0 || memcmp(b, "MM\0*", 4) == 0)) ||
+           (n >= 8 && memcmp(b + 4, "ftyp", 4) == 0);
+}
+
+int list_images(const char *dir, char ***names, int64_t *count, char *err, size_t cap) {
+    char **all = NULL;
+    int64_t n = 0, k = 0;
+    if (list_dir(dir, 0, &all, &n, err, cap)) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        char *path = path_join(dir, all[i]);
+        if (image_name(all[i]) || image_like(path, all[i])) {
+            all[k++] = all[i];
+        } else {
+            cli_error("skipping file", path, "not an image (PNG, JPEG and WebP files are read)");
+            free(all[i]);
+        }
+        free(path);
+    }
+    *names = all;
+    *count = k;
     return 0;
 }
 
@@ -90,7 +153,7 @@ int list_dir(const char *dir, int dirs, char ***names, int64_t *count, char *err
     while ((ent = readdir(d)) != NULL) {
         const char *name = ent->d_name;
         if (!strcmp(name, ".") || !strcmp(name, "..")) continue;
-        if (!dirs && !image_name(name)) continue;
+        if (!dirs && name[0] == '.') continue; /* hidden files, as ls */
         char *full = path_join(dir, name);
         struct stat sb;
         int is_dir = stat(full, &sb) == 0 && S_ISDIR(sb.st_mode);

@@ -1,12 +1,19 @@
 /* The `lwfm` command: entry point, messages, option parsing, helpers.
  * See docs/cli.md. */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <zip.h>
+
 #include "cli.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static const char kUsage[] =
     "Usage: lwfm <command> [options]\n"
@@ -20,7 +27,8 @@ static const char kUsage[] =
     "  bench     speed of this machine: backbone, episodes, streaming queries\n"
     "\n"
     "Options:\n"
-    "  -h, --help     this help ('lwfm <command> --help' for a command's options)\n"
+    "  -h, --help     this help ('lwfm help <command>' or 'lwfm <command> --help'\n"
+    "                 for a command's options)\n"
     "  -V, --version  versions of the program and of the library it runs on\n"
     "\n"
     "Exit status: 0 success, 1 failure (unreadable file, bad image, library error),\n"
@@ -105,6 +113,11 @@ int cli_parse(cli_args *a, const char *usage, const cli_bool_flag *flags, int n_
             continue;
         }
         int r = cli_options(a, opts, n_opts);
+        if (r == 0 && a->positional && !*a->positional && a->argv[a->i][0] != '-' &&
+            a->argv[a->i][0] != '\0') {
+            *a->positional = a->argv[a->i];
+            continue;
+        }
         if (r == 0) cli_usage_error(a->cmd, "unexpected argument '%s'", a->argv[a->i]);
         if (r <= 0) {
             *code = EXIT_USAGE;
@@ -126,6 +139,59 @@ int cli_int(const char *cmd, const char *name, const char *text, int64_t lo, int
                                (long long)hi, v);
     *out = v;
     return 0;
+}
+
+int cli_model_arg(const char *cmd, const char **model_path, const char *given, int required) {
+    if (given && *model_path)
+        return cli_usage_error(cmd, "the model is given twice ('%s' and --model %s)", given,
+                               *model_path);
+    if (given) *model_path = given;
+    if (required && !*model_path)
+        return cli_usage_error(cmd, "--model is required (or the weight file as an argument: "
+                                    "lwfm %s MODEL.npz)", cmd);
+    return 0;
+}
+
+int cli_threads(const char *cmd, const char *text) {
+    int64_t n = 0;
+    if (!text) return 0;
+    if (cli_int(cmd, "--threads", text, 1, 1024, &n)) return EXIT_USAGE;
+#ifdef _OPENMP
+    omp_set_num_threads((int)n);
+#endif
+    return 0;
+}
+
+int cli_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1; /* a build without OpenMP: the library runs serially */
+#endif
+}
+
+void json_f32(FILE *f, float v) {
+    char t[32];
+    for (int p = 1; p <= 9 && isfinite(v); p++) {
+        snprintf(t, sizeof t, "%.*g", p, (double)v);
+        if (strtof(t, NULL) == v) {
+            fputs(t, f);
+            return;
+        }
+    }
+    fprintf(f, "%.9g", (double)v);
+}
+
+void json_f64(FILE *f, double v) {
+    char t[32];
+    for (int p = 1; p <= 17 && isfinite(v); p++) {
+        snprintf(t, sizeof t, "%.*g", p, v);
+        if (strtod(t, NULL) == v) {
+            fputs(t, f);
+            return;
+        }
+    }
+    fprintf(f, "%.17g", v);
 }
 
 void json_string(FILE *f, const char *s) {
@@ -227,6 +293,30 @@ lwfm_model *load_model(const char *path) {
     return load_model_precision(path, LWFM_PRECISION_FP32);
 }
 
+/* "zip" for a PyTorch zip checkpoint (torch.save since 1.6: a zip with
+ * <name>/data.pkl), "pickle" for a legacy one (a pickle stream), else NULL. */
+static const char *pytorch_checkpoint(const char *path) {
+    unsigned char b[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t n = fread(b, 1, sizeof b, f);
+    fclose(f);
+    if (n >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5) return "pickle";
+    if (n < 4 || memcmp(b, "PK\3\4", 4) != 0) return NULL;
+    int code = 0;
+    zip_t *za = zip_open(path, ZIP_RDONLY, &code);
+    if (!za) return NULL;
+    const char *kind = NULL;
+    zip_int64_t entries = zip_get_num_entries(za, 0);
+    for (zip_int64_t k = 0; k < entries && k < 100000 && !kind; k++) {
+        const char *name = zip_get_name(za, (zip_uint64_t)k, 0);
+        size_t len = name ? strlen(name) : 0;
+        if (len >= 8 && !strcmp(name + len - 8, "data.pkl")) kind = "zip";
+    }
+    zip_discard(za);
+    return kind;
+}
+
 lwfm_model *load_model_precision(const char *path, lwfm_precision precision) {
     lwfm_model *model = NULL;
     lwfm_load_options *opts = NULL;
@@ -234,6 +324,16 @@ lwfm_model *load_model_precision(const char *path, lwfm_precision precision) {
     if (!st) st = lwfm_load_options_set_precision(opts, precision);
     if (!st) st = lwfm_model_load(&model, path, opts);
     lwfm_load_options_destroy(opts);
+    const char *torch = st ? pytorch_checkpoint(path) : NULL;
+    if (torch) {
+        cli_error("cannot load model", path,
+                  "this is a PyTorch checkpoint (%s), not a libLWFM weight file: convert it "
+                  "with python3 -m lwfm.convert",
+                  !strcmp(torch, "zip") ? "a zip with data.pkl" : "a legacy pickle");
+        cli_hint("python3 -m lwfm.convert --method lwfm-spm|dn4|mml CHECKPOINT OUT.npz "
+                 "(docs/weight-format.md)");
+        return NULL;
+    }
     if (st) {
         cli_error("cannot load model", path, "%s", lwfm_last_error());
         if (st == LWFM_ERR_IO)
@@ -262,6 +362,18 @@ int main(int argc, char **argv) {
         return EXIT_USAGE;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "help") && argc == 3) { /* lwfm help CMD: that command's help */
+        static const char *const kCmds[] = {"info", "classify", "eval", "bench"};
+        for (int k = 0; k < 4; k++) {
+            if (strcmp(argv[2], kCmds[k])) continue;
+            char *args[] = {argv[0], argv[2], "--help", NULL};
+            return main(3, args);
+        }
+        return cli_usage_error(NULL, "no command '%s' (commands: info, classify, eval, bench)",
+                               argv[2]);
+    }
+    if (argc > 3 && !strcmp(cmd, "help"))
+        return cli_usage_error(NULL, "'lwfm help' takes one command name");
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(kUsage, stdout);
         return EXIT_OK;

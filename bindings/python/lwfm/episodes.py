@@ -28,7 +28,8 @@ Preprocessing (``preprocess``)
 Datasets
     An Omniglot ``.npz`` (boolean array ``images`` ``(classes, drawings, H,
     W)``, True = paper; other members ignored) or a folder tree with one sub-folder per class (sorted by
-    name; files sorted by name; ``.png``, ``.jpg``, ``.jpeg``).
+    name; files sorted by name; ``.png``, ``.jpg``, ``.jpeg``, ``.webp``; EXIF
+    orientation applied).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 __all__ = ["EpisodeSampler", "preprocess", "OmniglotSet", "FolderSet", "open_dataset",
            "IMAGE_EXTENSIONS"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _MASK = (1 << 64) - 1
 
 
@@ -198,8 +199,10 @@ class FolderSet:
         transparency expanded. (PIL reduces 16-bit RGB to 8 bits; the C
         decoder keeps 16.)"""
         from PIL import Image  # python3-pil; only needed for folder datasets
+        from PIL import ImageOps
         with Image.open(self.path(c, i)) as img:
             img.load()
+            img = ImageOps.exif_transpose(img)  # as shown, as the lwfm command
             if img.mode in ("I", "I;16", "I;16B", "I;16L"):
                 return np.asarray(img).astype(np.uint16)
             if img.mode == "P" or "transparency" in img.info:
