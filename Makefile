@@ -12,7 +12,8 @@ PYTHON := /usr/bin/python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := gcc g++ meson ninja-build pkg-config cmake libdnnl-dev zlib1g-dev libzip-dev \
         libpng-dev libjpeg-dev python3-numpy python3-torch python3-pytest python3-scipy \
-        python3-pil fonts-dejavu-core fonts-dejavu-extra abigail-tools valgrind
+        python3-pil fonts-dejavu-core fonts-dejavu-extra abigail-tools valgrind \
+        python3-pip python3-venv python3-setuptools python3-wheel python3-mypy
 export PYTHONPATH := $(CURDIR)/bindings/python$(if $(PYTHONPATH),:$(PYTHONPATH))
 export LWFM_LIBRARY := $(CURDIR)/$(BUILD)/liblwfm.so
 
