@@ -72,6 +72,12 @@ with lwfm.Model('omniglot') as m:
   lwfm info --model omniglot >"$tmp/info.txt" || { echo "FAIL: lwfm info --model omniglot"; exit 1; }
   grep -q "lwfm-spm" "$tmp/info.txt" || { cat "$tmp/info.txt"; echo "FAIL: lwfm info output"; exit 1; }
   echo "ok: lwfm info --model omniglot ($(command -v lwfm))"
+  mkdir -p "$tmp/mine" && cp "$prefix/share/lwfm/models/omniglot-rcn.npz" "$tmp/mine/pick.npz"
+  LWFM_MODEL_PATH="$tmp/nothing:$tmp/mine" lwfm info --model pick | grep -q "rcn" ||
+    { echo "FAIL: lwfm info --model pick with LWFM_MODEL_PATH"; exit 1; }
+  if lwfm info --model no-such-model 2>"$tmp/err.txt"; then echo "FAIL: unknown model accepted"; exit 1; fi
+  grep -q "share/lwfm/models" "$tmp/err.txt" || { cat "$tmp/err.txt"; echo "FAIL: no search path in the message"; exit 1; }
+  echo "ok: LWFM_MODEL_PATH, and an unknown name's message names the folders searched"
   grep -q '^\.TH LWFM 1' "$prefix/share/man/man1/lwfm.1" || { echo "FAIL: man page"; exit 1; }
   echo "ok: man page lwfm.1"
 else
@@ -91,7 +97,10 @@ fi
 CHECKS
 
 clean="env -u PYTHONPATH -u LWFM_LIBRARY -u LWFM_MODEL_PATH -u LD_LIBRARY_PATH -u CMAKE_PREFIX_PATH -u PKG_CONFIG_PATH"
-if [ -z "${LWFM_INSTALL_CHECK_NO_NAMESPACE:-}" ] && [ "$(id -u)" = 0 ] && [ -d "$prefix" ] && unshare --mount --propagation private true 2>/dev/null; then
+# the probe does the real bind mount: unshare alone may work where mount does not
+if [ -z "${LWFM_INSTALL_CHECK_NO_NAMESPACE:-}" ] && [ "$(id -u)" = 0 ] && [ -d "$prefix" ] &&
+   unshare --mount --propagation private sh -c 'mount --bind "$1" "$2"' sh "$dest$prefix" \
+     "$prefix" 2>/dev/null; then
   echo "== $mode: DESTDIR bind-mounted over $prefix in a private mount namespace, no variables"
   $clean PATH="$prefix/bin:/usr/bin:/bin" unshare --mount --propagation private \
     sh -c 'mount --bind "$1" "$2" && shift 2 && exec sh "$@"' sh "$dest$prefix" "$prefix" \

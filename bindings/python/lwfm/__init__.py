@@ -307,10 +307,11 @@ class Model:
 
     def __init__(self, path, precision="fp32", max_total_bytes=None):
         lib = _library()
-        try:
-            path = find_model(path)  # a name like "omniglot": an installed model
-        except FileNotFoundError:
-            pass  # the library's own message names the path
+        if isinstance(path, str):
+            try:
+                path = find_model(path)  # a name like "omniglot": an installed model
+            except FileNotFoundError:
+                pass  # the library's own message names the path
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
         opts = _p()
