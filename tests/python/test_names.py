@@ -83,6 +83,8 @@ def test_bad_labels(model, images):
         model.episode_score(support, ["a", "a", "b", "b", "c", "c"], query, way=4)
     with pytest.raises(ValueError, match="integers"):
         model.episode_score(support, np.zeros(6, np.float32), query)
+    with pytest.raises(ValueError, match="integers"):  # numbers, not names
+        model.episode_score(support, [0.0, 0.0, 1.0, 1.0, 2.0, 2.0], query)
 
 
 def _folder(tmp_path):

@@ -229,7 +229,8 @@ def _encode_labels(labels, way=None):
     """Support labels -> (labels for the C API, class names or None).
 
     Integer labels are class indices 0..way-1, as the C API takes them (no
-    names: None). Any other hashable values (strings, tuples, ...) are class
+    names: None); floats are refused as before (a mistake, not names). Any
+    other hashable values (strings, tuples, ...) are class
     names, numbered in order of first appearance: column k of the logits is
     the k-th distinct name."""
     if isinstance(labels, np.ndarray) and labels.dtype.kind not in "OUS":
@@ -238,6 +239,8 @@ def _encode_labels(labels, way=None):
     if all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
            for x in items):
         return labels, None
+    if items and all(isinstance(x, (float, np.floating)) for x in items):
+        return labels, None  # numbers, not names: _as_labels refuses non-integers
     numbers = {}
     codes = []
     for x in items:
