@@ -11,9 +11,11 @@ BUILD ?= build
 PYTHON := /usr/bin/python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEPS := gcc g++ meson ninja-build pkg-config cmake libdnnl-dev zlib1g-dev libzip-dev \
-        libpng-dev libjpeg-dev libwebp-dev libcairo2-dev python3-numpy python3-torch python3-pytest python3-scipy \
-        python3-pil fonts-dejavu-core fonts-dejavu-extra abigail-tools valgrind
-export PYTHONPATH := $(CURDIR)/bindings/python:$(CURDIR)/tools$(if $(PYTHONPATH),:$(PYTHONPATH))
+        libpng-dev libjpeg-dev libwebp-dev libcairo2-dev python3-numpy python3-torch \
+        python3-pytest python3-scipy python3-pil fonts-dejavu-core fonts-dejavu-extra \
+        abigail-tools valgrind python3-pip python3-venv python3-setuptools python3-wheel \
+        python3-mypy
+export PYTHONPATH := $(CURDIR)/bindings/python$(if $(PYTHONPATH),:$(PYTHONPATH))
 export LWFM_LIBRARY := $(CURDIR)/$(BUILD)/liblwfm.so
 
 .PHONY: all deps build demo test test-sanitize fresh-check abi-baseline bench clean

@@ -2,7 +2,7 @@
 """libLWFM against the PyTorch reference: every performance figure of issue 6 in one run.
 
     make bench                                   # the whole set
-    PYTHONPATH=bindings/python:tools LWFM_LIBRARY=build/liblwfm.so \\
+    PYTHONPATH=bindings/python LWFM_LIBRARY=build/liblwfm.so \\
         /usr/bin/python3 bench/bench_all.py [--quick] [--threads 2] [--reps 5] \\
         [--only backbone,stream,memory,scaling] [--json FILE] [--plot docs/images/x.png]
 
@@ -80,7 +80,7 @@ def setup(args):
     # share the one GNU OpenMP runtime).
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ["LWFM_LIBRARY"] = args.library
-    for p in (ROOT / "bindings" / "python", ROOT / "tools"):
+    for p in (ROOT / "bindings" / "python",):
         if str(p) not in sys.path:
             sys.path.insert(0, str(p))
 
@@ -585,7 +585,7 @@ def main():
     torch.manual_seed(0)
     load = os.getloadavg()
     print(f"libLWFM {lwfm.library_version()} vs PyTorch {torch.__version__} (reference "
-          f"tools/lwfm_ref, eval, no_grad); {args.threads} threads of {os.cpu_count()} CPUs; "
+          f"bindings/python/lwfm_ref, eval, no_grad); {args.threads} threads of {os.cpu_count()} CPUs; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     results = {"threads": args.threads, "reps": args.reps, "quick": args.quick,

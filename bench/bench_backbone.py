@@ -2,10 +2,10 @@
 """Backbone throughput of libLWFM against the PyTorch reference, same run.
 
     make bench                       # or:
-    PYTHONPATH=bindings/python:tools LWFM_LIBRARY=build/liblwfm.so \
+    PYTHONPATH=bindings/python LWFM_LIBRARY=build/liblwfm.so \
         /usr/bin/python3 bench/bench_backbone.py [--threads 2] [--reps 15]
 
-For each backbone it builds the reference model (tools/lwfm_ref) with random
+For each backbone it builds the reference model (bindings/python/lwfm_ref) with random
 weights and BatchNorm statistics, exports it to a weight file, loads that in
 libLWFM, checks the two agree, then times the episode batch (default: 80
 images of 84x84, a 5-way 1-shot 15-query episode) alternating the two
@@ -43,7 +43,7 @@ def main():
     # share the one GNU OpenMP runtime).
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ["LWFM_LIBRARY"] = args.library
-    for p in (ROOT / "bindings" / "python", ROOT / "tools"):
+    for p in (ROOT / "bindings" / "python",):
         if str(p) not in sys.path:
             sys.path.insert(0, str(p))
     import numpy as np

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Where an episode's time goes: backbone against everything after it.
 
-    PYTHONPATH=bindings/python:tools LWFM_LIBRARY=build/liblwfm.so \
+    PYTHONPATH=bindings/python LWFM_LIBRARY=build/liblwfm.so \
         /usr/bin/python3 bench/bench_episode.py [--threads 2] [--reps 7]
 
 Default LWFM-SPM configuration (ResNet-18 taps [7, 8], fs 3, SPM with the
@@ -98,7 +98,7 @@ def main():
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ["LWFM_LIBRARY"] = args.library
-    for p in (ROOT / "bindings" / "python", ROOT / "tools"):
+    for p in (ROOT / "bindings" / "python",):
         sys.path.insert(0, str(p))
     import numpy as np
     import torch

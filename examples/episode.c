@@ -2,19 +2,22 @@
  *
  *   episode MODEL.npz [QUERIES_PER_CLASS]
  *
- * What a real program does, step by step:
- *   1. load the model and read its preprocessing (input size, resize,
- *      per-channel mean and std) from lwfm_model_config_json();
- *   2. turn 8-bit RGB images (height x width x 3, interleaved, as image
- *      decoders return them) into the model's input: bilinear resize to
- *      resize x resize, centre crop to size x size, x / 255, then
- *      (x - mean[c]) / std[c] per channel, planar NCHW float32;
+ * e.g. `episode /usr/local/share/lwfm/models/omniglot.npz` (a bundled model,
+ * grey 28 x 28) or any RGB model. What a real program does, step by step:
+ *   1. load the model and read its configuration through the typed calls
+ *      (lwfm_model_config_int / _float / _floats / _string), no JSON parsing;
+ *   2. turn decoded 8-bit RGB images (height x width x 3, interleaved, as
+ *      image decoders return them, any size) into the model's input with
+ *      lwfm_model_preprocess(): exactly the preprocessing of `lwfm classify`
+ *      and of the Python bindings (grey or RGB as the model takes it,
+ *      antialiased resize, centre crop, mean / std);
  *   3. score the episode in one call, lwfm_episode_score();
  *   4. or prepare the support set once (lwfm_support_prepare()) and score
  *      any number of query batches against it (lwfm_support_score()), which
  *      is what to do when many queries arrive over time.
  * The program checks that 3 and 4 agree (exit status 1 if not) and prints
- * each query's predicted class and softmax probabilities.
+ * each query's predicted class and calibrated probabilities
+ * (lwfm_model_probabilities()).
  *
  * The pixels are synthetic, so that the example needs no image files: each
  * class is a coloured pattern (stripes, checkers, rings, ...) and the
@@ -32,112 +35,34 @@
 #define RAW_W 120
 
 /* ------------------------------------------------------------------------ */
-/* Preprocessing parameters from the model's configuration                 */
+/* The model's configuration, through the typed calls                      */
 
-typedef struct preprocess {
-    int64_t channels; /* 3 */
-    int64_t size;     /* network input size (image_size), e.g. 84 */
-    int64_t resize;   /* resize before the centre crop, 0 = straight to size */
-    double mean[3], std[3];
-} preprocess;
-
-/* A tiny scanner for the flat JSON object of lwfm_model_config_json():
- * finds "key" and parses the number, or the array of numbers, after it.
- * Returns how many numbers it stored in out[0..max-1] (0: key not found). */
-static int json_numbers(const char *json, const char *key, double *out, int max) {
-    char pattern[64];
-    snprintf(pattern, sizeof pattern, "\"%s\"", key);
-    const char *p = strstr(json, pattern);
-    if (!p) return 0;
-    p += strlen(pattern);
-    while (*p == ' ' || *p == ':') p++;
-    int array = *p == '[';
-    if (array) p++;
-    int n = 0;
-    while (n < max) {
-        char *end;
-        double v = strtod(p, &end);
-        if (end == p) break; /* not a number: end of the array (or a string) */
-        out[n++] = v;
-        p = end;
-        while (*p == ' ') p++;
-        if (!array || *p != ',') break;
-        p++;
-    }
-    return n;
-}
-
-static int read_preprocess(const lwfm_model *model, preprocess *pp) {
-    int64_t h, w;
-    lwfm_status st = lwfm_model_input_shape(model, &pp->channels, &h, &w);
-    if (st) {
-        fprintf(stderr, "lwfm_model_input_shape: %s: %s\n", lwfm_status_string(st),
+static int describe(const lwfm_model *model) {
+    const char *method = NULL, *backbone = NULL;
+    int64_t size = 0, resize = 0, channels = 0;
+    double mean[3] = {0}, std_[3] = {0}, temperature = 1;
+    size_t n_mean = 0, n_std = 0;
+    lwfm_status st;
+    if ((st = lwfm_model_config_string(model, "method", &method)) ||
+        (st = lwfm_model_config_string(model, "backbone", &backbone)) ||
+        (st = lwfm_model_config_int(model, "input_channels", &channels)) ||
+        (st = lwfm_model_config_int(model, "image_size", &size)) ||
+        (st = lwfm_model_config_int(model, "resize", &resize)) ||
+        (st = lwfm_model_config_floats(model, "mean", mean, 3, &n_mean)) ||
+        (st = lwfm_model_config_floats(model, "std", std_, 3, &n_std)) ||
+        (st = lwfm_model_config_float(model, "calibration_temperature", &temperature))) {
+        fprintf(stderr, "reading the configuration: %s: %s\n", lwfm_status_string(st),
                 lwfm_last_error());
         return -1;
     }
-    pp->size = h;
-
-    /* The configuration as JSON: ask for the length first, then fetch it. */
-    size_t len = 0;
-    lwfm_model_config_json(model, NULL, 0, &len); /* LWFM_ERR_BUFFER_TOO_SMALL, sets len */
-    char *json = malloc(len + 1);
-    if (!json) return -1;
-    if ((st = lwfm_model_config_json(model, json, len + 1, NULL))) {
-        fprintf(stderr, "lwfm_model_config_json: %s: %s\n", lwfm_status_string(st),
-                lwfm_last_error());
-        free(json);
-        return -1;
-    }
-    double size = 0, resize = 0;
-    int ok = json_numbers(json, "image_size", &size, 1) == 1 &&
-             json_numbers(json, "resize", &resize, 1) == 1 &&
-             json_numbers(json, "mean", pp->mean, 3) == 3 &&
-             json_numbers(json, "std", pp->std, 3) == 3;
-    free(json);
-    if (!ok || pp->channels != 3 || (int64_t)size != pp->size) {
-        fprintf(stderr, "unexpected model configuration (this example handles RGB models)\n");
-        return -1;
-    }
-    pp->resize = (int64_t)resize;
+    printf("libLWFM %s: %s on %s, input %lldx%lldx%lld (resize %lld), mean", lwfm_version(),
+           method, backbone, (long long)channels, (long long)size, (long long)size,
+           (long long)resize);
+    for (size_t c = 0; c < n_mean; c++) printf(" %.4f", mean[c]);
+    printf(", std");
+    for (size_t c = 0; c < n_std; c++) printf(" %.4f", std_[c]);
+    printf(", calibration temperature %.4g\n", temperature);
     return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* 8-bit RGB -> normalised NCHW float32                                     */
-
-/* Bilinear sample of channel c of an interleaved RGB image at (y, x), in
- * source coordinates where pixel (i, j) is centred on (i, j); clamped at
- * the borders. */
-static double bilinear(const uint8_t *rgb, int h, int w, int c, double y, double x) {
-    if (y < 0) y = 0;
-    if (x < 0) x = 0;
-    if (y > h - 1) y = h - 1;
-    if (x > w - 1) x = w - 1;
-    int y0 = (int)y, x0 = (int)x;
-    int y1 = y0 + 1 < h ? y0 + 1 : y0, x1 = x0 + 1 < w ? x0 + 1 : x0;
-    double fy = y - y0, fx = x - x0;
-    double top = rgb[(y0 * w + x0) * 3 + c] * (1 - fx) + rgb[(y0 * w + x1) * 3 + c] * fx;
-    double bot = rgb[(y1 * w + x0) * 3 + c] * (1 - fx) + rgb[(y1 * w + x1) * 3 + c] * fx;
-    return top * (1 - fy) + bot * fy;
-}
-
-/* One h x w RGB image -> pp->channels x pp->size x pp->size floats at out.
- * Resize to R x R (R = resize, or size when resize is 0) with plain bilinear
- * interpolation (half-pixel centres, like OpenCV's INTER_LINEAR), keep the
- * centred size x size window, scale to [0, 1] and normalise. For large
- * downscaling factors use an antialiased resize instead (PIL, which the
- * reference trainer uses) to match the model's training data closely. */
-static void to_model_input(const uint8_t *rgb, int h, int w, const preprocess *pp, float *out) {
-    const int64_t S = pp->size, R = pp->resize > 0 ? pp->resize : pp->size;
-    const int64_t off = (R - S) / 2; /* centre crop offset in the resized image */
-    for (int c = 0; c < 3; c++)
-        for (int64_t i = 0; i < S; i++)
-            for (int64_t j = 0; j < S; j++) {
-                double y = ((double)(i + off) + 0.5) * h / (double)R - 0.5;
-                double x = ((double)(j + off) + 0.5) * w / (double)R - 0.5;
-                double v = bilinear(rgb, h, w, c, y, x) / 255.0;
-                out[(c * S + i) * S + j] = (float)((v - pp->mean[c]) / pp->std[c]);
-            }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -209,16 +134,13 @@ int main(int argc, char **argv) {
     float *support = NULL, *query = NULL, *logits = NULL, *logits2 = NULL;
     int32_t labels[WAY];
     int *truth = NULL;
-    preprocess pp;
     lwfm_status st;
 
     if ((st = lwfm_model_load(&model, argv[1], NULL))) return report("lwfm_model_load", st);
-    if (read_preprocess(model, &pp)) goto done;
-    const int64_t C = pp.channels, S = pp.size, image = C * S * S; /* floats per image */
-    printf("libLWFM %s, model input %lldx%lldx%lld (resize %lld), mean (%.4f %.4f %.4f), "
-           "std (%.4f %.4f %.4f)\n",
-           lwfm_version(), (long long)C, (long long)S, (long long)S, (long long)pp.resize,
-           pp.mean[0], pp.mean[1], pp.mean[2], pp.std[0], pp.std[1], pp.std[2]);
+    if (describe(model)) goto done;
+    int64_t C, S, S_w;
+    lwfm_model_input_shape(model, &C, &S, &S_w);
+    const int64_t image = C * S * S; /* floats per preprocessed image */
 
     raw = malloc((size_t)RAW_H * RAW_W * 3);
     support = malloc(sizeof(float) * (size_t)(n_support * image));
@@ -236,14 +158,22 @@ int main(int argc, char **argv) {
     for (int k = 0; k < WAY; k++) {
         labels[k] = (int32_t)((k + 2) % WAY);
         draw(raw, labels[k], 0, 0, 8);
-        to_model_input(raw, RAW_H, RAW_W, &pp, support + k * image);
+        if ((st = lwfm_model_preprocess(model, raw, LWFM_PIXEL_U8, RAW_H, RAW_W, 3, 0,
+                                        support + k * image, (size_t)image))) {
+            report("lwfm_model_preprocess", st);
+            goto done;
+        }
     }
     /* Queries: shifted, noisier copies, classes interleaved. */
     for (int64_t q = 0; q < n_query; q++) {
         int cls = (int)(q % WAY), i = (int)(q / WAY) + 1;
         truth[q] = cls;
         draw(raw, cls, 3 * i, 5 * i, 30);
-        to_model_input(raw, RAW_H, RAW_W, &pp, query + q * image);
+        if ((st = lwfm_model_preprocess(model, raw, LWFM_PIXEL_U8, RAW_H, RAW_W, 3, 0,
+                                        query + q * image, (size_t)image))) {
+            report("lwfm_model_preprocess", st);
+            goto done;
+        }
     }
 
     /* 3. The whole episode in one call. */
@@ -285,17 +215,21 @@ int main(int argc, char **argv) {
         goto done;
     }
 
-    /* Predictions: argmax of each row; softmax for probabilities. */
+    /* Predictions: argmax of each row; calibrated probabilities (softmax of
+     * logits / the model's calibration temperature). */
+    if ((st = lwfm_model_probabilities(model, logits, n_query, WAY, logits2,
+                                       (size_t)(n_query * WAY)))) {
+        report("lwfm_model_probabilities", st);
+        goto done;
+    }
     int correct = 0;
     for (int64_t q = 0; q < n_query; q++) {
-        const float *row = logits + q * WAY;
+        const float *p = logits2 + q * WAY;
         int best = 0;
         for (int c = 1; c < WAY; c++)
-            if (row[c] > row[best]) best = c;
-        double p[WAY], sum = 0;
-        for (int c = 0; c < WAY; c++) sum += p[c] = exp((double)row[c] - row[best]);
+            if (p[c] > p[best]) best = c;
         printf("query %2lld (class %d): predicted %d  p =", (long long)q, truth[q], best);
-        for (int c = 0; c < WAY; c++) printf(" %.3f", p[c] / sum);
+        for (int c = 0; c < WAY; c++) printf(" %.3f", p[c]);
         printf("\n");
         correct += best == truth[q];
     }

@@ -5,8 +5,10 @@
 // The C API wrapped the usual C++ way: handles owned by std::unique_ptr with
 // custom deleters, failures thrown as exceptions carrying lwfm_last_error(),
 // buffers in std::vector. The synthetic images (a coloured pattern per
-// class; queries are shifted, noisy copies) are preprocessed as the model's
-// configuration says: bilinear resize, centre crop, x / 255, (x - mean) / std.
+// class; queries are shifted, noisy copies) go through
+// lwfm_model_preprocess(), the preprocessing of `lwfm classify`: any model,
+// grey (the bundled omniglot, 28 x 28) or RGB; the configuration is read
+// through the typed calls (lwfm_model_config_int / _string), not as JSON.
 #include <lwfm/lwfm.h>
 
 #include <algorithm>
@@ -89,14 +91,34 @@ class Model {
         h_.reset(m);
     }
 
-    std::string config_json() const {
-        size_t len = 0;
-        lwfm_model_config_json(h_.get(), nullptr, 0, &len);  // sizes the buffer
-        std::string json(len + 1, '\0');
-        check(lwfm_model_config_json(h_.get(), json.data(), json.size(), nullptr),
-              "lwfm_model_config_json");
-        json.resize(len);
-        return json;
+    int64_t config_int(const char *key) const {
+        int64_t v = 0;
+        check(lwfm_model_config_int(h_.get(), key, &v), "lwfm_model_config_int");
+        return v;
+    }
+
+    std::string config_string(const char *key) const {
+        const char *v = nullptr;
+        check(lwfm_model_config_string(h_.get(), key, &v), "lwfm_model_config_string");
+        return v;
+    }
+
+    // One decoded 8-bit image (h x w x channels, interleaved) -> the model's
+    // input at `out` (channels x size x size floats of input_shape()).
+    void preprocess(const std::vector<uint8_t> &pixels, int h, int w, int channels,
+                    float *out) const {
+        const auto s = input_shape();
+        check(lwfm_model_preprocess(h_.get(), pixels.data(), LWFM_PIXEL_U8, h, w, channels, 0, out,
+                                    static_cast<size_t>(s[0] * s[1] * s[2])),
+              "lwfm_model_preprocess");
+    }
+
+    std::vector<float> probabilities(const Logits &logits) const {
+        std::vector<float> p(logits.data.size());
+        check(lwfm_model_probabilities(h_.get(), logits.data.data(), logits.rows, logits.way, p.data(),
+                                       p.size()),
+              "lwfm_model_probabilities");
+        return p;
     }
 
     std::array<int64_t, 3> input_shape() const {
@@ -134,70 +156,6 @@ namespace {
 
 constexpr int kWay = 5;
 constexpr int kRawH = 100, kRawW = 120;
-
-// Numbers after "key" in the flat JSON object of lwfm_model_config_json():
-// one number, or the numbers of an array. Empty when the key is missing.
-std::vector<double> json_numbers(const std::string &json, const std::string &key) {
-    std::vector<double> out;
-    size_t p = json.find('"' + key + '"');
-    if (p == std::string::npos) return out;
-    p = json.find_first_not_of(" :", p + key.size() + 2);
-    const bool array = p < json.size() && json[p] == '[';
-    const char *s = json.c_str() + p + (array ? 1 : 0);
-    for (;;) {
-        char *end = nullptr;
-        double v = std::strtod(s, &end);
-        if (end == s) break;
-        out.push_back(v);
-        s = end;
-        while (*s == ' ') ++s;
-        if (!array || *s != ',') break;
-        ++s;
-    }
-    return out;
-}
-
-struct Preprocess {
-    int64_t size = 0, resize = 0;
-    std::array<double, 3> mean{}, std{};
-
-    explicit Preprocess(const lwfmpp::Model &model) {
-        const auto shape = model.input_shape();
-        const std::string json = model.config_json();
-        const auto m = json_numbers(json, "mean"), s = json_numbers(json, "std"),
-                   r = json_numbers(json, "resize");
-        if (shape[0] != 3 || m.size() != 3 || s.size() != 3 || r.size() != 1)
-            throw std::runtime_error("unexpected model configuration (RGB models only): " + json);
-        size = shape[1];
-        resize = static_cast<int64_t>(r[0]);
-        std::copy(m.begin(), m.end(), mean.begin());
-        std::copy(s.begin(), s.end(), std.begin());
-    }
-
-    // An 8-bit RGB image (h x w x 3, interleaved) -> 3 x size x size floats:
-    // bilinear resize to R x R (R = resize, or size if 0), centre crop,
-    // x / 255, (x - mean) / std. Plain bilinear with half-pixel centres; use
-    // an antialiased resize for large downscaling factors.
-    void operator()(const std::vector<uint8_t> &rgb, int h, int w, float *out) const {
-        const int64_t R = resize > 0 ? resize : size, off = (R - size) / 2;
-        auto at = [&](int y, int x, int c) { return double(rgb[(size_t(y) * w + x) * 3 + c]); };
-        for (int c = 0; c < 3; ++c)
-            for (int64_t i = 0; i < size; ++i)
-                for (int64_t j = 0; j < size; ++j) {
-                    double y = std::clamp((double(i + off) + 0.5) * h / double(R) - 0.5, 0.0,
-                                          double(h - 1));
-                    double x = std::clamp((double(j + off) + 0.5) * w / double(R) - 0.5, 0.0,
-                                          double(w - 1));
-                    const int y0 = int(y), x0 = int(x);
-                    const int y1 = std::min(y0 + 1, h - 1), x1 = std::min(x0 + 1, w - 1);
-                    const double fy = y - y0, fx = x - x0;
-                    const double v = ((at(y0, x0, c) * (1 - fx) + at(y0, x1, c) * fx) * (1 - fy) +
-                                      (at(y1, x0, c) * (1 - fx) + at(y1, x1, c) * fx) * fy) /
-                                     255.0;
-                    out[(c * size + i) * size + j] = float((v - mean[c]) / std[c]);
-                }
-    }
-};
 
 // Class `cls`'s pattern shifted by (dy, dx), with uniform noise.
 std::vector<uint8_t> draw(int cls, int dy, int dx, int amplitude, std::mt19937 &gen) {
@@ -240,21 +198,24 @@ int main(int argc, char **argv) {
     }
     try {
         const lwfmpp::Model model(argv[1]);
-        const Preprocess prep(model);
-        const int64_t S = prep.size;
+        const int64_t C = model.config_int("input_channels"), S = model.config_int("image_size");
+        std::cout << "libLWFM " << lwfm_version() << ": " << model.config_string("method")
+                  << " on " << model.config_string("backbone") << ", input " << C << "x" << S
+                  << "x" << S << "\n";
         std::mt19937 gen(2024);
 
-        lwfmpp::Batch support{kWay, 3, S, S, std::vector<float>(size_t(kWay * 3 * S * S))};
+        lwfmpp::Batch support{kWay, C, S, S, std::vector<float>(size_t(kWay * C * S * S))};
         std::vector<int32_t> labels(kWay);
         for (int k = 0; k < kWay; ++k) {
             labels[k] = (k + 2) % kWay;  // any order
-            prep(draw(labels[k], 0, 0, 8, gen), kRawH, kRawW, support.image(k));
+            model.preprocess(draw(labels[k], 0, 0, 8, gen), kRawH, kRawW, 3, support.image(k));
         }
         const int64_t n_query = int64_t(kWay) * per_class;
-        lwfmpp::Batch query{n_query, 3, S, S, std::vector<float>(size_t(n_query * 3 * S * S))};
+        lwfmpp::Batch query{n_query, C, S, S, std::vector<float>(size_t(n_query * C * S * S))};
         for (int64_t q = 0; q < n_query; ++q) {
             const int i = int(q / kWay) + 1;
-            prep(draw(int(q % kWay), 3 * i, 5 * i, 30, gen), kRawH, kRawW, query.image(q));
+            model.preprocess(draw(int(q % kWay), 3 * i, 5 * i, 30, gen), kRawH, kRawW, 3,
+                             query.image(q));
         }
 
         const lwfmpp::Logits logits = model.episode_score(support, labels, query, kWay);
@@ -275,16 +236,14 @@ int main(int argc, char **argv) {
 
         std::cout << "libLWFM " << lwfm_version() << ": " << prepared.way() << "-way, "
                   << prepared.count() << " support images, " << n_query << " queries\n";
+        const std::vector<float> probs = model.probabilities(logits);  // calibrated
         int correct = 0;
         for (int64_t q = 0; q < n_query; ++q) {
-            const float *row = logits.row(q);
-            const int best = int(std::max_element(row, row + kWay) - row);
-            std::array<double, kWay> p{};
-            double sum = 0;
-            for (int c = 0; c < kWay; ++c) sum += p[c] = std::exp(double(row[c]) - row[best]);
+            const float *p = probs.data() + q * kWay;
+            const int best = int(std::max_element(p, p + kWay) - p);
             std::printf("query %2lld (class %lld): predicted %d  p =", (long long)q,
                         (long long)(q % kWay), best);
-            for (double v : p) std::printf(" %.3f", v / sum);
+            for (int c = 0; c < kWay; ++c) std::printf(" %.3f", p[c]);
             std::printf("\n");
             correct += best == q % kWay;
         }

@@ -188,6 +188,130 @@ LWFM_API lwfm_status lwfm_model_config_json(const lwfm_model *model, char *buffe
     return LWFM_OK;
 }
 
+LWFM_API const char *lwfm_method_name(lwfm_method method) {
+    return (unsigned)method < 4 ? lwfm__method_name(method) : NULL;
+}
+
+/* One configuration value, present under the same rules as in
+ * lwfm__config_json(), plus the calibration keys every model has. */
+typedef enum { CFG_INT, CFG_FLOAT, CFG_STRING, CFG_INTS, CFG_FLOATS } cfg_kind;
+typedef struct cfg_value {
+    cfg_kind kind;
+    int64_t i;
+    double f;
+    const char *s;
+    const int *ints;
+    const double *floats;
+    int n;
+} cfg_value;
+
+static int cfg_lookup(const lwfm__config *c, const char *key, cfg_value *v) {
+    const int spm = c->method == LWFM_METHOD_LWFM_SPM, rcn = c->method == LWFM_METHOD_RCN;
+    const int dn4_mml = c->method == LWFM_METHOD_DN4 || c->method == LWFM_METHOD_MML;
+    static const char *const kBatchNormNames[] = {"running", "batch"};
+    memset(v, 0, sizeof *v);
+#define INT_KEY(name, cond, val)                                                                 \
+    if (!strcmp(key, name)) return (cond) ? (v->kind = CFG_INT, v->i = (val), 0) : -1
+#define FLOAT_KEY(name, cond, val)                                                               \
+    if (!strcmp(key, name)) return (cond) ? (v->kind = CFG_FLOAT, v->f = (val), 0) : -1
+#define STRING_KEY(name, cond, val)                                                              \
+    if (!strcmp(key, name)) return (cond) ? (v->kind = CFG_STRING, v->s = (val), 0) : -1
+    INT_KEY("format_version", 1, c->format_version);
+    STRING_KEY("method", 1, lwfm__method_name(c->method));
+    STRING_KEY("backbone", 1, lwfm__backbone_name(c->backbone));
+    INT_KEY("input_channels", 1, c->input_channels);
+    INT_KEY("first_padding", c->backbone == LWFM_BACKBONE_RESNET18, c->first_padding);
+    INT_KEY("feature_size", 1, c->feature_size);
+    FLOAT_KEY("temperature", spm, c->temperature);
+    FLOAT_KEY("temperature_attn", spm, c->temperature_attn);
+    FLOAT_KEY("matcher_prob", spm, c->matcher_prob);
+    INT_KEY("learnable_matcher", spm, c->learnable_matcher ? 1 : 0);
+    INT_KEY("top_k", spm, c->top_k);
+    INT_KEY("neighbor_k", dn4_mml, c->neighbor_k);
+    STRING_KEY("distance", c->method == LWFM_METHOD_MML, lwfm__distance_name(c->distance));
+    STRING_KEY("batch_norm", rcn, kBatchNormNames[c->bn_batch ? 1 : 0]);
+    INT_KEY("query_batch", rcn && c->bn_batch, c->query_batch);
+    FLOAT_KEY("calibration_temperature", 1, c->calibration_temperature);
+    FLOAT_KEY("unknown_threshold", 1, c->unknown_threshold);
+    INT_KEY("image_size", 1, c->image_size);
+    INT_KEY("resize", 1, c->resize);
+#undef INT_KEY
+#undef FLOAT_KEY
+#undef STRING_KEY
+    if (!strcmp(key, "hyperpixel_ids")) {
+        v->kind = CFG_INTS, v->ints = c->hyperpixel_ids, v->n = c->n_taps;
+        return 0;
+    }
+    if (!strcmp(key, "mean") || !strcmp(key, "std")) {
+        v->kind = CFG_FLOATS, v->floats = key[0] == 'm' ? c->mean : c->std, v->n = c->n_norm;
+        return 0;
+    }
+    return -1;
+}
+
+static lwfm_status cfg_get(const lwfm_model *model, const char *key, const void *out,
+                           cfg_value *v) {
+    lwfm__error_clear();
+    if (!model || !key || !out)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model, key or value is NULL");
+    if (cfg_lookup(&model->cfg, key, v))
+        return lwfm__error(LWFM_ERR_MISSING_KEY, "no configuration key '%s' for this %s model",
+                           key, lwfm__method_name(model->cfg.method));
+    return LWFM_OK;
+}
+
+static lwfm_status cfg_wrong(const char *key, const char *want) {
+    return lwfm__error(LWFM_ERR_WRONG_KIND, "configuration key '%s' is not %s", key, want);
+}
+
+LWFM_API lwfm_status lwfm_model_config_int(const lwfm_model *model, const char *key,
+                                           int64_t *value) {
+    cfg_value v;
+    lwfm_status st = cfg_get(model, key, value, &v);
+    if (st) return st;
+    if (v.kind != CFG_INT) return cfg_wrong(key, "an integer");
+    *value = v.i;
+    return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_model_config_float(const lwfm_model *model, const char *key,
+                                             double *value) {
+    cfg_value v;
+    lwfm_status st = cfg_get(model, key, value, &v);
+    if (st) return st;
+    if (v.kind != CFG_FLOAT && v.kind != CFG_INT) return cfg_wrong(key, "a number");
+    *value = v.kind == CFG_INT ? (double)v.i : v.f;
+    return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_model_config_string(const lwfm_model *model, const char *key,
+                                              const char **value) {
+    cfg_value v;
+    lwfm_status st = cfg_get(model, key, value, &v);
+    if (st) return st;
+    if (v.kind != CFG_STRING) return cfg_wrong(key, "a string");
+    *value = v.s;
+    return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_model_config_floats(const lwfm_model *model, const char *key,
+                                              double *values, size_t capacity, size_t *count) {
+    cfg_value v;
+    lwfm__error_clear();
+    if (!values && capacity)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "values is NULL with capacity %zu",
+                           capacity);
+    lwfm_status st = cfg_get(model, key, "", &v);
+    if (st) return st;
+    if (v.kind != CFG_INTS && v.kind != CFG_FLOATS) return cfg_wrong(key, "a list");
+    if (count) *count = (size_t)v.n;
+    if (capacity < (size_t)v.n)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL, "'%s' has %d values, buffer holds %zu", key,
+                           v.n, capacity);
+    for (int k = 0; k < v.n; k++) values[k] = v.kind == CFG_INTS ? v.ints[k] : v.floats[k];
+    return LWFM_OK;
+}
+
 LWFM_API lwfm_status lwfm_model_probabilities(const lwfm_model *model, const float *logits,
                                               int64_t n, int64_t way, float *probs,
                                               size_t probs_len) {

@@ -12,7 +12,7 @@ writes, into OUTDIR:
   dn4_random.npz   DN4 (Conv-64F, the DN4 checkpoints' configuration),
                    random weights, randomised BatchNorm (fixed seeds)
 
-Both are made by the PyTorch reference (tools/lwfm_ref) and written with
+Both are made by the PyTorch reference (bindings/python/lwfm_ref) and written with
 lwfm.weights.save_weights, as tests/python/conftest.py does. Stored
 uncompressed: faster to write and to load, and the build dir is local.
 """
@@ -25,7 +25,7 @@ def main(argv):
         sys.stderr.write(f"usage: {argv[0]} SOURCE_ROOT OUTDIR\n")
         return 2
     root, outdir = argv[1], argv[2]
-    for sub in ("bindings/python", "tools"):
+    for sub in ("bindings/python",):
         sys.path.insert(0, os.path.join(root, sub))
 
     import torch

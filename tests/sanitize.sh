@@ -76,7 +76,7 @@ asan_rt=$(gcc -print-file-name=libasan.so)
 $norand env LD_PRELOAD="$asan_rt" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
   LWFM_LIBRARY="$root/$ASAN_BUILD/liblwfm.so" \
-  PYTHONPATH="$root/bindings/python:$root/tools" \
+  PYTHONPATH="$root/bindings/python" \
   OMP_NUM_THREADS=2 \
   "$PYTHON" -m pytest -q -p no:cacheprovider $PY_TESTS
 

@@ -45,7 +45,7 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     env = dict(os.environ)
-    env["PYTHONPATH"] = f"{ROOT / 'bindings/python'}:{ROOT / 'tools'}"
+    env["PYTHONPATH"] = str(ROOT / 'bindings/python')
     env.setdefault("LWFM_LIBRARY", str(Path(args.build) / "liblwfm.so"))
     rows, raw = [], {}
     for setting in args.settings:

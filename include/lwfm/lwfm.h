@@ -222,6 +222,52 @@ LWFM_API lwfm_method lwfm_model_method(const lwfm_model *model);
 LWFM_API lwfm_status lwfm_model_config_json(const lwfm_model *model, char *buffer, size_t capacity,
                                             size_t *length);
 
+/** The name of a method as the configuration spells it: "lwfm-spm", "dn4",
+ *  "mml", "rcn"; NULL for a value that is no lwfm_method. A static string.
+ *  Thread-safe. */
+LWFM_API const char *lwfm_method_name(lwfm_method method);
+
+/** @name Typed configuration
+ *  One key of the model's configuration, without parsing JSON. The keys are
+ *  those of lwfm_model_config_json() (docs/weight-format.md), plus
+ *  `calibration_temperature` (1 when uncalibrated) and `unknown_threshold`
+ *  (0 when none), which every model has. A key that does not apply to the
+ *  model (e.g. `top_k` of a DN4 model, `first_padding` of a Conv-64F one) or
+ *  is unknown fails with LWFM_ERR_MISSING_KEY; a key of another type with
+ *  LWFM_ERR_WRONG_KIND. On failure `*value` is left untouched. Thread-safe.
+ *
+ *  Types: integers `format_version`, `input_channels`, `first_padding`,
+ *  `feature_size`, `top_k`, `neighbor_k`, `query_batch`, `image_size`,
+ *  `resize`, and `learnable_matcher` (0 or 1); numbers `temperature`,
+ *  `temperature_attn`, `matcher_prob`, `calibration_temperature`,
+ *  `unknown_threshold`; strings `method`, `backbone`, `distance`,
+ *  `batch_norm`; lists `hyperpixel_ids` (integers), `mean`, `std` (one value,
+ *  or one per input channel).
+ *  @{ */
+
+/** An integer key. */
+LWFM_API lwfm_status lwfm_model_config_int(const lwfm_model *model, const char *key,
+                                           int64_t *value);
+
+/** A number key; integer keys are accepted too (converted exactly). */
+LWFM_API lwfm_status lwfm_model_config_float(const lwfm_model *model, const char *key,
+                                             double *value);
+
+/** A string key. `*value` points to a static string (valid as long as the
+ *  library is loaded). */
+LWFM_API lwfm_status lwfm_model_config_string(const lwfm_model *model, const char *key,
+                                              const char **value);
+
+/** A list key (`mean`, `std`, `hyperpixel_ids`), as numbers: writes the
+ *  values to `values[0..capacity-1]`; `*count` (may be NULL) receives their
+ *  number. With `capacity` too small the call fails with
+ *  LWFM_ERR_BUFFER_TOO_SMALL, writes nothing to `values` and still sets
+ *  `*count`, so call it with capacity 0 to size the buffer. */
+LWFM_API lwfm_status lwfm_model_config_floats(const lwfm_model *model, const char *key,
+                                              double *values, size_t capacity, size_t *count);
+
+/** @} */
+
 /** Class probabilities of `n` rows of `way` logits (any method), calibrated:
  *  softmax(logits / T) per row, T the model's `calibration_temperature`
  *  (fitted on held-out classes by `python3 -m lwfm.calibrate`, docs/models.md;

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Write the seed corpus of the fuzz targets (tests/fuzz/corpus/<target>/).
 
-    PYTHONPATH=bindings/python:tools /usr/bin/python3 tests/fuzz/make_corpus.py
+    PYTHONPATH=bindings/python /usr/bin/python3 tests/fuzz/make_corpus.py
 
 Deterministic; the files are committed (the whole corpus stays well under
 1 MB), so this only needs running again when the formats change.
@@ -252,7 +252,7 @@ def episodes():
 if __name__ == "__main__":
     # make_corpus.py [TARGET...]: only those corpora (default: all). The zip
     # time stamps make the weight files differ from run to run.
-    sys.path[:0] = [os.path.join(ROOT, "bindings/python"), os.path.join(ROOT, "tools")]
+    sys.path[:0] = [os.path.join(ROOT, "bindings/python")]
     todo = sys.argv[1:] or ["weights", "members", "image", "episode"]
     for name, fn in (("weights", weights), ("members", members), ("image", images),
                      ("episode", episodes)):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-for sub in ("bindings/python", "tools"):
+for sub in ("bindings/python",):
     p = str(ROOT / sub)
     if p not in sys.path:
         sys.path.insert(0, p)

@@ -1,4 +1,4 @@
-"""Backbone features of libLWFM against the PyTorch reference (tools/lwfm_ref).
+"""Backbone features of libLWFM against the PyTorch reference (bindings/python/lwfm_ref).
 
 Tolerance: max-abs error / max-abs value <= 1e-4 (fp32 both sides, BatchNorm
 folded on ours, so the difference is rounding only)."""

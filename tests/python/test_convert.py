@@ -1,7 +1,7 @@
 """Tests of the weight-file format (lwfm.weights) and the checkpoint
 converter (python3 -m lwfm.convert).
 
-Run: PYTHONPATH=bindings/python:tools /usr/bin/python3 -m pytest tests/python -q
+Run: PYTHONPATH=bindings/python /usr/bin/python3 -m pytest tests/python -q
 """
 
 import os
@@ -82,7 +82,7 @@ def test_converter_defaults_match_reference_defaults():
 def test_weights_module_does_not_import_torch():
     code = ("import sys, lwfm.weights, lwfm.convert; "
             "assert 'torch' not in sys.modules, 'torch imported'")
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'bindings/python'}:{ROOT / 'tools'}")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / 'bindings/python'))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
@@ -357,7 +357,7 @@ def test_convert_usage_errors(default_ckpt, tmp_path, capsys):
 
 
 def test_command_line_module(default_sd, default_ckpt, tmp_path):
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'bindings/python'}:{ROOT / 'tools'}")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / 'bindings/python'))
     out = tmp_path / "o.npz"
     ok = subprocess.run([sys.executable, "-m", "lwfm.convert", "--method", "lwfm-spm",
                          str(default_ckpt), str(out)], env=env, capture_output=True, text=True)
@@ -376,7 +376,7 @@ def test_command_line_module(default_sd, default_ckpt, tmp_path):
 
 
 def test_tools_fallback_import(default_ckpt, tmp_path):
-    """Without tools/ on PYTHONPATH the converter finds lwfm_ref itself."""
+    """With only bindings/python on PYTHONPATH the converter finds lwfm_ref beside lwfm."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "bindings/python"))
     out = tmp_path / "o.npz"
     res = subprocess.run([sys.executable, "-m", "lwfm.convert", "--method", "lwfm-spm",

@@ -1,4 +1,4 @@
-"""Episode logits of libLWFM against the PyTorch reference (tools/lwfm_ref).
+"""Episode logits of libLWFM against the PyTorch reference (bindings/python/lwfm_ref).
 
 The reference runs the spec's reference formulation (MLP per pair, solver per
 pair) in float64 on the same float32 features; libLWFM must agree within

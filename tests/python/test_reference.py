@@ -1,8 +1,8 @@
-"""Tests of the PyTorch reference model (tools/lwfm_ref) against independent
+"""Tests of the PyTorch reference model (bindings/python/lwfm_ref) against independent
 computations written here from the spec (shared/spec/lwfm-spm.md,
 shared/spec/peers.md section 1).
 
-Run: PYTHONPATH=bindings/python:tools /usr/bin/python3 -m pytest tests/python -q
+Run: PYTHONPATH=bindings/python /usr/bin/python3 -m pytest tests/python -q
 """
 
 import itertools

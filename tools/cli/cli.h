@@ -235,6 +235,12 @@ lwfm_model *load_model(const char *path);
 /* The model's configuration as JSON (malloc'd; NULL out of memory or on a
  * library error, lwfm_last_error() then says which). */
 char *model_config_json(const lwfm_model *model);
+/* models.c: a MODEL argument to a path: as given when it is a file or holds a
+ * '/', else NAME or NAME.npz in $LWFM_MODEL_PATH, then in the installed
+ * models folder (malloc'd; the argument itself when nothing matches). */
+char *find_model(const char *name);
+/* The folders find_model() searches, for messages. */
+void model_search_path(char *buf, size_t cap);
 /* The same with a backbone precision (`--precision`). */
 lwfm_model *load_model_precision(const char *path, lwfm_precision precision);
 /* Parse a --precision value ("fp32" or "bf16"); 0, or EXIT_USAGE after a

@@ -322,7 +322,9 @@ lwfm_model *load_model_precision(const char *path, lwfm_precision precision) {
     lwfm_load_options *opts = NULL;
     lwfm_status st = lwfm_load_options_create(&opts);
     if (!st) st = lwfm_load_options_set_precision(opts, precision);
-    if (!st) st = lwfm_model_load(&model, path, opts);
+    char *file = find_model(path); /* a name like "omniglot": models.c */
+    if (!st) st = file ? lwfm_model_load(&model, file, opts) : LWFM_ERR_OUT_OF_MEMORY;
+    free(file);
     lwfm_load_options_destroy(opts);
     const char *torch = st ? pytorch_checkpoint(path) : NULL;
     if (torch) {
@@ -336,7 +338,12 @@ lwfm_model *load_model_precision(const char *path, lwfm_precision precision) {
     }
     if (st) {
         cli_error("cannot load model", path, "%s", lwfm_last_error());
-        if (st == LWFM_ERR_IO)
+        if (st == LWFM_ERR_IO && !strchr(path, '/')) {
+            char where[2 * ERR_CAP];
+            model_search_path(where, sizeof where);
+            cli_hint("--model takes a weight file (.npz) or the name of an installed model, "
+                     "looked for in %s", where);
+        } else if (st == LWFM_ERR_IO)
             cli_hint("--model takes a weight file (.npz) written by lwfm.convert or lwfm.train");
         else if (st == LWFM_ERR_FORMAT || st == LWFM_ERR_MISSING_KEY)
             cli_hint("is it a libLWFM weight file? see docs/weight-format.md");

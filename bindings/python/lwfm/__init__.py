@@ -1,28 +1,84 @@
 """Python bindings for libLWFM (ctypes over the C ABI in include/lwfm/lwfm.h).
 
     import lwfm
-    with lwfm.Model("models/omniglot.npz") as model:
-        feats = model.features(images)          # (n, C, fh, fw) float32
+    with lwfm.Model("omniglot") as model:      # a bundled model, by name
+        support = lwfm.SupportSet.from_folder(model, "shots/")
+        for name, p in support.predict(model.preprocess(photos))[0][:3]:
+            print(name, p)
 
 The shared library is the one named by the environment variable
-``LWFM_LIBRARY`` when it is set, otherwise the installed ``liblwfm.so.0``.
-It is loaded on first use, so the pure-Python tools of this package
-(``python3 -m lwfm.convert``) work without it.
+``LWFM_LIBRARY`` when it is set, otherwise the one installed with this
+package (``meson install``), otherwise ``liblwfm.so.0`` from the system's
+library path. It is loaded on first use, so the pure-Python tools of this
+package (``python3 -m lwfm.convert``) work without it. Models given by name
+are looked for as :func:`find_model` says.
 """
 
 import ctypes
 import json
 import os
+import sys
 import threading
 import weakref
+from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["Error", "Model", "SupportSet", "library_version", "linear_assignment",
-           "LIBRARY_ENV"]
+__all__ = ["Error", "Model", "SupportSet", "Prediction", "SkippedFile", "find_model",
+           "library_version", "linear_assignment", "LIBRARY_ENV", "MODEL_PATH_ENV",
+           "__version__"]
+
+# The version of this package: LWFM_VERSION_STRING of lwfm.h, the library's
+# lwfm_version() (tests/python/test_packaging.py checks all three agree).
+__version__ = "0.1.0"
 
 LIBRARY_ENV = "LWFM_LIBRARY"
+MODEL_PATH_ENV = "LWFM_MODEL_PATH"
 _SONAME = "liblwfm.so.0"
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _installed(name):
+    """A path from ``_install.py`` (written by ``meson install``), made
+    absolute against this package's folder; None when not installed so."""
+    try:
+        from . import _install
+    except ImportError:
+        return None
+    return os.path.normpath(os.path.join(_HERE, getattr(_install, name)))
+
+
+def _model_dirs():
+    """The folders searched for a model given by name, in order."""
+    dirs = [d for d in os.environ.get(MODEL_PATH_ENV, "").split(os.pathsep) if d]
+    installed = _installed("MODELS")
+    if installed:
+        dirs.append(installed)
+    for prefix in (sys.prefix, "/usr/local", "/usr"):
+        d = os.path.join(prefix, "share", "lwfm", "models")
+        if d not in dirs:
+            dirs.append(d)
+    return dirs
+
+
+def find_model(name):
+    """The weight file meant by ``name``: ``name`` itself when it is an
+    existing file or contains a path separator; otherwise ``NAME`` or
+    ``NAME.npz`` in each folder of ``$LWFM_MODEL_PATH``, then in the bundled
+    models installed with this package (``PREFIX/share/lwfm/models``), then
+    in ``share/lwfm/models`` of ``sys.prefix``, ``/usr/local`` and ``/usr``
+    (the ``lwfm`` command searches the same way: ``--model omniglot``).
+    Raises FileNotFoundError naming the folders searched."""
+    name = os.fspath(name)
+    if os.path.isfile(name) or os.sep in name or (os.altsep and os.altsep in name):
+        return name
+    dirs = _model_dirs()
+    for d in dirs:
+        for cand in (os.path.join(d, name), os.path.join(d, name + ".npz")):
+            if os.path.isfile(cand):
+                return cand
+    raise FileNotFoundError(f"no model file '{name}' and no installed model of that name "
+                            f"(looked in {', '.join(dirs)})")
 
 _PRECISIONS = {"fp32": 0, "bf16": 1}
 
@@ -107,7 +163,10 @@ def _library():
     global _lib
     with _lib_lock:
         if _lib is None:
-            path = os.environ.get(LIBRARY_ENV) or _SONAME
+            path = os.environ.get(LIBRARY_ENV)
+            if not path:
+                installed = _installed("LIBRARY")
+                path = installed if installed and os.path.exists(installed) else _SONAME
             try:
                 lib = ctypes.CDLL(path)
             except OSError as e:
@@ -158,6 +217,66 @@ def _as_labels(labels, n):
     return lab, (int(lab.max()) + 1 if lab.size else 0)
 
 
+Prediction = namedtuple("Prediction", ["name", "probability"])
+Prediction.__doc__ = """One class of a query's prediction: the class's name (its support
+label) and its calibrated probability (``Model.probabilities``)."""
+
+SkippedFile = namedtuple("SkippedFile", ["path", "reason"])
+SkippedFile.__doc__ = """A file or folder :meth:`SupportSet.from_folder` left out, and why."""
+
+
+def _encode_labels(labels, way=None):
+    """Support labels -> (labels for the C API, class names or None).
+
+    Integer labels are class indices 0..way-1, as the C API takes them (no
+    names: None); floats are refused as before (a mistake, not names). Any
+    other hashable values (strings, tuples, ...) are class
+    names, numbered in order of first appearance: column k of the logits is
+    the k-th distinct name."""
+    if isinstance(labels, np.ndarray) and labels.dtype.kind not in "OUS":
+        return labels, None  # numbers: _as_labels checks them
+    items = list(labels)
+    if all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+           for x in items):
+        return labels, None
+    if items and all(isinstance(x, (float, np.floating)) for x in items):
+        return labels, None  # numbers, not names: _as_labels refuses non-integers
+    numbers = {}
+    codes = []
+    for x in items:
+        if isinstance(x, np.generic):
+            x = x.item()
+        try:
+            codes.append(numbers.setdefault(x, len(numbers)))
+        except TypeError:
+            raise TypeError(f"support labels must be integers or hashable class names, got "
+                            f"{type(x).__name__}") from None
+    if way is not None and int(way) != len(numbers):
+        raise ValueError(f"way={way} given with {len(numbers)} distinct class names")
+    return np.asarray(codes, dtype=np.int32), tuple(numbers)
+
+
+def _predictions(probs, classes, top):
+    """Rows of probabilities -> per row, (name, probability) best first."""
+    k = probs.shape[1] if top is None else max(0, min(int(top), probs.shape[1]))
+    out = []
+    for row in probs:
+        order = np.argsort(-row, kind="stable")[:k]
+        out.append([Prediction(classes[c], float(row[c])) for c in order])
+    return out
+
+
+class _OneFile:
+    """Adapter: decode one path with ``lwfm.episodes.FolderSet.load_one``,
+    the decoding ``python3 -m lwfm.evaluate`` shares with the lwfm command."""
+
+    def __init__(self, path):
+        self._path = path
+
+    def path(self, c, i):
+        return self._path
+
+
 def _lp(arr):
     return arr.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
 
@@ -191,6 +310,11 @@ class Model:
 
     def __init__(self, path, precision="fp32", max_total_bytes=None):
         lib = _library()
+        if isinstance(path, str):
+            try:
+                path = find_model(path)  # a name like "omniglot": an installed model
+            except FileNotFoundError:
+                pass  # the library's own message names the path
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
         opts = _p()
@@ -351,8 +475,12 @@ class Model:
 
         support: (n_s, channels, H, W) normalised images; support_labels:
         n_s integers in 0..way-1 (any order, every class at least once);
-        query: (n_q, channels, H', W'). ``way`` defaults to max(label) + 1."""
+        query: (n_q, channels, H', W'). ``way`` defaults to max(label) + 1.
+        Labels may instead be class names (strings or any hashable): column k
+        is then the k-th distinct name in order of appearance
+        (:meth:`predict` returns the names with the probabilities)."""
         s, q = _as_images(support, "support"), _as_images(query, "query")
+        support_labels, names = _encode_labels(support_labels, way)
         lab, w = _as_labels(support_labels, s.shape[0])
         way = w if way is None else int(way)
         if q.shape[1] != s.shape[1] or q.shape[2:] != s.shape[2:]:
@@ -370,9 +498,10 @@ class Model:
 
     def score_features(self, support_feats, support_labels, query_feats, way=None):
         """Logits (n_query, way) from feature maps as ``features()`` returns
-        them: (n, C, fs, fs) float32."""
+        them: (n, C, fs, fs) float32. Labels as for :meth:`episode_score`."""
         s = _as_images(support_feats, "support_feats")
         q = _as_images(query_feats, "query_feats")
+        support_labels, names = _encode_labels(support_labels, way)
         lab, w = _as_labels(support_labels, s.shape[0])
         way = w if way is None else int(way)
         if q.shape[1:] != s.shape[1:]:
@@ -458,22 +587,39 @@ class Model:
     def prepare_support(self, support, support_labels, way=None, features=False):
         """A :class:`SupportSet`: the support side done once, to score any
         number of query batches. ``features=True`` takes feature maps
-        instead of images."""
+        instead of images. Labels: class indices or class names."""
         return SupportSet(self, support, support_labels, way, features)
+
+    def predict(self, support, support_labels, query, top=None):
+        """Per query, ``[(name, probability), ...]`` best first (``top``: only
+        that many), from normalised support and query images; names are the
+        support labels (strings or any hashable; integer labels name the
+        classes 0..way-1). :class:`Prediction` tuples."""
+        with SupportSet(self, support, support_labels) as sup:
+            return sup.predict(query, top)
 
 
 class SupportSet:
-    """A prepared support set (see :meth:`Model.prepare_support`).
+    """A prepared support set (see :meth:`Model.prepare_support` and
+    :meth:`from_folder`).
 
-    ``score(query)`` is thread-safe: many threads may score against one
-    SupportSet at once. Close with ``close()``, ``with``, or let it be
-    collected; it keeps its model alive."""
+    ``classes``: the class names, column k of the logits being
+    ``classes[k]`` (the labels given, in order of first appearance, or
+    0..way-1 for integer labels); ``skipped``: the files and folders
+    ``from_folder`` left out (:class:`SkippedFile`), else empty.
+
+    ``score(query)`` and ``predict(query)`` are thread-safe: many threads
+    may score against one SupportSet at once. Close with ``close()``,
+    ``with``, or let it be collected; it keeps its model alive."""
 
     def __init__(self, model, support, support_labels, way=None, features=False):
         lib = _library()
         s = _as_images(support, "support")
+        support_labels, names = _encode_labels(support_labels, way)
         lab, w = _as_labels(support_labels, s.shape[0])
         self.way = w if way is None else int(way)
+        self.classes = names if names is not None else tuple(range(self.way))
+        self.skipped = []
         self.features = bool(features)
         handle = _p()
         fn = lib.lwfm_support_prepare_features if features else lib.lwfm_support_prepare
@@ -510,4 +656,84 @@ class SupportSet:
         fn = lib.lwfm_support_score_features if self.features else lib.lwfm_support_score
         _check(fn(self._h(), _fp(q), q.shape[0], q.shape[1], q.shape[2], q.shape[3], _fp(out),
                   out.size))
+        return out
+
+    def probabilities(self, query):
+        """Calibrated probabilities (n_query, way) of query images (or
+        feature maps): ``Model.probabilities`` of :meth:`score`."""
+        return self._model.probabilities(self.score(query))
+
+    def predict(self, query, top=None):
+        """Per query, ``[(name, probability), ...]`` best first, names from
+        :attr:`classes`; ``top``: only the first that many. A query whose
+        best probability is below ``Model.unknown_threshold`` is, by the
+        model's calibration, none of the classes."""
+        return _predictions(self.probabilities(query), self.classes, top)
+
+    @classmethod
+    def from_folder(cls, model, path, on_bad="fail"):
+        """The support set of a folder holding one sub-folder of images per
+        class, read as ``lwfm classify --support`` reads it: the class
+        names are the sub-folders' names, sorted; every ``.png``/``.jpg``/
+        ``.jpeg`` file (any case) in a class folder is an image of that class
+        (sorted by name), decoded as the ``lwfm`` command decodes it and
+        preprocessed by the model (``Model.preprocess``). A class folder
+        without such files is no class.
+
+        Everything left out is listed in ``skipped`` with its reason: other
+        files at the top or in a class folder, folders inside a class
+        folder, class folders without images and, with ``on_bad="skip"``,
+        images that cannot be decoded (with ``on_bad="fail"``, the default,
+        such an image raises ValueError naming it). Fewer than two classes,
+        or a class all of whose images are bad, raise ValueError."""
+        from .episodes import IMAGE_EXTENSIONS, FolderSet
+        if on_bad not in ("fail", "skip"):
+            raise ValueError(f"on_bad must be 'fail' or 'skip', got {on_bad!r}")
+        root = os.fspath(path)
+        kinds = "/".join(IMAGE_EXTENSIONS)
+
+        def entries(folder):  # byte order, as the lwfm command sorts (strcmp)
+            return sorted(os.listdir(folder), key=os.fsencode)
+
+        skipped, images, labels = [], [], []
+        for name in entries(root):
+            folder = os.path.join(root, name)
+            if not os.path.isdir(folder):
+                skipped.append(SkippedFile(folder, "not a folder: only class folders count"))
+                continue
+            files, bad = [], []
+            for f in entries(folder):
+                full = os.path.join(folder, f)
+                if os.path.isdir(full):
+                    skipped.append(SkippedFile(full, "a folder inside a class folder"))
+                elif not f.lower().endswith(IMAGE_EXTENSIONS):
+                    skipped.append(SkippedFile(full, f"not a {kinds} file"))
+                else:
+                    files.append(full)
+            if not files:
+                skipped.append(SkippedFile(folder, f"no {kinds} images: not a class"))
+                continue
+            for full in files:
+                try:
+                    pixels = FolderSet.load_one(_OneFile(full), 0, 0)
+                    image = model.preprocess(pixels)[0]
+                except (OSError, ValueError, Error) as exc:
+                    if on_bad == "fail":
+                        raise ValueError(f"{full}: cannot read image: {exc} (on_bad='skip' "
+                                         "leaves unreadable images out)") from exc
+                    skipped.append(SkippedFile(full, f"unreadable image: {exc}"))
+                    bad.append(full)
+                    continue
+                images.append(image)
+                labels.append(name)
+            if len(bad) == len(files):
+                raise ValueError(f"{folder}: no readable support image for class "
+                                 f"(all {len(files)} images are bad)")
+        n_classes = len(set(labels))
+        if n_classes < 2:
+            raise ValueError(f"{root}: found {n_classes} class folder"
+                             f"{'' if n_classes == 1 else 's'} with images; 2 or more are "
+                             f"needed (one sub-folder of {kinds} images per class)")
+        out = cls(model, np.stack(images), labels)
+        out.skipped = skipped
         return out

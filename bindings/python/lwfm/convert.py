@@ -40,7 +40,6 @@ import argparse
 import importlib
 import sys
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .weights import WeightFileError, save_weights
@@ -88,20 +87,13 @@ def _log(message: str) -> None:
 
 
 def _import_reference():
-    """Import ``lwfm_ref``, falling back to the source tree's ``tools/``."""
-    try:
-        return importlib.import_module("lwfm_ref")
-    except ImportError:
-        pass
-    tools = Path(__file__).resolve().parents[3] / "tools"
-    if tools.is_dir() and str(tools) not in sys.path:
-        sys.path.insert(0, str(tools))
+    """Import ``lwfm_ref``, the reference model installed beside ``lwfm``."""
     try:
         return importlib.import_module("lwfm_ref")
     except ImportError as exc:
         raise ConversionError(
-            "cannot import the reference model package 'lwfm_ref' (add the "
-            "repository's tools/ directory to PYTHONPATH)") from exc
+            "cannot import the reference model package 'lwfm_ref' (it is installed "
+            "with lwfm; in a checkout, put bindings/python on PYTHONPATH)") from exc
 
 
 # ----------------------------------------------------------------------------

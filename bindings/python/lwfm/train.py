@@ -20,8 +20,8 @@ the best one is written to ``--output``.
 
 Deterministic for a given ``--seed`` and thread count; ``--resume`` continues
 from ``WORKDIR/checkpoint.pt`` (model, optimiser, step and random states).
-Uses CUDA when available unless ``--device cpu``. Needs ``tools/`` (the
-reference model ``lwfm_ref``) on ``PYTHONPATH`` like the rest of the tools.
+Uses CUDA when available unless ``--device cpu``. Needs the
+reference model ``lwfm_ref``, installed beside ``lwfm``.
 """
 
 from __future__ import annotations
@@ -43,15 +43,8 @@ from .weights import save_weights
 
 
 def _import_reference():
-    try:
-        import lwfm_ref  # noqa: F401
-    except ImportError:
-        here = os.path.dirname(os.path.abspath(__file__))
-        tools = os.path.normpath(os.path.join(here, "..", "..", "..", "tools"))
-        if os.path.isdir(os.path.join(tools, "lwfm_ref")):
-            sys.path.insert(0, tools)
-        import lwfm_ref  # noqa: F401
-    return sys.modules["lwfm_ref"]
+    import lwfm_ref  # installed beside lwfm (bindings/python in a checkout)
+    return lwfm_ref
 
 
 # ----------------------------------------------------------------------------
