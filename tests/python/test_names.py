@@ -116,7 +116,7 @@ def test_from_folder_follows_the_cli(model, tmp_path):
     assert "not a folder" in reasons["README"]
     assert "not a class" in reasons["empty"]
     assert "unreadable image" in reasons["horizontal/broken.png"]
-    assert "not a .png/.jpg/.jpeg file" in reasons["vertical/notes.txt"]
+    assert "not a .png/.jpg/.jpeg/.webp file" in reasons["vertical/notes.txt"]
     assert "folder inside a class folder" in reasons["vertical/more"]
     assert all(isinstance(f, lwfm.SkippedFile) for f in s.skipped)
     # the same support set as preprocessing the files by hand
