@@ -31,7 +31,7 @@ static const char kBenchUsage[] =
     "Each figure is the median of --reps timed repetitions after one warm-up;\n"
     "fp32 and bf16 alternate repetition by repetition. Inputs are random.\n"
     "\n"
-    "  --model PATH        weight file (.npz)\n"
+    "  --model PATH        weight file (.npz) or an installed model's name\n"
     "  --precision P       fp32, bf16 or both (default both)\n"
     "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
     "  --reps R            timed repetitions (default 5; --quick: 2)\n"

@@ -14,7 +14,8 @@ static const char kInfoUsage[] =
     "preprocessing), the input shape it expects and the feature-map shape of\n"
     "one such input.\n"
     "\n"
-    "  --model PATH  weight file (.npz); the --model may be left out\n"
+    "  --model PATH  weight file (.npz) or an installed model's name (omniglot);\n"
+    "                the --model may be left out\n"
     "  --json        print one JSON object\n";
 
 int cmd_info(int argc, char **argv) {
@@ -79,7 +80,8 @@ static const char kClassifyUsage[] =
     "(softmax of the logits, calibrated when the model is: docs/models.md),\n"
     "tab-separated.\n"
     "\n"
-    "  --model PATH        weight file (.npz); the --model may be left out when\n"
+    "  --model PATH        weight file (.npz) or an installed model's name\n"
+    "                      (omniglot); the --model may be left out when\n"
     "                      MODEL.npz does not follow --query\n"
     "  --support DIR       support images, one sub-folder per class\n"
     "  --query PATH...     query images or directories (one or more; may repeat)\n"
