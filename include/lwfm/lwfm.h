@@ -20,6 +20,13 @@
  *    library.
  *  - Parallel work inside a call uses OpenMP (GNU libgomp, the runtime oneDNN
  *    uses). Control the thread count with OMP_NUM_THREADS or omp_set_num_threads.
+ *  - fork(): a child process may go on using the models and handles it
+ *    inherited (Python's multiprocessing with the fork start method does).
+ *    GNU libgomp cannot run the parent's thread pool in a child, so in a child
+ *    forked by a thread that had used libLWFM, that thread's OpenMP thread
+ *    count is set to 1 (a pthread_atfork handler): its calls compute,
+ *    single-threaded, with the same results. Threads the child creates later
+ *    use OpenMP's defaults. (Before 0.1.0 such a child hung in libgomp.)
  *
  * ---------------------------------------------------------------------------
  * CONVENTIONS

@@ -517,6 +517,7 @@ struct lwfm__net_ctx {
     dnnl_stream_t stream;
     plan *plans[LWFM_MAX_PLANS];
     int n_plans;
+    unsigned fork_generation; /* lwfm__fork_generation when the plans were made */
     unsigned long tick;
     int chunk;
     void *buf[LWFM_NET_NBUF];
@@ -737,6 +738,7 @@ lwfm_status lwfm__net_ctx_create(lwfm__net_ctx **out, const lwfm__net *net) {
     if (!ctx) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     ctx->net = net;
     ctx->chunk = LWFM_DEFAULT_CHUNK;
+    ctx->fork_generation = atomic_load(&lwfm__fork_generation);
     const char *env = getenv("LWFM_BATCH_CHUNK");
     if (env) {
         int c = atoi(env);
@@ -768,6 +770,14 @@ void lwfm__net_ctx_free(lwfm__net_ctx *ctx) {
 
 static lwfm_status get_plan(lwfm__net_ctx *ctx, int64_t n, int64_t h, int64_t w, plan **out) {
     ctx->tick++;
+    /* in a forked child, primitives made before fork() would start parallel
+     * regions of the parent's thread count, which libgomp cannot run there */
+    unsigned gen = atomic_load(&lwfm__fork_generation);
+    if (ctx->fork_generation != gen) {
+        for (int i = 0; i < ctx->n_plans; i++) plan_free(ctx->net, ctx->plans[i]);
+        ctx->n_plans = 0;
+        ctx->fork_generation = gen;
+    }
     for (int i = 0; i < ctx->n_plans; i++) {
         plan *p = ctx->plans[i];
         if (p->n == n && p->h == h && p->w == w) {
