@@ -102,6 +102,7 @@ typedef enum lwfm_status {
 #define LWFM_LIMIT_IMAGES 65536             /**< images or feature maps per call (support, query, batch) */
 #define LWFM_LIMIT_IMAGE_SIDE 16384         /**< height and width of an input image, pixels */
 #define LWFM_LIMIT_POSITIONS 4096           /**< fh * fw of a feature map scored in an episode */
+#define LWFM_LIMIT_SPM_POSITIONS 256        /**< feature_size^2 of an LWFM-SPM model with SPM on (matcher_prob > 0), checked at load: the matcher's assignment costs O(positions^3) per pair and layer */
 #define LWFM_LIMIT_NPZ_MEMBERS 4096         /**< members of a weight file */
 #define LWFM_LIMIT_NPZ_NAME 512             /**< bytes of a member name */
 #define LWFM_LIMIT_NPZ_BYTES (1ull << 30)   /**< decompressed bytes of one member, and by default of the whole file (lwfm_load_options_set_max_total_bytes()) */

@@ -112,6 +112,18 @@ lwfm_status lwfm__net_add_conv(lwfm__net *net, const lwfm__archive *ar, const ch
         for (size_t i = 0; i < per_oc; i++)
             op->w_plain[o * per_oc + i] = (float)(w[o * per_oc + i] * scale);
         op->bias[o] = (float)shift;
+        /* finite tensors can fold to infinity (a large weight over a zero
+         * running_var): refuse the file here, naming the tensors, rather than
+         * every later call blaming the caller's pixels */
+        if (!isfinite(op->bias[o]) || !lwfm__all_finite(op->w_plain + o * per_oc, per_oc))
+            return lwfm__error(LWFM_ERR_FORMAT,
+                               "tensor '%s'%s%s%s: output channel %d overflows float32 (%s); "
+                               "weights must stay finite",
+                               conv_key, bn_prefix ? " with BatchNorm '" : "",
+                               bn_prefix ? bn_prefix : "", bn_prefix ? "'" : "", o,
+                               bn_prefix && !net->bn_batch
+                                   ? "folded as weight / sqrt(running_var + eps)"
+                                   : "convolution weight or bias");
     }
     return LWFM_OK;
 }
