@@ -86,7 +86,8 @@ int cli_int(const char *cmd, const char *name, const char *text, int64_t lo, int
 
 /* ---- JSON and small helpers ------------------------------------------- */
 
-void json_string(FILE *f, const char *s);           /* a quoted, escaped JSON string */
+void json_string(FILE *f, const char *s);           /* a quoted, escaped JSON string (invalid UTF-8 as U+FFFD) */
+void tsv_field(FILE *f, const char *s); /* a tab-separated field: \\ \t \n \r escaped as in C */
 double now_seconds(void);                           /* monotonic clock */
 char *path_join(const char *dir, const char *name); /* malloc'd "dir/name" */
 char *str_dup(const char *s);

@@ -3,11 +3,13 @@
  * files. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -15,9 +17,14 @@
 
 int image_read(const char *path, cli_image *img, char *err, size_t cap) {
     memset(img, 0, sizeof *img);
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK: opening a FIFO (or a device) for reading must not wait for
+     * a writer; the regular-file check below refuses it (as the library's
+     * own reader does, lib/io/npz.c) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
     if (!f) {
         snprintf(err, cap, "cannot open: %s", strerror(errno));
+        if (fd >= 0) close(fd);
         return -1;
     }
     struct stat sb;
