@@ -81,11 +81,13 @@ def test_features_refuse_overflow_and_leave_output_untouched(lib, tiny):
 
 
 # -- item 11: in place -----------------------------------------------------------
-def test_features_in_place(lib, tiny):
-    """The features may overwrite the images (a batch larger than the backbone's
-    16-image chunk: before, the first chunk's features overwrote the inputs
-    of the next ones)."""
-    path, _ = tiny
+def test_features_in_place(lib, tiny, tmp_path):
+    """The features may overwrite the images: a batch larger than the
+    backbone's 16-image chunk, with feature maps (128 x 8 x 8) larger than
+    the images (3 x 32 x 32); before, the first chunk's features overwrote
+    the inputs of the next ones."""
+    _, a = tiny
+    path = save(tmp_path, a, **{"config/feature_size": np.int32(8)})
     rng = np.random.default_rng(5)
     with lib.Model(path) as m:
         n = 40
