@@ -272,7 +272,11 @@ class Model:
 
     The underlying C model is immutable and thread-safe: one Model may be
     shared by many Python threads; the C calls release the GIL.
-    Close it with ``close()``, a ``with`` block, or let it be collected.
+    Close it with ``close()``, a ``with`` block, or let it be collected;
+    ``close()`` may race with calls on other threads (they finish, later
+    calls raise ValueError). A child process forked after use (e.g. by
+    ``multiprocessing`` with the "fork" start method) may go on using the
+    model; its calls run single-threaded there (docs/api.md, "Threads").
 
     ``precision``: ``"fp32"`` (default) or ``"bf16"``, the backbone's
     arithmetic (bf16 convolutions with f32 accumulation; inputs, features and
