@@ -135,14 +135,20 @@ class _Guard:
         self._closed = False
         self._what = what
 
-    def add(self, destroy, handle):
-        """Another handle to free with this one (the per-pair views)."""
-        with self._lock:
-            self._destroy.insert(0, (destroy, handle))
-
     @property
     def closed(self):
         return self._closed
+
+    def adopt(self, owner, attr, handle, destroy):
+        """Keep `handle` as owner.attr, freed with this one; if another thread
+        set owner.attr first, free `handle` and return False."""
+        with self._lock:
+            if getattr(owner, attr, None) is None:
+                setattr(owner, attr, handle)
+                self._destroy.insert(0, (destroy, handle))
+                return True
+        destroy(handle)
+        return False
 
     @contextlib.contextmanager
     def use(self):
@@ -515,13 +521,8 @@ class Model:
                 lib = _library()
                 h = _p()
                 _check(getattr(lib, f"lwfm_{kind}_create")(ctypes.byref(h), m))
-                with self._guard._lock:
-                    if getattr(self, attr, None) is None:
-                        setattr(self, attr, h)
-                        self._guard._destroy.insert(0, (getattr(lib, f"lwfm_{kind}_destroy"), h))
-                    else:  # another thread made one meanwhile
-                        getattr(lib, f"lwfm_{kind}_destroy")(h)
-                        h = getattr(self, attr)
+                if not self._guard.adopt(self, attr, h, getattr(lib, f"lwfm_{kind}_destroy")):
+                    h = getattr(self, attr)  # another thread made one meanwhile
             yield h
 
     def lwe_pair(self, support_feature, query_feature):
