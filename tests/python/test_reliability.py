@@ -13,6 +13,7 @@ on the code before the fix (29acb66):
   (a file of bool arrays within the limit loads).
 """
 import ctypes
+import os
 
 import numpy as np
 import pytest
@@ -260,7 +261,6 @@ def test_close_during_calls_on_other_threads(lib, tiny):
     features() / score(): no crash (it was a segfault in 6 of 6 runs), the
     threads then get ValueError. In a subprocess, so that a crash fails this
     test only."""
-    import os
     import subprocess
     import sys
     path, _ = tiny
@@ -318,6 +318,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
+@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="AddressSanitizer's shadow memory and quarantine skew the peak RSS")
 def test_load_memory_within_twice_the_limit(lib, tiny, tmp_path):
     """A compressed file of 64 MiB of bool members under an 80 MiB limit: the
     load's peak grows by at most about twice the limit (before: every member
