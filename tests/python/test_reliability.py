@@ -342,3 +342,31 @@ def test_load_memory_within_twice_the_limit(lib, tiny, tmp_path):
 
     base, loaded = peak(path), peak(p)
     assert loaded - base < 2 * (80 << 20), (base, loaded)
+
+
+# -- item 2: fork ----------------------------------------------------------------------
+_FORKED_MODEL = None
+
+
+def _child_features(x):
+    return _FORKED_MODEL.features(x)
+
+
+def test_multiprocessing_fork_after_use(lib, tiny):
+    """multiprocessing with the fork start method after the parent computed:
+    the child's call used to block forever in libgomp."""
+    import multiprocessing
+    global _FORKED_MODEL
+    path, _ = tiny
+    x = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    with lib.Model(path) as m:
+        expect = m.features(x)  # the parent's OpenMP pool is now in use
+        _FORKED_MODEL = m
+        pool = multiprocessing.get_context("fork").Pool(1)
+        try:
+            got = pool.apply_async(_child_features, (x,)).get(timeout=120)
+        finally:
+            pool.terminate()
+            pool.join()
+            _FORKED_MODEL = None
+        np.testing.assert_array_equal(got, expect)
