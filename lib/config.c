@@ -35,9 +35,23 @@ const char *lwfm__backbone_prefix(const lwfm__config *cfg) {
     }
 }
 
+/* Bool arrays are integers to the archive; only learnable_matcher takes one
+ * (docs/weight-format.md): a bool `format_version` (True == 1) is refused. */
+static lwfm_status no_bool(const lwfm__archive *ar, const char *key) {
+    const lwfm__tensor *t = lwfm__archive_find(ar, key);
+    if (t && t->descr[1] == 'b')
+        return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' is a bool; it must be an integer",
+                           key);
+    return LWFM_OK;
+}
+
 /* Optional integer: absent keeps *v. Present but malformed is an error. */
 static lwfm_status opt_int(const lwfm__archive *ar, const char *key, int lo, int hi, int *v) {
     if (!lwfm__archive_find(ar, key)) return LWFM_OK;
+    if (strcmp(key, "config/learnable_matcher") != 0) {
+        lwfm_status bst = no_bool(ar, key);
+        if (bst) return bst;
+    }
     int64_t x;
     lwfm_status st = lwfm__archive_get_int(ar, key, &x);
     if (st) return st;
@@ -54,12 +68,23 @@ static lwfm_status opt_float(const lwfm__archive *ar, const char *key, double lo
     double x;
     lwfm_status st = lwfm__archive_get_float(ar, key, &x);
     if (st) return st;
+    /* a float32 or float16 value is compared with the bounds rounded to
+     * float32: float32(1e-6) is 9.99999997e-07, and refusing it as "outside
+     * [1e-06, ...]" would contradict the message */
+    const lwfm__tensor *t = lwfm__archive_find(ar, key);
+    if (t->f32 && t->descr[2] != '8') {
+        lo = (double)(float)lo;
+        hi = (double)(float)hi;
+    }
     if (!(x >= lo && x <= hi))
-        return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' = %g is outside [%g, %g]", key, x,
-                           lo, hi);
+        return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' = %.9g is outside [%g, %g]", key,
+                           x, lo, hi);
     *v = x;
     return LWFM_OK;
 }
+
+#define NORM_STD_MIN 1e-6
+#define NORM_MAX 1e6
 
 static lwfm_status read_norm(const lwfm__archive *ar, const char *key, double *vals, int *n,
                              int positive) {
@@ -67,11 +92,16 @@ static lwfm_status read_norm(const lwfm__archive *ar, const char *key, double *v
     if (!t) return LWFM_OK;
     if (!t->f32 || t->ndim > 1 || (t->numel != 1 && t->numel != 3))
         return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' must be 1 or 3 floats", key);
+    /* std in [1e-6, 1e6], mean in [-1e6, 1e6]: inputs scaled to [0, 1] then
+     * normalise to finite values of moderate size (a std of 1e-45 passed
+     * "positive" and made lwfm_model_preprocess() return infinities) */
+    const double lo = positive ? (double)(float)NORM_STD_MIN : -NORM_MAX, hi = NORM_MAX;
     for (size_t i = 0; i < t->numel; i++) {
         vals[i] = t->f32[i];
-        if (!isfinite(vals[i]) || (positive && !(vals[i] > 0)))
-            return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' has an invalid entry %g", key,
-                               vals[i]);
+        if (!(vals[i] >= lo && vals[i] <= hi))
+            return lwfm__error(LWFM_ERR_FORMAT,
+                               "config value '%s' has an invalid entry %.9g (must be in [%g, %g])",
+                               key, vals[i], positive ? NORM_STD_MIN : -NORM_MAX, hi);
     }
     *n = (int)t->numel;
     return LWFM_OK;
@@ -94,6 +124,7 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     char s[64];
     int64_t v;
 
+    if ((st = no_bool(ar, "config/format_version"))) return st;
     if ((st = lwfm__archive_get_int(ar, "config/format_version", &v))) return st;
     if (v != LWFM_FORMAT_VERSION)
         return lwfm__error(LWFM_ERR_UNSUPPORTED,
@@ -146,6 +177,7 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
     if (ids) {
         size_t n;
         int64_t vals[LWFM_MAX_TAPS];
+        if ((st = no_bool(ar, "config/hyperpixel_ids"))) return st;
         if ((st =
                  lwfm__archive_get_int_array(ar, "config/hyperpixel_ids", vals, LWFM_MAX_TAPS, &n)))
             return st;
@@ -195,6 +227,17 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
                            "config 'config/resize' (%d) is smaller than "
                            "'config/image_size' (%d)",
                            c.resize, c.image_size);
+    /* the SPM matcher solves a P x P assignment per (support, query) pair and
+     * layer, O(P^3): P = feature_size^2 is bounded (feature_size 64 gave
+     * 4096 positions and minutes for a one-query episode) */
+    if (c.method == LWFM_METHOD_LWFM_SPM && c.matcher_prob > 0 &&
+        c.feature_size * c.feature_size > LWFM_LIMIT_SPM_POSITIONS)
+        return lwfm__error(LWFM_ERR_LIMIT,
+                           "config 'config/feature_size' = %d gives %d matched positions, more "
+                           "than LWFM_LIMIT_SPM_POSITIONS = %d (the SPM assignment costs "
+                           "O(positions^3) per pair and layer)",
+                           c.feature_size, c.feature_size * c.feature_size,
+                           LWFM_LIMIT_SPM_POSITIONS);
     if (c.feature_size < 2 && c.method == LWFM_METHOD_LWFM_SPM)
         return lwfm__error(LWFM_ERR_FORMAT, "lwfm-spm needs config 'config/feature_size' >= 2 "
                                             "(its attention normalises over the fs*fs positions)");

@@ -401,7 +401,7 @@ lwfm_status lwfm__check_images(const lwfm_model *m, const char *what, const floa
 /* Validate a forward call's arguments including the output capacity. */
 static lwfm_status check_forward(const lwfm_model *m, const float *images, int64_t n,
                                  int64_t channels, int64_t height, int64_t width,
-                                 const float *features, size_t capacity) {
+                                 const float *features, size_t capacity, size_t *count) {
     if (!features) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "features is NULL");
     int64_t c, fh, fw;
     lwfm_status st =
@@ -413,7 +413,29 @@ static lwfm_status check_forward(const lwfm_model *m, const float *images, int64
         return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
                            "features buffer holds %zu floats, %lld x %lld x %lld x %lld needed",
                            capacity, (long long)n, (long long)c, (long long)fh, (long long)fw);
+    *count = out_n;
     return LWFM_OK;
+}
+
+/* The backbone into scratch, then into `features` only when every value is
+ * finite: finite pixels of extreme magnitude (+-3e38) overflow inside the
+ * backbone, which the episode calls refuse as well; and `features` may
+ * overlap `images` (nothing is written before the whole batch is read). */
+static lwfm_status forward_checked(const lwfm_model *m, lwfm__net_ctx *ctx, const float *images,
+                                   int64_t n, int64_t h, int64_t w, float *features,
+                                   size_t count) {
+    float *tmp = lwfm__alloc(count * sizeof(float));
+    if (!tmp)
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for %zu feature values", count);
+    lwfm_status st = ctx ? lwfm__net_forward(ctx, images, n, h, w, tmp)
+                         : lwfm__model_forward(m, images, n, h, w, tmp);
+    if (!st && !lwfm__all_finite(tmp, count))
+        st = lwfm__error(LWFM_ERR_NONFINITE,
+                         "images: the backbone's features overflowed to NaN or infinity (pixel "
+                         "values of extreme magnitude; are the images normalised?)");
+    if (!st) memcpy(features, tmp, count * sizeof(float));
+    lwfm__free(tmp);
+    return st;
 }
 
 LWFM_API lwfm_status lwfm_backbone_create(lwfm_backbone **out, lwfm_model *model) {
@@ -444,10 +466,12 @@ LWFM_API lwfm_status lwfm_backbone_forward(lwfm_backbone *backbone, const float 
                                            float *features, size_t capacity) {
     lwfm__error_clear();
     if (!backbone) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "backbone is NULL");
-    lwfm_status st =
-        check_forward(backbone->model, images, n, channels, height, width, features, capacity);
+    size_t count = 0;
+    lwfm_status st = check_forward(backbone->model, images, n, channels, height, width, features,
+                                   capacity, &count);
     if (st) return st;
-    return lwfm__net_forward(backbone->ctx, images, n, height, width, features);
+    return forward_checked(backbone->model, backbone->ctx, images, n, height, width, features,
+                           count);
 }
 
 /* Borrow a context from the model's pool (or make one). */
@@ -491,9 +515,11 @@ LWFM_API lwfm_status lwfm_model_features(const lwfm_model *model, const float *i
     lwfm__error_clear();
     if (!model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model is NULL");
     double tp = LWFM_PROF_T0();
-    lwfm_status st = check_forward(model, images, n, channels, height, width, features, capacity);
+    size_t count = 0;
+    lwfm_status st =
+        check_forward(model, images, n, channels, height, width, features, capacity, &count);
     if (st) return st;
-    st = lwfm__model_forward(model, images, n, height, width, features);
+    st = forward_checked(model, NULL, images, n, height, width, features, count);
     LWFM_PROF_ADD(LWFM_PROF_BACKBONE, tp);
     return st;
 }

@@ -33,7 +33,8 @@ PYTHON=/usr/bin/python3
 # the reference's own tests, which do not load the library.
 PY_TESTS=${SANITIZE_PYTHON_TESTS:-"tests/python/test_api.py tests/python/test_episode_parity.py
   tests/python/test_model_load.py tests/python/test_pair.py tests/python/test_assign_scipy.py
-  tests/python/test_preprocess.py tests/python/test_dn4.py tests/python/test_mml.py"}
+  tests/python/test_preprocess.py tests/python/test_dn4.py tests/python/test_mml.py
+  tests/python/test_reliability.py"}
 
 stamp() { date -u +%H:%M:%S; }
 

@@ -20,6 +20,16 @@
  *    library.
  *  - Parallel work inside a call uses OpenMP (GNU libgomp, the runtime oneDNN
  *    uses). Control the thread count with OMP_NUM_THREADS or omp_set_num_threads.
+ *  - fork(): a child process may go on using the models and handles it
+ *    inherited (Python's multiprocessing with the fork start method does).
+ *    GNU libgomp cannot run the parent's thread pool in a child, so in a child
+ *    forked by a thread that had used libLWFM, that thread's OpenMP thread
+ *    count is set to 1 (a pthread_atfork handler): its calls compute,
+ *    single-threaded, with the same results. Threads the child creates later
+ *    use OpenMP's defaults. Fork while no other thread is inside a libLWFM
+ *    call (as with any library that holds locks).
+ *  - Every handle is destroyed exactly once: a second lwfm_*_destroy() of the
+ *    same pointer is undefined behaviour (a double free), as for free().
  *
  * ---------------------------------------------------------------------------
  * CONVENTIONS
@@ -33,6 +43,9 @@
  *    (image, channel, row, column) as well.
  *  - Sizes are int64_t element counts; capacities are counted in elements
  *    (not bytes) of the buffer the caller owns.
+ *  - An output buffer may overlap the call's input buffers (compute features
+ *    in place, probabilities over their logits): every call reads all of its
+ *    inputs before it writes any output. Outputs must not overlap each other.
  *  - The library never prints, never aborts and never exits on bad input.
  */
 #ifndef LWFM_LWFM_H
@@ -95,6 +108,7 @@ typedef enum lwfm_status {
 #define LWFM_LIMIT_IMAGES 65536             /**< images or feature maps per call (support, query, batch) */
 #define LWFM_LIMIT_IMAGE_SIDE 16384         /**< height and width of an input image, pixels */
 #define LWFM_LIMIT_POSITIONS 4096           /**< fh * fw of a feature map scored in an episode */
+#define LWFM_LIMIT_SPM_POSITIONS 256        /**< feature_size^2 of an LWFM-SPM model with SPM on (matcher_prob > 0), checked at load: the matcher's assignment costs O(positions^3) per pair and layer */
 #define LWFM_LIMIT_NPZ_MEMBERS 4096         /**< members of a weight file */
 #define LWFM_LIMIT_NPZ_NAME 512             /**< bytes of a member name */
 #define LWFM_LIMIT_NPZ_BYTES (1ull << 30)   /**< decompressed bytes of one member, and by default of the whole file (lwfm_load_options_set_max_total_bytes()) */
@@ -182,7 +196,10 @@ LWFM_API lwfm_status lwfm_load_options_set_precision(lwfm_load_options *options,
                                                      lwfm_precision precision);
 
 /** Upper bound on the total decompressed size of all arrays in a weight file,
- *  in bytes (default 1 GiB). Loading a larger file fails with LWFM_ERR_LIMIT. */
+ *  in bytes (default 1 GiB), and on their size once converted (float16 arrays
+ *  widen to float32; integer arrays are kept at their size). Loading a larger
+ *  file fails with LWFM_ERR_LIMIT. A load holds at most about twice this
+ *  (the converted arrays and one member's raw bytes) besides the model. */
 LWFM_API lwfm_status lwfm_load_options_set_max_total_bytes(lwfm_load_options *options,
                                                            uint64_t bytes);
 
@@ -374,8 +391,11 @@ LWFM_API void lwfm_backbone_destroy(lwfm_backbone *backbone);
 /** Run the backbone on `n` images, NCHW float32 (n x channels x height x
  *  width, normalised), and write the concatenated tapped feature maps,
  *  (n, C, fh, fw) float32 with C, fh, fw from lwfm_model_feature_shape(), to
- *  `features`, which holds `capacity` floats. NaN or infinite pixels give
- *  LWFM_ERR_NONFINITE. Primitives for a shape are created on first use and
+ *  `features`, which holds `capacity` floats (it may overlap `images`). NaN
+ *  or infinite pixels give LWFM_ERR_NONFINITE, and so do finite pixels of
+ *  extreme magnitude whose features overflow to NaN or infinity (as in the
+ *  episode calls); `features` is then untouched. The batch is computed into
+ *  scratch of the output's size and copied out. Primitives for a shape are created on first use and
  *  reused; scratch buffers grow to the largest batch seen and are reused. */
 LWFM_API lwfm_status lwfm_backbone_forward(lwfm_backbone *backbone, const float *images, int64_t n,
                                            int64_t channels, int64_t height, int64_t width,
@@ -533,7 +553,8 @@ LWFM_API lwfm_status lwfm_rcn_pair(const lwfm_rcn *rcn, const float *support_fea
  *  exact for integer costs of magnitude up to 2^53 / (8 n), otherwise optimal
  *  up to rounding (about n * DBL_EPSILON * max|cost|). Fails with
  *  LWFM_ERR_INVALID_ARGUMENT (NULL `cost` or `assignment`, n < 1),
- *  LWFM_ERR_LIMIT (n > 4096), LWFM_ERR_NONFINITE (a NaN or infinite cost; the
+ *  LWFM_ERR_LIMIT (n > 4096, or a cost of magnitude over DBL_MAX / (16 n),
+ *  whose sums could overflow), LWFM_ERR_NONFINITE (a NaN or infinite cost; the
  *  message names its row and column) or LWFM_ERR_OUT_OF_MEMORY; outputs are
  *  untouched on failure. Allocates O(n) scratch per call. Thread-safe. */
 LWFM_API lwfm_status lwfm_linear_assignment(const double *cost, int64_t n, int64_t *assignment,

@@ -112,6 +112,18 @@ lwfm_status lwfm__net_add_conv(lwfm__net *net, const lwfm__archive *ar, const ch
         for (size_t i = 0; i < per_oc; i++)
             op->w_plain[o * per_oc + i] = (float)(w[o * per_oc + i] * scale);
         op->bias[o] = (float)shift;
+        /* finite tensors can fold to infinity (a large weight over a zero
+         * running_var): refuse the file here, naming the tensors, rather than
+         * every later call blaming the caller's pixels */
+        if (!isfinite(op->bias[o]) || !lwfm__all_finite(op->w_plain + o * per_oc, per_oc))
+            return lwfm__error(LWFM_ERR_FORMAT,
+                               "tensor '%s'%s%s%s: output channel %d overflows float32 (%s); "
+                               "weights must stay finite",
+                               conv_key, bn_prefix ? " with BatchNorm '" : "",
+                               bn_prefix ? bn_prefix : "", bn_prefix ? "'" : "", o,
+                               bn_prefix && !net->bn_batch
+                                   ? "folded as weight / sqrt(running_var + eps)"
+                                   : "convolution weight or bias");
     }
     return LWFM_OK;
 }
@@ -532,6 +544,7 @@ struct lwfm__net_ctx {
     dnnl_stream_t stream;
     plan *plans[LWFM_MAX_PLANS];
     int n_plans;
+    unsigned fork_generation; /* lwfm__fork_generation when the plans were made */
     unsigned long tick;
     int chunk;
     void *buf[LWFM_NET_NBUF];
@@ -752,6 +765,7 @@ lwfm_status lwfm__net_ctx_create(lwfm__net_ctx **out, const lwfm__net *net) {
     if (!ctx) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     ctx->net = net;
     ctx->chunk = LWFM_DEFAULT_CHUNK;
+    ctx->fork_generation = atomic_load(&lwfm__fork_generation);
     const char *env = getenv("LWFM_BATCH_CHUNK");
     if (env) {
         int c = atoi(env);
@@ -783,6 +797,14 @@ void lwfm__net_ctx_free(lwfm__net_ctx *ctx) {
 
 static lwfm_status get_plan(lwfm__net_ctx *ctx, int64_t n, int64_t h, int64_t w, plan **out) {
     ctx->tick++;
+    /* in a forked child, primitives made before fork() would start parallel
+     * regions of the parent's thread count, which libgomp cannot run there */
+    unsigned gen = atomic_load(&lwfm__fork_generation);
+    if (ctx->fork_generation != gen) {
+        for (int i = 0; i < ctx->n_plans; i++) plan_free(ctx->net, ctx->plans[i]);
+        ctx->n_plans = 0;
+        ctx->fork_generation = gen;
+    }
     for (int i = 0; i < ctx->n_plans; i++) {
         plan *p = ctx->plans[i];
         if (p->n == n && p->h == h && p->w == w) {

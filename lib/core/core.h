@@ -5,6 +5,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "lwfm/lwfm.h"
@@ -36,6 +37,9 @@ lwfm_status lwfm__error_prefix(lwfm_status status, const char *fmt, ...) LWFM_PR
 
 /* Clear the calling thread's detail message (done on entry of API calls). */
 void lwfm__error_clear(void);
+/* Incremented in a child process after fork() (error.c): objects caching
+ * oneDNN primitives compare it with the value they saw and rebuild them. */
+extern _Atomic unsigned lwfm__fork_generation;
 
 /* Log through the user's callback (silent by default). */
 void lwfm__log(lwfm_log_level level, const char *fmt, ...) LWFM_PRINTF(2, 3);

@@ -1,8 +1,11 @@
-/* Per-thread error details, status strings, logging, versions. */
+/* Per-thread error details, status strings, logging, versions, fork(). */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "core.h"
+#include "omp_compat.h"
+#include <stdatomic.h>
 
 #define LWFM_ERROR_CAP 1024
 
@@ -60,8 +63,38 @@ LWFM_API const char *lwfm_last_error(void) {
     return tls_error;
 }
 
+/* Set by every API call (they all begin with lwfm__error_clear()): this
+ * thread may have started OpenMP parallel regions through the library. */
+static _Thread_local int tls_used = 0;
+
 void lwfm__error_clear(void) {
     tls_error[0] = '\0';
+    tls_used = 1;
+}
+
+/* fork() after use (lwfm.h, THREAD SAFETY). GNU libgomp keeps, per thread
+ * that started a parallel region, a pool of worker threads. After fork() the
+ * child has only the forking thread, whose pool still lists the parent's
+ * workers, and its next parallel region of more than one thread waits for
+ * them forever (inside oneDNN or our own loops). In the child, if the forking
+ * thread used the library, its OpenMP thread count becomes 1: libgomp runs a
+ * one-thread region without touching the pool, and oneDNN calls its kernels
+ * directly when it has one thread, so the child computes (single-threaded,
+ * bitwise as the parent would). Threads the child creates later start from
+ * libgomp's defaults with pools of their own and are not affected. */
+_Atomic unsigned lwfm__fork_generation = 0;
+
+static void after_fork_child(void) {
+    /* cached oneDNN primitives keep the thread count they were created
+     * with: lwfm__net contexts recreate theirs on the next call */
+    atomic_fetch_add(&lwfm__fork_generation, 1u);
+#ifdef _OPENMP
+    if (tls_used) omp_set_num_threads(1);
+#endif
+}
+
+__attribute__((constructor)) static void register_fork_handler(void) {
+    pthread_atfork(NULL, NULL, after_fork_child);
 }
 
 lwfm_status lwfm__error(lwfm_status status, const char *fmt, ...) {

@@ -290,36 +290,39 @@ check:
     return LWFM_OK;
 }
 
-static lwfm_status convert_int(int64_t *dst, const uint8_t *src, size_t n, npy_dtype t) {
+/* One stored integer / bool element as int64 (u8 values were checked to fit). */
+static int64_t int_value(const uint8_t *p, npy_dtype t) {
+    uint64_t u = load_uint(p, t.size, t.big);
+    if (t.kind == 'b') return u != 0;
+    if (t.kind == 'u') return (int64_t)u;
+    switch (t.size) { /* sign-extend from size*8 bits */
+    case 1:
+        return (int8_t)(uint8_t)u;
+    case 2:
+        return (int16_t)(uint16_t)u;
+    case 4:
+        return (int32_t)(uint32_t)u;
+    default:
+        return (int64_t)u;
+    }
+}
+
+/* Integers are kept as stored; only what cannot be read as int64 is refused. */
+static lwfm_status check_int(const uint8_t *src, size_t n, npy_dtype t) {
+    if (t.kind != 'u' || t.size != 8) return LWFM_OK;
     for (size_t i = 0; i < n; i++) {
         uint64_t u = load_uint(src + i * (size_t)t.size, t.size, t.big);
-        if (t.kind == 'b') {
-            dst[i] = u != 0;
-        } else if (t.kind == 'u') {
-            if (u > (uint64_t)INT64_MAX)
-                return lwfm__error(LWFM_ERR_FORMAT,
-                                   "value %llu at element %zu does not fit in int64",
-                                   (unsigned long long)u, i);
-            dst[i] = (int64_t)u;
-        } else {
-            /* Sign-extend from size*8 bits. */
-            switch (t.size) {
-            case 1:
-                dst[i] = (int8_t)(uint8_t)u;
-                break;
-            case 2:
-                dst[i] = (int16_t)(uint16_t)u;
-                break;
-            case 4:
-                dst[i] = (int32_t)(uint32_t)u;
-                break;
-            default:
-                dst[i] = (int64_t)u;
-                break;
-            }
-        }
+        if (u > (uint64_t)INT64_MAX)
+            return lwfm__error(LWFM_ERR_FORMAT, "value %llu at element %zu does not fit in int64",
+                               (unsigned long long)u, i);
     }
     return LWFM_OK;
+}
+
+int64_t lwfm__tensor_int(const lwfm__tensor *t, size_t i) {
+    npy_dtype dt;
+    if (!t || !t->ints || i >= t->numel || !parse_descr(t->descr, &dt)) return 0;
+    return int_value(t->ints + i * (size_t)t->int_size, dt);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -344,7 +347,7 @@ void lwfm__tensor_free(lwfm__tensor *t) {
     if (!t) return;
     lwfm__free(t->name);
     lwfm__free(t->f32);
-    lwfm__free(t->i64);
+    lwfm__free(t->ints);
     memset(t, 0, sizeof *t);
 }
 
@@ -405,8 +408,15 @@ lwfm_status lwfm__npy_parse(lwfm__tensor *t, const char *name, const void *data,
     }
     size_t n, need, outbytes;
     if (numel > SIZE_MAX || lwfm__mul_size((size_t)numel, (size_t)dt.size, &need) ||
-        lwfm__mul_size((size_t)numel, dt.kind == 'f' ? sizeof(float) : sizeof(int64_t), &outbytes))
+        lwfm__mul_size((size_t)numel, dt.kind == 'f' ? sizeof(float) : (size_t)dt.size,
+                       &outbytes))
         return lwfm__error(LWFM_ERR_LIMIT, "array too large for this machine");
+    if (outbytes > lim->max_kept_bytes)
+        return lwfm__error(LWFM_ERR_LIMIT,
+                           "%zu bytes once converted%s exceed what is left of max_total_bytes "
+                           "(%llu bytes); raise it with lwfm_load_options_set_max_total_bytes()",
+                           outbytes, dt.kind == 'f' && dt.size == 2 ? " (float16 to float32)" : "",
+                           (unsigned long long)lim->max_kept_bytes);
     n = (size_t)numel;
 
     /* Data: exactly numel * itemsize bytes must follow the header. */
@@ -429,17 +439,24 @@ lwfm_status lwfm__npy_parse(lwfm__tensor *t, const char *name, const void *data,
     memcpy(t->descr, h.descr, 4); /* 3 characters + NUL, checked by parse_descr */
     size_t name_len = strlen(name);
     t->name = lwfm__alloc(name_len + 1);
-    if (dt.kind == 'f')
+    if (dt.kind == 'f') {
         t->f32 = lwfm__alloc(outbytes);
-    else
-        t->i64 = lwfm__alloc(outbytes);
-    if (!t->name || (!t->f32 && !t->i64)) {
+    } else {
+        t->ints = lwfm__alloc(outbytes ? outbytes : 1);
+        t->int_size = dt.size;
+    }
+    if (!t->name || (!t->f32 && !t->ints)) {
         lwfm__tensor_free(t);
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes for the array",
                            outbytes);
     }
     memcpy(t->name, name, name_len + 1);
-    st = dt.kind == 'f' ? convert_float(t->f32, src, n, dt) : convert_int(t->i64, src, n, dt);
+    if (dt.kind == 'f') {
+        st = convert_float(t->f32, src, n, dt);
+    } else {
+        st = check_int(src, n, dt);
+        if (!st && n) memcpy(t->ints, src, outbytes);
+    }
     if (st) lwfm__tensor_free(t);
     return st;
 }

@@ -32,6 +32,7 @@ void lwfm__npz_limits_default(lwfm__npz_limits *lim) {
     lim->max_member_bytes = LWFM_LIMIT_NPZ_BYTES;
     lim->max_members = LWFM_LIMIT_NPZ_MEMBERS;
     lim->max_elements = LWFM_LIMIT_NPY_ELEMENTS;
+    lim->max_kept_bytes = UINT64_MAX;
 }
 
 /* Where the archive comes from: a path, or a buffer when path is NULL. */
@@ -264,7 +265,14 @@ static lwfm_status read_entries(zip_t *za, const npz_entry *e, size_t n, const c
                                 const lwfm__npz_limits *lim, lwfm__archive *ar) {
     ar->tensors = lwfm__calloc(n, sizeof *ar->tensors);
     if (!ar->tensors) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "%s: out of memory", src);
+    /* What the archive keeps (converted arrays) counts against
+     * max_total_bytes as well as what it inflates: at any time the load holds
+     * at most the kept arrays plus one member's raw bytes, about twice the
+     * limit (docs/weight-format.md). */
+    uint64_t kept = 0;
+    lwfm__npz_limits plim = *lim;
     for (size_t i = 0; i < n; i++) {
+        plim.max_kept_bytes = lim->max_total_bytes - kept;
         uint8_t *buf = malloc(e[i].size ? e[i].size : 1);
         if (!buf)
             return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "%s: member '%s': cannot allocate %zu bytes",
@@ -276,13 +284,15 @@ static lwfm_status read_entries(zip_t *za, const npz_entry *e, size_t n, const c
             memcpy(name, e[i].name, len);
             name[len] = '\0';
             lwfm__tensor *t = &ar->tensors[ar->count];
-            st = lwfm__npy_parse(t, name, buf, e[i].size, lim);
-            if (st)
+            st = lwfm__npy_parse(t, name, buf, e[i].size, &plim);
+            if (st) {
                 lwfm__error_prefix(st, "%s: member '%s'", src, e[i].name);
-            else if (ends_with(name, len, "num_batches_tracked"))
+            } else if (ends_with(name, len, "num_batches_tracked")) {
                 lwfm__tensor_free(t); /* validated, but not needed */
-            else
+            } else {
+                kept += t->numel * (t->f32 ? sizeof(float) : (size_t)t->int_size);
                 ar->count++;
+            }
         }
         free(buf);
         if (st) return st;
@@ -440,9 +450,9 @@ lwfm_status lwfm__archive_get_int(const lwfm__archive *ar, const char *name, int
     const lwfm__tensor *t;
     lwfm_status st;
     if ((st = lookup(ar, name, out, &t))) return st;
-    if (!t->i64) return wrong_dtype(ar, t, "an integer or bool scalar");
+    if (!t->ints) return wrong_dtype(ar, t, "an integer or bool scalar");
     if (t->numel != 1) return wrong_shape(ar, t, "a scalar");
-    *out = t->i64[0];
+    *out = lwfm__tensor_int(t, 0);
     return LWFM_OK;
 }
 
@@ -451,7 +461,7 @@ lwfm_status lwfm__archive_get_float(const lwfm__archive *ar, const char *name, d
     lwfm_status st;
     if ((st = lookup(ar, name, out, &t))) return st;
     if (t->numel != 1) return wrong_shape(ar, t, "a scalar");
-    *out = t->f32 ? (double)t->f32[0] : (double)t->i64[0];
+    *out = t->f32 ? (double)t->f32[0] : (double)lwfm__tensor_int(t, 0);
     return LWFM_OK;
 }
 
@@ -461,7 +471,7 @@ lwfm_status lwfm__archive_get_string(const lwfm__archive *ar, const char *name, 
     lwfm_status st;
     if (cap == 0) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "zero-size string buffer");
     if ((st = lookup(ar, name, buf, &t))) return st;
-    if (!t->i64 || t->descr[1] != 'u' || t->descr[2] != '1')
+    if (!t->ints || t->descr[1] != 'u' || t->descr[2] != '1')
         return wrong_dtype(ar, t, "an ASCII string stored as a uint8 array");
     if (t->ndim != 1) return wrong_shape(ar, t, "a 1-D uint8 array");
     if (t->numel >= cap)
@@ -469,11 +479,11 @@ lwfm_status lwfm__archive_get_string(const lwfm__archive *ar, const char *name, 
                            "%s: tensor '%s': string of %zu bytes is longer than %zu", ar->source,
                            name, t->numel, cap - 1);
     for (size_t i = 0; i < t->numel; i++)
-        if (t->i64[i] < 0x20 || t->i64[i] > 0x7e)
+        if (t->ints[i] < 0x20 || t->ints[i] > 0x7e)
             return lwfm__error(LWFM_ERR_FORMAT,
-                               "%s: tensor '%s': byte %zu (value %lld) is not printable ASCII",
-                               ar->source, name, i, (long long)t->i64[i]);
-    for (size_t i = 0; i < t->numel; i++) buf[i] = (char)t->i64[i];
+                               "%s: tensor '%s': byte %zu (value %d) is not printable ASCII",
+                               ar->source, name, i, (int)t->ints[i]);
+    for (size_t i = 0; i < t->numel; i++) buf[i] = (char)t->ints[i];
     buf[t->numel] = '\0';
     return LWFM_OK;
 }
@@ -484,12 +494,12 @@ lwfm_status lwfm__archive_get_int_array(const lwfm__archive *ar, const char *nam
     lwfm_status st;
     if (!vals && cap) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "NULL value buffer");
     if ((st = lookup(ar, name, n, &t))) return st;
-    if (!t->i64) return wrong_dtype(ar, t, "an integer array");
+    if (!t->ints) return wrong_dtype(ar, t, "an integer array");
     if (t->ndim > 1) return wrong_shape(ar, t, "a 1-D array");
     if (t->numel > cap)
         return lwfm__error(LWFM_ERR_LIMIT, "%s: tensor '%s': %zu values, at most %zu allowed",
                            ar->source, name, t->numel, cap);
-    if (t->numel) memcpy(vals, t->i64, t->numel * sizeof *vals);
+    for (size_t i = 0; i < t->numel; i++) vals[i] = lwfm__tensor_int(t, i);
     *n = t->numel;
     return LWFM_OK;
 }

@@ -16,23 +16,33 @@ typedef struct lwfm__npz_limits {
     uint64_t max_member_bytes; /* one decompressed member (default 1 GiB) */
     uint32_t max_members;      /* number of members (default 4096) */
     uint64_t max_elements;     /* elements of one array (default 2^28) */
+    /* bytes the parsed arrays may still take once converted (float16 widened
+     * to float32; integers are kept at their size): read_entries() counts
+     * what the archive keeps against max_total_bytes (default: no bound) */
+    uint64_t max_kept_bytes;
 } lwfm__npz_limits;
 
 void lwfm__npz_limits_default(lwfm__npz_limits *lim);
 
 /* One array after loading. Floating dtypes (<f2 <f4 <f8, either byte order)
  * are converted to float32 into `f32`; integer and bool dtypes
- * (|b1 |i1 |u1 <i2 <u2 <i4 <u4 <i8 <u8, either byte order) are converted to
- * int64 into `i64`. Exactly one of f32/i64 is non-NULL. */
+ * (|b1 |i1 |u1 <i2 <u2 <i4 <u4 <i8 <u8, either byte order) are kept as
+ * stored in `ints` (`int_size` bytes per element; read them with
+ * lwfm__tensor_int(): widening every one to int64 up front cost 8x the
+ * limit for bool arrays). Exactly one of f32/ints is non-NULL. */
 typedef struct lwfm__tensor {
     char *name; /* member name without the ".npy" suffix */
     int ndim;   /* 0 for a scalar */
     int64_t shape[LWFM_NPZ_MAX_NDIM];
     size_t numel; /* product of shape (1 for a scalar) */
     float *f32;
-    int64_t *i64;
+    uint8_t *ints; /* integer / bool data as stored (validated) */
+    int int_size;  /* bytes per element of `ints` */
     char descr[8]; /* original dtype descr, e.g. "<f2" */
 } lwfm__tensor;
+
+/* Element i of an integer / bool tensor as int64 (bool: 0 / 1). */
+int64_t lwfm__tensor_int(const lwfm__tensor *t, size_t i);
 
 typedef struct lwfm__archive {
     lwfm__tensor *tensors;

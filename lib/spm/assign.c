@@ -379,11 +379,20 @@ LWFM_API lwfm_status lwfm_linear_assignment(const double *cost, int64_t n, int64
                            (long long)n, LWFM_ASSIGN_MAX_N);
     const int nn = (int)n;
     const size_t count = (size_t)nn * (size_t)nn;
+    /* finite costs near DBL_MAX overflow in the solver's sums (a total of
+     * -inf came back as LWFM_OK): magnitudes are bounded so that any sum of
+     * 2n of them and their differences stays finite */
+    const double bound = DBL_MAX / (16.0 * (double)nn);
     for (size_t k = 0; k < count; k++) {
         if (!isfinite(cost[k]))
             return lwfm__error(LWFM_ERR_NONFINITE,
                                "lwfm_linear_assignment: cost[%zu][%zu] is not finite (%g)",
                                k / (size_t)nn, k % (size_t)nn, cost[k]);
+        if (fabs(cost[k]) > bound)
+            return lwfm__error(LWFM_ERR_LIMIT,
+                               "lwfm_linear_assignment: |cost[%zu][%zu]| = %g exceeds DBL_MAX / "
+                               "(16 n) = %g",
+                               k / (size_t)nn, k % (size_t)nn, fabs(cost[k]), bound);
     }
 
     /* One block: the double scratch, then the int matching. */

@@ -483,6 +483,20 @@ static void test_public(void) {
     CHECK(lwfm_last_error()[0] == '\0');
     c[0] = 3.0;
     CHECK(lwfm_linear_assignment(c, 1, a, &total) == LWFM_OK && a[0] == 0 && total == 3.0);
+    /* finite costs whose sums overflow (issue 15): the total was -inf with
+     * LWFM_OK; now refused, outputs untouched; up to the bound they work */
+    {
+        double big[4] = {1e308, -1e308, -1e308, 1e308};
+        a[0] = a[1] = -5;
+        total = -1.0;
+        CHECK(lwfm_linear_assignment(big, 2, a, &total) == LWFM_ERR_LIMIT);
+        CHECK(strstr(lwfm_last_error(), "DBL_MAX") != NULL);
+        CHECK(a[0] == -5 && a[1] == -5 && total == -1.0);
+        const double b = DBL_MAX / 32.0;
+        double ok[4] = {b, -b, -b, b};
+        CHECK(lwfm_linear_assignment(ok, 2, a, &total) == LWFM_OK);
+        CHECK(a[0] == 1 && a[1] == 0 && isfinite(total) && total == -2.0 * b);
+    }
     printf("(e) public lwfm_linear_assignment: done\n");
 }
 

@@ -339,7 +339,7 @@ static void test_dtypes(void) {
                   {"f2be", kHalfF, 10}, {"f8", f8want, 6}, {"f8be", f8want, 6}};
         for (size_t k = 0; k < sizeof fl / sizeof fl[0]; k++) {
             t = lwfm__archive_find(&ar, fl[k].name);
-            CHECK(t && t->f32 && !t->i64 && t->numel == fl[k].n);
+            CHECK(t && t->f32 && !t->ints && t->numel == fl[k].n);
             if (t && t->f32) CHECK(same_bits(t->f32, fl[k].want, fl[k].n));
         }
         t = lwfm__archive_find(&ar, "f4");
@@ -376,9 +376,10 @@ static void test_dtypes(void) {
         };
         for (size_t k = 0; k < sizeof in / sizeof in[0]; k++) {
             t = lwfm__archive_find(&ar, in[k].name);
-            CHECK(t && t->i64 && !t->f32 && t->numel == in[k].n);
-            if (t && t->i64 && t->numel == in[k].n)
-                CHECK(memcmp(t->i64, in[k].want, in[k].n * sizeof(int64_t)) == 0);
+            CHECK(t && t->ints && !t->f32 && t->numel == in[k].n);
+            if (t && t->ints && t->numel == in[k].n)
+                for (size_t i = 0; i < in[k].n; i++)
+                    CHECK(lwfm__tensor_int(t, i) == in[k].want[i]);
         }
         lwfm__archive_free(&ar);
         CHECK(is_zeroed(&ar));

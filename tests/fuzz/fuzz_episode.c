@@ -174,6 +174,10 @@ static void check_out(lwfm_status st, const outbuf *o, int must_fail) {
     } else {
         FUZZ_CHECK(!must_fail);
         FUZZ_CHECK(untouched_from(o, o->need));
+        /* a success never hands out NaN or infinity (features of +-3e38
+         * pixels did, issue 15) */
+        if (o->p)
+            for (size_t i = 0; i < o->need; i++) FUZZ_CHECK(isfinite(o->p[i]));
     }
 }
 

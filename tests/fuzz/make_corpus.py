@@ -131,6 +131,38 @@ def weights():
     out("weights", "empty.zip", npz([]))
 
 
+def weights_issue15():
+    """Variants of lwfm_spm_conv64f.npz for issue 15 (refused at load, or
+    loading near a new bound), derived from the committed file so that
+    `make_corpus.py weights15` does not rewrite the rest of the corpus."""
+    src = os.path.join(HERE, "corpus", "weights", "lwfm_spm_conv64f.npz")
+    with np.load(src) as z:
+        base = {k: z[k] for k in z.files}
+
+    def variant(name, **changes):
+        a = dict(base)
+        a.update(changes)
+        members = [(k + ".npy", npy(v)) for k, v in sorted(a.items())]
+        out("weights", name, npz(members))
+
+    g = base["feature_extractor.features.1.weight"].copy()
+    var = base["feature_extractor.features.1.running_var"].copy()
+    g[0], var[0] = 3e38, 0.0  # folds to an infinite convolution weight
+    variant("issue15_bn_fold_inf.npz", **{"feature_extractor.features.1.weight": g,
+                                          "feature_extractor.features.1.running_var": var})
+    variant("issue15_std_tiny.npz", **{"config/std": np.full(3, 1e-45, np.float32)})
+    variant("issue15_std_bound.npz", **{"config/std": np.full(3, 1e-6, np.float32)})
+    variant("issue15_mean_huge.npz", **{"config/mean": np.full(3, 3e38, np.float32)})
+    variant("issue15_temperature_f32.npz", **{"config/temperature": np.float32(1e-6)})
+    variant("issue15_bool_version.npz", **{"config/format_version": np.bool_(True)})
+    variant("issue15_feature_size_17.npz", **{"config/feature_size": np.int32(17)})
+    variant("issue15_feature_size_16.npz", **{"config/feature_size": np.int32(16)})
+    variant("issue15_bool_members.npz",
+            **{f"extra{i}": np.ones(1 << 16, np.bool_) for i in range(4)})
+    variant("issue15_half_members.npz", **{"extra": np.ones(1 << 16, np.float16),
+                                           "ints": np.arange(-8, 8, dtype=">i2")})
+
+
 def members():
     """The weight seeds as member lists for fuzz_members.c: per member a flags
     byte, the name without ".npy", the .npy header text and a data pattern
@@ -247,14 +279,17 @@ def episodes():
     for name, kw in over.items():
         for op in (0, 1, 2, 3):
             out("episode", f"{name}_op{op}", blob(op, **kw))
+    # issue 15: the forward calls with a 3e38 pixel (they returned OK with NaN)
+    for model in range(4):
+        out("episode", f"huge_pixel_features_m{model}", blob(4, model, poison=0xc3))
 
 
 if __name__ == "__main__":
     # make_corpus.py [TARGET...]: only those corpora (default: all). The zip
     # time stamps make the weight files differ from run to run.
     sys.path[:0] = [os.path.join(ROOT, "bindings/python")]
-    todo = sys.argv[1:] or ["weights", "members", "image", "episode"]
-    for name, fn in (("weights", weights), ("members", members), ("image", images),
-                     ("episode", episodes)):
+    todo = sys.argv[1:] or ["weights", "weights15", "members", "image", "episode"]
+    for name, fn in (("weights", weights), ("weights15", weights_issue15), ("members", members),
+                     ("image", images), ("episode", episodes)):
         if name in todo:
             fn()

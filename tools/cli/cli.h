@@ -98,11 +98,12 @@ int cli_max_threads(void);
 
 /* ---- JSON and small helpers ------------------------------------------- */
 
-void json_string(FILE *f, const char *s);           /* a quoted, escaped JSON string */
+void json_string(FILE *f, const char *s);           /* a quoted, escaped JSON string (invalid UTF-8 as U+FFFD) */
 /* Numbers in the shortest form that reads back as the same value: float32
  * (0.2, not 0.200000003) or double (56, not 56.000000000000007). */
 void json_f32(FILE *f, float v);
 void json_f64(FILE *f, double v);
+void tsv_field(FILE *f, const char *s); /* a tab-separated field: \\ \t \n \r escaped as in C */
 double now_seconds(void);                           /* monotonic clock */
 char *path_join(const char *dir, const char *name); /* malloc'd "dir/name" */
 char *str_dup(const char *s);

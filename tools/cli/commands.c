@@ -466,8 +466,15 @@ int cmd_classify(int argc, char **argv) {
             }
             fputs("}", stdout);
         } else {
-            printf("%s\t%s", qry.paths[q], none ? "(none of these)" : classes[best]);
-            for (int64_t k = 0; k < way; k++) printf("\t%s=%.4f", classes[k], (double)p[k]);
+            /* one line per query, 2 + way fields, whatever the names hold */
+            tsv_field(stdout, qry.paths[q]);
+            putchar('\t');
+            tsv_field(stdout, none ? "(none of these)" : classes[best]);
+            for (int64_t k = 0; k < way; k++) {
+                putchar('\t');
+                tsv_field(stdout, classes[k]);
+                printf("=%.4f", (double)p[k]);
+            }
             putchar('\n');
         }
     }

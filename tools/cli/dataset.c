@@ -4,8 +4,8 @@
  * same order, and draw the same episodes from the same seed.
  *
  * Omniglot archives are read here with libzip rather than with the
- * library's weight-file reader, which widens integer and bool arrays to
- * int64: the evaluation set would take 1.2 GB instead of 145 MB. */
+ * library's weight-file reader (private to liblwfm), by the same rules:
+ * a strict .npy header parser and the library's size limits. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,45 +76,79 @@ typedef struct npy_header {
 } npy_header;
 
 /* Parse the dict literal of a .npy header: {'descr': '|b1', 'fortran_order':
- * False, 'shape': (659, 20, 105, 105), }. */
-static int parse_npy_dict(const char *h, npy_header *out, char *err, size_t cap) {
-    const char *p = strstr(h, "'descr':");
-    const char *q;
-    if (!p || !(p = strchr(p + 8, '\'')) || !(q = strchr(p + 1, '\'')) ||
-        (size_t)(q - p - 1) >= sizeof out->descr) {
-        snprintf(err, cap, "malformed .npy header (descr)");
-        return -1;
-    }
-    memcpy(out->descr, p + 1, (size_t)(q - p - 1));
-    out->descr[q - p - 1] = '\0';
-    p = strstr(h, "'fortran_order':");
-    if (!p) {
-        snprintf(err, cap, "malformed .npy header (fortran_order)");
-        return -1;
-    }
-    p += 16;
-    while (*p == ' ') p++;
-    out->fortran = strncmp(p, "True", 4) == 0;
-    p = strstr(h, "'shape':");
-    if (!p || !(p = strchr(p, '('))) {
-        snprintf(err, cap, "malformed .npy header (shape)");
-        return -1;
-    }
-    p++;
-    out->ndim = 0;
-    for (;;) {
-        while (*p == ' ' || *p == ',') p++;
-        if (*p == ')') break;
-        char *end;
-        long long v = strtoll(p, &end, 10);
-        if (end == p || v < 0 || out->ndim == 8) {
-            snprintf(err, cap, "malformed .npy header (shape)");
-            return -1;
-        }
-        out->shape[out->ndim++] = v;
-        p = end;
-    }
+ * False, 'shape': (659, 20, 105, 105), }, with the library's rules
+ * (lib/io/npy.c): exactly the three keys, once each, in the literal forms
+ * NumPy writes (quoted strings without escapes, True / False, a tuple of
+ * non-negative integers), nothing but blanks after the closing brace. */
+typedef struct npy_cursor {
+    const char *p;
+} npy_cursor;
+
+static int npy_peek(npy_cursor *c) {
+    while (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r') c->p++;
+    return (unsigned char)*c->p;
+}
+
+static int npy_expect(npy_cursor *c, char ch) {
+    if (npy_peek(c) != (unsigned char)ch) return -1;
+    c->p++;
     return 0;
+}
+
+/* A quoted string into buf (cap bytes with the NUL). */
+static int npy_string(npy_cursor *c, char *buf, size_t cap) {
+    int q = npy_peek(c);
+    if (q != '\'' && q != '"') return -1;
+    const char *start = ++c->p;
+    while (*c->p && *c->p != q && *c->p != '\\') c->p++;
+    if (*c->p != q || (size_t)(c->p - start) >= cap) return -1;
+    memcpy(buf, start, (size_t)(c->p - start));
+    buf[c->p - start] = '\0';
+    c->p++;
+    return 0;
+}
+
+static int parse_npy_dict(const char *h, npy_header *out, char *err, size_t cap) {
+    npy_cursor c = {h};
+    int seen_descr = 0, seen_fortran = 0, seen_shape = 0;
+    if (npy_expect(&c, '{')) goto bad;
+    while (npy_peek(&c) != '}') {
+        char key[32];
+        if (npy_string(&c, key, sizeof key) || npy_expect(&c, ':')) goto bad;
+        if (!strcmp(key, "descr") && !seen_descr++) {
+            if (npy_string(&c, out->descr, sizeof out->descr)) goto bad;
+        } else if (!strcmp(key, "fortran_order") && !seen_fortran++) {
+            npy_peek(&c);
+            if (!strncmp(c.p, "True", 4)) out->fortran = 1, c.p += 4;
+            else if (!strncmp(c.p, "False", 5)) out->fortran = 0, c.p += 5;
+            else goto bad; /* 'fortran_order': 1 was read as C order */
+        } else if (!strcmp(key, "shape") && !seen_shape++) {
+            if (npy_expect(&c, '(')) goto bad;
+            out->ndim = 0;
+            while (npy_peek(&c) != ')') {
+                if (*c.p < '0' || *c.p > '9' || out->ndim == 8) goto bad;
+                errno = 0;
+                char *end;
+                long long v = strtoll(c.p, &end, 10);
+                if (errno == ERANGE) goto bad;
+                out->shape[out->ndim++] = v;
+                c.p = end;
+                if (npy_peek(&c) == ',') c.p++;
+                else if (npy_peek(&c) != ')') goto bad;
+            }
+            c.p++;
+        } else {
+            goto bad; /* an unknown or repeated key */
+        }
+        if (npy_peek(&c) == ',') c.p++;
+        else if (npy_peek(&c) != '}') goto bad;
+    }
+    c.p++;
+    if (npy_peek(&c) != 0 || !seen_descr || !seen_fortran || !seen_shape) goto bad;
+    return 0;
+bad:
+    snprintf(err, cap, "malformed .npy header at offset %zu: %.40s", (size_t)(c.p - h), h);
+    return -1;
 }
 
 /* Read the header of member `index`; leaves the member open at its data. */
@@ -221,24 +255,35 @@ static int open_npz(dataset *ds, const char *path) {
                  "width) array");
         goto fail;
     }
+    /* the library's limits (lwfm.h): at most LWFM_LIMIT_NPY_ELEMENTS pixels
+     * and LWFM_LIMIT_IMAGES classes (the per-class bookkeeping below grows
+     * with them: a 16 KB file declaring 16M classes cost 0.8 GB) */
     uint64_t total = 1;
     for (int k = 0; k < 4; k++) {
-        if (hd.shape[k] < 1 || hd.shape[k] > ((int64_t)1 << 32) ||
+        if (hd.shape[k] < 1 || hd.shape[k] > (int64_t)LWFM_LIMIT_NPY_ELEMENTS ||
             __builtin_mul_overflow(total, (uint64_t)hd.shape[k], &total)) {
             snprintf(err, sizeof err, "array shape is empty or too large");
             goto fail;
         }
     }
     if (hd.shape[2] > MAX_IMAGE_SIDE || hd.shape[3] > MAX_IMAGE_SIDE ||
-        total > ((uint64_t)1 << 36)) {
-        snprintf(err, sizeof err, "array of %llu bytes is too large", (unsigned long long)total);
+        total > LWFM_LIMIT_NPY_ELEMENTS || hd.shape[0] > LWFM_LIMIT_IMAGES) {
+        snprintf(err, sizeof err,
+                 "array of %lld classes and %llu pixels exceeds the limits (%d classes, %llu "
+                 "pixels)",
+                 (long long)hd.shape[0], (unsigned long long)total, LWFM_LIMIT_IMAGES,
+                 (unsigned long long)LWFM_LIMIT_NPY_ELEMENTS);
         goto fail;
     }
+    /* sizes the compressed data cannot produce are refused before reading
+     * (deflate expands at most 1032:1, lib/io/npz.c) */
     zip_stat_t zs;
-    if (zip_stat_index(za, index, 0, &zs) == 0 && (zs.valid & ZIP_STAT_SIZE) &&
-        zs.size != hd.data_offset + total) {
-        snprintf(err, sizeof err, "member holds %llu bytes of data, its shape needs %llu",
-                 (unsigned long long)(zs.size - hd.data_offset), (unsigned long long)total);
+    if (zip_stat_index(za, index, 0, &zs) != 0 || !(zs.valid & ZIP_STAT_SIZE) ||
+        !(zs.valid & ZIP_STAT_COMP_SIZE) || zs.size != hd.data_offset + total ||
+        zs.size / 1032 > zs.comp_size + 1) {
+        snprintf(err, sizeof err, "member holds %llu bytes (%llu compressed), its shape needs %llu",
+                 (unsigned long long)(zs.size - hd.data_offset),
+                 (unsigned long long)zs.comp_size, (unsigned long long)total);
         goto fail;
     }
     px = malloc((size_t)total);
@@ -295,7 +340,13 @@ int dataset_open(dataset *ds, const char *path) {
         dataset_free(ds);
         return -1;
     }
-    /* a directory is a folder tree, anything else an archive */
+    /* a directory is a folder tree, a regular file an archive; anything
+     * else (a FIFO would block zip_open() forever) is refused */
+    if (!S_ISDIR(sb.st_mode) && !S_ISREG(sb.st_mode)) {
+        cli_error("cannot read dataset", path, "not a regular file or a directory");
+        dataset_free(ds);
+        return -1;
+    }
     ds->is_npz = !S_ISDIR(sb.st_mode);
     if ((ds->is_npz ? open_npz(ds, path) : open_folder(ds, path)) == 0) return 0;
     dataset_free(ds);

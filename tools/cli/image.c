@@ -3,11 +3,13 @@
  * files. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -16,9 +18,14 @@
 /* Read the whole file into a malloc'd buffer. 0, or -1 with err. */
 static int read_file(const char *path, unsigned char **out, size_t *out_size, char *err,
                      size_t cap) {
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK: opening a FIFO (or a device) for reading must not wait for
+     * a writer; the regular-file check below refuses it (as the library's
+     * own reader does, lib/io/npz.c) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
     if (!f) {
         snprintf(err, cap, "cannot open: %s", strerror(errno));
+        if (fd >= 0) close(fd);
         return -1;
     }
     struct stat sb;
@@ -99,10 +106,17 @@ static int image_like(const char *path, const char *name) {
                                          ".avif", ".jxl", ".ppm", ".pgm",  ".pnm",  ".ico"};
     if (name_ends(name, kOther, 12)) return 1;
     unsigned char b[12] = {0};
-    FILE *f = fopen(path, "rb");
-    if (!f) return 1; /* unreadable (a dangling link): decoding reports it */
-    size_t n = fread(b, 1, sizeof b, f);
-    fclose(f);
+    /* O_NONBLOCK: a FIFO must not stall the listing; it is no image */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return 1; /* unreadable (a dangling link): decoding reports it */
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return 0;
+    }
+    ssize_t got = read(fd, b, sizeof b);
+    close(fd);
+    size_t n = got > 0 ? (size_t)got : 0;
     return (n >= 8 && memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0) ||
            (n >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) ||
            (n >= 12 && memcmp(b, "RIFF", 4) == 0 && memcmp(b + 8, "WEBP", 4) == 0) ||

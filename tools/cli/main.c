@@ -194,9 +194,43 @@ void json_f64(FILE *f, double v) {
     fprintf(f, "%.17g", v);
 }
 
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), 0 when it is not one. */
+static int utf8_length(const unsigned char *p) {
+    unsigned c = p[0];
+    int n;
+    unsigned lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) n = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+    } else
+        return 0;
+    if (p[1] < lo || p[1] > hi) return 0;
+    for (int k = 2; k < n; k++)
+        if (p[k] < 0x80 || p[k] > 0xbf) return 0;
+    return n;
+}
+
 void json_string(FILE *f, const char *s) {
     fputc('"', f);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p >= 0x80) { /* JSON is UTF-8: a byte that is not becomes U+FFFD */
+            int n = utf8_length(p);
+            if (n == 0) {
+                fputs("\xef\xbf\xbd", f);
+            } else {
+                fwrite(p, 1, (size_t)n, f);
+                p += n - 1;
+            }
+            continue;
+        }
         switch (*p) {
         case '"':
             fputs("\\\"", f);
@@ -217,10 +251,31 @@ void json_string(FILE *f, const char *s) {
             if (*p < 0x20)
                 fprintf(f, "\\u%04x", *p);
             else
-                fputc(*p, f); /* UTF-8 passes through */
+                fputc(*p, f);
         }
     }
     fputc('"', f);
+}
+
+void tsv_field(FILE *f, const char *s) {
+    for (const char *p = s; *p; p++) {
+        switch (*p) {
+        case '\\':
+            fputs("\\\\", f);
+            break;
+        case '\t':
+            fputs("\\t", f);
+            break;
+        case '\n':
+            fputs("\\n", f);
+            break;
+        case '\r':
+            fputs("\\r", f);
+            break;
+        default:
+            fputc(*p, f);
+        }
+    }
 }
 
 double now_seconds(void) {

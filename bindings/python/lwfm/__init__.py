@@ -14,8 +14,10 @@ package (``python3 -m lwfm.convert``) work without it. Models given by name
 are looked for as :func:`find_model` says.
 """
 
+import contextlib
 import ctypes
 import json
+import operator
 import os
 import sys
 import threading
@@ -178,6 +180,97 @@ def _library():
         return _lib
 
 
+class _Guard:
+    """A C handle shared by threads (the calls release the GIL). Every call
+    holds it with ``use()``; ``close()`` refuses later calls (ValueError) and
+    frees the handle once the calls in flight have returned, on the thread
+    that finishes last: closing never frees it under a running call."""
+
+    def __init__(self, handle, destroy, what):
+        self._lock = threading.Lock()
+        self._handle = handle
+        self._destroy = [(destroy, handle)]
+        self._users = 0
+        self._closed = False
+        self._what = what
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def adopt(self, owner, attr, handle, destroy):
+        """Keep `handle` as owner.attr, freed with this one; if another thread
+        set owner.attr first, free `handle` and return False."""
+        with self._lock:
+            if getattr(owner, attr, None) is None:
+                setattr(owner, attr, handle)
+                self._destroy.insert(0, (destroy, handle))
+                return True
+        destroy(handle)
+        return False
+
+    @contextlib.contextmanager
+    def use(self):
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"operation on a closed {self._what}")
+            self._users += 1
+        try:
+            yield self._handle
+        finally:
+            with self._lock:
+                self._users -= 1
+                free = self._closed and self._users == 0
+            if free:
+                self._free()
+
+    def close(self):
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            free = self._users == 0
+        if free:
+            self._free()
+
+    def _free(self):
+        with self._lock:
+            todo, self._destroy, self._handle = self._destroy, [], None
+        for destroy, handle in todo:
+            destroy(handle)
+
+
+def _index(value, name, lo=0, hi=(1 << 63) - 1):
+    """An integer argument for the C API (ctypes would wrap it silently)."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if not lo <= v <= hi:
+        raise OverflowError(f"{name} = {v} is outside [{lo}, {hi}]")
+    return v
+
+
+_LIMIT_WAY = 16384  # LWFM_LIMIT_WAY (lwfm.h)
+
+
+def _way(value):
+    """``way`` for the C API: an integer; over LWFM_LIMIT_WAY it is refused here,
+    before a (n_query, way) output array is allocated."""
+    way = _index(value, "way", -(1 << 63))
+    if way > _LIMIT_WAY:
+        raise ValueError(f"way = {way} exceeds LWFM_LIMIT_WAY = {_LIMIT_WAY}")
+    return way
+
+
+def _path(path):
+    """A file name for the C API: bytes without NUL (C would stop at it)."""
+    b = os.fsencode(path)
+    if b"\0" in b:
+        raise ValueError(f"path contains a NUL byte: {path!r}")
+    return b
+
+
 def _check(status):
     if status != 0:
         lib = _library()
@@ -213,6 +306,10 @@ def _as_labels(labels, n):
                          f"{lab.shape}")
     if lab.size and not np.issubdtype(lab.dtype, np.integer):
         raise ValueError(f"support_labels must be integers, got dtype {lab.dtype}")
+    # checked before the cast to int32, which would wrap (2**32 + 4 -> 4)
+    if lab.size and (lab.min() < 0 or lab.max() > np.iinfo(np.int32).max):
+        bad = lab.min() if lab.min() < 0 else lab.max()
+        raise ValueError(f"support label {bad} is outside 0..{np.iinfo(np.int32).max}")
     lab = np.ascontiguousarray(lab, dtype=np.int32)
     return lab, (int(lab.max()) + 1 if lab.size else 0)
 
@@ -300,7 +397,11 @@ class Model:
 
     The underlying C model is immutable and thread-safe: one Model may be
     shared by many Python threads; the C calls release the GIL.
-    Close it with ``close()``, a ``with`` block, or let it be collected.
+    Close it with ``close()``, a ``with`` block, or let it be collected;
+    ``close()`` may race with calls on other threads (they finish, later
+    calls raise ValueError). A child process forked after use (e.g. by
+    ``multiprocessing`` with the "fork" start method) may go on using the
+    model; its calls run single-threaded there (docs/api.md, "Threads").
 
     ``precision``: ``"fp32"`` (default) or ``"bf16"``, the backbone's
     arithmetic (bf16 convolutions with f32 accumulation; inputs, features and
@@ -322,26 +423,28 @@ class Model:
         try:
             _check(lib.lwfm_load_options_set_precision(opts, _PRECISIONS[precision]))
             if max_total_bytes is not None:
-                _check(lib.lwfm_load_options_set_max_total_bytes(opts, int(max_total_bytes)))
+                total = _index(max_total_bytes, "max_total_bytes", 1, (1 << 64) - 1)
+                _check(lib.lwfm_load_options_set_max_total_bytes(opts, total))
             handle = _p()
-            _check(lib.lwfm_model_load(ctypes.byref(handle), os.fsencode(path), opts))
+            _check(lib.lwfm_model_load(ctypes.byref(handle), _path(path), opts))
         finally:
             lib.lwfm_load_options_destroy(opts)
-        self._handle = handle
-        self._finalizer = weakref.finalize(self, lib.lwfm_model_destroy, handle)
+        self._guard = _Guard(handle, lib.lwfm_model_destroy, "lwfm.Model")
+        self._finalizer = weakref.finalize(self, self._guard.close)
         self.path = str(path)
         self.precision = precision
         self._config = None
 
     # -- lifetime ---------------------------------------------------------
     def close(self):
-        """Release the model (idempotent)."""
+        """Release the model (idempotent). Later calls raise ValueError;
+        calls running on other threads finish first (the C model is freed
+        when the last of them returns)."""
         self._finalizer()
-        self._handle = None
 
     @property
     def closed(self):
-        return not self._finalizer.alive
+        return self._guard.closed
 
     def __enter__(self):
         return self
@@ -350,9 +453,13 @@ class Model:
         self.close()
 
     def _h(self):
-        if not self._finalizer.alive:
-            raise ValueError("operation on a closed lwfm.Model")
-        return self._handle
+        """The handle, for a check only: C calls go through ``_use()``."""
+        with self._guard.use() as h:
+            return h
+
+    def _use(self):
+        """``with self._use() as h:``: the handle, kept open during the call."""
+        return self._guard.use()
 
     def __repr__(self):
         if self.closed:
@@ -365,31 +472,33 @@ class Model:
     def config(self):
         """The model's configuration (dict): method, backbone, parameters,
         preprocessing."""
-        h = self._h()  # raises on a closed model, cached or not
-        if self._config is None:
-            lib = _library()
-            n = _size()
-            st = lib.lwfm_model_config_json(h, None, 0, ctypes.byref(n))
-            if st not in (0, 12):  # 12: LWFM_ERR_BUFFER_TOO_SMALL, expected when sizing
-                _check(st)
-            buf = ctypes.create_string_buffer(n.value + 1)
-            _check(lib.lwfm_model_config_json(h, buf, n.value + 1, None))
-            self._config = json.loads(buf.value.decode())
+        with self._use() as h:  # raises on a closed model, cached or not
+            if self._config is None:
+                lib = _library()
+                n = _size()
+                st = lib.lwfm_model_config_json(h, None, 0, ctypes.byref(n))
+                if st not in (0, 12):  # 12: LWFM_ERR_BUFFER_TOO_SMALL, expected when sizing
+                    _check(st)
+                buf = ctypes.create_string_buffer(n.value + 1)
+                _check(lib.lwfm_model_config_json(h, buf, n.value + 1, None))
+                self._config = json.loads(buf.value.decode())
         return dict(self._config)
 
     @property
     def input_shape(self):
         """(channels, height, width) the model was trained on."""
         c, h, w = _i64(), _i64(), _i64()
-        _check(_library().lwfm_model_input_shape(self._h(), ctypes.byref(c), ctypes.byref(h),
-                                                 ctypes.byref(w)))
+        with self._use() as m:
+            _check(_library().lwfm_model_input_shape(m, ctypes.byref(c), ctypes.byref(h),
+                                                     ctypes.byref(w)))
         return (c.value, h.value, w.value)
 
     @property
     def unknown_threshold(self):
         """The calibrated "none of these" threshold on the top probability
         (0.0 when the model has none; see ``probabilities``)."""
-        return float(_library().lwfm_model_unknown_threshold(self._h()))
+        with self._use() as h:
+            return float(_library().lwfm_model_unknown_threshold(h))
 
     def probabilities(self, logits):
         """Calibrated class probabilities of logits rows ``(n, way)``:
@@ -401,17 +510,20 @@ class Model:
         if arr.ndim != 2 or arr.shape[1] < 1:
             raise ValueError(f"logits must be (n, way), got shape {arr.shape}")
         out = np.empty_like(arr)
-        _check(_library().lwfm_model_probabilities(self._h(), _fp(arr), arr.shape[0], arr.shape[1],
-                                                   _fp(out), out.size))
+        with self._use() as h:
+            _check(_library().lwfm_model_probabilities(h, _fp(arr), arr.shape[0], arr.shape[1],
+                                                       _fp(out), out.size))
         return out
 
     def feature_shape(self, height=None, width=None):
         """(C, fh, fw) of one image's feature map for an input size."""
         _, h0, w0 = self.input_shape
+        height = h0 if height is None else _index(height, "height", -(1 << 63))
+        width = w0 if width is None else _index(width, "width", -(1 << 63))
         c, fh, fw = _i64(), _i64(), _i64()
-        _check(_library().lwfm_model_feature_shape(
-            self._h(), h0 if height is None else height, w0 if width is None else width,
-            ctypes.byref(c), ctypes.byref(fh), ctypes.byref(fw)))
+        with self._use() as h:
+            _check(_library().lwfm_model_feature_shape(
+                h, height, width, ctypes.byref(c), ctypes.byref(fh), ctypes.byref(fw)))
         return (c.value, fh.value, fw.value)
 
     # -- compute ------------------------------------------------------------
@@ -452,9 +564,10 @@ class Model:
                 row = a.strides[0]
             else:
                 a, row = np.ascontiguousarray(a), 0
-            _check(lib.lwfm_model_preprocess(
-                self._h(), ctypes.c_void_p(a.ctypes.data), 0 if a.dtype == np.uint8 else 1,
-                hh, ww, cc, row, out[k].ctypes.data_as(_fptr), per_image))
+            with self._use() as h:
+                _check(lib.lwfm_model_preprocess(
+                    h, ctypes.c_void_p(a.ctypes.data), 0 if a.dtype == np.uint8 else 1,
+                    hh, ww, cc, row, out[k].ctypes.data_as(_fptr), per_image))
         return out
 
     def features(self, images):
@@ -467,7 +580,8 @@ class Model:
         n, c, h, w = x.shape
         C, fh, fw = self.feature_shape(h, w)
         out = np.empty((n, C, fh, fw), dtype=np.float32)
-        _check(_library().lwfm_model_features(self._h(), _fp(x), n, c, h, w, _fp(out), out.size))
+        with self._use() as m:
+            _check(_library().lwfm_model_features(m, _fp(x), n, c, h, w, _fp(out), out.size))
         return out
 
     def episode_score(self, support, support_labels, query, way=None):
@@ -482,7 +596,7 @@ class Model:
         s, q = _as_images(support, "support"), _as_images(query, "query")
         support_labels, names = _encode_labels(support_labels, way)
         lab, w = _as_labels(support_labels, s.shape[0])
-        way = w if way is None else int(way)
+        way = _way(w if way is None else way)
         if q.shape[1] != s.shape[1] or q.shape[2:] != s.shape[2:]:
             # different sizes are fine for the C API's two-call path
             sup = self.prepare_support(s, lab, way)
@@ -490,10 +604,11 @@ class Model:
                 return sup.score(q)
             finally:
                 sup.close()
-        out = np.empty((q.shape[0], way), dtype=np.float32)
-        _check(_library().lwfm_episode_score(self._h(), _fp(s), s.shape[0], _lp(lab), _fp(q),
-                                             q.shape[0], s.shape[1], s.shape[2], s.shape[3], way,
-                                             _fp(out), out.size))
+        out = np.empty((q.shape[0], max(way, 0)), dtype=np.float32)
+        with self._use() as h:
+            _check(_library().lwfm_episode_score(h, _fp(s), s.shape[0], _lp(lab), _fp(q),
+                                                 q.shape[0], s.shape[1], s.shape[2], s.shape[3],
+                                                 way, _fp(out), out.size))
         return out
 
     def score_features(self, support_feats, support_labels, query_feats, way=None):
@@ -503,14 +618,15 @@ class Model:
         q = _as_images(query_feats, "query_feats")
         support_labels, names = _encode_labels(support_labels, way)
         lab, w = _as_labels(support_labels, s.shape[0])
-        way = w if way is None else int(way)
+        way = _way(w if way is None else way)
         if q.shape[1:] != s.shape[1:]:
             raise ValueError(f"support features {s.shape[1:]} and query features {q.shape[1:]} "
                              "differ in shape")
-        out = np.empty((q.shape[0], way), dtype=np.float32)
-        _check(_library().lwfm_episode_score_features(
-            self._h(), _fp(s), s.shape[0], _lp(lab), _fp(q), q.shape[0], s.shape[1], s.shape[2],
-            s.shape[3], way, _fp(out), out.size))
+        out = np.empty((q.shape[0], max(way, 0)), dtype=np.float32)
+        with self._use() as h:
+            _check(_library().lwfm_episode_score_features(
+                h, _fp(s), s.shape[0], _lp(lab), _fp(q), q.shape[0], s.shape[1], s.shape[2],
+                s.shape[3], way, _fp(out), out.size))
         return out
 
     def _pair_inputs(self, support_feature, query_feature):
@@ -519,20 +635,24 @@ class Model:
         if s.shape[0] != 1 or q.shape != s.shape:
             raise ValueError("support_feature and query_feature must each be one (C, fh, fw) map "
                              f"of the same shape, got {s.shape[1:]} and {q.shape[1:]}")
-        n_layers = int(_library().lwfm_model_layers(self._h()))
+        with self._use() as h:
+            n_layers = int(_library().lwfm_model_layers(h))
         return s, q, n_layers, s.shape[2] * s.shape[3]
 
+    @contextlib.contextmanager
     def _pair_handle(self, kind):
-        """Lazily created LWE / SPM handle, released with the model."""
+        """Lazily created LWE / SPM / RCN handle, released with the model;
+        held (with the model) for the duration of the call."""
         attr = "_" + kind
-        h = getattr(self, attr, None)
-        if h is None:
-            lib = _library()
-            h = _p()
-            _check(getattr(lib, f"lwfm_{kind}_create")(ctypes.byref(h), self._h()))
-            setattr(self, attr, h)
-            weakref.finalize(self, getattr(lib, f"lwfm_{kind}_destroy"), h)
-        return h
+        with self._use() as m:
+            h = getattr(self, attr, None)
+            if h is None:
+                lib = _library()
+                h = _p()
+                _check(getattr(lib, f"lwfm_{kind}_create")(ctypes.byref(h), m))
+                if not self._guard.adopt(self, attr, h, getattr(lib, f"lwfm_{kind}_destroy")):
+                    h = getattr(self, attr)  # another thread made one meanwhile
+            yield h
 
     def lwe_pair(self, support_feature, query_feature):
         """The LWE fuser on one (support, query) pair of feature maps.
@@ -544,9 +664,10 @@ class Model:
         ws = np.empty((n_layers, n_pos), np.float32)
         wq = np.empty((n_layers, n_pos), np.float32)
         g = ctypes.c_float()
-        _check(_library().lwfm_lwe_pair(self._pair_handle("lwe"), _fp(s), _fp(q), s.shape[1],
-                                        s.shape[2], s.shape[3], _fp(ws), _fp(wq), ws.size,
-                                        ctypes.byref(g)))
+        with self._pair_handle("lwe") as h:
+            _check(_library().lwfm_lwe_pair(h, _fp(s), _fp(q), s.shape[1], s.shape[2],
+                                            s.shape[3], _fp(ws), _fp(wq), ws.size,
+                                            ctypes.byref(g)))
         return ws, wq, g.value
 
     def spm_pair(self, support_feature, query_feature):
@@ -561,10 +682,10 @@ class Model:
         sim = np.empty((n_layers, n_pos), np.float32)
         layer = np.empty(n_layers, np.float32)
         score = ctypes.c_float()
-        _check(_library().lwfm_spm_pair(self._pair_handle("spm"), _fp(s), _fp(q), s.shape[1],
-                                        s.shape[2], s.shape[3], asg.ctypes.data_as(
-                                            ctypes.POINTER(_i64)), _fp(sim), _fp(layer),
-                                        asg.size, ctypes.byref(score)))
+        with self._pair_handle("spm") as h:
+            _check(_library().lwfm_spm_pair(h, _fp(s), _fp(q), s.shape[1], s.shape[2],
+                                            s.shape[3], asg.ctypes.data_as(ctypes.POINTER(_i64)),
+                                            _fp(sim), _fp(layer), asg.size, ctypes.byref(score)))
         return asg, sim, layer, score.value
 
     def rcn_pair(self, support_feature, query_feature):
@@ -578,10 +699,11 @@ class Model:
         match = np.empty(n_pos, np.int64)
         weight = np.empty(n_pos, np.float32)
         score = ctypes.c_float()
-        _check(_library().lwfm_rcn_pair(self._pair_handle("rcn"), _fp(s), _fp(q), s.shape[1],
-                                        s.shape[2], s.shape[3], _fp(sim),
-                                        match.ctypes.data_as(ctypes.POINTER(_i64)), _fp(weight),
-                                        n_pos, ctypes.byref(score)))
+        with self._pair_handle("rcn") as h:
+            _check(_library().lwfm_rcn_pair(h, _fp(s), _fp(q), s.shape[1], s.shape[2],
+                                            s.shape[3], _fp(sim),
+                                            match.ctypes.data_as(ctypes.POINTER(_i64)),
+                                            _fp(weight), n_pos, ctypes.byref(score)))
         return sim, match, weight, score.value
 
     def prepare_support(self, support, support_labels, way=None, features=False):
@@ -617,21 +739,28 @@ class SupportSet:
         s = _as_images(support, "support")
         support_labels, names = _encode_labels(support_labels, way)
         lab, w = _as_labels(support_labels, s.shape[0])
-        self.way = w if way is None else int(way)
+        self.way = _way(w if way is None else way)
         self.classes = names if names is not None else tuple(range(self.way))
         self.skipped = []
         self.features = bool(features)
         handle = _p()
         fn = lib.lwfm_support_prepare_features if features else lib.lwfm_support_prepare
-        _check(fn(ctypes.byref(handle), model._h(), _fp(s), s.shape[0], _lp(lab), s.shape[1],
-                  s.shape[2], s.shape[3], self.way))
-        self._handle = handle
+        with model._use() as m:
+            _check(fn(ctypes.byref(handle), m, _fp(s), s.shape[0], _lp(lab), s.shape[1],
+                      s.shape[2], s.shape[3], self.way))
         self._model = model  # keeps the Python object (and so its handle) alive
-        self._finalizer = weakref.finalize(self, lib.lwfm_support_destroy, handle)
+        self._guard = _Guard(handle, lib.lwfm_support_destroy, "lwfm.SupportSet")
+        self._finalizer = weakref.finalize(self, self._guard.close)
         self.shape = s.shape[1:]
 
     def close(self):
+        """Release the set (idempotent). Later calls raise ValueError; scores
+        running on other threads finish first."""
         self._finalizer()
+
+    @property
+    def closed(self):
+        return self._guard.closed
 
     def __enter__(self):
         return self
@@ -640,12 +769,12 @@ class SupportSet:
         self.close()
 
     def __len__(self):
-        return int(_library().lwfm_support_count(self._h()))
+        with self._guard.use() as h:
+            return int(_library().lwfm_support_count(h))
 
     def _h(self):
-        if not self._finalizer.alive:
-            raise ValueError("operation on a closed lwfm.SupportSet")
-        return self._handle
+        with self._guard.use() as h:
+            return h
 
     def score(self, query):
         """Logits (n_query, way) float32 of query images (or feature maps,
@@ -654,8 +783,9 @@ class SupportSet:
         out = np.empty((q.shape[0], self.way), dtype=np.float32)
         lib = _library()
         fn = lib.lwfm_support_score_features if self.features else lib.lwfm_support_score
-        _check(fn(self._h(), _fp(q), q.shape[0], q.shape[1], q.shape[2], q.shape[3], _fp(out),
-                  out.size))
+        with self._guard.use() as h:
+            _check(fn(h, _fp(q), q.shape[0], q.shape[1], q.shape[2], q.shape[3], _fp(out),
+                      out.size))
         return out
 
     def probabilities(self, query):
