@@ -53,6 +53,13 @@ def test_fifo_is_refused_not_waited_for(cli, tiny, support, tmp_path):  # noqa: 
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["support_counts"] == [2, 1]
     os.unlink(fifo)
+    # a FIFO without an image's name: its first bytes are not read (that blocked)
+    fifo = support / "pear" / "notes"
+    os.mkfifo(fifo)
+    res = run_bytes(cli, "classify", "--model", tiny, "--support", support, "--query", q,
+                    "--json")
+    assert res.returncode == 0 and b"pear/notes): not an image" in res.stderr, res.stderr
+    os.unlink(fifo)
     qfifo = tmp_path / "query.png"
     os.mkfifo(qfifo)
     res = run_bytes(cli, "classify", "--model", tiny, "--support", support, "--query", qfifo)
