@@ -10,11 +10,14 @@
 BUILD ?= build
 PYTHON := /usr/bin/python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# dpkg-dev: meson asks its dpkg-architecture for Debian's library folder
+# (lib/x86_64-linux-gnu, which ld.so and pkg-config search under /usr/local);
+# without it meson installs into lib64, which neither searches.
 DEPS := gcc g++ meson ninja-build pkg-config cmake libdnnl-dev zlib1g-dev libzip-dev \
         libpng-dev libjpeg-dev libwebp-dev libcairo2-dev python3-numpy python3-torch \
         python3-pytest python3-scipy python3-pil fonts-dejavu-core fonts-dejavu-extra \
         abigail-tools valgrind python3-pip python3-venv python3-setuptools python3-wheel \
-        python3-mypy
+        python3-mypy dpkg-dev
 export PYTHONPATH := $(CURDIR)/bindings/python$(if $(PYTHONPATH),:$(PYTHONPATH))
 export LWFM_LIBRARY := $(CURDIR)/$(BUILD)/liblwfm.so
 

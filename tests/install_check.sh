@@ -27,8 +27,10 @@ meson install -C "$build" --destdir "$dest" --no-rebuild --quiet >"$tmp/install.
   { cat "$tmp/install.log"; echo "FAIL: meson install"; exit 1; }
 
 # What the install must hold (relative to the prefix).
-libdir=$(cd "$dest$prefix" && ls -d lib/*/liblwfm.so.0 lib/liblwfm.so.0 2>/dev/null | head -1 | xargs dirname)
-[ -n "$libdir" ] || { echo "FAIL: no liblwfm.so.0 installed"; exit 1; }
+libdir=$(cd "$dest$prefix" && find lib* -name liblwfm.so.0 2>/dev/null | head -1)
+[ -n "$libdir" ] || { echo "FAIL: no liblwfm.so.0 installed; installed:";
+                      (cd "$dest" && find . -type f | head -40); exit 1; }
+libdir=${libdir%/liblwfm.so.0}
 for f in bin/lwfm include/lwfm/lwfm.h "$libdir/pkgconfig/lwfm.pc" \
          "$libdir/cmake/lwfm/lwfmConfig.cmake" "$libdir/cmake/lwfm/lwfmConfigVersion.cmake" \
          share/man/man1/lwfm.1 share/lwfm/models/omniglot.npz share/lwfm/models/omniglot-rcn.npz \
