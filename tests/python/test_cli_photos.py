@@ -3,13 +3,10 @@ EXIF orientation, WebP, every file checked before the first episode, class
 counts that match what can be sampled; CLI consistency (skipped files
 reported, positional model, `lwfm help CMD`, --threads, shortest floats,
 PyTorch checkpoints named as such); --explain pictures with words."""
-import io
 import json
 import os
-import pickle
 import struct
 import subprocess
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-
-
-@pytest.fixture(scope="module")
-def cli():
-    path = Path(os.environ.get("LWFM_CLI") or ROOT / "build" / "lwfm")
-    if not path.exists() or not os.environ.get("LWFM_LIBRARY"):
-        pytest.skip("the lwfm command is not built (LWFM_CLI) or LWFM_LIBRARY is not set")
-    return str(path)
+from test_cli import cli, run, tiny  # noqa: F401 (fixtures and the runner, shared)
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +23,6 @@ def dump():
     if not path.exists():
         pytest.skip("tests/c/image_dump is not built")
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    path = Path(os.environ.get("LWFM_TEST_MODELS") or ROOT / "build" / "tests") / "lwfm_tiny.npz"
-    if not path.exists():
-        pytest.skip(f"{path} is missing (built by tests/make_test_models.py)")
-    return str(path)
-
-
-def run(cli, *args, check=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([cli, *map(str, args)], capture_output=True, text=True, env=env,
-                         timeout=600)
-    if check is not None:
-        assert res.returncode == check, (res.returncode, res.stdout, res.stderr)
-    return res
 
 
 def decode(dump, path):
