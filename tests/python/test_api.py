@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lwfm_ref
-from conftest import export
+from conftest import export, rel_err
 
 WAY, SHOT = 5, 1
 
@@ -358,3 +358,37 @@ def test_linear_assignment_errors(lib):
     m = np.arange(16, dtype=np.int32).reshape(4, 4).T
     a, total = lib.linear_assignment(m)
     assert total == m[np.arange(4), a].sum()
+
+
+# ---------------------------------------------------------------------------
+# Threads: image-parallel backbone (each thread runs whole chunks)
+# ---------------------------------------------------------------------------
+
+_THREADS_SCRIPT = r"""
+import ctypes, os, sys
+import numpy as np
+import lwfm
+gomp = ctypes.CDLL("libgomp.so.1")
+x = np.random.default_rng(3).standard_normal((21, 3, 84, 84)).astype(np.float32)
+def features(threads, image_parallel="1"):
+    gomp.omp_set_num_threads(threads)   # this thread's count, before the model's contexts
+    os.environ["LWFM_IMAGE_PARALLEL"] = image_parallel
+    with lwfm.Model(sys.argv[1]) as m:
+        return m.features(x)
+one, two, layer = features(1), features(2), features(2, "0")
+np.save(sys.argv[2], np.stack([one, two, layer]))
+"""
+
+
+def test_features_do_not_depend_on_threads(model_path, tmp_path):
+    """21 images on 2 threads go image-parallel (5 chunks of 4 and one of 1,
+    taken by whichever thread is free): the same single-threaded plans as on
+    one thread, so bit-identical; the old per-primitive threading
+    (LWFM_IMAGE_PARALLEL=0) agrees to rounding."""
+    out = tmp_path / "f.npy"
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="2")
+    subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(model_path), str(out)],
+                   check=True, env=env, timeout=300)
+    one, two, layer = np.load(out)
+    np.testing.assert_array_equal(two, one)
+    assert rel_err(layer, one) < 1e-5
