@@ -8,7 +8,6 @@
 
 #include "core/core.h"
 #include "core/linalg.h"
-#include "episode.h"
 #include "heads/dn4.h"
 #include "heads/i2c.h"
 #include "model.h"
@@ -83,7 +82,7 @@ void lwfm__mml_prepare_image(const float *feat, int C, int64_t P, float *U, floa
 /* Gaussian of a class from its images' means and scatters (parallel-axis
  * combination), or of one image: mean mu (C) and covariance cov (C x C),
  * (scatter / (n - 1)) + RIDGE * I with n the number of descriptors. */
-static void class_gaussian(const side *S, const int32_t *labels, int cls, int64_t members, int C,
+static void class_gaussian(const lwfm__mml_side *S, const int32_t *labels, int cls, int64_t members, int C,
                            double *mu, double *cov) {
     const int64_t P = S->P;
     memset(mu, 0, sizeof(double) * C);
@@ -104,8 +103,8 @@ static void class_gaussian(const side *S, const int32_t *labels, int cls, int64_
 }
 
 /* Distribution-level distances d[q * way + c]. */
-static lwfm_status distances(const lwfm_model *m, const side *S, const int32_t *labels,
-                             const int64_t *count, int64_t way, const side *Q, double *d,
+static lwfm_status distances(const lwfm_model *m, const lwfm__mml_side *S, const int32_t *labels,
+                             const int64_t *count, int64_t way, const lwfm__mml_side *Q, double *d,
                              double *buf) {
     const int C = m->layers.C;
     const size_t CC = (size_t)C * C;
@@ -203,9 +202,9 @@ static lwfm_status distances(const lwfm_model *m, const side *S, const int32_t *
     return LWFM_OK;
 }
 
-lwfm_status lwfm__mml_score(const lwfm_model *m, const side *S, const int32_t *labels,
-                            const int64_t *count, int64_t way, const side *Q, float *logits,
-                            lwfm__arena *arena) {
+lwfm_status lwfm__mml_score(const lwfm_model *m, const lwfm__mml *h, const lwfm__mml_side *S,
+                            const int32_t *labels, const int64_t *count, int64_t way,
+                            const lwfm__mml_side *Q, float *logits, lwfm__arena *arena) {
     const int C = m->layers.C, k = m->cfg.neighbor_k;
     const size_t CC = (size_t)C * C, n = (size_t)Q->n * way;
     int threads = omp_get_max_threads();
@@ -222,7 +221,6 @@ lwfm_status lwfm__mml_score(const lwfm_model *m, const side *S, const int32_t *l
         return st;
     /* Fusion: per-column BatchNorm (per class slot when the layer was trained for
      * this many ways, else each level's mean over its slots), then the three weights. */
-    const lwfm__mml *h = &m->mml;
     double g[3 * LWFM_MML_MAX_SLOTS], b[3 * LWFM_MML_MAX_SLOTS];
     double mu[3 * LWFM_MML_MAX_SLOTS], sd[3 * LWFM_MML_MAX_SLOTS];
     int per_slot = way == h->slots;

@@ -8,7 +8,6 @@
 
 #include "core/core.h"
 #include "core/gemm.h"
-#include "episode.h"
 #include "model.h"
 
 #define COS_EPS 1e-8
@@ -120,13 +119,13 @@ lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
     return LWFM_OK;
 }
 
-lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
-                              side *s) {
-    const int C = m->layers.C, o0 = m->rcn.out[0];
+lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const lwfm__rcn *h, const float *feats,
+                              int64_t n, int64_t P, lwfm__rcn_side *s) {
+    const int C = m->layers.C, o0 = h->out[0];
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *f = feats + i * C * P;
-        float *x = s->X + i * P * C, *nrm = s->gn + i * P;
+        float *x = s->X + i * P * C, *nrm = s->norm + i * P;
         for (int64_t p = 0; p < P; p++) {
             double ss = 0.0;
             for (int c = 0; c < C; c++) {
@@ -140,23 +139,23 @@ lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const float *feats, int64_t n
     dnnl_stream_t stream = NULL;
     if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success)
         return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
-    lwfm_status st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, m->rcn.w0s, C, s->U,
+    lwfm_status st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, h->w0s, C, s->A,
                                     o0, 0);
     if (!st)
-        st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, m->rcn.w0q, C, s->G, o0, 0);
+        st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, h->w0q, C, s->B, o0, 0);
     dnnl_stream_destroy(stream);
     if (st) return st;
-    const float *b0 = m->rcn.b[0];
+    const float *b0 = h->b[0];
     for (int64_t r = 0; r < n * P; r++)
-        for (int o = 0; o < o0; o++) s->G[r * o0 + o] += b0[o];
+        for (int o = 0; o < o0; o++) s->B[r * o0 + o] += b0[o];
     return LWFM_OK;
 }
 
 /* Region similarities of support image j against query q: sim[r] (and match[r]). */
-static void similarities(const side *S, int64_t j, const side *Q, int64_t q, int C,
+static void similarities(const lwfm__rcn_side *S, int64_t j, const lwfm__rcn_side *Q, int64_t q, int C,
                          const float *dots, float *sim, int *match) {
     const int64_t P = S->P, Pq = Q->P;
-    const float *ns = S->gn + j * P, *nq = Q->gn + q * Pq;
+    const float *ns = S->norm + j * P, *nq = Q->norm + q * Pq;
     for (int64_t r = 0; r < P; r++) {
         double best = -INFINITY;
         int arg = 0;
@@ -171,8 +170,8 @@ static void similarities(const side *S, int64_t j, const side *Q, int64_t q, int
     (void)C;
 }
 
-size_t lwfm__rcn_pair_floats(const lwfm_model *m, int64_t P) {
-    return (size_t)P * P + 2 * (size_t)P * m->rcn.widest;
+size_t lwfm__rcn_pair_floats(const lwfm__rcn *h, int64_t P) {
+    return (size_t)P * P + 2 * (size_t)P * h->widest;
 }
 
 /* Scalar meta-learner on `rows` cells whose first layer is h (rows x out0,
@@ -198,11 +197,12 @@ static void meta_rest(const lwfm__rcn *h, float *H, int64_t rows, float *tmp, fl
     for (int64_t r = 0; r < rows; r++) w[r] = cur[r];
 }
 
-double lwfm__rcn_pair(const lwfm_model *m, const side *S, int64_t j, const side *Q, int64_t q,
-                      float *sim, int *match, float *w, float *scratch) {
-    const int C = m->layers.C, o0 = m->rcn.out[0];
+double lwfm__rcn_pair(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S, int64_t j,
+                      const lwfm__rcn_side *Q, int64_t q, float *sim, int *match, float *w,
+                      float *scratch) {
+    const int C = m->layers.C, o0 = h->out[0];
     const int64_t P = S->P, Pq = Q->P;
-    float *dots = scratch, *H = dots + P * Pq, *tmp = H + P * m->rcn.widest;
+    float *dots = scratch, *H = dots + P * Pq, *tmp = H + P * h->widest;
     const float *xs = S->X + j * P * C, *xq = Q->X + q * Pq * C;
     for (int64_t r = 0; r < P; r++)
         for (int64_t p = 0; p < Pq; p++) {
@@ -211,9 +211,9 @@ double lwfm__rcn_pair(const lwfm_model *m, const side *S, int64_t j, const side 
             dots[r * Pq + p] = s;
         }
     similarities(S, j, Q, q, C, dots, sim, match);
-    const float *A = S->U + j * P * o0, *B = Q->G + q * Pq * o0;
+    const float *A = S->A + j * P * o0, *B = Q->B + q * Pq * o0;
     for (int64_t r = 0; r < P * o0; r++) H[r] = A[r] + B[r]; /* same cell: P == Pq */
-    meta_rest(&m->rcn, H, P, tmp, w);
+    meta_rest(h, H, P, tmp, w);
     double e = 0.0;
     for (int64_t r = 0; r < P; r++) e += (double)w[r] * sim[r];
     return e;
@@ -269,10 +269,10 @@ static void batch_norm_relu(float *H, int64_t rows, int width, const float *g, c
 /* Batch-statistics mode: queries in batches of cfg.query_batch; per batch,
  * every meta-learner BatchNorm normalises over all (query, support image,
  * cell) rows of the batch (peers.md 4.7). */
-static lwfm_status rcn_score_batch(const lwfm_model *m, const side *S, const int32_t *labels,
-                                   const int64_t *count, int64_t way, const side *Q,
+static lwfm_status rcn_score_batch(const lwfm_model *m, const lwfm__rcn *h,
+                                   const lwfm__rcn_side *S, const int32_t *labels,
+                                   const int64_t *count, int64_t way, const lwfm__rcn_side *Q,
                                    float *logits, lwfm__arena *arena) {
-    const lwfm__rcn *h = &m->rcn;
     const int widest = h->widest;
     const int C = m->layers.C, o0 = h->out[0];
     const int64_t P = S->P, ns = S->n, qb = m->cfg.query_batch < Q->n ? m->cfg.query_batch : Q->n;
@@ -311,10 +311,10 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const side *S, const int
                 if (my) continue;
                 for (int64_t j = 0; j < ns; j++)
                     similarities(S, j, Q, q, C, dots + j * P * P, sim + (qi * ns + j) * P, NULL);
-                const float *B = Q->G + q * P * o0;
+                const float *B = Q->B + q * P * o0;
                 for (int64_t j = 0; j < ns; j++)
                     for (int64_t r = 0; r < P; r++) {
-                        const float *a = S->U + (j * P + r) * o0, *b = B + r * o0;
+                        const float *a = S->A + (j * P + r) * o0, *b = B + r * o0;
                         float *o = H + ((qi * ns + j) * P + r) * o0;
                         for (int k = 0; k < o0; k++) o[k] = a[k] + b[k];
                     }
@@ -360,10 +360,10 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const side *S, const int
     return LWFM_OK;
 }
 
-lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *labels,
-                            const int64_t *count, int64_t way, const side *Q, float *logits,
+lwfm_status lwfm__rcn_score(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S,
+                            const int32_t *labels,
+                            const int64_t *count, int64_t way, const lwfm__rcn_side *Q, float *logits,
                             lwfm__arena *arena) {
-    const lwfm__rcn *h = &m->rcn;
     const int C = m->layers.C, o0 = h->out[0];
     const int64_t P = S->P, ns = S->n;
     if (Q->P != P)
@@ -371,7 +371,7 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *l
                            "RCN compares regions of the same grid: support maps have %lld "
                            "regions, queries %lld",
                            (long long)P, (long long)Q->P);
-    if (h->batch_stats) return rcn_score_batch(m, S, labels, count, way, Q, logits, arena);
+    if (h->batch_stats) return rcn_score_batch(m, h, S, labels, count, way, Q, logits, arena);
     const int widest = h->widest;
     int threads = omp_get_max_threads();
     size_t rows = (size_t)ns * P;
@@ -402,10 +402,10 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *l
             for (int64_t j = 0; j < ns; j++)
                 similarities(S, j, Q, q, C, dots + j * P * P, sim + j * P, NULL);
             /* meta-learner: first layer from the per-image halves, then GEMMs */
-            const float *B = Q->G + q * P * o0;
+            const float *B = Q->B + q * P * o0;
             for (int64_t j = 0; j < ns; j++)
                 for (int64_t r = 0; r < P; r++) {
-                    const float *a = S->U + (j * P + r) * o0, *b = B + r * o0;
+                    const float *a = S->A + (j * P + r) * o0, *b = B + r * o0;
                     float *o = H + (j * P + r) * o0;
                     for (int k = 0; k < o0; k++) {
                         float v = a[k] + b[k];
