@@ -108,7 +108,8 @@ static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
     /* The method's own weights. */
     const lwfm__method *me = lwfm__method_get(m->cfg.method);
     if (!me) {
-        st = lwfm__error(LWFM_ERR_UNSUPPORTED, "method %d is not implemented", (int)m->cfg.method);
+        st = lwfm__error(LWFM_ERR_UNSUPPORTED, "method %d is not implemented",
+                         (int)m->cfg.method);
         goto fail;
     }
     m->method = me;
@@ -215,7 +216,8 @@ static int cfg_lookup(const lwfm_model *m, const char *key, cfg_value *v) {
     STRING_KEY("method", 1, m->method->name);
     STRING_KEY("backbone", 1, lwfm__backbone_name(c->backbone));
     INT_KEY("input_channels", 1, c->input_channels);
-    INT_KEY("first_padding", c->backbone == LWFM_BACKBONE_RESNET18, c->first_padding);
+    INT_KEY("first_padding", lwfm__backbone_get(c->backbone)->first_padding,
+            c->first_padding);
     INT_KEY("feature_size", 1, c->feature_size);
     FLOAT_KEY("temperature", own, c->temperature);
     FLOAT_KEY("temperature_attn", own, c->temperature_attn);
