@@ -25,6 +25,50 @@ void lwfm__rcn_free(lwfm__rcn *h) {
     memset(h, 0, sizeof *h);
 }
 
+/* Meta-learner layer i: the (out, in) 1x1 convolution w and the BatchNorm
+ * `explain_network.meta_learner.{3i+1}.*`, folded into w[i], b[i] (or kept
+ * apart with batch statistics). The caller frees h on failure. */
+static lwfm_status load_layer(lwfm__rcn *h, const lwfm__archive *ar, int i, int in, int out,
+                              const float *w) {
+    char key[96];
+    int64_t vshape[1] = {out};
+    const float *g, *beta, *mu, *var;
+    lwfm_status st;
+    const float **dst[4] = {&g, &beta, &mu, &var};
+    static const char *suffix[4] = {"weight", "bias", "running_mean", "running_var"};
+    for (int k = 0; k < 4; k++) {
+        snprintf(key, sizeof key, "explain_network.meta_learner.%d.%s", 3 * i + 1, suffix[k]);
+        if ((st = lwfm__archive_get_f32(ar, key, 1, vshape, dst[k]))) return st;
+    }
+    h->w[i] = lwfm__alloc((size_t)out * in * sizeof(float));
+    h->b[i] = lwfm__alloc((size_t)out * sizeof(float));
+    if (h->batch_stats) {
+        h->g[i] = lwfm__alloc((size_t)out * sizeof(float));
+        h->beta[i] = lwfm__alloc((size_t)out * sizeof(float));
+    }
+    if (!h->w[i] || !h->b[i] || (h->batch_stats && (!h->g[i] || !h->beta[i])))
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (RCN meta-learner)");
+    for (int o = 0; o < out; o++) {
+        if (!(var[o] >= 0.0f))
+            return lwfm__error(LWFM_ERR_FORMAT,
+                               "tensor 'explain_network.meta_learner.%d.running_var' has a "
+                               "negative value",
+                               3 * i + 1);
+        if (h->batch_stats) { /* raw conv; the BatchNorm runs per query batch */
+            memcpy(h->w[i] + (size_t)o * in, w + (size_t)o * in, (size_t)in * sizeof(float));
+            h->b[i][o] = 0.0f;
+            h->g[i][o] = g[o];
+            h->beta[i][o] = beta[o];
+            continue;
+        }
+        double scale = g[o] / sqrt((double)var[o] + BN_EPS);
+        for (int k = 0; k < in; k++)
+            h->w[i][(size_t)o * in + k] = (float)(w[(size_t)o * in + k] * scale);
+        h->b[i][o] = (float)(beta[o] - mu[o] * scale);
+    }
+    return LWFM_OK;
+}
+
 lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
                            int batch_stats) {
     memset(h, 0, sizeof *h);
@@ -48,47 +92,13 @@ lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
             return lwfm__error(LWFM_ERR_SHAPE,
                                "tensor '%s' must be a 1x1 convolution (out, %d, 1, 1)", key, in);
         int out = (int)t->shape[0];
-        int64_t wshape[4] = {out, in, 1, 1}, vshape[1] = {out};
-        const float *w, *g, *beta, *mu, *var;
+        int64_t wshape[4] = {out, in, 1, 1};
+        const float *w;
         lwfm_status st = lwfm__archive_get_f32(ar, key, 4, wshape, &w);
         if (st) return st;
-        const float **dst[4] = {&g, &beta, &mu, &var};
-        static const char *suffix[4] = {"weight", "bias", "running_mean", "running_var"};
-        for (int k = 0; k < 4; k++) {
-            snprintf(key, sizeof key, "explain_network.meta_learner.%d.%s", 3 * i + 1, suffix[k]);
-            if ((st = lwfm__archive_get_f32(ar, key, 1, vshape, dst[k]))) {
-                lwfm__rcn_free(h);
-                return st;
-            }
-        }
-        h->w[i] = lwfm__alloc((size_t)out * in * sizeof(float));
-        h->b[i] = lwfm__alloc((size_t)out * sizeof(float));
-        if (batch_stats) {
-            h->g[i] = lwfm__alloc((size_t)out * sizeof(float));
-            h->beta[i] = lwfm__alloc((size_t)out * sizeof(float));
-        }
-        if (!h->w[i] || !h->b[i] || (batch_stats && (!h->g[i] || !h->beta[i]))) {
+        if ((st = load_layer(h, ar, i, in, out, w))) {
             lwfm__rcn_free(h);
-            return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (RCN meta-learner)");
-        }
-        for (int o = 0; o < out; o++) {
-            if (!(var[o] >= 0.0f)) {
-                lwfm__rcn_free(h);
-                return lwfm__error(LWFM_ERR_FORMAT,
-                                   "tensor 'explain_network.meta_learner.%d.running_var' has a "
-                                   "negative value",
-                                   3 * i + 1);
-            }
-            if (batch_stats) { /* raw conv; the BatchNorm runs per query batch */
-                memcpy(h->w[i] + (size_t)o * in, w + (size_t)o * in, (size_t)in * sizeof(float));
-                h->b[i][o] = 0.0f;
-                h->g[i][o] = g[o];
-                h->beta[i][o] = beta[o];
-                continue;
-            }
-            double scale = g[o] / sqrt((double)var[o] + BN_EPS);
-            for (int k = 0; k < in; k++) h->w[i][(size_t)o * in + k] = (float)(w[(size_t)o * in + k] * scale);
-            h->b[i][o] = (float)(beta[o] - mu[o] * scale);
+            return st;
         }
         h->in[i] = in;
         h->out[i] = out;
@@ -152,8 +162,8 @@ lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const lwfm__rcn *h, const flo
 }
 
 /* Region similarities of support image j against query q: sim[r] (and match[r]). */
-static void similarities(const lwfm__rcn_side *S, int64_t j, const lwfm__rcn_side *Q, int64_t q, int C,
-                         const float *dots, float *sim, int *match) {
+static void similarities(const lwfm__rcn_side *S, int64_t j, const lwfm__rcn_side *Q, int64_t q,
+                         int C, const float *dots, float *sim, int *match) {
     const int64_t P = S->P, Pq = Q->P;
     const float *ns = S->norm + j * P, *nq = Q->norm + q * Pq;
     for (int64_t r = 0; r < P; r++) {
@@ -266,6 +276,53 @@ static void batch_norm_relu(float *H, int64_t rows, int width, const float *g, c
     }
 }
 
+/* Batch mode, query q: its region similarities against every support image
+ * (sim: ns x P) and the meta-learner's first layer, pre-BatchNorm (H: ns x P
+ * x out0). dots: ns*P x P scratch. */
+static lwfm_status batch_first_layer(const lwfm_model *m, const lwfm__rcn *h,
+                                     const lwfm__rcn_side *S, const lwfm__rcn_side *Q, int64_t q,
+                                     dnnl_stream_t ts, float *dots, float *sim, float *H) {
+    const int C = m->layers.C, o0 = h->out[0];
+    const int64_t P = S->P, ns = S->n;
+    lwfm_status st = lwfm__gemm_abt(m->engine, ts, ns * P, P, C, S->X, C, Q->X + q * P * C, C,
+                                    dots, P, 0);
+    if (st) return st;
+    for (int64_t j = 0; j < ns; j++)
+        similarities(S, j, Q, q, C, dots + j * P * P, sim + j * P, NULL);
+    const float *B = Q->B + q * P * o0;
+    for (int64_t j = 0; j < ns; j++)
+        for (int64_t r = 0; r < P; r++) {
+            const float *a = S->A + (j * P + r) * o0, *b = B + r * o0;
+            float *o = H + (j * P + r) * o0;
+            for (int k = 0; k < o0; k++) o[k] = a[k] + b[k];
+        }
+    return LWFM_OK;
+}
+
+/* Batch mode: the meta-learner's layers over the batch's nrows cells, each
+ * BatchNorm with the batch's statistics; H holds the first layer (pre-
+ * BatchNorm), H2 is scratch of the same size. *w: the weights (H or H2). */
+static lwfm_status batch_meta_layers(const lwfm_model *m, const lwfm__rcn *h,
+                                     dnnl_stream_t stream, int64_t nrows, float *H, float *H2,
+                                     double *part, const float **w) {
+    float *cur = H, *nxt = H2;
+    int width = h->out[0];
+    batch_norm_relu(cur, nrows, width, h->g[0], h->beta[0], part);
+    for (int i = 1; i < h->n_layers; i++) {
+        int out = h->out[i];
+        lwfm_status st = lwfm__gemm_abt(m->engine, stream, nrows, out, width, cur, width,
+                                        h->w[i], width, nxt, out, 0);
+        if (st) return st;
+        batch_norm_relu(nxt, nrows, out, h->g[i], h->beta[i], part);
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+        width = out;
+    }
+    *w = cur;
+    return LWFM_OK;
+}
+
 /* Batch-statistics mode: queries in batches of cfg.query_batch; per batch,
  * every meta-learner BatchNorm normalises over all (query, support image,
  * cell) rows of the batch (peers.md 4.7). */
@@ -273,8 +330,7 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const lwfm__rcn *h,
                                    const lwfm__rcn_side *S, const int32_t *labels,
                                    const int64_t *count, int64_t way, const lwfm__rcn_side *Q,
                                    float *logits, lwfm__arena *arena) {
-    const int widest = h->widest;
-    const int C = m->layers.C, o0 = h->out[0];
+    const int widest = h->widest, o0 = h->out[0];
     const int64_t P = S->P, ns = S->n, qb = m->cfg.query_batch < Q->n ? m->cfg.query_batch : Q->n;
     int threads = omp_get_max_threads();
     const size_t rows = (size_t)qb * (size_t)ns * (size_t)P; /* of the largest batch */
@@ -305,19 +361,8 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const lwfm__rcn *h,
 #pragma omp for schedule(dynamic, 1)
             for (int64_t qi = 0; qi < nq; qi++) {
                 if (my) continue;
-                const int64_t q = q0 + qi;
-                my = lwfm__gemm_abt(m->engine, ts, ns * P, P, C, S->X, C, Q->X + q * P * C, C,
-                                    dots, P, 0);
-                if (my) continue;
-                for (int64_t j = 0; j < ns; j++)
-                    similarities(S, j, Q, q, C, dots + j * P * P, sim + (qi * ns + j) * P, NULL);
-                const float *B = Q->B + q * P * o0;
-                for (int64_t j = 0; j < ns; j++)
-                    for (int64_t r = 0; r < P; r++) {
-                        const float *a = S->A + (j * P + r) * o0, *b = B + r * o0;
-                        float *o = H + ((qi * ns + j) * P + r) * o0;
-                        for (int k = 0; k < o0; k++) o[k] = a[k] + b[k];
-                    }
+                my = batch_first_layer(m, h, S, Q, q0 + qi, ts, dots, sim + qi * ns * P,
+                                       H + qi * ns * P * o0);
             }
             if (ts) dnnl_stream_destroy(ts);
             if (my) {
@@ -326,21 +371,8 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const lwfm__rcn *h,
             }
         }
         if (st) break;
-        float *cur = H, *nxt = H2;
-        int width = o0;
-        batch_norm_relu(cur, nrows, width, h->g[0], h->beta[0], part);
-        for (int i = 1; i < h->n_layers; i++) {
-            int out = h->out[i];
-            if ((st = lwfm__gemm_abt(m->engine, stream, nrows, out, width, cur, width, h->w[i],
-                                     width, nxt, out, 0)))
-                break;
-            batch_norm_relu(nxt, nrows, out, h->g[i], h->beta[i], part);
-            float *t = cur;
-            cur = nxt;
-            nxt = t;
-            width = out;
-        }
-        if (st) break;
+        const float *cur = NULL;
+        if ((st = batch_meta_layers(m, h, stream, nrows, H, H2, part, &cur))) break;
         /* cur: the weights w[(qi, j, r)] */
 #pragma omp parallel for schedule(static)
         for (int64_t qi = 0; qi < nq; qi++) {
@@ -360,11 +392,64 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const lwfm__rcn *h,
     return LWFM_OK;
 }
 
-lwfm_status lwfm__rcn_score(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S,
-                            const int32_t *labels,
-                            const int64_t *count, int64_t way, const lwfm__rcn_side *Q, float *logits,
-                            lwfm__arena *arena) {
+/* Running-statistics mode, query q: region similarities (sim) against all
+ * support images, the meta-learner's weights (in H / H2), logits row q.
+ * dots: ns*P x P, H, H2: ns*P x widest, sim: ns*P, acc: way. */
+static lwfm_status score_one(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S,
+                             const int32_t *labels, const int64_t *count, int64_t way,
+                             const lwfm__rcn_side *Q, int64_t q, dnnl_stream_t stream,
+                             float *dots, float *H, float *H2, float *sim, double *acc,
+                             float *logits) {
     const int C = m->layers.C, o0 = h->out[0];
+    const int64_t P = S->P, ns = S->n;
+    const size_t rows = (size_t)ns * P;
+    /* all support regions against the query's regions: one GEMM */
+    lwfm_status my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, P, C, S->X, C,
+                                    Q->X + q * P * C, C, dots, P, 0);
+    if (my) return my;
+    for (int64_t j = 0; j < ns; j++)
+        similarities(S, j, Q, q, C, dots + j * P * P, sim + j * P, NULL);
+    /* meta-learner: first layer from the per-image halves, then GEMMs */
+    const float *B = Q->B + q * P * o0;
+    for (int64_t j = 0; j < ns; j++)
+        for (int64_t r = 0; r < P; r++) {
+            const float *a = S->A + (j * P + r) * o0, *b = B + r * o0;
+            float *o = H + (j * P + r) * o0;
+            for (int k = 0; k < o0; k++) {
+                float v = a[k] + b[k];
+                o[k] = v > 0 ? v : 0;
+            }
+        }
+    float *cur = H, *nxt = H2;
+    int width = o0;
+    for (int i = 1; i < h->n_layers && !my; i++) {
+        int out = h->out[i];
+        my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, out, width, cur, width,
+                            h->w[i], width, nxt, out, 0);
+        for (size_t r = 0; r < rows && !my; r++)
+            for (int o = 0; o < out; o++) {
+                float v = nxt[r * out + o] + h->b[i][o];
+                nxt[r * out + o] = v > 0 ? v : 0;
+            }
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+        width = out;
+    }
+    if (my) return my;
+    for (int64_t c = 0; c < way; c++) acc[c] = 0.0;
+    for (int64_t j = 0; j < ns; j++) {
+        double e = 0.0;
+        for (int64_t r = 0; r < P; r++) e += (double)cur[j * P + r] * sim[j * P + r];
+        acc[labels[j]] += e;
+    }
+    for (int64_t c = 0; c < way; c++) logits[q * way + c] = (float)(acc[c] / count[c]);
+    return LWFM_OK;
+}
+
+lwfm_status lwfm__rcn_score(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S,
+                            const int32_t *labels, const int64_t *count, int64_t way,
+                            const lwfm__rcn_side *Q, float *logits, lwfm__arena *arena) {
     const int64_t P = S->P, ns = S->n;
     if (Q->P != P)
         return lwfm__error(LWFM_ERR_SHAPE,
@@ -395,47 +480,8 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const lwfm__rcn *h, const lwfm_
 #pragma omp for schedule(dynamic, 1)
         for (int64_t q = 0; q < Q->n; q++) {
             if (my) continue;
-            /* all support regions against the query's regions: one GEMM */
-            my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, P, C, S->X, C, Q->X + q * P * C,
-                                C, dots, P, 0);
-            if (my) continue;
-            for (int64_t j = 0; j < ns; j++)
-                similarities(S, j, Q, q, C, dots + j * P * P, sim + j * P, NULL);
-            /* meta-learner: first layer from the per-image halves, then GEMMs */
-            const float *B = Q->B + q * P * o0;
-            for (int64_t j = 0; j < ns; j++)
-                for (int64_t r = 0; r < P; r++) {
-                    const float *a = S->A + (j * P + r) * o0, *b = B + r * o0;
-                    float *o = H + (j * P + r) * o0;
-                    for (int k = 0; k < o0; k++) {
-                        float v = a[k] + b[k];
-                        o[k] = v > 0 ? v : 0;
-                    }
-                }
-            float *cur = H, *nxt = H2;
-            int width = o0;
-            for (int i = 1; i < h->n_layers && !my; i++) {
-                int out = h->out[i];
-                my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, out, width, cur, width,
-                                    h->w[i], width, nxt, out, 0);
-                for (size_t r = 0; r < rows && !my; r++)
-                    for (int o = 0; o < out; o++) {
-                        float v = nxt[r * out + o] + h->b[i][o];
-                        nxt[r * out + o] = v > 0 ? v : 0;
-                    }
-                float *t = cur;
-                cur = nxt;
-                nxt = t;
-                width = out;
-            }
-            if (my) continue;
-            for (int64_t c = 0; c < way; c++) acc[c] = 0.0;
-            for (int64_t j = 0; j < ns; j++) {
-                double e = 0.0;
-                for (int64_t r = 0; r < P; r++) e += (double)cur[j * P + r] * sim[j * P + r];
-                acc[labels[j]] += e;
-            }
-            for (int64_t c = 0; c < way; c++) logits[q * way + c] = (float)(acc[c] / count[c]);
+            my = score_one(m, h, S, labels, count, way, Q, q, stream, dots, H, H2, sim, acc,
+                           logits);
         }
         if (stream) dnnl_stream_destroy(stream);
         if (my) {
