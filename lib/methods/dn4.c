@@ -49,8 +49,8 @@ static lwfm_status dn4_check_support(const lwfm_model *m, int64_t P, const int64
 }
 
 static lwfm_status dn4_score(const lwfm_model *m, const lwfm__prep *S, const int32_t *labels,
-                             const int64_t *count, int64_t way, const lwfm__prep *Q,
-                             float *logits, lwfm__arena *arena) {
+                             const int64_t *count, int64_t way, const lwfm__prep *Q, float *logits,
+                             lwfm__arena *arena) {
     double tp = LWFM_PROF_T0();
     lwfm_status st = lwfm__dn4_score(m, &((const dn4_prep *)S)->s, labels, count, way,
                                      &((const dn4_prep *)Q)->s, logits, arena);

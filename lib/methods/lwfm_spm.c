@@ -211,8 +211,8 @@ static int score_range(const score_job *job, int t, int nt) {
  * a one-thread (inactive) region oneDNN would start a nested team of its
  * own on every call. */
 static lwfm_status spm_score(const lwfm_model *m, const lwfm__prep *Sp, const int32_t *labels,
-                             const int64_t *count, int64_t way, const lwfm__prep *Qp,
-                             float *logits, lwfm__arena *arena) {
+                             const int64_t *count, int64_t way, const lwfm__prep *Qp, float *logits,
+                             lwfm__arena *arena) {
     const spm_prep *S = (const spm_prep *)Sp, *Q = (const spm_prep *)Qp;
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;

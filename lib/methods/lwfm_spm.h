@@ -28,14 +28,15 @@ static inline const lwfm__matcher *lwfm__spm_matcher(const lwfm_model *m) {
 }
 
 lwfm_status lwfm__lwfm_spm_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
-                              lwfm__arena *arena, lwfm__prep **out);
+                                   lwfm__arena *arena, lwfm__prep **out);
 
 lwfm_status lwfm__lwfm_spm_lwe_pair(const lwfm_model *m, const float *sf, const float *qf,
-                               int64_t channels, int64_t fh, int64_t fw, float *support_weights,
-                               float *query_weights, size_t capacity, float *global_similarity);
+                                    int64_t channels, int64_t fh, int64_t fw,
+                                    float *support_weights, float *query_weights, size_t capacity,
+                                    float *global_similarity);
 lwfm_status lwfm__lwfm_spm_spm_pair(const lwfm_model *m, const float *sf, const float *qf,
-                               int64_t channels, int64_t fh, int64_t fw, int64_t *assignment,
-                               float *similarity, float *layer_scores, size_t capacity,
-                               float *score);
+                                    int64_t channels, int64_t fh, int64_t fw, int64_t *assignment,
+                                    float *similarity, float *layer_scores, size_t capacity,
+                                    float *score);
 
 #endif

@@ -130,9 +130,9 @@ lwfm_status lwfm__lwfm_spm_spm_pair(const lwfm_model *m, const float *support_fe
         prepare_pair(m, support_feature, query_feature, channels, fh, fw, capacity, &S, &Q, &R);
     if (st) return st;
     /* results go to scratch first: the outputs are written only on success */
-    double *work = lwfm__alloc(lwfm__spm_work_doubles(P) * sizeof(double) +
-                               (size_t)L * P * (sizeof(int) + sizeof(float)) +
-                               (size_t)L * sizeof(float));
+    double *work =
+        lwfm__alloc(lwfm__spm_work_doubles(P) * sizeof(double) +
+                    (size_t)L * P * (sizeof(int) + sizeof(float)) + (size_t)L * sizeof(float));
     if (!work) {
         st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
         goto done;
@@ -141,9 +141,9 @@ lwfm_status lwfm__lwfm_spm_spm_pair(const lwfm_model *m, const float *support_fe
     float *sim = (float *)(sigma + (size_t)L * P), *ls = sim + (size_t)L * P;
     double best = -INFINITY;
     for (int l = 0; l < L; l++) {
-        double s = lwfm__spm_pair_score(R + (size_t)l * P * P, P, P, S->G + ly->off[l], S->gn + l,
-                                        Q->G + ly->off[l], Q->gn + l, C, L, ly->dim[l], m->cfg.top_k,
-                                        sigma + (size_t)l * P, sim + (size_t)l * P, work);
+        double s = lwfm__spm_pair_score(
+            R + (size_t)l * P * P, P, P, S->G + ly->off[l], S->gn + l, Q->G + ly->off[l], Q->gn + l,
+            C, L, ly->dim[l], m->cfg.top_k, sigma + (size_t)l * P, sim + (size_t)l * P, work);
         s *= m->cfg.matcher_prob;
         /* finite inputs of extreme magnitude overflowed (in the score, or in a
          * matched similarity the top_k sum left out) */

@@ -45,8 +45,7 @@ typedef struct lwfm__method {
 
     /* Limits that depend on the support set (P positions per image, count
      * images per class); NULL: none. */
-    lwfm_status (*check_support)(const lwfm_model *m, int64_t P, const int64_t *count,
-                                 int64_t way);
+    lwfm_status (*check_support)(const lwfm_model *m, int64_t P, const int64_t *count, int64_t way);
 
     /* logits (queries x way, row-major) of the prepared queries Q against the
      * prepared supports S (labels: one per support image, count: per class).
@@ -63,16 +62,15 @@ typedef struct lwfm__method {
      * only on success. pair_ready: whether this model can give view `kind`
      * (e.g. an lwfm-spm model with SPM switched off has no SPM view). */
     lwfm_status (*pair_ready)(const lwfm_model *m, lwfm__pair_kind kind);
-    lwfm_status (*lwe_pair)(const lwfm_model *m, const float *sf, const float *qf,
-                            int64_t channels, int64_t fh, int64_t fw, float *support_weights,
-                            float *query_weights, size_t capacity, float *global_similarity);
-    lwfm_status (*spm_pair)(const lwfm_model *m, const float *sf, const float *qf,
-                            int64_t channels, int64_t fh, int64_t fw, int64_t *assignment,
-                            float *similarity, float *layer_scores, size_t capacity,
-                            float *score);
-    lwfm_status (*rcn_pair)(const lwfm_model *m, const float *sf, const float *qf,
-                            int64_t channels, int64_t fh, int64_t fw, float *similarity,
-                            int64_t *match, float *weight, size_t capacity, float *score);
+    lwfm_status (*lwe_pair)(const lwfm_model *m, const float *sf, const float *qf, int64_t channels,
+                            int64_t fh, int64_t fw, float *support_weights, float *query_weights,
+                            size_t capacity, float *global_similarity);
+    lwfm_status (*spm_pair)(const lwfm_model *m, const float *sf, const float *qf, int64_t channels,
+                            int64_t fh, int64_t fw, int64_t *assignment, float *similarity,
+                            float *layer_scores, size_t capacity, float *score);
+    lwfm_status (*rcn_pair)(const lwfm_model *m, const float *sf, const float *qf, int64_t channels,
+                            int64_t fh, int64_t fw, float *similarity, int64_t *match,
+                            float *weight, size_t capacity, float *score);
 } lwfm__method;
 
 /* The entry for a config method value; NULL when there is none. */

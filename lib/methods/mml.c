@@ -47,8 +47,12 @@ static lwfm_status mml_prepare(const lwfm_model *m, const float *feats, int64_t 
     mml_prep *p = lwfm__prep_new(arena, sizeof *p, 4, bytes, n);
     if (!p) return LWFM_ERR_OUT_OF_MEMORY;
     lwfm__mml_side *s = &p->s;
-    *s = (lwfm__mml_side){.n = n, .P = P, .U = p->mem.buf[0], .V = p->mem.buf[1],
-                          .mu = p->mem.buf[2], .scat = p->mem.buf[3]};
+    *s = (lwfm__mml_side){.n = n,
+                          .P = P,
+                          .U = p->mem.buf[0],
+                          .V = p->mem.buf[1],
+                          .mu = p->mem.buf[2],
+                          .scat = p->mem.buf[3]};
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++)
         lwfm__mml_prepare_image(feats + i * C * P, (int)C, P, s->U + i * P * C, s->V + i * C * P,
@@ -74,8 +78,8 @@ static lwfm_status mml_check_support(const lwfm_model *m, int64_t P, const int64
 }
 
 static lwfm_status mml_score(const lwfm_model *m, const lwfm__prep *S, const int32_t *labels,
-                             const int64_t *count, int64_t way, const lwfm__prep *Q,
-                             float *logits, lwfm__arena *arena) {
+                             const int64_t *count, int64_t way, const lwfm__prep *Q, float *logits,
+                             lwfm__arena *arena) {
     double tp = LWFM_PROF_T0();
     lwfm_status st = lwfm__mml_score(m, m->weights, &((const mml_prep *)S)->s, labels, count, way,
                                      &((const mml_prep *)Q)->s, logits, arena);

@@ -19,8 +19,8 @@ void *lwfm__prep_new(lwfm__arena *arena, size_t bytes, int n_buf, const size_t *
         memset(mem, 0, bytes);
         mem->owned = arena == NULL;
         for (int i = 0; i < n_buf; i++) {
-            mem->buf[i] = arena ? lwfm__arena_get(arena, i, buf_bytes[i])
-                                : lwfm__alloc(buf_bytes[i]);
+            mem->buf[i] =
+                arena ? lwfm__arena_get(arena, i, buf_bytes[i]) : lwfm__alloc(buf_bytes[i]);
             mem->n_buf = i + 1;
             if (!mem->buf[i]) {
                 lwfm__prep_release((lwfm__prep *)mem);

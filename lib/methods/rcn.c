@@ -43,8 +43,12 @@ static lwfm_status rcn_prepare(const lwfm_model *m, const float *feats, int64_t 
                              (size_t)n * P * o0 * sizeof(float), (size_t)n * P * sizeof(float)};
     rcn_prep *p = lwfm__prep_new(arena, sizeof *p, 4, bytes, n);
     if (!p) return LWFM_ERR_OUT_OF_MEMORY;
-    p->s = (lwfm__rcn_side){.n = n, .P = P, .X = p->mem.buf[0], .A = p->mem.buf[1],
-                            .B = p->mem.buf[2], .norm = p->mem.buf[3]};
+    p->s = (lwfm__rcn_side){.n = n,
+                            .P = P,
+                            .X = p->mem.buf[0],
+                            .A = p->mem.buf[1],
+                            .B = p->mem.buf[2],
+                            .norm = p->mem.buf[3]};
     lwfm_status st = lwfm__rcn_prepare(m, h, feats, n, P, &p->s);
     if (st)
         lwfm__prep_release((lwfm__prep *)p);
@@ -55,8 +59,8 @@ static lwfm_status rcn_prepare(const lwfm_model *m, const float *feats, int64_t 
 }
 
 static lwfm_status rcn_score(const lwfm_model *m, const lwfm__prep *S, const int32_t *labels,
-                             const int64_t *count, int64_t way, const lwfm__prep *Q,
-                             float *logits, lwfm__arena *arena) {
+                             const int64_t *count, int64_t way, const lwfm__prep *Q, float *logits,
+                             lwfm__arena *arena) {
     double tp = LWFM_PROF_T0();
     lwfm_status st = lwfm__rcn_score(m, m->weights, &((const rcn_prep *)S)->s, labels, count, way,
                                      &((const rcn_prep *)Q)->s, logits, arena);
@@ -117,9 +121,9 @@ done:
     return st;
 }
 
-static lwfm_status rcn_pair(const lwfm_model *m, const float *sf, const float *qf,
-                            int64_t channels, int64_t fh, int64_t fw, float *similarity,
-                            int64_t *match, float *weight, size_t capacity, float *score) {
+static lwfm_status rcn_pair(const lwfm_model *m, const float *sf, const float *qf, int64_t channels,
+                            int64_t fh, int64_t fw, float *similarity, int64_t *match,
+                            float *weight, size_t capacity, float *score) {
     lwfm_status st;
     if ((st = lwfm__check_features(m, "support feature", sf, 1, channels, fh, fw)) ||
         (st = lwfm__check_features(m, "query feature", qf, 1, channels, fh, fw)))
@@ -131,8 +135,8 @@ static lwfm_status rcn_pair(const lwfm_model *m, const float *sf, const float *q
                            (long long)P);
     lwfm__prep *S = NULL, *Q = NULL;
     if (!(st = rcn_prepare(m, sf, 1, P, NULL, &S)) && !(st = rcn_prepare(m, qf, 1, P, NULL, &Q)))
-        st = pair_outputs(m, (const rcn_prep *)S, (const rcn_prep *)Q, P, similarity, match,
-                          weight, score);
+        st = pair_outputs(m, (const rcn_prep *)S, (const rcn_prep *)Q, P, similarity, match, weight,
+                          score);
     lwfm__prep_release(S);
     lwfm__prep_release(Q);
     return st;
