@@ -276,10 +276,10 @@ static void batch_norm_relu(float *H, int64_t rows, int width, const float *g, c
     }
 }
 
-/* Batch mode, query q: its region similarities against every support image
- * (sim: ns x P) and the meta-learner's first layer, pre-BatchNorm (H: ns x P
- * x out0). dots: ns*P x P scratch. */
-static lwfm_status batch_first_layer(const lwfm_model *m, const lwfm__rcn *h,
+/* Query q: its region similarities against every support image (sim: ns x
+ * P) and the meta-learner's first layer before its BatchNorm / ReLU (H: ns x
+ * P x out0), from the per-image halves. dots: ns*P x P scratch. */
+static lwfm_status first_layer(const lwfm_model *m, const lwfm__rcn *h,
                                      const lwfm__rcn_side *S, const lwfm__rcn_side *Q, int64_t q,
                                      dnnl_stream_t ts, float *dots, float *sim, float *H) {
     const int C = m->layers.C, o0 = h->out[0];
@@ -361,8 +361,8 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const lwfm__rcn *h,
 #pragma omp for schedule(dynamic, 1)
             for (int64_t qi = 0; qi < nq; qi++) {
                 if (my) continue;
-                my = batch_first_layer(m, h, S, Q, q0 + qi, ts, dots, sim + qi * ns * P,
-                                       H + qi * ns * P * o0);
+                my = first_layer(m, h, S, Q, q0 + qi, ts, dots, sim + qi * ns * P,
+                                 H + qi * ns * P * o0);
             }
             if (ts) dnnl_stream_destroy(ts);
             if (my) {
@@ -400,26 +400,14 @@ static lwfm_status score_one(const lwfm_model *m, const lwfm__rcn *h, const lwfm
                              const lwfm__rcn_side *Q, int64_t q, dnnl_stream_t stream,
                              float *dots, float *H, float *H2, float *sim, double *acc,
                              float *logits) {
-    const int C = m->layers.C, o0 = h->out[0];
+    const int o0 = h->out[0];
     const int64_t P = S->P, ns = S->n;
     const size_t rows = (size_t)ns * P;
-    /* all support regions against the query's regions: one GEMM */
-    lwfm_status my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, P, C, S->X, C,
-                                    Q->X + q * P * C, C, dots, P, 0);
+    /* all support regions against the query's regions (one GEMM), the
+     * meta-learner's first layer + ReLU, then its other layers (GEMMs) */
+    lwfm_status my = first_layer(m, h, S, Q, q, stream, dots, sim, H);
     if (my) return my;
-    for (int64_t j = 0; j < ns; j++)
-        similarities(S, j, Q, q, C, dots + j * P * P, sim + j * P, NULL);
-    /* meta-learner: first layer from the per-image halves, then GEMMs */
-    const float *B = Q->B + q * P * o0;
-    for (int64_t j = 0; j < ns; j++)
-        for (int64_t r = 0; r < P; r++) {
-            const float *a = S->A + (j * P + r) * o0, *b = B + r * o0;
-            float *o = H + (j * P + r) * o0;
-            for (int k = 0; k < o0; k++) {
-                float v = a[k] + b[k];
-                o[k] = v > 0 ? v : 0;
-            }
-        }
+    for (size_t i = 0; i < rows * (size_t)o0; i++) H[i] = H[i] > 0 ? H[i] : 0;
     float *cur = H, *nxt = H2;
     int width = o0;
     for (int i = 1; i < h->n_layers && !my; i++) {
