@@ -36,6 +36,8 @@ struct lwfm__backbone {
 
 /* The entry of a config backbone value; NULL when there is none. */
 const lwfm__backbone *lwfm__backbone_get(lwfm__backbone_kind kind);
+/* The entry named `name` (config/backbone); NULL when there is none. */
+const lwfm__backbone *lwfm__backbone_find(const char *name);
 
 /* Build the backbone described by cfg from the archive tensors (names are
  * lwfm__backbone_prefix(cfg) + the backbone's own keys). */

@@ -1,5 +1,7 @@
 /* The one list of backbones (see net.h): a new network is a builder (or a
  * plain stack's parameters) plus one entry below. */
+#include <string.h>
+
 #include "backbone/net_internal.h"
 
 /* Conv-64F (DN4 / MML, peers.md section 1): conv 3x3 (no bias) + BN +
@@ -73,5 +75,11 @@ static const lwfm__backbone kBackbones[] = {
 const lwfm__backbone *lwfm__backbone_get(lwfm__backbone_kind kind) {
     for (size_t i = 0; i < sizeof kBackbones / sizeof kBackbones[0]; i++)
         if (kBackbones[i].kind == kind) return &kBackbones[i];
+    return NULL;
+}
+
+const lwfm__backbone *lwfm__backbone_find(const char *name) {
+    for (size_t i = 0; i < sizeof kBackbones / sizeof kBackbones[0]; i++)
+        if (!strcmp(kBackbones[i].name, name)) return &kBackbones[i];
     return NULL;
 }

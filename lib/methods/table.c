@@ -32,9 +32,15 @@ const lwfm__method *lwfm__method_find(const char *name) {
 }
 
 int lwfm__method_offers(const lwfm__method *me, lwfm__pair_kind kind) {
-    const void *op[] = {(const void *)me->lwe_pair, (const void *)me->spm_pair,
-                        (const void *)me->rcn_pair};
-    return (unsigned)kind < sizeof op / sizeof op[0] && op[kind] != NULL;
+    switch (kind) {
+    case LWFM_PAIR_LWE:
+        return me->lwe_pair != NULL;
+    case LWFM_PAIR_SPM:
+        return me->spm_pair != NULL;
+    case LWFM_PAIR_RCN:
+        return me->rcn_pair != NULL;
+    }
+    return 0;
 }
 
 const lwfm__method *lwfm__method_offering(lwfm__pair_kind kind) {
