@@ -65,8 +65,7 @@ static void model_free(lwfm_model *m) {
         free(m->arenas[i]);
     }
     lwfm__net_free(m->net);
-    lwfm__matcher_free(&m->matcher);
-    lwfm__rcn_free(&m->rcn);
+    if (m->method && m->method->free) m->method->free(m->weights);
     if (m->engine) dnnl_engine_destroy(m->engine);
     pthread_mutex_destroy(&m->pool_lock);
     free(m);
@@ -106,20 +105,15 @@ static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
         m->layers.dim[l] = lwfm__net_tap_channels(m->net, l);
         off += m->layers.dim[l];
     }
-    if (m->cfg.method == LWFM_METHOD_LWFM_SPM && m->cfg.matcher_prob > 0) {
-        if (m->cfg.top_k > m->layers.P) {
-            st = lwfm__error(LWFM_ERR_FORMAT,
-                             "config top_k = %d exceeds the %d positions of a "
-                             "%dx%d feature map",
-                             m->cfg.top_k, m->layers.P, m->cfg.feature_size, m->cfg.feature_size);
-            goto fail;
-        }
-        if ((st = lwfm__matcher_load(&m->matcher, ar, &m->layers, m->cfg.learnable_matcher)))
-            goto fail;
-    }
-    if (m->cfg.method == LWFM_METHOD_MML && (st = lwfm__mml_load(&m->mml, ar))) goto fail;
-    if (m->cfg.method == LWFM_METHOD_RCN && (st = lwfm__rcn_load(&m->rcn, ar, m->layers.C, m->cfg.bn_batch)))
+    /* The method's own weights. */
+    const lwfm__method *me = lwfm__method_get(m->cfg.method);
+    if (!me) {
+        st = lwfm__error(LWFM_ERR_UNSUPPORTED, "method %d is not implemented",
+                         (int)m->cfg.method);
         goto fail;
+    }
+    m->method = me;
+    if (me->load && (st = me->load(m, ar, &m->weights))) goto fail;
     *out = m;
     return LWFM_OK;
 fail:
@@ -147,7 +141,7 @@ LWFM_API lwfm_status lwfm_model_load(lwfm_model **out, const char *path,
     lwfm__archive_free(&ar);
     if (st) return source_prefix(st, path);
     lwfm__log(LWFM_LOG_INFO, "loaded %s: %s on %s, %d taps", path,
-              lwfm__method_name((*out)->cfg.method), lwfm__backbone_name((*out)->cfg.backbone),
+              (*out)->method->name, lwfm__backbone_name((*out)->cfg.backbone),
               (*out)->cfg.n_taps);
     return LWFM_OK;
 }
@@ -189,7 +183,8 @@ LWFM_API lwfm_status lwfm_model_config_json(const lwfm_model *model, char *buffe
 }
 
 LWFM_API const char *lwfm_method_name(lwfm_method method) {
-    return (unsigned)method < 4 ? lwfm__method_name(method) : NULL;
+    const lwfm__method *me = lwfm__method_get(method);
+    return me ? me->name : NULL;
 }
 
 /* One configuration value, present under the same rules as in
@@ -205,9 +200,10 @@ typedef struct cfg_value {
     int n;
 } cfg_value;
 
-static int cfg_lookup(const lwfm__config *c, const char *key, cfg_value *v) {
-    const int spm = c->method == LWFM_METHOD_LWFM_SPM, rcn = c->method == LWFM_METHOD_RCN;
-    const int dn4_mml = c->method == LWFM_METHOD_DN4 || c->method == LWFM_METHOD_MML;
+static int cfg_lookup(const lwfm_model *m, const char *key, cfg_value *v) {
+    const lwfm__config *c = &m->cfg;
+    /* keys of one method (its table entry says which are present) */
+    const int own = m->method->config_key && m->method->config_key(c, key);
     static const char *const kBatchNormNames[] = {"running", "batch"};
     memset(v, 0, sizeof *v);
 #define INT_KEY(name, cond, val)                                                                 \
@@ -217,20 +213,21 @@ static int cfg_lookup(const lwfm__config *c, const char *key, cfg_value *v) {
 #define STRING_KEY(name, cond, val)                                                              \
     if (!strcmp(key, name)) return (cond) ? (v->kind = CFG_STRING, v->s = (val), 0) : -1
     INT_KEY("format_version", 1, c->format_version);
-    STRING_KEY("method", 1, lwfm__method_name(c->method));
+    STRING_KEY("method", 1, m->method->name);
     STRING_KEY("backbone", 1, lwfm__backbone_name(c->backbone));
     INT_KEY("input_channels", 1, c->input_channels);
-    INT_KEY("first_padding", c->backbone == LWFM_BACKBONE_RESNET18, c->first_padding);
+    INT_KEY("first_padding", lwfm__backbone_get(c->backbone)->first_padding,
+            c->first_padding);
     INT_KEY("feature_size", 1, c->feature_size);
-    FLOAT_KEY("temperature", spm, c->temperature);
-    FLOAT_KEY("temperature_attn", spm, c->temperature_attn);
-    FLOAT_KEY("matcher_prob", spm, c->matcher_prob);
-    INT_KEY("learnable_matcher", spm, c->learnable_matcher ? 1 : 0);
-    INT_KEY("top_k", spm, c->top_k);
-    INT_KEY("neighbor_k", dn4_mml, c->neighbor_k);
-    STRING_KEY("distance", c->method == LWFM_METHOD_MML, lwfm__distance_name(c->distance));
-    STRING_KEY("batch_norm", rcn, kBatchNormNames[c->bn_batch ? 1 : 0]);
-    INT_KEY("query_batch", rcn && c->bn_batch, c->query_batch);
+    FLOAT_KEY("temperature", own, c->temperature);
+    FLOAT_KEY("temperature_attn", own, c->temperature_attn);
+    FLOAT_KEY("matcher_prob", own, c->matcher_prob);
+    INT_KEY("learnable_matcher", own, c->learnable_matcher ? 1 : 0);
+    INT_KEY("top_k", own, c->top_k);
+    INT_KEY("neighbor_k", own, c->neighbor_k);
+    STRING_KEY("distance", own, lwfm__distance_name(c->distance));
+    STRING_KEY("batch_norm", own, kBatchNormNames[c->bn_batch ? 1 : 0]);
+    INT_KEY("query_batch", own, c->query_batch);
     FLOAT_KEY("calibration_temperature", 1, c->calibration_temperature);
     FLOAT_KEY("unknown_threshold", 1, c->unknown_threshold);
     INT_KEY("image_size", 1, c->image_size);
@@ -254,9 +251,9 @@ static lwfm_status cfg_get(const lwfm_model *model, const char *key, const void 
     lwfm__error_clear();
     if (!model || !key || !out)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model, key or value is NULL");
-    if (cfg_lookup(&model->cfg, key, v))
+    if (cfg_lookup(model, key, v))
         return lwfm__error(LWFM_ERR_MISSING_KEY, "no configuration key '%s' for this %s model",
-                           key, lwfm__method_name(model->cfg.method));
+                           key, model->method->name);
     return LWFM_OK;
 }
 

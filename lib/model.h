@@ -8,10 +8,8 @@
 #include "backbone/net.h"
 #include "core/arena.h"
 #include "config.h"
-#include "heads/mml.h"
-#include "heads/rcn.h"
 #include "lwe/lwe.h"
-#include "spm/matcher.h"
+#include "methods/method.h"
 
 #define LWFM_POOL_MAX 16
 
@@ -21,9 +19,8 @@ struct lwfm_model {
     lwfm__net *net;
     lwfm_precision precision;
     lwfm__layers layers;   /* tapped layers of the feature map */
-    lwfm__matcher matcher; /* lwfm-spm with matcher_prob > 0 */
-    lwfm__mml mml;         /* mml fusion layer */
-    lwfm__rcn rcn;         /* rcn meta-learner */
+    const lwfm__method *method; /* the entry of cfg.method in the method table */
+    void *weights;              /* the method's own weights (its load / free) */
     dnnl_engine_t engine;  /* for the metric's matmuls */
     pthread_mutex_t pool_lock;
     lwfm__net_ctx *pool[LWFM_POOL_MAX];

@@ -447,23 +447,16 @@ lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm
               : net->act_tag == dnnl_nChw8c ? "nChw8c"
                                             : "nhwc");
     const char *prefix = lwfm__backbone_prefix(cfg);
-    switch (cfg->backbone) {
-    case LWFM_BACKBONE_RESNET18:
-        st = lwfm__build_resnet18(net, cfg, ar, prefix);
-        break;
-    case LWFM_BACKBONE_CONV64F:
-        st = lwfm__build_conv64f(net, cfg, ar, prefix);
-        break;
-    case LWFM_BACKBONE_RESNET12:
-        st = lwfm__build_resnet12(net, cfg, ar, prefix);
-        break;
-    case LWFM_BACKBONE_CONV4:
-        st = lwfm__build_conv4(net, cfg, ar, prefix);
-        break;
-    default:
+    const lwfm__backbone *bb = lwfm__backbone_get(cfg->backbone);
+    const int last = cfg->hyperpixel_ids[cfg->n_taps - 1];
+    if (!bb)
         st = lwfm__error(LWFM_ERR_UNSUPPORTED, "backbone '%s' is not implemented yet",
                          lwfm__backbone_name(cfg->backbone));
-    }
+    else if (last >= bb->blocks)
+        st = lwfm__error(LWFM_ERR_UNSUPPORTED, "%s has blocks 0..%d, not %d", bb->name,
+                         bb->blocks - 1, last);
+    else
+        st = bb->build(net, bb, cfg, ar, prefix);
     if (st) goto done;
     /* The first layer reads the caller's NCHW directly when oneDNN has a
      * fast kernel for that, else the input is reordered to act_tag. */
@@ -661,6 +654,54 @@ done:
     return st;
 }
 
+/* A tapped op's output (descriptor dmd, oh x ow) reordered into the plan's
+ * tap buffer, or straight into the caller's output at native size. */
+static lwfm_status plan_tap_create(const lwfm__net *net, plan *p, const lwfm__op *op, int64_t n,
+                                   int64_t oh, int64_t ow, const dnnl_memory_desc_t *dmd) {
+    lwfm_status st = LWFM_OK;
+    plan_tap *tp = &p->taps[op->tap];
+    dnnl_memory_desc_t plain;
+    dnnl_dims_t d = {n, op->oc, oh, ow};
+    tp->h = oh;
+    tp->w = ow;
+    if (net->feature_size > 0) {
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(&plain, 4, d, dnnl_f32, dnnl_nchw), "md");
+        p->tap_bytes = max_sz(p->tap_bytes, dnnl_memory_desc_get_size(&plain));
+    } else {
+        /* Native size: write straight into the caller's (n, C, h, w) output. */
+        dnnl_dims_t s = {(int64_t)net->out_channels * oh * ow, oh * ow, ow, 1};
+        DNNL_CHECK(dnnl_memory_desc_init_by_strides(&plain, 4, d, dnnl_f32, s), "md");
+    }
+    st = make_reorder(net, dmd, &plain, &tp->reorder, &tp->from, &tp->to, &tp->scratch,
+                      &p->scratch_bytes);
+done:
+    return st;
+}
+
+/* A convolution's weights and bias in the layout its primitive (pd) wants
+ * for an n x h x w input: the net's own copy, or a private reorder of it. */
+static lwfm_status plan_conv_weights(const lwfm__net *net, const lwfm__op *op,
+                                     dnnl_primitive_desc_t pd, plan_op *po, int64_t n, int64_t h,
+                                     int64_t w) {
+    lwfm_status st = LWFM_OK;
+    const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *bmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
+    void *wdata = op->w_data;
+    if (!dnnl_memory_desc_equal(wmd, &op->w_md)) {
+        /* This shape wants another weight layout: keep a private copy. */
+        lwfm__log(LWFM_LOG_DEBUG, "plan %lldx%lldx%lld: '%s' needs its own weight layout",
+                  (long long)n, (long long)h, (long long)w, op->name);
+        po->w_local = lwfm__alloc(dnnl_memory_desc_get_size(wmd));
+        if (!po->w_local) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (weights)");
+        if ((st = reorder_once(net->engine, &op->w_md, op->w_data, wmd, po->w_local))) return st;
+        wdata = po->w_local;
+    }
+    DNNL_CHECK(dnnl_memory_create(&po->wts, wmd, net->engine, wdata), "memory");
+    DNNL_CHECK(dnnl_memory_create(&po->bias, bmd, net->engine, op->bias), "memory");
+done:
+    return st;
+}
+
 static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64_t w, plan **out) {
     lwfm_status st = LWFM_OK;
     dnnl_primitive_desc_t pd = NULL;
@@ -695,26 +736,7 @@ static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64
         DNNL_CHECK(dnnl_memory_create(&po->dst, dmd, net->engine, DNNL_MEMORY_NONE), "memory");
         DNNL_CHECK(dnnl_memory_create(&po->scratch, scr, net->engine, DNNL_MEMORY_NONE), "memory");
         if (op->kind == LWFM_OP_CONV) {
-            const dnnl_memory_desc_t *wmd =
-                dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-            const dnnl_memory_desc_t *bmd =
-                dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
-            void *wdata = op->w_data;
-            if (!dnnl_memory_desc_equal(wmd, &op->w_md)) {
-                /* This shape wants another weight layout: keep a private copy. */
-                lwfm__log(LWFM_LOG_DEBUG, "plan %lldx%lldx%lld: '%s' needs its own weight layout",
-                          (long long)n, (long long)h, (long long)w, op->name);
-                po->w_local = lwfm__alloc(dnnl_memory_desc_get_size(wmd));
-                if (!po->w_local) {
-                    st = lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (weights)");
-                    goto done;
-                }
-                if ((st = reorder_once(net->engine, &op->w_md, op->w_data, wmd, po->w_local)))
-                    goto done;
-                wdata = po->w_local;
-            }
-            DNNL_CHECK(dnnl_memory_create(&po->wts, wmd, net->engine, wdata), "memory");
-            DNNL_CHECK(dnnl_memory_create(&po->bias, bmd, net->engine, op->bias), "memory");
+            if ((st = plan_conv_weights(net, op, pd, po, n, h, w))) goto done;
             po->out_bytes = dnnl_memory_desc_get_size(dmd);
             if (op->bn_g) {
                 if ((st = make_bn(net, op, dmd, po, &p->scratch_bytes))) goto done;
@@ -726,25 +748,7 @@ static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64
         pd = NULL;
         bh[op->dst] = oh[i];
         bw[op->dst] = ow[i];
-        if (op->tap >= 0) {
-            plan_tap *tp = &p->taps[op->tap];
-            dnnl_memory_desc_t plain;
-            dnnl_dims_t d = {n, op->oc, oh[i], ow[i]};
-            tp->h = oh[i];
-            tp->w = ow[i];
-            if (net->feature_size > 0) {
-                DNNL_CHECK(dnnl_memory_desc_init_by_tag(&plain, 4, d, dnnl_f32, dnnl_nchw), "md");
-                p->tap_bytes = max_sz(p->tap_bytes, dnnl_memory_desc_get_size(&plain));
-            } else {
-                /* Native size: write straight into the caller's (n, C, h, w) output. */
-                dnnl_dims_t s = {(int64_t)net->out_channels * oh[i] * ow[i], oh[i] * ow[i], ow[i],
-                                 1};
-                DNNL_CHECK(dnnl_memory_desc_init_by_strides(&plain, 4, d, dnnl_f32, s), "md");
-            }
-            if ((st = make_reorder(net, dmd, &plain, &tp->reorder, &tp->from, &tp->to, &tp->scratch,
-                                   &p->scratch_bytes)))
-                goto done;
-        }
+        if (op->tap >= 0 && (st = plan_tap_create(net, p, op, n, oh[i], ow[i], dmd))) goto done;
     }
     if (dt != dnnl_f32 || net->in_tag != dnnl_nchw) {
         dnnl_memory_desc_t from, to;

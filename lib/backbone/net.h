@@ -16,6 +16,29 @@
 typedef struct lwfm__net lwfm__net;
 typedef struct lwfm__net_ctx lwfm__net_ctx;
 
+/* The backbone table (table.c): one entry per network. */
+typedef struct lwfm__backbone lwfm__backbone;
+struct lwfm__backbone {
+    lwfm__backbone_kind kind; /* config's backbone value */
+    const char *name;         /* config/backbone */
+    /* Add the ops of blocks 0..last tapped block (< blocks) to net; tensor
+     * names are prefix + the network's own keys (the prefix is the method's:
+     * lwfm__method.weight_prefix). */
+    lwfm_status (*build)(struct lwfm__net *net, const lwfm__backbone *bb, const lwfm__config *cfg,
+                         const lwfm__archive *ar, const char *prefix);
+    const void *spec;          /* the builder's parameters (plain convolution stacks) */
+    int blocks;                /* block ids 0..blocks-1 */
+    int n_default_taps;        /* taps when the config names none: */
+    int default_taps[2];       /* the last block(s) */
+    const char *first_weight;  /* the first convolution's weight key: gives input channels */
+    int first_padding;         /* 1: config 'first_padding' applies (its stem padding) */
+};
+
+/* The entry of a config backbone value; NULL when there is none. */
+const lwfm__backbone *lwfm__backbone_get(lwfm__backbone_kind kind);
+/* The entry named `name` (config/backbone); NULL when there is none. */
+const lwfm__backbone *lwfm__backbone_find(const char *name);
+
 /* Build the backbone described by cfg from the archive tensors (names are
  * lwfm__backbone_prefix(cfg) + the backbone's own keys). */
 lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm__archive *ar,

@@ -64,13 +64,33 @@ void lwfm__net_mark_tap(lwfm__net *net, int slot);
  * the configuration taps it (with `channels` channels). */
 void lwfm__net_tap_block(lwfm__net *net, const lwfm__config *cfg, int block, int channels);
 
-lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
+/* The builders of the backbone table (table.c). */
+lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__backbone *bb,
+                                 const lwfm__config *cfg, const lwfm__archive *ar,
                                  const char *prefix);
-lwfm_status lwfm__build_resnet12(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
+lwfm_status lwfm__build_resnet12(lwfm__net *net, const lwfm__backbone *bb,
+                                 const lwfm__config *cfg, const lwfm__archive *ar,
                                  const char *prefix);
-lwfm_status lwfm__build_conv4(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
-                              const char *prefix);
-lwfm_status lwfm__build_conv64f(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
-                                const char *prefix);
+
+/* A plain stack of blocks conv 3x3 (+ bias) + BN + activation, the first
+ * `pooled` of them followed by 2x2 max pooling, all `width` channels wide
+ * (Conv-64F, Conv4). Block b's tensors are
+ *   prefix stem <weight_id[b]> weight_key   (conv weight)
+ *   prefix stem <weight_id[b]> bias_key     (conv bias, when bias_key)
+ *   prefix stem <bn_id[b]> bn_key           (BatchNorm prefix). */
+#define LWFM_PLAIN_MAX_BLOCKS 4
+typedef struct lwfm__plain_conv {
+    const char *stem, *weight_key, *bias_key, *bn_key;
+    int weight_id[LWFM_PLAIN_MAX_BLOCKS], bn_id[LWFM_PLAIN_MAX_BLOCKS];
+    int pad[LWFM_PLAIN_MAX_BLOCKS];
+    lwfm__act act;
+    float alpha;
+    int pooled, width;
+} lwfm__plain_conv;
+
+/* Builder of the plain stacks; bb->spec is their lwfm__plain_conv. */
+lwfm_status lwfm__build_plain_conv(lwfm__net *net, const lwfm__backbone *bb,
+                                   const lwfm__config *cfg, const lwfm__archive *ar,
+                                   const char *prefix);
 
 #endif

@@ -10,12 +10,13 @@
 static const int kWidth[4] = {64, 160, 320, 640};
 #define SLOPE 0.1f
 
-lwfm_status lwfm__build_resnet12(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
+lwfm_status lwfm__build_resnet12(lwfm__net *net, const lwfm__backbone *bb,
+                                 const lwfm__config *cfg, const lwfm__archive *ar,
                                  const char *prefix) {
     lwfm_status st;
     char w[160], bn[160];
     int last = cfg->hyperpixel_ids[cfg->n_taps - 1];
-    if (last > 3) return lwfm__error(LWFM_ERR_UNSUPPORTED, "resnet12 has blocks 0..3, not %d", last);
+    (void)bb; /* blocks 0..last checked by lwfm__net_build */
     int cur = LWFM_NET_INPUT;
     for (int block = 0; block <= last; block++) {
         int in_c = block == 0 ? cfg->input_channels : kWidth[block - 1], out_c = kWidth[block];

@@ -8,13 +8,13 @@
 
 static const int kWidth[5] = {64, 64, 128, 256, 512}; /* stem, layer1..4 */
 
-lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__config *cfg, const lwfm__archive *ar,
+lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__backbone *bb,
+                                 const lwfm__config *cfg, const lwfm__archive *ar,
                                  const char *prefix) {
     lwfm_status st;
     char w[160], bn[160];
     int last = cfg->hyperpixel_ids[cfg->n_taps - 1];
-    if (last > 8)
-        return lwfm__error(LWFM_ERR_UNSUPPORTED, "resnet18 has blocks 0..8, not %d", last);
+    (void)bb; /* blocks 0..last checked by lwfm__net_build */
 
     snprintf(w, sizeof w, "%sinitial_block.conv1.weight", prefix);
     snprintf(bn, sizeof bn, "%sinitial_block.bn1", prefix);

@@ -6,7 +6,17 @@
 
 #include <stddef.h>
 
-#define LWFM_ARENA_SLOTS 10
+/* Slots: 0-4 a method's prepared images (lib/methods), then the driver's
+ * and the kernels' scratch, then the prepared-images struct itself. */
+enum {
+    LWFM_SLOT_R = 5,  /* kernels' per-thread scratch */
+    LWFM_SLOT_PAIRS,  /* lwfm-spm pair loop */
+    LWFM_SLOT_LOGITS, /* the driver's logits before they are copied out */
+    LWFM_SLOT_FEATS,  /* backbone features */
+    LWFM_SLOT_LEVELS, /* heads' per-(query, class) accumulators */
+    LWFM_SLOT_STATE,  /* lwfm__prep_new's struct */
+    LWFM_ARENA_SLOTS
+};
 
 typedef struct lwfm__arena {
     void *slot[LWFM_ARENA_SLOTS];

@@ -5,6 +5,7 @@
 
 #include "core/core.h"
 #include "heads/i2c.h"
+#include "model.h"
 
 #define NORM_EPS 1e-12
 
@@ -30,9 +31,9 @@ int64_t lwfm__fewest_in_class(const int64_t *count, int64_t way) {
     return fewest;
 }
 
-lwfm_status lwfm__dn4_score(const lwfm_model *m, const side *S, const int32_t *labels,
-                            const int64_t *count, int64_t way, const side *Q, float *logits,
-                            lwfm__arena *arena) {
+lwfm_status lwfm__dn4_score(const lwfm_model *m, const lwfm__dn4_side *S, const int32_t *labels,
+                            const int64_t *count, int64_t way, const lwfm__dn4_side *Q,
+                            float *logits, lwfm__arena *arena) {
     size_t n = (size_t)Q->n * way;
     double *acc = lwfm__arena_get(arena, LWFM_SLOT_LEVELS, n * sizeof(double));
     if (!acc) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring DN4 queries");

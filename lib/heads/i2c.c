@@ -7,6 +7,7 @@
 #include "core/core.h"
 #include "core/gemm.h"
 #include "core/vec.h"
+#include "heads/dn4.h"
 
 /* Tile of one query image's vectors against one support image's: at most
  * TILE_ROWS x TILE_COLS floats (512 KiB), folded while it is in L2. */
@@ -65,6 +66,10 @@ int lwfm__i2c_per_image(const int64_t *count, int64_t way) {
     for (int64_t c = 1; c < way; c++)
         if (count[c] != count[0]) return 1;
     return 0;
+}
+
+int64_t lwfm__i2c_images(const int64_t *count, int64_t way) {
+    return lwfm__i2c_per_image(count, way) ? 1 : lwfm__fewest_in_class(count, way);
 }
 
 /* One query's scores from its top-k lists: lists per class (pooled), or per

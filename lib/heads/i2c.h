@@ -38,4 +38,8 @@ lwfm_status lwfm__i2c_topk(dnnl_engine_t engine, const float *Qv, int64_t n_q, i
 /* Whether the classes' image counts differ (then scoring is per image). */
 int lwfm__i2c_per_image(const int64_t *count, int64_t way);
 
+/* Images whose vectors one top-k list draws from: those of the smallest
+ * class, or one when unequal classes are scored per image. */
+int64_t lwfm__i2c_images(const int64_t *count, int64_t way);
+
 #endif

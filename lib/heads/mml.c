@@ -8,7 +8,6 @@
 
 #include "core/core.h"
 #include "core/linalg.h"
-#include "episode.h"
 #include "heads/dn4.h"
 #include "heads/i2c.h"
 #include "model.h"
@@ -83,8 +82,8 @@ void lwfm__mml_prepare_image(const float *feat, int C, int64_t P, float *U, floa
 /* Gaussian of a class from its images' means and scatters (parallel-axis
  * combination), or of one image: mean mu (C) and covariance cov (C x C),
  * (scatter / (n - 1)) + RIDGE * I with n the number of descriptors. */
-static void class_gaussian(const side *S, const int32_t *labels, int cls, int64_t members, int C,
-                           double *mu, double *cov) {
+static void class_gaussian(const lwfm__mml_side *S, const int32_t *labels, int cls,
+                           int64_t members, int C, double *mu, double *cov) {
     const int64_t P = S->P;
     memset(mu, 0, sizeof(double) * C);
     memset(cov, 0, sizeof(double) * C * C);
@@ -103,9 +102,53 @@ static void class_gaussian(const side *S, const int32_t *labels, int cls, int64_
     for (int a = 0; a < C; a++) cov[a * C + a] += RIDGE;
 }
 
+/* KL(class || query) from the query's inverse covariance inv and the class
+ * covariance sc (C x C), their means and log-determinants. */
+static double kl_distance(int C, const double *inv, const double *sc, const double *mq,
+                          const double *mc, double logdet_q, double logdet_c) {
+    const size_t CC = (size_t)C * C;
+    double tr = 0.0, maha = 0.0;
+    for (size_t i = 0; i < CC; i++) tr += inv[i] * sc[i];
+    for (int a = 0; a < C; a++) {
+        double s = 0.0;
+        for (int b = 0; b < C; b++) s += inv[a * C + b] * (mq[b] - mc[b]);
+        maha += (mq[a] - mc[a]) * s;
+    }
+    return 0.5 * (tr + maha - C + logdet_q - logdet_c);
+}
+
+/* Exact 2-Wasserstein distance into *out from the query's Cholesky factor L
+ * (Sq = L L^T), the class covariance sc, the squared mean distance dm2 and
+ * tr Sq (trq). A, tmp: C x C scratch. Nonzero when the eigensolver failed
+ * (*out is still written). */
+static int w2_distance(int C, const double *L, const double *sc, double dm2, double trq,
+                       double *A, double *tmp, double *out) {
+    /* tr sqrt(Sq^1/2 Sc Sq^1/2) = sum sqrt(eig(L^T Sc L)) */
+    for (int a = 0; a < C; a++) /* tmp = Sc L */
+        for (int b = 0; b < C; b++) {
+            double s = 0.0;
+            for (int k = b; k < C; k++) s += sc[a * C + k] * L[k * C + b];
+            tmp[a * C + b] = s;
+        }
+    for (int a = 0; a < C; a++) /* A = L^T tmp */
+        for (int b = 0; b <= a; b++) {
+            double s = 0.0;
+            for (int k = a; k < C; k++) s += L[k * C + a] * tmp[k * C + b];
+            A[a * C + b] = A[b * C + a] = s;
+        }
+    double *eig = tmp, *work = tmp + C;
+    double root = 0.0, trc = 0.0;
+    int bad = lwfm__sym_eigenvalues(A, C, eig, work) != 0;
+    for (int a = 0; a < C; a++) root += sqrt(eig[a] > 0 ? eig[a] : 0.0);
+    for (int a = 0; a < C; a++) trc += sc[a * C + a];
+    double w2 = dm2 + trq + trc - 2.0 * root;
+    *out = sqrt(w2 > 0 ? w2 : 0.0);
+    return bad;
+}
+
 /* Distribution-level distances d[q * way + c]. */
-static lwfm_status distances(const lwfm_model *m, const side *S, const int32_t *labels,
-                             const int64_t *count, int64_t way, const side *Q, double *d,
+static lwfm_status distances(const lwfm_model *m, const lwfm__mml_side *S, const int32_t *labels,
+                             const int64_t *count, int64_t way, const lwfm__mml_side *Q, double *d,
                              double *buf) {
     const int C = m->layers.C;
     const size_t CC = (size_t)C * C;
@@ -152,46 +195,17 @@ static lwfm_status distances(const lwfm_model *m, const side *S, const int32_t *
         }
         for (int64_t c = 0; c < way; c++) {
             const double *mc = cmu + c * C, *sc = ccov + c * CC;
-            double dm2 = 0.0, out;
+            double dm2 = 0.0, out = 0.0;
             for (int a = 0; a < C; a++) dm2 += (mq[a] - mc[a]) * (mq[a] - mc[a]);
             if (kind == LWFM_MML_WASS) {
                 double f2 = 0.0;
                 for (size_t i = 0; i < CC; i++) f2 += (cov[i] - sc[i]) * (cov[i] - sc[i]);
                 out = sqrt(dm2) / C + sqrt(f2) / ((double)C * C);
             } else if (kind == LWFM_MML_KL) {
-                double tr = 0.0, maha = 0.0;
-                for (size_t i = 0; i < CC; i++) tr += inv[i] * sc[i];
-                for (int a = 0; a < C; a++) {
-                    double s = 0.0;
-                    for (int b = 0; b < C; b++) s += inv[a * C + b] * (mq[b] - mc[b]);
-                    maha += (mq[a] - mc[a]) * s;
-                }
-                out = 0.5 * (tr + maha - C + logdet_q - clogdet[c]);
-            } else {
-                /* tr sqrt(Sq^1/2 Sc Sq^1/2) = sum sqrt(eig(L^T Sc L)), Sq = L L^T */
-                double *A = inv; /* reused as L^T Sc L */
-                for (int a = 0; a < C; a++) /* tmp = Sc L */
-                    for (int b = 0; b < C; b++) {
-                        double s = 0.0;
-                        for (int k = b; k < C; k++) s += sc[a * C + k] * L[k * C + b];
-                        tmp[a * C + b] = s;
-                    }
-                for (int a = 0; a < C; a++) /* A = L^T tmp */
-                    for (int b = 0; b <= a; b++) {
-                        double s = 0.0;
-                        for (int k = a; k < C; k++) s += L[k * C + a] * tmp[k * C + b];
-                        A[a * C + b] = A[b * C + a] = s;
-                    }
-                double *eig = tmp, *work = tmp + C;
-                double root = 0.0, trc = 0.0;
-                if (lwfm__sym_eigenvalues(A, C, eig, work)) {
+                out = kl_distance(C, inv, sc, mq, mc, logdet_q, clogdet[c]);
+            } else if (w2_distance(C, L, sc, dm2, trq, inv, tmp, &out)) {
 #pragma omp atomic write
-                    bad = 1;
-                }
-                for (int a = 0; a < C; a++) root += sqrt(eig[a] > 0 ? eig[a] : 0.0);
-                for (int a = 0; a < C; a++) trc += sc[a * C + a];
-                double w2 = dm2 + trq + trc - 2.0 * root;
-                out = sqrt(w2 > 0 ? w2 : 0.0);
+                bad = 1;
             }
             d[q * way + c] = out;
         }
@@ -203,9 +217,9 @@ static lwfm_status distances(const lwfm_model *m, const side *S, const int32_t *
     return LWFM_OK;
 }
 
-lwfm_status lwfm__mml_score(const lwfm_model *m, const side *S, const int32_t *labels,
-                            const int64_t *count, int64_t way, const side *Q, float *logits,
-                            lwfm__arena *arena) {
+lwfm_status lwfm__mml_score(const lwfm_model *m, const lwfm__mml *h, const lwfm__mml_side *S,
+                            const int32_t *labels, const int64_t *count, int64_t way,
+                            const lwfm__mml_side *Q, float *logits, lwfm__arena *arena) {
     const int C = m->layers.C, k = m->cfg.neighbor_k;
     const size_t CC = (size_t)C * C, n = (size_t)Q->n * way;
     int threads = omp_get_max_threads();
@@ -222,7 +236,6 @@ lwfm_status lwfm__mml_score(const lwfm_model *m, const side *S, const int32_t *l
         return st;
     /* Fusion: per-column BatchNorm (per class slot when the layer was trained for
      * this many ways, else each level's mean over its slots), then the three weights. */
-    const lwfm__mml *h = &m->mml;
     double g[3 * LWFM_MML_MAX_SLOTS], b[3 * LWFM_MML_MAX_SLOTS];
     double mu[3 * LWFM_MML_MAX_SLOTS], sd[3 * LWFM_MML_MAX_SLOTS];
     int per_slot = way == h->slots;

@@ -12,7 +12,13 @@
 #include "io/npz.h"
 #include "lwfm/lwfm.h"
 
-typedef struct side side; /* episode.h (not included: model.h includes this header) */
+/* Prepared images (n of P positions each): U (n x P x C unit rows), V
+ * (n x C x P: U transposed, the parts), mu (n x C) and scat (n x C x C). */
+typedef struct lwfm__mml_side {
+    int64_t n, P;
+    float *U, *V;
+    double *mu, *scat;
+} lwfm__mml_side;
 
 #define LWFM_MML_MAX_SLOTS 64
 
@@ -36,8 +42,8 @@ void lwfm__mml_prepare_image(const float *feat, int C, int64_t P, float *U, floa
                              double *scatter);
 
 /* Logits of the queries Q against the supports S. */
-lwfm_status lwfm__mml_score(const lwfm_model *m, const side *S, const int32_t *labels,
-                            const int64_t *count, int64_t way, const side *Q, float *logits,
-                            lwfm__arena *arena);
+lwfm_status lwfm__mml_score(const lwfm_model *m, const lwfm__mml *h, const lwfm__mml_side *S,
+                            const int32_t *labels, const int64_t *count, int64_t way,
+                            const lwfm__mml_side *Q, float *logits, lwfm__arena *arena);
 
 #endif

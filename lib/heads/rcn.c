@@ -8,7 +8,6 @@
 
 #include "core/core.h"
 #include "core/gemm.h"
-#include "episode.h"
 #include "model.h"
 
 #define COS_EPS 1e-8
@@ -24,6 +23,50 @@ void lwfm__rcn_free(lwfm__rcn *h) {
     lwfm__free(h->w0s);
     lwfm__free(h->w0q);
     memset(h, 0, sizeof *h);
+}
+
+/* Meta-learner layer i: the (out, in) 1x1 convolution w and the BatchNorm
+ * `explain_network.meta_learner.{3i+1}.*`, folded into w[i], b[i] (or kept
+ * apart with batch statistics). The caller frees h on failure. */
+static lwfm_status load_layer(lwfm__rcn *h, const lwfm__archive *ar, int i, int in, int out,
+                              const float *w) {
+    char key[96];
+    int64_t vshape[1] = {out};
+    const float *g, *beta, *mu, *var;
+    lwfm_status st;
+    const float **dst[4] = {&g, &beta, &mu, &var};
+    static const char *suffix[4] = {"weight", "bias", "running_mean", "running_var"};
+    for (int k = 0; k < 4; k++) {
+        snprintf(key, sizeof key, "explain_network.meta_learner.%d.%s", 3 * i + 1, suffix[k]);
+        if ((st = lwfm__archive_get_f32(ar, key, 1, vshape, dst[k]))) return st;
+    }
+    h->w[i] = lwfm__alloc((size_t)out * in * sizeof(float));
+    h->b[i] = lwfm__alloc((size_t)out * sizeof(float));
+    if (h->batch_stats) {
+        h->g[i] = lwfm__alloc((size_t)out * sizeof(float));
+        h->beta[i] = lwfm__alloc((size_t)out * sizeof(float));
+    }
+    if (!h->w[i] || !h->b[i] || (h->batch_stats && (!h->g[i] || !h->beta[i])))
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (RCN meta-learner)");
+    for (int o = 0; o < out; o++) {
+        if (!(var[o] >= 0.0f))
+            return lwfm__error(LWFM_ERR_FORMAT,
+                               "tensor 'explain_network.meta_learner.%d.running_var' has a "
+                               "negative value",
+                               3 * i + 1);
+        if (h->batch_stats) { /* raw conv; the BatchNorm runs per query batch */
+            memcpy(h->w[i] + (size_t)o * in, w + (size_t)o * in, (size_t)in * sizeof(float));
+            h->b[i][o] = 0.0f;
+            h->g[i][o] = g[o];
+            h->beta[i][o] = beta[o];
+            continue;
+        }
+        double scale = g[o] / sqrt((double)var[o] + BN_EPS);
+        for (int k = 0; k < in; k++)
+            h->w[i][(size_t)o * in + k] = (float)(w[(size_t)o * in + k] * scale);
+        h->b[i][o] = (float)(beta[o] - mu[o] * scale);
+    }
+    return LWFM_OK;
 }
 
 lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
@@ -49,47 +92,13 @@ lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
             return lwfm__error(LWFM_ERR_SHAPE,
                                "tensor '%s' must be a 1x1 convolution (out, %d, 1, 1)", key, in);
         int out = (int)t->shape[0];
-        int64_t wshape[4] = {out, in, 1, 1}, vshape[1] = {out};
-        const float *w, *g, *beta, *mu, *var;
+        int64_t wshape[4] = {out, in, 1, 1};
+        const float *w;
         lwfm_status st = lwfm__archive_get_f32(ar, key, 4, wshape, &w);
         if (st) return st;
-        const float **dst[4] = {&g, &beta, &mu, &var};
-        static const char *suffix[4] = {"weight", "bias", "running_mean", "running_var"};
-        for (int k = 0; k < 4; k++) {
-            snprintf(key, sizeof key, "explain_network.meta_learner.%d.%s", 3 * i + 1, suffix[k]);
-            if ((st = lwfm__archive_get_f32(ar, key, 1, vshape, dst[k]))) {
-                lwfm__rcn_free(h);
-                return st;
-            }
-        }
-        h->w[i] = lwfm__alloc((size_t)out * in * sizeof(float));
-        h->b[i] = lwfm__alloc((size_t)out * sizeof(float));
-        if (batch_stats) {
-            h->g[i] = lwfm__alloc((size_t)out * sizeof(float));
-            h->beta[i] = lwfm__alloc((size_t)out * sizeof(float));
-        }
-        if (!h->w[i] || !h->b[i] || (batch_stats && (!h->g[i] || !h->beta[i]))) {
+        if ((st = load_layer(h, ar, i, in, out, w))) {
             lwfm__rcn_free(h);
-            return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (RCN meta-learner)");
-        }
-        for (int o = 0; o < out; o++) {
-            if (!(var[o] >= 0.0f)) {
-                lwfm__rcn_free(h);
-                return lwfm__error(LWFM_ERR_FORMAT,
-                                   "tensor 'explain_network.meta_learner.%d.running_var' has a "
-                                   "negative value",
-                                   3 * i + 1);
-            }
-            if (batch_stats) { /* raw conv; the BatchNorm runs per query batch */
-                memcpy(h->w[i] + (size_t)o * in, w + (size_t)o * in, (size_t)in * sizeof(float));
-                h->b[i][o] = 0.0f;
-                h->g[i][o] = g[o];
-                h->beta[i][o] = beta[o];
-                continue;
-            }
-            double scale = g[o] / sqrt((double)var[o] + BN_EPS);
-            for (int k = 0; k < in; k++) h->w[i][(size_t)o * in + k] = (float)(w[(size_t)o * in + k] * scale);
-            h->b[i][o] = (float)(beta[o] - mu[o] * scale);
+            return st;
         }
         h->in[i] = in;
         h->out[i] = out;
@@ -120,13 +129,13 @@ lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
     return LWFM_OK;
 }
 
-lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
-                              side *s) {
-    const int C = m->layers.C, o0 = m->rcn.out[0];
+lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const lwfm__rcn *h, const float *feats,
+                              int64_t n, int64_t P, lwfm__rcn_side *s) {
+    const int C = m->layers.C, o0 = h->out[0];
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float *f = feats + i * C * P;
-        float *x = s->X + i * P * C, *nrm = s->gn + i * P;
+        float *x = s->X + i * P * C, *nrm = s->norm + i * P;
         for (int64_t p = 0; p < P; p++) {
             double ss = 0.0;
             for (int c = 0; c < C; c++) {
@@ -140,23 +149,23 @@ lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const float *feats, int64_t n
     dnnl_stream_t stream = NULL;
     if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success)
         return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
-    lwfm_status st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, m->rcn.w0s, C, s->U,
+    lwfm_status st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, h->w0s, C, s->A,
                                     o0, 0);
     if (!st)
-        st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, m->rcn.w0q, C, s->G, o0, 0);
+        st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, h->w0q, C, s->B, o0, 0);
     dnnl_stream_destroy(stream);
     if (st) return st;
-    const float *b0 = m->rcn.b[0];
+    const float *b0 = h->b[0];
     for (int64_t r = 0; r < n * P; r++)
-        for (int o = 0; o < o0; o++) s->G[r * o0 + o] += b0[o];
+        for (int o = 0; o < o0; o++) s->B[r * o0 + o] += b0[o];
     return LWFM_OK;
 }
 
 /* Region similarities of support image j against query q: sim[r] (and match[r]). */
-static void similarities(const side *S, int64_t j, const side *Q, int64_t q, int C,
-                         const float *dots, float *sim, int *match) {
+static void similarities(const lwfm__rcn_side *S, int64_t j, const lwfm__rcn_side *Q, int64_t q,
+                         int C, const float *dots, float *sim, int *match) {
     const int64_t P = S->P, Pq = Q->P;
-    const float *ns = S->gn + j * P, *nq = Q->gn + q * Pq;
+    const float *ns = S->norm + j * P, *nq = Q->norm + q * Pq;
     for (int64_t r = 0; r < P; r++) {
         double best = -INFINITY;
         int arg = 0;
@@ -171,8 +180,8 @@ static void similarities(const side *S, int64_t j, const side *Q, int64_t q, int
     (void)C;
 }
 
-size_t lwfm__rcn_pair_floats(const lwfm_model *m, int64_t P) {
-    return (size_t)P * P + 2 * (size_t)P * m->rcn.widest;
+size_t lwfm__rcn_pair_floats(const lwfm__rcn *h, int64_t P) {
+    return (size_t)P * P + 2 * (size_t)P * h->widest;
 }
 
 /* Scalar meta-learner on `rows` cells whose first layer is h (rows x out0,
@@ -198,11 +207,12 @@ static void meta_rest(const lwfm__rcn *h, float *H, int64_t rows, float *tmp, fl
     for (int64_t r = 0; r < rows; r++) w[r] = cur[r];
 }
 
-double lwfm__rcn_pair(const lwfm_model *m, const side *S, int64_t j, const side *Q, int64_t q,
-                      float *sim, int *match, float *w, float *scratch) {
-    const int C = m->layers.C, o0 = m->rcn.out[0];
+double lwfm__rcn_pair(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S, int64_t j,
+                      const lwfm__rcn_side *Q, int64_t q, float *sim, int *match, float *w,
+                      float *scratch) {
+    const int C = m->layers.C, o0 = h->out[0];
     const int64_t P = S->P, Pq = Q->P;
-    float *dots = scratch, *H = dots + P * Pq, *tmp = H + P * m->rcn.widest;
+    float *dots = scratch, *H = dots + P * Pq, *tmp = H + P * h->widest;
     const float *xs = S->X + j * P * C, *xq = Q->X + q * Pq * C;
     for (int64_t r = 0; r < P; r++)
         for (int64_t p = 0; p < Pq; p++) {
@@ -211,9 +221,9 @@ double lwfm__rcn_pair(const lwfm_model *m, const side *S, int64_t j, const side 
             dots[r * Pq + p] = s;
         }
     similarities(S, j, Q, q, C, dots, sim, match);
-    const float *A = S->U + j * P * o0, *B = Q->G + q * Pq * o0;
+    const float *A = S->A + j * P * o0, *B = Q->B + q * Pq * o0;
     for (int64_t r = 0; r < P * o0; r++) H[r] = A[r] + B[r]; /* same cell: P == Pq */
-    meta_rest(&m->rcn, H, P, tmp, w);
+    meta_rest(h, H, P, tmp, w);
     double e = 0.0;
     for (int64_t r = 0; r < P; r++) e += (double)w[r] * sim[r];
     return e;
@@ -266,15 +276,61 @@ static void batch_norm_relu(float *H, int64_t rows, int width, const float *g, c
     }
 }
 
+/* Query q: its region similarities against every support image (sim: ns x
+ * P) and the meta-learner's first layer before its BatchNorm / ReLU (H: ns x
+ * P x out0), from the per-image halves. dots: ns*P x P scratch. */
+static lwfm_status first_layer(const lwfm_model *m, const lwfm__rcn *h,
+                                     const lwfm__rcn_side *S, const lwfm__rcn_side *Q, int64_t q,
+                                     dnnl_stream_t ts, float *dots, float *sim, float *H) {
+    const int C = m->layers.C, o0 = h->out[0];
+    const int64_t P = S->P, ns = S->n;
+    lwfm_status st = lwfm__gemm_abt(m->engine, ts, ns * P, P, C, S->X, C, Q->X + q * P * C, C,
+                                    dots, P, 0);
+    if (st) return st;
+    for (int64_t j = 0; j < ns; j++)
+        similarities(S, j, Q, q, C, dots + j * P * P, sim + j * P, NULL);
+    const float *B = Q->B + q * P * o0;
+    for (int64_t j = 0; j < ns; j++)
+        for (int64_t r = 0; r < P; r++) {
+            const float *a = S->A + (j * P + r) * o0, *b = B + r * o0;
+            float *o = H + (j * P + r) * o0;
+            for (int k = 0; k < o0; k++) o[k] = a[k] + b[k];
+        }
+    return LWFM_OK;
+}
+
+/* Batch mode: the meta-learner's layers over the batch's nrows cells, each
+ * BatchNorm with the batch's statistics; H holds the first layer (pre-
+ * BatchNorm), H2 is scratch of the same size. *w: the weights (H or H2). */
+static lwfm_status batch_meta_layers(const lwfm_model *m, const lwfm__rcn *h,
+                                     dnnl_stream_t stream, int64_t nrows, float *H, float *H2,
+                                     double *part, const float **w) {
+    float *cur = H, *nxt = H2;
+    int width = h->out[0];
+    batch_norm_relu(cur, nrows, width, h->g[0], h->beta[0], part);
+    for (int i = 1; i < h->n_layers; i++) {
+        int out = h->out[i];
+        lwfm_status st = lwfm__gemm_abt(m->engine, stream, nrows, out, width, cur, width,
+                                        h->w[i], width, nxt, out, 0);
+        if (st) return st;
+        batch_norm_relu(nxt, nrows, out, h->g[i], h->beta[i], part);
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+        width = out;
+    }
+    *w = cur;
+    return LWFM_OK;
+}
+
 /* Batch-statistics mode: queries in batches of cfg.query_batch; per batch,
  * every meta-learner BatchNorm normalises over all (query, support image,
  * cell) rows of the batch (peers.md 4.7). */
-static lwfm_status rcn_score_batch(const lwfm_model *m, const side *S, const int32_t *labels,
-                                   const int64_t *count, int64_t way, const side *Q,
+static lwfm_status rcn_score_batch(const lwfm_model *m, const lwfm__rcn *h,
+                                   const lwfm__rcn_side *S, const int32_t *labels,
+                                   const int64_t *count, int64_t way, const lwfm__rcn_side *Q,
                                    float *logits, lwfm__arena *arena) {
-    const lwfm__rcn *h = &m->rcn;
-    const int widest = h->widest;
-    const int C = m->layers.C, o0 = h->out[0];
+    const int widest = h->widest, o0 = h->out[0];
     const int64_t P = S->P, ns = S->n, qb = m->cfg.query_batch < Q->n ? m->cfg.query_batch : Q->n;
     int threads = omp_get_max_threads();
     const size_t rows = (size_t)qb * (size_t)ns * (size_t)P; /* of the largest batch */
@@ -305,19 +361,8 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const side *S, const int
 #pragma omp for schedule(dynamic, 1)
             for (int64_t qi = 0; qi < nq; qi++) {
                 if (my) continue;
-                const int64_t q = q0 + qi;
-                my = lwfm__gemm_abt(m->engine, ts, ns * P, P, C, S->X, C, Q->X + q * P * C, C,
-                                    dots, P, 0);
-                if (my) continue;
-                for (int64_t j = 0; j < ns; j++)
-                    similarities(S, j, Q, q, C, dots + j * P * P, sim + (qi * ns + j) * P, NULL);
-                const float *B = Q->G + q * P * o0;
-                for (int64_t j = 0; j < ns; j++)
-                    for (int64_t r = 0; r < P; r++) {
-                        const float *a = S->U + (j * P + r) * o0, *b = B + r * o0;
-                        float *o = H + ((qi * ns + j) * P + r) * o0;
-                        for (int k = 0; k < o0; k++) o[k] = a[k] + b[k];
-                    }
+                my = first_layer(m, h, S, Q, q0 + qi, ts, dots, sim + qi * ns * P,
+                                 H + qi * ns * P * o0);
             }
             if (ts) dnnl_stream_destroy(ts);
             if (my) {
@@ -326,21 +371,8 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const side *S, const int
             }
         }
         if (st) break;
-        float *cur = H, *nxt = H2;
-        int width = o0;
-        batch_norm_relu(cur, nrows, width, h->g[0], h->beta[0], part);
-        for (int i = 1; i < h->n_layers; i++) {
-            int out = h->out[i];
-            if ((st = lwfm__gemm_abt(m->engine, stream, nrows, out, width, cur, width, h->w[i],
-                                     width, nxt, out, 0)))
-                break;
-            batch_norm_relu(nxt, nrows, out, h->g[i], h->beta[i], part);
-            float *t = cur;
-            cur = nxt;
-            nxt = t;
-            width = out;
-        }
-        if (st) break;
+        const float *cur = NULL;
+        if ((st = batch_meta_layers(m, h, stream, nrows, H, H2, part, &cur))) break;
         /* cur: the weights w[(qi, j, r)] */
 #pragma omp parallel for schedule(static)
         for (int64_t qi = 0; qi < nq; qi++) {
@@ -360,18 +392,59 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const side *S, const int
     return LWFM_OK;
 }
 
-lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *labels,
-                            const int64_t *count, int64_t way, const side *Q, float *logits,
-                            lwfm__arena *arena) {
-    const lwfm__rcn *h = &m->rcn;
-    const int C = m->layers.C, o0 = h->out[0];
+/* Running-statistics mode, query q: region similarities (sim) against all
+ * support images, the meta-learner's weights (in H / H2), logits row q.
+ * dots: ns*P x P, H, H2: ns*P x widest, sim: ns*P, acc: way. */
+static lwfm_status score_one(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S,
+                             const int32_t *labels, const int64_t *count, int64_t way,
+                             const lwfm__rcn_side *Q, int64_t q, dnnl_stream_t stream,
+                             float *dots, float *H, float *H2, float *sim, double *acc,
+                             float *logits) {
+    const int o0 = h->out[0];
+    const int64_t P = S->P, ns = S->n;
+    const size_t rows = (size_t)ns * P;
+    /* all support regions against the query's regions (one GEMM), the
+     * meta-learner's first layer + ReLU, then its other layers (GEMMs) */
+    lwfm_status my = first_layer(m, h, S, Q, q, stream, dots, sim, H);
+    if (my) return my;
+    for (size_t i = 0; i < rows * (size_t)o0; i++) H[i] = H[i] > 0 ? H[i] : 0;
+    float *cur = H, *nxt = H2;
+    int width = o0;
+    for (int i = 1; i < h->n_layers && !my; i++) {
+        int out = h->out[i];
+        my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, out, width, cur, width,
+                            h->w[i], width, nxt, out, 0);
+        for (size_t r = 0; r < rows && !my; r++)
+            for (int o = 0; o < out; o++) {
+                float v = nxt[r * out + o] + h->b[i][o];
+                nxt[r * out + o] = v > 0 ? v : 0;
+            }
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+        width = out;
+    }
+    if (my) return my;
+    for (int64_t c = 0; c < way; c++) acc[c] = 0.0;
+    for (int64_t j = 0; j < ns; j++) {
+        double e = 0.0;
+        for (int64_t r = 0; r < P; r++) e += (double)cur[j * P + r] * sim[j * P + r];
+        acc[labels[j]] += e;
+    }
+    for (int64_t c = 0; c < way; c++) logits[q * way + c] = (float)(acc[c] / count[c]);
+    return LWFM_OK;
+}
+
+lwfm_status lwfm__rcn_score(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S,
+                            const int32_t *labels, const int64_t *count, int64_t way,
+                            const lwfm__rcn_side *Q, float *logits, lwfm__arena *arena) {
     const int64_t P = S->P, ns = S->n;
     if (Q->P != P)
         return lwfm__error(LWFM_ERR_SHAPE,
                            "RCN compares regions of the same grid: support maps have %lld "
                            "regions, queries %lld",
                            (long long)P, (long long)Q->P);
-    if (h->batch_stats) return rcn_score_batch(m, S, labels, count, way, Q, logits, arena);
+    if (h->batch_stats) return rcn_score_batch(m, h, S, labels, count, way, Q, logits, arena);
     const int widest = h->widest;
     int threads = omp_get_max_threads();
     size_t rows = (size_t)ns * P;
@@ -395,47 +468,8 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *l
 #pragma omp for schedule(dynamic, 1)
         for (int64_t q = 0; q < Q->n; q++) {
             if (my) continue;
-            /* all support regions against the query's regions: one GEMM */
-            my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, P, C, S->X, C, Q->X + q * P * C,
-                                C, dots, P, 0);
-            if (my) continue;
-            for (int64_t j = 0; j < ns; j++)
-                similarities(S, j, Q, q, C, dots + j * P * P, sim + j * P, NULL);
-            /* meta-learner: first layer from the per-image halves, then GEMMs */
-            const float *B = Q->G + q * P * o0;
-            for (int64_t j = 0; j < ns; j++)
-                for (int64_t r = 0; r < P; r++) {
-                    const float *a = S->U + (j * P + r) * o0, *b = B + r * o0;
-                    float *o = H + (j * P + r) * o0;
-                    for (int k = 0; k < o0; k++) {
-                        float v = a[k] + b[k];
-                        o[k] = v > 0 ? v : 0;
-                    }
-                }
-            float *cur = H, *nxt = H2;
-            int width = o0;
-            for (int i = 1; i < h->n_layers && !my; i++) {
-                int out = h->out[i];
-                my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, out, width, cur, width,
-                                    h->w[i], width, nxt, out, 0);
-                for (size_t r = 0; r < rows && !my; r++)
-                    for (int o = 0; o < out; o++) {
-                        float v = nxt[r * out + o] + h->b[i][o];
-                        nxt[r * out + o] = v > 0 ? v : 0;
-                    }
-                float *t = cur;
-                cur = nxt;
-                nxt = t;
-                width = out;
-            }
-            if (my) continue;
-            for (int64_t c = 0; c < way; c++) acc[c] = 0.0;
-            for (int64_t j = 0; j < ns; j++) {
-                double e = 0.0;
-                for (int64_t r = 0; r < P; r++) e += (double)cur[j * P + r] * sim[j * P + r];
-                acc[labels[j]] += e;
-            }
-            for (int64_t c = 0; c < way; c++) logits[q * way + c] = (float)(acc[c] / count[c]);
+            my = score_one(m, h, S, labels, count, way, Q, q, stream, dots, H, H2, sim, acc,
+                           logits);
         }
         if (stream) dnnl_stream_destroy(stream);
         if (my) {

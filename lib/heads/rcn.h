@@ -12,7 +12,13 @@
 #include "io/npz.h"
 #include "lwfm/lwfm.h"
 
-typedef struct side side; /* episode.h */
+/* Prepared images (n of P regions each): X (n x P x C, position-major),
+ * A = W0s X (n x P x out0: the meta-learner's first layer on a support
+ * cell), B = W0q X + b0 (n x P x out0: on a query cell), norm (n x P: |X|). */
+typedef struct lwfm__rcn_side {
+    int64_t n, P;
+    float *X, *A, *B, *norm;
+} lwfm__rcn_side;
 
 #define LWFM_RCN_MAX_LAYERS 8
 
@@ -40,20 +46,21 @@ lwfm_status lwfm__rcn_load(lwfm__rcn *h, const lwfm__archive *ar, int channels,
                            int batch_stats);
 void lwfm__rcn_free(lwfm__rcn *h);
 
-/* Per image: X (P x C, position-major), norms (P), A = W0s X (P x out0) and
- * B = W0q X + b0 (P x out0), for n feature maps (C x P each). */
-lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
-                              side *s);
+/* Fill s (buffers given, s->n = n, s->P = P) from n feature maps (C x P
+ * each). */
+lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const lwfm__rcn *h, const float *feats,
+                              int64_t n, int64_t P, lwfm__rcn_side *s);
 
-lwfm_status lwfm__rcn_score(const lwfm_model *m, const side *S, const int32_t *labels,
-                            const int64_t *count, int64_t way, const side *Q, float *logits,
-                            lwfm__arena *arena);
+lwfm_status lwfm__rcn_score(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S,
+                            const int32_t *labels, const int64_t *count, int64_t way,
+                            const lwfm__rcn_side *Q, float *logits, lwfm__arena *arena);
 
 /* One (support, query) pair (both prepared, one image each): sim[r], the
  * matched query region match[r] and the weight w[r] for the P support regions;
  * returns sum_r w[r] sim[r]. scratch: lwfm__rcn_pair_floats(P) floats. */
-size_t lwfm__rcn_pair_floats(const lwfm_model *m, int64_t P);
-double lwfm__rcn_pair(const lwfm_model *m, const side *S, int64_t j, const side *Q, int64_t q,
-                      float *sim, int *match, float *w, float *scratch);
+size_t lwfm__rcn_pair_floats(const lwfm__rcn *h, int64_t P);
+double lwfm__rcn_pair(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S, int64_t j,
+                      const lwfm__rcn_side *Q, int64_t q, float *sim, int *match, float *w,
+                      float *scratch);
 
 #endif
