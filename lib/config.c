@@ -170,13 +170,16 @@ typedef enum rule_kind {
     R_SAME_LENGTH,    /* lists `key` and `other` have the same length; `other`, when
                        * absent, takes `key`'s length (the first entries of its default) */
     R_ZERO_OR_AT_LEAST, /* `key` is 0 or at least `other` */
-    R_SQUARE_AT_MOST, /* for `methods` with `other` > 0: key * key <= value */
-    R_AT_LEAST        /* for `methods`: key >= value */
+    R_SQUARE_AT_MOST, /* key * key <= value */
+    R_AT_LEAST,       /* key >= value */
+    R_AT_MOST_SQUARE_OF /* key <= other * other */
 } rule_kind;
 
+/* A rule applies to the models of `methods` (R_VALUE_ONLY_FOR: to the
+ * others), and only when key `if_positive` (if any) is > 0. */
 typedef struct cfg_rule {
     rule_kind kind;
-    const char *key, *other;
+    const char *key, *other, *if_positive;
     unsigned methods;
     int value;
     lwfm_status status;
@@ -186,17 +189,22 @@ typedef struct cfg_rule {
 
 static const cfg_rule kRules[] = {
     /* batch statistics are RCN's transductive protocol (peers.md 4.7) */
-    {R_VALUE_ONLY_FOR, "batch_norm", NULL, RCN, 1, LWFM_ERR_UNSUPPORTED, NULL, NULL},
-    {R_SAME_LENGTH, "mean", "std", ALL, 0, LWFM_ERR_FORMAT, NULL, NULL},
-    {R_ZERO_OR_AT_LEAST, "resize", "image_size", ALL, 0, LWFM_ERR_FORMAT, NULL, NULL},
+    {R_VALUE_ONLY_FOR, "batch_norm", NULL, NULL, RCN, 1, LWFM_ERR_UNSUPPORTED, NULL, NULL},
+    {R_SAME_LENGTH, "mean", "std", NULL, ALL, 0, LWFM_ERR_FORMAT, NULL, NULL},
+    {R_ZERO_OR_AT_LEAST, "resize", "image_size", NULL, ALL, 0, LWFM_ERR_FORMAT, NULL, NULL},
     /* the SPM matcher solves a P x P assignment per (support, query) pair and
      * layer, O(P^3): P = feature_size^2 is bounded (feature_size 64 gave
      * 4096 positions and minutes for a one-query episode) */
-    {R_SQUARE_AT_MOST, "feature_size", "matcher_prob", SPM, LWFM_LIMIT_SPM_POSITIONS,
+    {R_SQUARE_AT_MOST, "feature_size", NULL, "matcher_prob", SPM, LWFM_LIMIT_SPM_POSITIONS,
      LWFM_ERR_LIMIT, "LWFM_LIMIT_SPM_POSITIONS",
      "the SPM assignment costs O(positions^3) per pair and layer"},
-    {R_AT_LEAST, "feature_size", NULL, SPM, 2, LWFM_ERR_FORMAT, NULL,
+    {R_AT_LEAST, "feature_size", NULL, NULL, SPM, 2, LWFM_ERR_FORMAT, NULL,
      "its attention normalises over the fs*fs positions"},
+    /* SPM sums the top_k best matched pairs of the fs x fs positions (also
+     * checked when the model is built, lib/model.c; here so that the schema
+     * has it and writers refuse it) */
+    {R_AT_MOST_SQUARE_OF, "top_k", "feature_size", "matcher_prob", SPM, 0, LWFM_ERR_FORMAT, NULL,
+     NULL},
 };
 #define N_RULES (sizeof kRules / sizeof kRules[0])
 
@@ -426,8 +434,11 @@ static lwfm_status check_rule(lwfm__config *c, const cfg_rule *r, uint32_t prese
     const cfg_key *k = find_key(r->key), *o = r->other ? find_key(r->other) : NULL;
     if (!k || (r->other && !o))
         return lwfm__error(LWFM_ERR_INTERNAL, "config rule on unknown key '%s'", r->key);
+    const cfg_key *p = r->if_positive ? find_key(r->if_positive) : NULL;
+    if (r->if_positive && !p)
+        return lwfm__error(LWFM_ERR_INTERNAL, "config rule on unknown key '%s'", r->if_positive);
     if (r->kind == R_VALUE_ONLY_FOR) return check_value_only_for(c, r, k);
-    if (!(r->methods & M(c->method))) return LWFM_OK;
+    if (!(r->methods & M(c->method)) || (p && !(key_number(c, p) > 0))) return LWFM_OK;
     const int v = (int)key_number(c, k);
     switch (r->kind) {
     case R_VALUE_ONLY_FOR:
@@ -442,7 +453,7 @@ static lwfm_status check_rule(lwfm__config *c, const cfg_rule *r, uint32_t prese
         return lwfm__error(r->status, "config 'config/%s' (%d) is smaller than 'config/%s' (%d)",
                            k->name, v, o->name, (int)key_number(c, o));
     case R_SQUARE_AT_MOST:
-        if (!(key_number(c, o) > 0) || v * v <= r->value) return LWFM_OK;
+        if (v * v <= r->value) return LWFM_OK;
         return lwfm__error(r->status,
                            "config 'config/%s' = %d gives %d matched positions, more than %s = %d "
                            "(%s)",
@@ -451,6 +462,13 @@ static lwfm_status check_rule(lwfm__config *c, const cfg_rule *r, uint32_t prese
         if (v >= r->value) return LWFM_OK;
         return lwfm__error(r->status, "%s needs config 'config/%s' >= %d (%s)",
                            lwfm__method_name(c->method), k->name, r->value, r->why);
+    case R_AT_MOST_SQUARE_OF: {
+        const int w = (int)key_number(c, o);
+        if (v <= w * w) return LWFM_OK;
+        return lwfm__error(r->status,
+                           "config %s = %d exceeds the %d positions of a %dx%d feature map",
+                           k->name, v, w * w, w, w);
+    }
     }
     return LWFM_OK;
 }
@@ -687,11 +705,12 @@ static void put_key(char *buf, size_t cap, size_t *len, const cfg_key *k) {
 }
 
 static const char *const kRuleNames[] = {"value_only_for", "same_length", "zero_or_at_least",
-                                         "square_at_most", "at_least"};
+                                         "square_at_most", "at_least", "at_most_square_of"};
 
 static void put_rule(char *buf, size_t cap, size_t *len, const cfg_rule *r) {
     put(buf, cap, len, "{\"rule\": \"%s\", \"key\": \"%s\"", kRuleNames[r->kind], r->key);
     if (r->other) put(buf, cap, len, ", \"other\": \"%s\"", r->other);
+    if (r->if_positive) put(buf, cap, len, ", \"if_positive\": \"%s\"", r->if_positive);
     if (r->kind == R_VALUE_ONLY_FOR) {
         const cfg_key *k = find_key(r->key);
         put(buf, cap, len, ", \"value\": \"%s\"", k ? k->names[r->value] : "?");

@@ -272,15 +272,17 @@ LWFM_API const char *lwfm_method_name(lwfm_method method);
  *    each method or backbone name to the value the library assumes when the
  *    file lacks the key; null for a required or derived key).
  *
- *  `rules` is an array of rules between keys, checked after every key, each
- *  with `rule`, `key`, optional `other`, `methods` (the models it applies
- *  to), `status` (the lwfm_status of a violation), optional `why`:
+ *  `rules` is an array of rules between keys, checked in order after every
+ *  key, each with `rule`, `key`, optional `other`, `methods` (the models it
+ *  applies to), optional `if_positive` (it applies only when that key is >
+ *  0), `status` (the lwfm_status of a violation), optional `why`:
  *  "value_only_for" (`key` may be `value` only for `methods`),
- *  "same_length" (lists `key` and `other`), "zero_or_at_least" (`key` is 0
- *  or at least `other`), "square_at_most" (`key`^2 <= `max` when `other` >
- *  0), "at_least" (`key` >= `min`). Checks that need the tensors (the
- *  backbone's block ids, `mean` with one entry or one per input channel)
- *  are not rules of the schema.
+ *  "same_length" (lists `key` and `other`; an absent `other` takes `key`'s
+ *  length), "zero_or_at_least" (`key` is 0 or at least `other`),
+ *  "square_at_most" (`key`^2 <= `max`), "at_least" (`key` >= `min`),
+ *  "at_most_square_of" (`key` <= `other`^2). A rule reads an absent key as
+ *  its default. Checks that need the tensors (the backbone's block ids,
+ *  `mean` with one entry or one per input channel) are not in the schema.
  *
  *  New members may be added in later versions; readers ignore unknown ones
  *  (an unknown `rule` is a check the reader cannot make: refuse to write).
