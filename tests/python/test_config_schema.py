@@ -10,6 +10,7 @@ reader (the same arrays loaded from memory) agree on each one."""
 import ctypes
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -387,3 +388,122 @@ def test_without_the_library_the_copy_is_used(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(pkg), LWFM_LIBRARY=str(tmp_path / "none.so"))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr + res.stdout
+
+
+# ----------------------------------------------------------------------------
+# docs/weight-format.md: the table of bounds and defaults is the schema's
+# ----------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "weight-format.md"
+BEGIN, END = "<!-- config-schema: begin -->", "<!-- config-schema: end -->"
+STATUS_NAMES = {4: "LWFM_ERR_FORMAT", 8: "LWFM_ERR_LIMIT", 9: "LWFM_ERR_UNSUPPORTED"}
+
+
+def _num(x):
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _val(x):
+    if isinstance(x, list):
+        return "[" + ", ".join(_num(float(v)) if isinstance(v, float) else str(v)
+                               for v in x) + "]"
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    return f"`{x}`" if isinstance(x, str) else _num(x)
+
+
+def _used(k, schema):
+    parts = []
+    if k["methods"] != schema["methods"]:
+        parts.append(", ".join(k["methods"]))
+    if k["backbones"] != schema["backbones"]:
+        parts.append(", ".join(k["backbones"]) + " models")
+    for name, value in (k.get("when") or {}).items():
+        parts.append(f"with `{name}` `{value}`")
+    if k.get("calibration"):
+        parts.append("calibrated models")
+    return " ".join(parts) or "all"
+
+
+def _bounds(k):
+    kind = k["type"]
+    if kind == "string":
+        return ", ".join(f"`{v}`" for v in k["values"])
+    rng = f"{_num(k['min'])} .. {_num(k['max'])}"
+    if not kind.endswith("_list"):
+        return rng
+    lengths = k.get("lengths")
+    n = (" or ".join(map(str, lengths)) if lengths
+         else f"{k['min_length']} .. {k['max_length']}")
+    inc = ", strictly increasing" if k.get("increasing") else ""
+    return f"{n} entries, each {rng}{inc}"
+
+
+def _defaults(k, schema):
+    if k["required"]:
+        return "required"
+    over = k["backbones"] if k["default_by"] == "backbone" else k["methods"]
+    values = {}
+    for name in over:
+        values.setdefault(_val(k["default"][name]), []).append(name)
+    if len(values) == 1:
+        return next(iter(values))
+    return "; ".join(f"{', '.join(names)}: {v}" for v, names in values.items())
+
+
+def _rule(r, schema):
+    who = "" if r["methods"] == schema["methods"] else ", ".join(r["methods"])
+    if "if_positive" in r:
+        who += f" with `{r['if_positive']}` > 0"
+    kind, key, other = r["rule"], f"`{r['key']}`", f"`{r.get('other')}`"
+    text = {"value_only_for": f"{key} `{r.get('value')}` only for {', '.join(r['methods'])} "
+                              "models",
+            "same_length": f"{key} and {other} have the same length (an absent {other} "
+                           f"takes {key}'s)",
+            "zero_or_at_least": f"{key} is 0 or at least {other}",
+            "square_at_most": f"{key}² at most {r.get('max')}",
+            "at_least": f"{key} at least {r.get('min')}",
+            "at_most_square_of": f"{key} at most {other}²"}[kind]
+    if kind != "value_only_for" and who:
+        text = f"{who.strip()}: {text}"
+    why = f" ({r['why']})" if "why" in r else ""
+    return f"- {text}{why}: `{STATUS_NAMES.get(r['status'], r['status'])}`"
+
+
+def schema_markdown(schema):
+    """The generated part of docs/weight-format.md section 4."""
+    lines = [BEGIN,
+             "| Key | Type | Bounds | Used by | Default when absent |",
+             "|---|---|---|---|---|"]
+    for k in schema["keys"]:
+        if k["stored"]:
+            lines.append(f"| `{k['name']}` | {k['type'].replace('_', ' ')} | {_bounds(k)} | "
+                         f"{_used(k, schema)} | {_defaults(k, schema)} |")
+    lines += ["", "Rules between keys, checked after the keys, in this order:", ""]
+    lines += [_rule(r, schema) for r in schema["rules"]]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def test_weight_format_doc_has_the_schema(schema):
+    text = DOC.read_text(encoding="utf-8")
+    assert BEGIN in text and END in text
+    got = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert got == schema_markdown(schema), (
+        "docs/weight-format.md section 4 differs from lwfm_config_schema_json(): run "
+        "PYTHONPATH=bindings/python LWFM_LIBRARY=build/liblwfm.so python3 "
+        "tests/python/test_config_schema.py --write-docs")
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    if sys.argv[1:] != ["--write-docs"]:
+        sys.exit("usage: test_config_schema.py --write-docs")
+    text = DOC.read_text(encoding="utf-8")
+    table = schema_markdown(json.loads(weights._library_schema_text()))
+    if BEGIN in text:
+        text = text[:text.index(BEGIN)] + table + text[text.index(END) + len(END):]
+    else:
+        sys.exit(f"no {BEGIN} in {DOC}: add the markers where the table goes")
+    DOC.write_text(text, encoding="utf-8")
