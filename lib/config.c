@@ -341,7 +341,9 @@ static lwfm_status read_ints(lwfm__config *c, const cfg_key *k, const lwfm__arch
     size_t n;
     lwfm_status st;
     if ((st = no_bool(ar, key))) return st;
-    if ((st = lwfm__archive_get_int_array(ar, key, vals, (size_t)k->max_len, &n))) return st;
+    /* at most max_len entries, and never more than the field holds */
+    const size_t cap = k->max_len < LWFM_MAX_TAPS ? (size_t)k->max_len : LWFM_MAX_TAPS;
+    if ((st = lwfm__archive_get_int_array(ar, key, vals, cap, &n))) return st;
     if (n == 0) return lwfm__error(LWFM_ERR_FORMAT, "config '%s' is empty", key);
     for (size_t i = 0; i < n; i++) {
         if (vals[i] < (int64_t)k->min || vals[i] > (int64_t)k->max ||
@@ -357,7 +359,8 @@ static lwfm_status read_ints(lwfm__config *c, const cfg_key *k, const lwfm__arch
 static lwfm_status read_floats(lwfm__config *c, const cfg_key *k, const lwfm__archive *ar,
                                const char *key) {
     const lwfm__tensor *t = lwfm__archive_find(ar, key);
-    if (!t->f32 || t->ndim > 1 || t->numel > (size_t)k->max_len ||
+    /* the fields (mean, std) hold 3 values; max_len is at most that */
+    if (!t->f32 || t->ndim > 1 || t->numel > (size_t)k->max_len || t->numel > 3 ||
         !(k->lengths & (1u << t->numel)))
         return lwfm__error(LWFM_ERR_FORMAT, "config value '%s' must be 1 or 3 floats", key);
     /* the values are float32: compared with the bounds rounded to float32 */
