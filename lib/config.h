@@ -57,6 +57,7 @@ typedef struct lwfm__config {
     int image_size;
     int resize;
     int n_norm; /* entries in mean/std: 1 or 3 */
+    int n_std;  /* entries read for std (must equal n_norm) */
     double mean[3];
     double std[3];
 } lwfm__config;
@@ -65,8 +66,9 @@ const char *lwfm__method_name(lwfm_method m);
 const char *lwfm__backbone_name(lwfm__backbone_kind b);
 const char *lwfm__distance_name(lwfm__mml_distance d);
 
-/* Parse and validate the configuration; every violated rule gives a status
- * and a message naming the key. */
+/* Parse and validate the configuration against the table of keys in
+ * config.c (the schema of lwfm_config_schema_json()); every violated rule
+ * gives a status and a message naming the key. */
 lwfm_status lwfm__config_read(lwfm__config *cfg, const lwfm__archive *ar);
 
 /* Key prefix of the backbone's tensors for this method

@@ -244,6 +244,54 @@ LWFM_API lwfm_status lwfm_model_config_json(const lwfm_model *model, char *buffe
  *  Thread-safe. */
 LWFM_API const char *lwfm_method_name(lwfm_method method);
 
+/** The schema of a weight file's configuration (the `config/...` arrays,
+ *  docs/weight-format.md section 4) as a JSON document: the one table the
+ *  library reads and validates configurations with, so that writers (the
+ *  Python bindings' `lwfm.weights`) check exactly what the library checks.
+ *
+ *  An object with `format_version` (the weight-file format this library
+ *  reads), `methods` and `backbones` (the accepted names), `keys` and
+ *  `rules`. `keys` is an array, in the order of lwfm_model_config_json(), of
+ *  objects with:
+ *  - `name` (the array is `config/<name>`), `type`: "int", "bool" (0 / 1,
+ *    a bool array accepted), "float", "string" (ASCII, stored as uint8),
+ *    "int_list" or "float_list";
+ *  - `stored` (false: not a file key, e.g. `input_channels`, shown by
+ *    lwfm_model_config_json() only), `required` (the library refuses a file
+ *    without it), `write` (writers store it for every model that uses it);
+ *  - bounds, inclusive: `min`, `max` (of the value, or of every list entry;
+ *    a float32 value is compared with the bounds rounded to float32),
+ *    `values` (strings: the accepted ones), `min_length`, `max_length`,
+ *    `lengths` (lists: the accepted lengths, when not all in range),
+ *    `increasing` (int lists: strictly increasing);
+ *  - use: `methods`, `backbones` (the models that use the key; their
+ *    lwfm_model_config_json() shows it), `when` (an object {key: value}:
+ *    used only when that key has that value), `calibration` (shown only for
+ *    a calibrated model);
+ *  - `default_by` ("method" or "backbone") and `default` (an object from
+ *    each method or backbone name to the value the library assumes when the
+ *    file lacks the key; null for a required or derived key).
+ *
+ *  `rules` is an array of rules between keys, checked in order after every
+ *  key, each with `rule`, `key`, optional `other`, `methods` (the models it
+ *  applies to), optional `if_positive` (it applies only when that key is >
+ *  0), `status` (the lwfm_status of a violation), optional `why`:
+ *  "value_only_for" (`key` may be `value` only for `methods`),
+ *  "same_length" (lists `key` and `other`; an absent `other` takes `key`'s
+ *  length), "zero_or_at_least" (`key` is 0 or at least `other`),
+ *  "square_at_most" (`key`^2 <= `max`), "at_least" (`key` >= `min`),
+ *  "at_most_square_of" (`key` <= `other`^2). A rule reads an absent key as
+ *  its default. Checks that need the tensors (the backbone's block ids,
+ *  `mean` with one entry or one per input channel) are not in the schema.
+ *
+ *  New members may be added in later versions; readers ignore unknown ones
+ *  (an unknown `rule` is a check the reader cannot make: refuse to write).
+ *
+ *  Returns a static NUL-terminated UTF-8 string, valid as long as the library
+ *  is loaded; the caller must not free it. Never NULL in a correct build.
+ *  Thread-safe. */
+LWFM_API const char *lwfm_config_schema_json(void);
+
 /** @name Typed configuration
  *  One key of the model's configuration, without parsing JSON. The keys are
  *  those of lwfm_model_config_json() (docs/weight-format.md), plus

@@ -42,31 +42,32 @@ import sys
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .weights import WeightFileError, save_weights
+from .weights import WeightFileError, config_schema, config_to_arrays, default_config, save_weights
 
 __all__ = ["ConversionError", "extract_state_dict", "check_state_dict", "build_config",
            "convert", "main"]
 
-# Defaults (spec section 4 and shared/checkpoints/README.md).
-_MINI_MEAN = [125.3 / 255.0, 123.0 / 255.0, 113.9 / 255.0]
-_MINI_STD = [63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0]
-_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "lwfm-spm": {
-        "backbone": "resnet18", "first_padding": 3, "hyperpixel_ids": [7, 8],
-        "feature_size": 3, "temperature": 0.2, "temperature_attn": 5.0,
-        "matcher_prob": 0.25, "learnable_matcher": True, "top_k": 1,
-        "image_size": 84, "resize": 92, "mean": _MINI_MEAN, "std": _MINI_STD,
-    },
-    "dn4": {
-        "backbone": "conv64f", "hyperpixel_ids": [3], "feature_size": 0, "neighbor_k": 3,
-        "image_size": 84, "resize": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
-    },
-    "mml": {
-        "backbone": "conv64f", "hyperpixel_ids": [3], "feature_size": 0, "neighbor_k": 1,
-        "distance": "wass", "image_size": 84, "resize": 0, "mean": [0.5] * 3,
-        "std": [0.5] * 3,
-    },
+# Defaults: the library's (its configuration schema, lwfm.weights.default_config;
+# for lwfm-spm, spec section 4), except where the released DN4 / MML
+# checkpoints were trained otherwise (shared/checkpoints/README.md): Conv-64F's
+# last block at its native size, 84 x 84 images without a resize, normalised
+# with 0.5.
+_RELEASE_SETTINGS: Dict[str, Any] = {
+    "backbone": "conv64f", "hyperpixel_ids": [3], "feature_size": 0, "image_size": 84,
+    "resize": 0, "mean": [0.5] * 3, "std": [0.5] * 3,
 }
+
+
+def _method_defaults() -> Dict[str, Dict[str, Any]]:
+    out = {"lwfm-spm": default_config("lwfm-spm", "resnet18")}
+    for method in ("dn4", "mml"):
+        out[method] = dict(default_config(method, "conv64f"), **_RELEASE_SETTINGS)
+    for config in out.values():
+        del config["method"]
+    return out
+
+
+_DEFAULTS: Dict[str, Dict[str, Any]] = _method_defaults()
 # Options each method accepts (besides the preprocessing ones, accepted by all).
 _METHOD_OPTIONS = {
     "lwfm-spm": {"backbone", "first_padding", "hyperpixel_ids", "feature_size", "temperature",
@@ -194,7 +195,8 @@ def check_state_dict(expected: "OrderedDict[str, Tuple[int, ...]]",
 # ----------------------------------------------------------------------------
 
 def build_config(method: str, options: Dict[str, Any]) -> Dict[str, Any]:
-    """Method defaults overridden by the given options (None = not given)."""
+    """Method defaults overridden by the given options (None = not given),
+    checked against the library's configuration schema."""
     if method not in _DEFAULTS:
         raise ConversionError(f"unsupported method {method!r}")
     given = {k: v for k, v in options.items() if v is not None}
@@ -208,9 +210,10 @@ def build_config(method: str, options: Dict[str, Any]) -> Dict[str, Any]:
     config: Dict[str, Any] = {"method": method}
     config.update(_DEFAULTS[method])
     config.update(given)
-    for key in ("mean", "std"):
-        if len(config[key]) != 3:
-            raise ConversionError(f"--{key} needs 3 values, got {config[key]}")
+    try:  # the library's bounds and rules (lwfm.weights), before reading a checkpoint
+        config_to_arrays(config)
+    except WeightFileError as exc:
+        raise ConversionError(f"invalid configuration: {exc}") from exc
     return config
 
 
@@ -295,7 +298,20 @@ def convert(input_path: str, output_path: str, method: str, options: Dict[str, A
 # Command line
 # ----------------------------------------------------------------------------
 
+def _help(text: str, key: str, default: str = "") -> str:
+    """Help text with the library's bounds of the key (its configuration
+    schema) and the converter's default for lwfm-spm (or `default`)."""
+    k = next(k for k in config_schema()["keys"] if k["name"] == key)
+    default = default or " ".join(map(str, _as_list(_DEFAULTS["lwfm-spm"][key])))
+    return f"{text} ({default}; {k['min']}..{k['max']})"
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _parser() -> argparse.ArgumentParser:
+    schema = {k["name"]: k for k in config_schema()["keys"]}
     p = argparse.ArgumentParser(
         prog="python3 -m lwfm.convert",
         usage="%(prog)s --method {lwfm-spm,dn4,mml} [options] INPUT OUTPUT",
@@ -305,18 +321,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=sorted(_DEFAULTS),
                    help="model type of the checkpoint")
     g = p.add_argument_group("lwfm-spm model (defaults: spec section 4)")
+    # the backbones the reference model builds for lwfm-spm (lwfm_ref)
     g.add_argument("--backbone", choices=["resnet18", "conv64f"])
-    g.add_argument("--first-padding", type=int, metavar="N", help="resnet18 stem padding (3)")
+    g.add_argument("--first-padding", type=int, metavar="N",
+                   help=_help("resnet18 stem padding", "first_padding"))
     g.add_argument("--hyperpixel-ids", nargs="+", metavar="ID",
-                   help="tapped block ids (7 8)")
+                   help=_help("tapped block ids, strictly increasing", "hyperpixel_ids"))
     g.add_argument("--feature-size", type=int, metavar="FS",
-                   help="pooled size fs, 0 = native (3)")
-    g.add_argument("--temperature", type=float, metavar="T", help="logit temperature (0.2)")
+                   help=_help("pooled size fs, 0 = native", "feature_size"))
+    g.add_argument("--temperature", type=float, metavar="T",
+                   help=_help("logit temperature", "temperature"))
     g.add_argument("--temperature-attn", type=float, metavar="T",
-                   help="attention temperature (5.0; 2.0 for CUB models)")
+                   help=_help("attention temperature", "temperature_attn",
+                              f"{_DEFAULTS['lwfm-spm']['temperature_attn']}; 2.0 for CUB models"))
     g.add_argument("--matcher-prob", type=float, metavar="W",
-                   help="SPM weight, 0 disables SPM (0.25; 1.0 for CIFAR-FS/CUB)")
-    g.add_argument("--top-k", type=int, metavar="K", help="matched pairs summed (1)")
+                   help=_help("SPM weight, 0 disables SPM", "matcher_prob",
+                              f"{_DEFAULTS['lwfm-spm']['matcher_prob']}; 1.0 for CIFAR-FS/CUB"))
+    g.add_argument("--top-k", type=int, metavar="K", help=_help("matched pairs summed", "top_k"))
     g.add_argument("--no-learnable-matcher", dest="learnable_matcher", action="store_const",
                    const=False, default=None, help="the model has no matcher MLPs")
     g.add_argument("--backbone-only", action="store_true",
@@ -324,13 +345,16 @@ def _parser() -> argparse.ArgumentParser:
                         "for a model without learned head (needs --no-learnable-matcher)")
     g = p.add_argument_group("dn4 / mml model")
     g.add_argument("--neighbor-k", type=int, metavar="K",
-                   help="nearest neighbours (dn4 3, mml 1)")
-    g.add_argument("--distance", choices=["wass", "kl", "w2"],
+                   help=_help("nearest neighbours", "neighbor_k",
+                              f"dn4 {_DEFAULTS['dn4']['neighbor_k']}, "
+                              f"mml {_DEFAULTS['mml']['neighbor_k']}"))
+    g.add_argument("--distance", choices=schema["distance"]["values"],
                    help="mml distribution-level distance: the authors' Wasserstein surrogate "
                         "(wass, default), KL divergence (kl) or the exact 2-Wasserstein "
                         "distance (w2)")
     g = p.add_argument_group("preprocessing (recorded in the weight file)")
-    g.add_argument("--image-size", type=int, metavar="N", help="network input size (84)")
+    g.add_argument("--image-size", type=int, metavar="N",
+                   help=_help("network input size", "image_size"))
     g.add_argument("--resize", type=int, metavar="N",
                    help="resize before centre crop, 0 = straight to image size "
                         "(lwfm-spm 92, dn4 0)")

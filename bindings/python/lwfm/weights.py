@@ -3,50 +3,40 @@
 A weight file holds the model's tensors as float32 arrays under their
 PyTorch state_dict names (without ``module.``; no ``num_batches_tracked``,
 no training-only ``fc.*``) and its configuration as small arrays under
-``config/...``:
+``config/...`` (docs/weight-format.md, section 4): strings as ASCII
+``uint8`` arrays, integers as ``int32``, numbers as ``float32``, lists
+(``hyperpixel_ids``, ``mean``, ``std``) as 1-D arrays.
 
-==========================  ==============  ==========================================
-name                        dtype, shape    meaning
-==========================  ==============  ==========================================
-config/format_version       int32 ()        1
-config/method               uint8 (n,)      ASCII: lwfm-spm, dn4, mml, rcn
-config/backbone             uint8 (n,)      ASCII: resnet18, conv64f, resnet12, conv4
-config/first_padding        int32 ()        resnet18 stem padding
-config/hyperpixel_ids       int32 (L,)      tapped block ids
-config/feature_size         int32 ()        pooled size fs (0 = native size)
-config/temperature          float32 ()      logit temperature
-config/temperature_attn     float32 ()      attention temperature
-config/matcher_prob         float32 ()      SPM weight (0 disables SPM)
-config/calibration_temperature float32 ()   probabilities = softmax(logits / it) (optional, 1)
-config/unknown_threshold    float32 ()      "none of these" below this top probability (optional)
-config/learnable_matcher    int32 ()        0 / 1
-config/top_k                int32 ()        SPM matched pairs summed
-config/neighbor_k           int32 ()        dn4 / mml nearest neighbours
-config/distance             uint8 (n,)      mml distribution distance: wass (default), kl, w2
-config/batch_norm           uint8 (n,)      rcn BatchNorm: running (default) or batch (statistics
-                                            of each batch, the authors' transductive protocol)
-config/query_batch          int32 ()        rcn with batch_norm 'batch': queries per batch (25)
-config/image_size           int32 ()        network input size
-config/resize               int32 ()        resize before the centre crop (0: none)
-config/mean, config/std     float32 (3,)    per-channel normalisation (or (1,))
-==========================  ==============  ==========================================
+The configuration's keys, their types, bounds and rules, the methods that
+use them and their defaults are the library's: :func:`config_schema` is
+``lwfm_config_schema_json()`` of libLWFM, the table the library reads
+configurations with, so :func:`save_weights` refuses exactly what
+``lwfm.Model`` would refuse. A writer stores every key whose schema entry
+says ``write`` for the model's method and backbone (e.g. ``lwfm-spm``:
+``temperature, temperature_attn, matcher_prob, learnable_matcher, top_k``;
+``dn4`` and ``mml``: ``neighbor_k``; every resnet18 model:
+``first_padding``); other known keys are written when present.
 
-Which keys a method needs: all methods need ``method, backbone,
-hyperpixel_ids, feature_size, image_size, resize, mean, std``; ``lwfm-spm``
-also ``temperature, temperature_attn, matcher_prob, learnable_matcher,
-top_k`` and, for resnet18, ``first_padding``; ``dn4`` and ``mml`` also
-``neighbor_k``. Other known keys are written when present.
-
-This module needs only NumPy.
+The schema comes from the shared library when it can be loaded (as
+``lwfm.Model`` loads it: ``LWFM_LIBRARY``, the installed one, then
+``liblwfm.so.0``); without it (the trainer and the converter need only NumPy
+and PyTorch) from ``lwfm/_schema.py``, a copy that the tests check is
+identical to the library's (regenerate it with ``python3 -m lwfm.weights
+--write-schema``).
 """
 
 from __future__ import annotations
 
+import copy
+import ctypes
+import json
 import os
+import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -57,6 +47,8 @@ __all__ = [
     "BACKBONES",
     "CONFIG_PREFIX",
     "WeightFileError",
+    "config_schema",
+    "default_config",
     "normalize_tensor_names",
     "config_to_arrays",
     "arrays_to_config",
@@ -64,27 +56,14 @@ __all__ = [
     "load_weights",
 ]
 
+# The schema's format version, methods and backbones (tests/python/
+# test_config_schema.py checks these constants against it).
 FORMAT_VERSION = 1
 METHODS = ("lwfm-spm", "dn4", "mml", "rcn")
 BACKBONES = ("resnet18", "conv64f", "resnet12", "conv4")
 CONFIG_PREFIX = "config/"
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-# Config keys by kind.
-_STRING_KEYS = ("method", "backbone", "distance", "batch_norm")
-_INT_KEYS = ("first_padding", "feature_size", "learnable_matcher", "top_k", "neighbor_k",
-             "query_batch", "image_size", "resize")
-_FLOAT_KEYS = ("temperature", "temperature_attn", "matcher_prob", "calibration_temperature",
-               "unknown_threshold")
-_INT_ARRAY_KEYS = ("hyperpixel_ids",)
-_FLOAT_ARRAY_KEYS = ("mean", "std")
-# All keys, in the order they are written.
-_KNOWN_KEYS = ("format_version", "method", "backbone", "first_padding", "hyperpixel_ids",
-               "feature_size", "temperature", "temperature_attn", "matcher_prob",
-               "learnable_matcher", "top_k", "neighbor_k", "distance", "batch_norm", "query_batch",
-               "calibration_temperature", "unknown_threshold", "image_size", "resize", "mean",
-               "std")
 
 # Keys a weight file records that are not the model's configuration: the
 # format, and the calibration of its probabilities (lwfm.calibrate), which
@@ -95,19 +74,114 @@ FILE_ONLY_KEYS = ("format_version", "calibration_temperature", "unknown_threshol
 # classifier size, and the input channels (implied by the first conv weight).
 _NOT_STORED = ("num_classes", "in_channels")
 
-_REQUIRED_COMMON = ("method", "backbone", "hyperpixel_ids", "feature_size", "image_size",
-                    "resize", "mean", "std")
-_REQUIRED_BY_METHOD = {
-    "lwfm-spm": ("temperature", "temperature_attn", "matcher_prob", "learnable_matcher",
-                 "top_k"),
-    "dn4": ("neighbor_k",),
-    "mml": ("neighbor_k",),
-    "rcn": (),
-}
-
 
 class WeightFileError(ValueError):
     """A weight file or configuration violates the format."""
+
+
+# ----------------------------------------------------------------------------
+# The schema (lwfm_config_schema_json() of the library)
+# ----------------------------------------------------------------------------
+
+_schema_lock = threading.Lock()
+_schema_cache: Optional[Dict[str, Any]] = None
+
+
+def _library_schema_text() -> Optional[str]:
+    """The library's schema document, or None when the library cannot be
+    loaded (or predates lwfm_config_schema_json)."""
+    from . import _library  # the package's loader: LWFM_LIBRARY, installed, soname
+
+    try:
+        lib = _library()
+        fn = lib.lwfm_config_schema_json
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = []
+    text = fn()
+    if not text:
+        raise WeightFileError("libLWFM returned no configuration schema")
+    return text.decode("utf-8")
+
+
+def _schema() -> Dict[str, Any]:
+    global _schema_cache
+    with _schema_lock:
+        if _schema_cache is None:
+            text = _library_schema_text()
+            if text is None:
+                from ._schema import SCHEMA_JSON
+                text = SCHEMA_JSON
+            _schema_cache = json.loads(text)
+        return _schema_cache
+
+
+def config_schema() -> Dict[str, Any]:
+    """The configuration schema: ``lwfm_config_schema_json()`` of libLWFM
+    parsed (a copy), or, when the library cannot be loaded, the identical
+    copy shipped as ``lwfm/_schema.py``. See lwfm.h for its members:
+    ``format_version``, ``methods``, ``backbones``, ``keys`` (name, type,
+    bounds, use, defaults) and ``rules``."""
+    return copy.deepcopy(_schema())
+
+
+def _keys() -> Dict[str, Dict[str, Any]]:
+    """The keys a weight file stores, by name, in the schema's order."""
+    return {k["name"]: k for k in _schema()["keys"] if k["stored"]}
+
+
+def _used(key: Mapping[str, Any], method: str, backbone: str) -> bool:
+    return method in key["methods"] and backbone in key["backbones"]
+
+
+def _default(key: Mapping[str, Any], method: str, backbone: str) -> Any:
+    by = key["default"]
+    if by is None:
+        return None
+    value = by[backbone if key["default_by"] == "backbone" else method]
+    if key["type"] == "float":
+        return float(value)
+    if key["type"] == "float_list":
+        return [float(v) for v in value]
+    return copy.copy(value)
+
+
+def default_config(method: str, backbone: str) -> Dict[str, Any]:
+    """The library's configuration of a model whose file holds only
+    ``method`` and ``backbone``: every key the model uses (the schema's
+    ``methods``, ``backbones`` and ``when``) with the library's default,
+    besides the calibration keys (a file records those; see
+    :data:`FILE_ONLY_KEYS`)."""
+    if method not in _schema()["methods"] or backbone not in _schema()["backbones"]:
+        raise WeightFileError(f"unknown method / backbone {method!r} / {backbone!r}")
+    config: Dict[str, Any] = {"method": method, "backbone": backbone}
+    for name, key in _keys().items():
+        if key["required"] or key.get("calibration") or not _used(key, method, backbone):
+            continue
+        when = key.get("when") or {}
+        if all(config.get(k) == v for k, v in when.items()):
+            config[name] = _default(key, method, backbone)
+    return config
+
+
+def _write_schema_module(path: Optional[str] = None) -> str:
+    """Write lwfm/_schema.py from the loaded library's schema; returns the path."""
+    text = _library_schema_text()
+    if text is None:
+        raise OSError("cannot load libLWFM (set LWFM_LIBRARY=/path/to/liblwfm.so)")
+    path = path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "_schema.py")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(_schema_module_text(text))
+    return path
+
+
+def _schema_module_text(text: str) -> str:
+    return ('"""The configuration schema of libLWFM, lwfm_config_schema_json(), for\n'
+            'lwfm.weights without the library. Generated by `python3 -m lwfm.weights\n'
+            '--write-schema`; do not edit (tests/python/test_config_schema.py checks\n'
+            'that it equals the library\'s)."""\n\n'
+            f"SCHEMA_JSON = r'''{text}'''\n")
 
 
 # ----------------------------------------------------------------------------
@@ -180,139 +254,191 @@ def _float_scalar(key: str, value: Any) -> np.ndarray:
     return arr
 
 
+def _list(key: str, value: Any) -> List[Any]:
+    try:
+        values = list(value) if not isinstance(value, (str, bytes)) else None
+    except TypeError:
+        values = None
+    if not values:
+        raise WeightFileError(f"config {key!r} must be a non-empty list, got {value!r}")
+    return values
+
+
+def _encode(key: Mapping[str, Any], value: Any) -> np.ndarray:
+    name, kind = key["name"], key["type"]
+    if kind == "string":
+        return _ascii(name, value)
+    if kind in ("int", "bool"):
+        return _int_scalar(name, value)
+    if kind == "float":
+        return _float_scalar(name, value)
+    if kind == "int_list":
+        return np.stack([_int_scalar(name, v) for v in _list(name, value)])
+    if kind == "float_list":
+        return np.stack([_float_scalar(name, v) for v in _list(name, value)])
+    raise WeightFileError(f"config {name!r} has schema type {kind!r}, unknown to lwfm.weights")
+
+
 def config_to_arrays(config: Mapping[str, Any]) -> Dict[str, np.ndarray]:
     """Validate a configuration and encode it as ``config/...`` arrays.
 
     ``format_version`` may be omitted (it is always written as 1). Unknown
-    keys are refused and ``None`` values count as absent; see the module
-    docstring for the keys each method needs. ``num_classes`` and ``in_channels`` (keys of the
-    reference model's configuration) are accepted and not stored.
+    keys are refused and ``None`` values count as absent. The keys the
+    library's schema marks ``write`` for the method and backbone are
+    required; every value is checked against the schema's bounds and rules
+    (:func:`config_schema`), so the library loads what this writes.
+    ``num_classes`` and ``in_channels`` (keys of the reference model's
+    configuration) are accepted and not stored.
     """
-    unknown = [k for k in config if k not in _KNOWN_KEYS and k not in _NOT_STORED]
+    keys = _keys()
+    unknown = [k for k in config if k not in keys and k not in _NOT_STORED]
     if unknown:
         raise WeightFileError(f"unknown config keys: {unknown}")
     cfg = {k: v for k, v in config.items() if v is not None and k not in _NOT_STORED}
-    if cfg.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-        raise WeightFileError(f"format_version must be {FORMAT_VERSION}")
-    method = cfg.get("method")
-    if method not in METHODS:
-        raise WeightFileError(f"config 'method' must be one of {METHODS}, got {method!r}")
-    if cfg.get("backbone") not in BACKBONES:
-        raise WeightFileError(
-            f"config 'backbone' must be one of {BACKBONES}, got {cfg.get('backbone')!r}")
-    required = _REQUIRED_COMMON + _REQUIRED_BY_METHOD[method]
-    if method == "lwfm-spm" and cfg["backbone"] == "resnet18":
-        required += ("first_padding",)
-    missing = [k for k in required if k not in cfg]
+    version = _schema()["format_version"]
+    if cfg.get("format_version", version) != version:
+        raise WeightFileError(f"format_version must be {version}")
+    cfg["format_version"] = version
+    for name in ("method", "backbone"):
+        if cfg.get(name) not in keys[name]["values"]:
+            raise WeightFileError(f"config {name!r} must be one of {tuple(keys[name]['values'])}, "
+                                  f"got {cfg.get(name)!r}")
+    method, backbone = cfg["method"], cfg["backbone"]
+    missing = [n for n, k in keys.items()
+               if k["write"] and _used(k, method, backbone) and n not in cfg]
     if missing:
         raise WeightFileError(f"config for method {method!r} lacks {missing}")
 
-    out: Dict[str, np.ndarray] = {
-        CONFIG_PREFIX + "format_version": np.array(FORMAT_VERSION, dtype=np.int32)}
-    for key in _KNOWN_KEYS[1:]:
-        if key not in cfg:
-            continue
-        value = cfg[key]
-        if key in _STRING_KEYS:
-            arr = _ascii(key, value)
-        elif key in _INT_KEYS:
-            arr = _int_scalar(key, value)
-        elif key in _FLOAT_KEYS:
-            arr = _float_scalar(key, value)
-        elif key in _INT_ARRAY_KEYS:
-            values = list(value) if not isinstance(value, (str, bytes)) else None
-            if not values:
-                raise WeightFileError(f"config {key!r} must be a non-empty list of integers")
-            arr = np.stack([_int_scalar(key, v) for v in values])
-        else:
-            values = list(value) if not isinstance(value, (str, bytes)) else None
-            if not values or len(values) not in (1, 3):
-                raise WeightFileError(f"config {key!r} must hold 1 or 3 numbers, got {value!r}")
-            arr = np.stack([_float_scalar(key, v) for v in values])
-        out[CONFIG_PREFIX + key] = arr
-
+    out = {CONFIG_PREFIX + n: _encode(k, cfg[n]) for n, k in keys.items() if n in cfg}
     _check_ranges(arrays_to_config(out))
     return out
 
 
+def _check_value(key: Mapping[str, Any], value: Any) -> None:
+    """One key against its schema entry (the float bounds rounded to float32,
+    as the library compares float32 values)."""
+    name, kind = key["name"], key["type"]
+    if kind == "string":
+        if value not in key["values"]:
+            raise WeightFileError(f"config {name!r} must be one of {tuple(key['values'])}, "
+                                  f"got {value!r}")
+        return
+    values = list(value) if kind.endswith("_list") else [value]
+    if kind.endswith("_list"):
+        lengths = key.get("lengths") or range(key["min_length"], key["max_length"] + 1)
+        if len(values) not in lengths:
+            raise WeightFileError(f"config {name!r} must have {' or '.join(map(str, lengths))} "
+                                  f"entries, got {len(values)}: {value!r}")
+    lo, hi = key["min"], key["max"]
+    if kind.startswith("float"):
+        lo, hi = float(np.float32(lo)), float(np.float32(hi))
+    for v in values:
+        if not lo <= v <= hi:
+            raise WeightFileError(f"config {name!r} = {value!r} is outside [{key['min']}, "
+                                  f"{key['max']}]")
+    if key.get("increasing") and any(b <= a for a, b in zip(values, values[1:])):
+        raise WeightFileError(f"config {name!r} must be strictly increasing, got {value!r}")
+
+
+def _rule_value(cfg: Mapping[str, Any], name: str) -> Any:
+    """A key's value, or the library's default for the model when absent."""
+    if name in cfg:
+        return cfg[name]
+    return _default(_keys()[name], cfg["method"], cfg["backbone"])
+
+
+def _check_rule(rule: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+    """One rule between keys of the schema (lwfm_config_schema_json() in
+    lwfm.h says what each kind means)."""
+    kind, name, method = rule["rule"], rule["key"], cfg["method"]
+    value = _rule_value(cfg, name)
+    other = _rule_value(cfg, rule["other"]) if "other" in rule else None
+    if kind == "value_only_for":
+        if method not in rule["methods"] and value == rule["value"]:
+            raise WeightFileError(f"config {name!r} = {value!r} is for "
+                                  f"{'/'.join(rule['methods'])} models only (this is {method})")
+        return
+    if method not in rule["methods"]:
+        return
+    if "if_positive" in rule and not _rule_value(cfg, rule["if_positive"]) > 0:
+        return
+    why = f" ({rule['why']})" if "why" in rule else ""
+    if kind == "same_length":
+        if rule["other"] in cfg and len(value) != len(other):
+            raise WeightFileError(f"config {name!r} and {rule['other']!r} must have the same "
+                                  "length")
+    elif kind == "zero_or_at_least":
+        if value != 0 and value < other:
+            raise WeightFileError(f"config {name!r} ({value}) is smaller than "
+                                  f"{rule['other']!r} ({other})")
+    elif kind == "square_at_most":
+        if value * value > rule["max"]:
+            raise WeightFileError(f"config {name!r} = {value} gives {value * value} positions, "
+                                  f"more than {rule['max']}{why}")
+    elif kind == "at_least":
+        if value < rule["min"]:
+            raise WeightFileError(f"{method} needs config {name!r} >= {rule['min']}{why}")
+    elif kind == "at_most_square_of":
+        if value > other * other:
+            raise WeightFileError(f"config {name!r} = {value} exceeds the {other * other} "
+                                  f"positions of a {other}x{other} {rule['other']!r}{why}")
+    else:
+        raise WeightFileError(f"the library's configuration schema has a rule {kind!r} that "
+                              "this lwfm.weights does not know; update the Python bindings")
+
+
 def _check_ranges(cfg: Mapping[str, Any]) -> None:
-    def positive(key: str) -> None:
-        if key in cfg and not cfg[key] > 0:
-            raise WeightFileError(f"config {key!r} must be positive, got {cfg[key]!r}")
-
-    def non_negative(key: str) -> None:
-        if key in cfg and cfg[key] < 0:
-            raise WeightFileError(f"config {key!r} must be >= 0, got {cfg[key]!r}")
-
-    for key in ("temperature", "temperature_attn", "top_k", "neighbor_k", "image_size",
-                "calibration_temperature"):
-        positive(key)
-    if "unknown_threshold" in cfg and not 0.0 <= cfg["unknown_threshold"] <= 1.0:
-        raise WeightFileError(
-            f"config 'unknown_threshold' must be in [0, 1], got {cfg['unknown_threshold']!r}")
-    for key in ("first_padding", "feature_size", "matcher_prob", "resize"):
-        non_negative(key)
-    if any(i < 0 for i in cfg["hyperpixel_ids"]):
-        raise WeightFileError(f"config 'hyperpixel_ids' must be >= 0, got {cfg['hyperpixel_ids']}")
-    if len(set(cfg["hyperpixel_ids"])) != len(cfg["hyperpixel_ids"]):
-        raise WeightFileError(
-            f"config 'hyperpixel_ids' must be distinct, got {cfg['hyperpixel_ids']}")
-    if "distance" in cfg and cfg["distance"] not in ("wass", "kl", "w2"):
-        raise WeightFileError(f"config 'distance' must be wass, kl or w2, got {cfg['distance']!r}")
-    if "batch_norm" in cfg and cfg["batch_norm"] not in ("running", "batch"):
-        raise WeightFileError(
-            f"config 'batch_norm' must be running or batch, got {cfg['batch_norm']!r}")
-    if cfg.get("batch_norm") == "batch" and cfg["method"] != "rcn":
-        raise WeightFileError("config 'batch_norm' = 'batch' is for rcn models only")
-    if "query_batch" in cfg and not 1 <= cfg["query_batch"] <= 4096:
-        raise WeightFileError(f"config 'query_batch' must be in 1..4096, got {cfg['query_batch']}")
-    if any(s <= 0 for s in cfg["std"]):
-        raise WeightFileError(f"config 'std' must be positive, got {cfg['std']}")
-    if len(cfg["mean"]) != len(cfg["std"]):
-        raise WeightFileError("config 'mean' and 'std' must have the same length")
+    """Every key of a decoded configuration against the library's schema:
+    its bounds, then the rules between keys."""
+    keys = _keys()
+    for name, value in cfg.items():
+        _check_value(keys[name], value)
+    for rule in _schema()["rules"]:
+        _check_rule(rule, cfg)
 
 
 def arrays_to_config(arrays: Mapping[str, np.ndarray]) -> Dict[str, Any]:
     """Decode ``config/...`` arrays (other names are ignored) into a dict.
 
-    Strings become ``str``, integer scalars ``int`` (``learnable_matcher``
-    ``bool``), float scalars ``float`` (the float32 value), and arrays
-    lists. Unknown ``config/`` keys are refused.
+    Strings become ``str``, integer scalars ``int`` (``bool`` keys such as
+    ``learnable_matcher`` ``bool``), float scalars ``float`` (the float32
+    value), and arrays lists. Unknown ``config/`` keys are refused.
     """
+    keys = _keys()
     cfg: Dict[str, Any] = {}
     for name, value in arrays.items():
         if not name.startswith(CONFIG_PREFIX):
             continue
         key = name[len(CONFIG_PREFIX):]
         arr = np.asarray(value)
-        if key not in _KNOWN_KEYS:
+        if key not in keys:
             raise WeightFileError(f"unknown config array {name!r}")
-        if key in _STRING_KEYS:
+        kind = keys[key]["type"]
+        if kind == "string":
             if arr.ndim != 1 or arr.dtype != np.uint8:
                 raise WeightFileError(f"{name!r} must be a 1-D uint8 array")
             try:
                 cfg[key] = arr.tobytes().decode("ascii")
             except UnicodeDecodeError as exc:
                 raise WeightFileError(f"{name!r} is not ASCII") from exc
-        elif key in _INT_ARRAY_KEYS or key in _FLOAT_ARRAY_KEYS:
+        elif kind.endswith("_list"):
             if arr.ndim != 1:
                 raise WeightFileError(f"{name!r} must be 1-D, got shape {arr.shape}")
-            integer = key in _INT_ARRAY_KEYS
+            integer = kind == "int_list"
             if integer and arr.dtype.kind not in "iu":
                 raise WeightFileError(f"{name!r} must be an integer array")
             cfg[key] = [int(v) for v in arr] if integer else [float(v) for v in arr]
         else:
             if arr.size != 1:
                 raise WeightFileError(f"{name!r} must be a scalar, got shape {arr.shape}")
-            integer = key in _INT_KEYS or key == "format_version"
+            integer = kind in ("int", "bool")
             if integer and arr.dtype.kind not in "iub":
                 raise WeightFileError(f"{name!r} must be an integer")
             cfg[key] = int(arr.reshape(())) if integer else float(arr.reshape(()))
-    if "learnable_matcher" in cfg:
-        if cfg["learnable_matcher"] not in (0, 1):
-            raise WeightFileError(f"config 'learnable_matcher' must be 0 or 1, "
-                                  f"got {cfg['learnable_matcher']}")
-        cfg["learnable_matcher"] = bool(cfg["learnable_matcher"])
+            if kind == "bool":
+                if cfg[key] not in (0, 1):
+                    raise WeightFileError(f"config {key!r} must be 0 or 1, got {cfg[key]}")
+                cfg[key] = bool(cfg[key])
     return cfg
 
 
@@ -375,3 +501,16 @@ def load_weights(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]
             f"{path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
     tensors = {k: v for k, v in arrays.items() if not k.startswith(CONFIG_PREFIX)}
     return tensors, config
+
+
+def _main(argv: Sequence[str]) -> int:
+    if list(argv) != ["--write-schema"]:
+        print("usage: python3 -m lwfm.weights --write-schema   (rewrite lwfm/_schema.py from "
+              "the library that LWFM_LIBRARY names)", file=sys.stderr)
+        return 2
+    print(f"wrote {_write_schema_module()}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
