@@ -14,10 +14,9 @@
  * interleaved class order (c0, c1, ..., c0, c1, ...), so that each batch of
  * 25 holds 5 queries of each of 5 classes as in the official protocol. */
 static int transductive(const lwfm_model *model) {
-    char *json = model_config_json(model);
-    int yes = json && strstr(json, "\"batch_norm\": \"batch\"") != NULL;
-    free(json);
-    return yes;
+    const char *batch_norm = NULL; /* a key of rcn models only */
+    return lwfm_model_config_string(model, "batch_norm", &batch_norm) == LWFM_OK &&
+           !strcmp(batch_norm, "batch");
 }
 
 static const char kEvalUsage[] =

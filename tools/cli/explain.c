@@ -96,19 +96,10 @@ static int make_dirs(const char *dir) {
     return access(dir, W_OK | X_OK);
 }
 
-/* The model configuration's top_k (default 1). */
+/* The model configuration's top_k (1 when the model has none). */
 static int64_t config_top_k(const lwfm_model *model) {
     int64_t k = 1;
-    char *json = model_config_json(model);
-    const char *p = json ? strstr(json, "\"top_k\"") : NULL;
-    if (p) {
-        p += strlen("\"top_k\"");
-        while (*p == ' ' || *p == ':') p++;
-        char *end = NULL;
-        long long v = strtoll(p, &end, 10);
-        if (end != p && v >= 1) k = v;
-    }
-    free(json);
+    if (lwfm_model_config_int(model, "top_k", &k) != LWFM_OK || k < 1) k = 1;
     return k;
 }
 

@@ -309,17 +309,8 @@ char *path_join(const char *dir, const char *name) {
 }
 
 const char *method_name(lwfm_method m) {
-    switch (m) {
-    case LWFM_METHOD_LWFM_SPM:
-        return "lwfm-spm";
-    case LWFM_METHOD_DN4:
-        return "dn4";
-    case LWFM_METHOD_MML:
-        return "mml";
-    case LWFM_METHOD_RCN:
-        return "rcn";
-    }
-    return "unknown";
+    const char *name = lwfm_method_name(m); /* NULL: no lwfm_method */
+    return name ? name : "unknown";
 }
 
 int cli_precision(const char *cmd, const char *text, lwfm_precision *out) {
