@@ -64,9 +64,6 @@ typedef struct cli_args {
     char **argv;
     int i;           /* index of the current argument */
     const char *cmd; /* for messages */
-    /* When not NULL: one argument that is not an option (the model, as in
-     * `lwfm info MODEL.npz`) is stored here; a second is a usage error. */
-    const char **positional;
 } cli_args;
 
 /* 1 when argv[i] is option `name`: *value receives its value and the cursor
@@ -118,7 +115,9 @@ typedef struct cli_command {
 extern const cli_command cli_cmd_info, cli_cmd_classify, cli_cmd_eval, cli_cmd_bench;
 
 /* Parse argv[2..] of command `cmd` into `opts` (zeroed by the caller):
- * defaults first, then the arguments; --help / -h prints the help. Returns
+ * defaults first, then the arguments; --help / -h prints the help. The one
+ * argument that is not an option (the model, as in `lwfm info MODEL.npz`)
+ * goes to cmd->model_field; a second is a usage error. Returns
  * 0 to go on (free the lists with cli_free_options()), or 1 with *code the
  * status the command returns at once: EXIT_OK after the help, EXIT_USAGE
  * after a usage message (EXIT_RUNTIME out of memory). */

@@ -23,8 +23,8 @@ static const cli_opt kOptions[] = {
      CLI_VALUE, offsetof(classify_options, model)},
     {"--support", "DIR", NULL, "support images, one sub-folder per class", CLI_VALUE,
      offsetof(classify_options, support)},
-    {"--query", "PATH...", NULL, "query images or directories (one or more; may repeat)",
-     CLI_LIST, offsetof(classify_options, queries)},
+    {"--query", "PATH...", NULL, "query images or directories (one or more; may repeat)", CLI_LIST,
+     offsetof(classify_options, queries)},
     {"--on-bad", "fail|skip", "fail",
      "an unreadable image (support or query): stop with an\n"
      "error (default), or report it on stderr and leave it\n"
@@ -76,16 +76,15 @@ const cli_command cli_cmd_classify = {
 static int check_options(classify_options *o, lwfm_precision *precision) {
     if (cli_model_arg("classify", &o->model, o->given, 0)) return EXIT_USAGE;
     if (cli_threads("classify", o->threads)) return EXIT_USAGE;
-    const char *missing = !o->model          ? "--model"
-                          : !o->support      ? "--support"
-                          : !o->queries.n    ? "--query"
-                                             : NULL;
+    const char *missing = !o->model       ? "--model"
+                          : !o->support   ? "--support"
+                          : !o->queries.n ? "--query"
+                                          : NULL;
     if (missing) return cli_usage_error("classify", "%s is required", missing);
     if (o->explain && !*o->explain) return cli_usage_error("classify", "--explain needs a folder");
     if (cli_precision("classify", o->precision, precision)) return EXIT_USAGE;
     if (strcmp(o->on_bad, "fail") && strcmp(o->on_bad, "skip"))
-        return cli_usage_error("classify", "--on-bad takes 'fail' or 'skip', got '%s'",
-                               o->on_bad);
+        return cli_usage_error("classify", "--on-bad takes 'fail' or 'skip', got '%s'", o->on_bad);
     return 0;
 }
 
@@ -98,12 +97,15 @@ static int unknown_threshold(const lwfm_model *model, int use_model, const char 
         char *end;
         *thr = strtod(given, &end);
         if (*end || end == given || !(*thr >= 0.0 && *thr <= 1.0))
-            return cli_usage_error("classify", "--unknown-threshold takes a number in [0, 1], "
-                                               "got '%s'", given);
+            return cli_usage_error("classify",
+                                   "--unknown-threshold takes a number in [0, 1], "
+                                   "got '%s'",
+                                   given);
     } else if (use_model) {
         *thr = lwfm_model_unknown_threshold(model);
         if (*thr <= 0.0) {
-            cli_error("--unknown", NULL, "this model carries no calibrated threshold; calibrate "
+            cli_error("--unknown", NULL,
+                      "this model carries no calibrated threshold; calibrate "
                       "it with python3 -m lwfm.calibrate or give --unknown-threshold P");
             return EXIT_USAGE;
         }
@@ -345,10 +347,10 @@ static int explain_all(classify_run *r) {
         return -1;
     }
     for (int64_t q = 0; q < r->qry.n; q++) {
-        r->explained[q] = explain_query(
-            r->ex, r->sup.data, r->sup.paths, r->sup.labels, r->sup.n,
-            r->qry.data + (size_t)q * r->qry.per, r->qry.paths[q], q, (int32_t)predicted(r, q),
-            r->classes, r->prob + (size_t)q * (size_t)r->way, r->way);
+        r->explained[q] = explain_query(r->ex, r->sup.data, r->sup.paths, r->sup.labels, r->sup.n,
+                                        r->qry.data + (size_t)q * r->qry.per, r->qry.paths[q], q,
+                                        (int32_t)predicted(r, q), r->classes,
+                                        r->prob + (size_t)q * (size_t)r->way, r->way);
         if (!r->explained[q]) return -1;
     }
     return 0;
@@ -358,8 +360,8 @@ static int explain_all(classify_run *r) {
  * probabilities and explanations. 0, or -1 after the error. */
 static int score(classify_run *r) {
     const int64_t way = r->way, c = r->c, h = r->h, w = r->w;
-    lwfm_status st = lwfm_support_prepare(&r->set, r->model, r->sup.data, r->sup.n,
-                                          r->sup.labels, c, h, w, way);
+    lwfm_status st =
+        lwfm_support_prepare(&r->set, r->model, r->sup.data, r->sup.n, r->sup.labels, c, h, w, way);
     if (st) {
         cli_error("cannot prepare the support set", r->o->support, "%s", lwfm_last_error());
         return -1;
@@ -432,8 +434,7 @@ static void print_json(const classify_run *r) {
         json_string(stdout, r->classes[k]);
     }
     fputs("], \"support_counts\": [", stdout);
-    for (int64_t k = 0; k < r->way; k++)
-        printf("%s%lld", k ? ", " : "", (long long)r->counts[k]);
+    for (int64_t k = 0; k < r->way; k++) printf("%s%lld", k ? ", " : "", (long long)r->counts[k]);
     fputs("], \"skipped\": [", stdout);
     for (int64_t k = 0; k < r->bad.n; k++) {
         fputs(k ? ", " : "", stdout);

@@ -33,8 +33,7 @@ static const cli_opt kOptions[] = {
     {"--way", "N", "5", "classes per episode", CLI_VALUE, offsetof(eval_options, way)},
     {"--shot", "K", "1", "support images per class", CLI_VALUE, offsetof(eval_options, shot)},
     {"--query", "Q", "15", "query images per class", CLI_VALUE, offsetof(eval_options, query)},
-    {"--episodes", "E", "600", "number of episodes", CLI_VALUE,
-     offsetof(eval_options, episodes)},
+    {"--episodes", "E", "600", "number of episodes", CLI_VALUE, offsetof(eval_options, episodes)},
     {"--seed", "S", "1", "sampler seed, any 64-bit integer", CLI_VALUE,
      offsetof(eval_options, seed)},
     {"--precision", "P", "fp32", "backbone arithmetic: fp32 (default) or bf16", CLI_VALUE,
@@ -425,8 +424,8 @@ static int load(eval_run *r) {
     }
     if (!s->skip_bad && !r->ds.is_npz && !o->list && check_all(&r->ds, o->quiet)) return -1;
     report_small(&r->ds, s->shot, s->query);
-    if (sampler_init(&r->smp, r->ds.sizes, r->ds.n_classes, s->way, s->shot, s->query, s->seed,
-                     err, sizeof err)) {
+    if (sampler_init(&r->smp, r->ds.sizes, r->ds.n_classes, s->way, s->shot, s->query, s->seed, err,
+                     sizeof err)) {
         cli_error("cannot sample episodes", o->data, "%s", err);
         return -1;
     }
@@ -512,8 +511,8 @@ static double score_episode(eval_run *r, int64_t e) {
     if (r->interleave) interleave_queries(r);
     if (gather(r, ep->q_class, ep->q_index, ep->n_query, r->queries)) return -1;
     lwfm_status st = lwfm_episode_score(r->model, r->support, ep->n_support, ep->s_label,
-                                        r->queries, ep->n_query, r->c, r->h, r->w, way,
-                                        r->logits, (size_t)(ep->n_query * way));
+                                        r->queries, ep->n_query, r->c, r->h, r->w, way, r->logits,
+                                        (size_t)(ep->n_query * way));
     if (st) {
         cli_error("cannot score episode", r->o->data, "episode %lld: %s", (long long)e,
                   lwfm_last_error());

@@ -1,4 +1,7 @@
-/* Models by name: `--model omniglot` finds omniglot.npz among the installed
+/* Models: finding them by name, loading them (a PyTorch checkpoint is named
+ * as such), preprocessing an image file for them.
+ *
+ * By name: `--model omniglot` finds omniglot.npz among the installed
  * bundled models (docs/cli.md, "Models by name").
  *
  * A MODEL argument that names an existing file, or that holds a '/', is a

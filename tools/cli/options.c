@@ -47,8 +47,10 @@ int cli_model_arg(const char *cmd, const char **model_path, const char *given, i
                                *model_path);
     if (given) *model_path = given;
     if (required && !*model_path)
-        return cli_usage_error(cmd, "--model is required (or the weight file as an argument: "
-                                    "lwfm %s MODEL.npz)", cmd);
+        return cli_usage_error(cmd,
+                               "--model is required (or the weight file as an argument: "
+                               "lwfm %s MODEL.npz)",
+                               cmd);
     return 0;
 }
 
@@ -157,7 +159,7 @@ void cli_free_options(const cli_command *cmd, void *opts) {
 }
 
 int cli_parse_command(const cli_command *cmd, int argc, char **argv, void *opts, int *code) {
-    cli_args a = {argc, argv, 2, cmd->name, NULL};
+    cli_args a = {argc, argv, 2, cmd->name};
     const char **positional = field(opts, cmd->model_field);
     *code = EXIT_USAGE;
     if (init_opts(cmd, argc, opts)) {
