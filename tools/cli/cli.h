@@ -1,13 +1,21 @@
 /* The `lwfm` command: shared declarations.
  *
- *   main.c      entry point, help, option parsing helpers, messages
- *   image.c     image files and folders
- *   decode.c    PNG (libpng), JPEG (libjpeg), WebP (libwebp) decoding from memory
- *   dataset.c   image folders, Omniglot .npz archives, the episode sampler
- *   commands.c  `lwfm info` and `lwfm classify`
- *   eval.c      `lwfm eval`
- *   explain.c   `lwfm classify --explain`: one PNG per query
- *   bench.c     `lwfm bench`: speed on this machine
+ *   main.c          entry point, the command table, `lwfm --help`
+ *   options.c       option tables: parsing and generated help; value checks
+ *   output.c        messages on stderr, JSON and TSV output, small helpers
+ *   models.c        models by name, loading (PyTorch checkpoints named), preprocessing
+ *   image.c         image files and folders
+ *   decode.c        PNG (libpng), JPEG (libjpeg), WebP (libwebp) decoding from memory
+ *   dataset.c       image folders, Omniglot .npz archives, the episode sampler
+ *   explain.c       `lwfm classify --explain`: one PNG per query
+ *   cmd_info.c      `lwfm info`
+ *   cmd_classify.c  `lwfm classify`
+ *   cmd_eval.c      `lwfm eval`
+ *   cmd_bench.c     `lwfm bench`: speed on this machine
+ *
+ * A command is a cli_command (its option table, its help text and its
+ * function) in its own cmd_<name>.c, whose work runs in stages: parse (the
+ * table) -> options (checked values) -> load -> score -> print (text / JSON).
  *
  * Only the public libLWFM API is used (lwfm/lwfm.h). */
 #ifndef LWFM_CLI_H
@@ -39,7 +47,7 @@
 /* Size of the error text buffers passed around. */
 #define ERR_CAP 512
 
-/* ---- main.c: messages and option parsing ------------------------------- */
+/* ---- output.c: messages ------------------------------------------------------ */
 
 /* "lwfm: <what> (<path>): <reason>" on stderr; path may be NULL. */
 void cli_error(const char *what, const char *path, const char *reason_fmt, ...) CLI_PRINTF(3, 4);
@@ -48,40 +56,75 @@ void cli_hint(const char *fmt, ...) CLI_PRINTF(1, 2);
 /* A usage error of command `cmd` (NULL: the top level); returns EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
 
+/* ---- options.c: command-line parsing helpers --------------------------------- */
+
 /* Command-line cursor. An option is `--name VALUE` or `--name=VALUE`. */
 typedef struct cli_args {
     int argc;
     char **argv;
     int i;           /* index of the current argument */
     const char *cmd; /* for messages */
-    /* When not NULL: one argument that is not an option (the model, as in
-     * `lwfm info MODEL.npz`) is stored here; a second is a usage error. */
-    const char **positional;
 } cli_args;
 
-/* 1 when argv[i] is the flag `name` (no value allowed); 0 otherwise. */
-int cli_flag(cli_args *a, const char *name);
 /* 1 when argv[i] is option `name`: *value receives its value and the cursor
  * moves past it; -1 (after a usage message) when the value is missing. */
 int cli_option(cli_args *a, const char *name, const char **value);
-/* Several string options: 1 when argv[i] is one of them (its value stored),
- * 0 when none, -1 after a usage message. */
-typedef struct cli_string_option {
-    const char *name;
-    const char **value;
-} cli_string_option;
-int cli_options(cli_args *a, const cli_string_option *opts, int n);
-/* Boolean flags: *value set to 1 when present. */
-typedef struct cli_bool_flag {
-    const char *name;
-    int *value;
-} cli_bool_flag;
-/* The whole rest of the command line of a command with only boolean flags
- * and string options: --help / -h prints `usage`; anything else is a usage
- * error. Returns 0 to go on, or 1 with *code the exit status the command
- * returns at once (EXIT_OK after help, EXIT_USAGE after a usage message). */
-int cli_parse(cli_args *a, const char *usage, const cli_bool_flag *flags, int n_flags,
-              const cli_string_option *opts, int n_opts, int *code);
+/* ---- options.c: commands and their option tables -------------------------
+ *
+ * Each command describes its options once, in a table: the parser reads the
+ * command line with it and the help (`lwfm help CMD`, `lwfm CMD --help`) is
+ * printed from it, so the two cannot disagree. Values land in the command's
+ * own options struct, at each option's offsetof(). */
+
+typedef enum cli_opt_kind {
+    CLI_FLAG,  /* --name, no value: an int set to 1 */
+    CLI_VALUE, /* --name V or --name=V: a const char * (the argument itself) */
+    CLI_LIST   /* --name V1 V2 ... (up to the next "--" argument) or --name=V,
+                  repeatable: a cli_list */
+} cli_opt_kind;
+
+typedef struct cli_list {
+    const char **items; /* argc entries allocated by the parser */
+    int64_t n;
+} cli_list;
+
+typedef struct cli_opt {
+    const char *name; /* "--way" */
+    const char *arg;  /* the value's name in the help ("N", "PATH..."); NULL for a flag */
+    const char *def;  /* CLI_VALUE: the value when not given (NULL: none); the help
+                         adds " (default D)" unless its text mentions a default */
+    const char *help; /* lines separated by '\n', without the last one's */
+    cli_opt_kind kind;
+    size_t field; /* offsetof() the value in the command's options struct */
+} cli_opt;
+
+typedef struct cli_command {
+    const char *name;     /* "eval" */
+    const char *summary;  /* one line for `lwfm --help` */
+    const char *synopsis; /* the usage line after "Usage: lwfm NAME " */
+    const char *about;    /* the help's paragraph, lines ending in '\n' */
+    const cli_opt *opts;
+    int n_opts;
+    int column;         /* where the help of the options starts */
+    size_t model_field; /* offsetof() the const char * that receives the one
+                           argument that is not an option (the model) */
+    int (*run)(int argc, char **argv);
+} cli_command;
+
+/* The commands, in the order of `lwfm --help` (cmd_<name>.c). */
+extern const cli_command cli_cmd_info, cli_cmd_classify, cli_cmd_eval, cli_cmd_bench;
+
+/* Parse argv[2..] of command `cmd` into `opts` (zeroed by the caller):
+ * defaults first, then the arguments; --help / -h prints the help. The one
+ * argument that is not an option (the model, as in `lwfm info MODEL.npz`)
+ * goes to cmd->model_field; a second is a usage error. Returns
+ * 0 to go on (free the lists with cli_free_options()), or 1 with *code the
+ * status the command returns at once: EXIT_OK after the help, EXIT_USAGE
+ * after a usage message (EXIT_RUNTIME out of memory). */
+int cli_parse_command(const cli_command *cmd, int argc, char **argv, void *opts, int *code);
+void cli_free_options(const cli_command *cmd, void *opts);
+/* The command's help, generated from its table. */
+void cli_help(FILE *f, const cli_command *cmd);
 /* Strict integer parsing: the whole text, in [lo, hi]. 0 on success,
  * otherwise a usage message naming `name` and EXIT_USAGE. */
 int cli_int(const char *cmd, const char *name, const char *text, int64_t lo, int64_t hi,
@@ -96,7 +139,7 @@ int cli_threads(const char *cmd, const char *text);
 /* The number of threads the library will use. */
 int cli_max_threads(void);
 
-/* ---- JSON and small helpers ------------------------------------------- */
+/* ---- output.c: JSON, TSV and small helpers ----------------------------- */
 
 void json_string(FILE *f, const char *s);           /* a quoted, escaped JSON string (invalid UTF-8 as U+FFFD) */
 /* Numbers in the shortest form that reads back as the same value: float32
@@ -200,13 +243,6 @@ void sampler_free(sampler *s);
 int episode_alloc(episode *e, int64_t way, int64_t shot, int64_t query);
 void episode_free(episode *e);
 void sampler_episode(sampler *s, episode *e);
-
-/* ---- commands ---------------------------------------------------------- */
-
-int cmd_info(int argc, char **argv);
-int cmd_classify(int argc, char **argv);
-int cmd_eval(int argc, char **argv);
-int cmd_bench(int argc, char **argv); /* bench.c */
 
 /* ---- explain.c: `lwfm classify --explain DIR` -------------------------- */
 

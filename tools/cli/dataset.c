@@ -223,6 +223,104 @@ static int find_images(zip_t *za, zip_uint64_t *index, char *err, size_t cap) {
     return 0;
 }
 
+/* The images member's header against the library's rules and limits, and
+ * its stored size: 0 (*total the pixel count, *is_bool the dtype), or -1
+ * with the reason in err. */
+static int check_npy(zip_t *za, zip_uint64_t index, const npy_header *hd, uint64_t *total,
+                     int *is_bool, char *err, size_t cap) {
+    *is_bool = strcmp(hd->descr, "|b1") == 0;
+    if (!*is_bool && strcmp(hd->descr, "|u1") != 0 && strcmp(hd->descr, "<u1") != 0) {
+        snprintf(err, cap, "array dtype '%s': bool or uint8 images are needed", hd->descr);
+        return -1;
+    }
+    if (hd->fortran || hd->ndim != 4) {
+        snprintf(err, cap,
+                 "the images must be a C-order (classes, drawings, height, "
+                 "width) array");
+        return -1;
+    }
+    /* the library's limits (lwfm.h): at most LWFM_LIMIT_NPY_ELEMENTS pixels
+     * and LWFM_LIMIT_IMAGES classes (the per-class bookkeeping below grows
+     * with them: a 16 KB file declaring 16M classes cost 0.8 GB) */
+    *total = 1;
+    for (int k = 0; k < 4; k++) {
+        if (hd->shape[k] < 1 || hd->shape[k] > (int64_t)LWFM_LIMIT_NPY_ELEMENTS ||
+            __builtin_mul_overflow(*total, (uint64_t)hd->shape[k], total)) {
+            snprintf(err, cap, "array shape is empty or too large");
+            return -1;
+        }
+    }
+    if (hd->shape[2] > MAX_IMAGE_SIDE || hd->shape[3] > MAX_IMAGE_SIDE ||
+        *total > LWFM_LIMIT_NPY_ELEMENTS || hd->shape[0] > LWFM_LIMIT_IMAGES) {
+        snprintf(err, cap,
+                 "array of %lld classes and %llu pixels exceeds the limits (%d classes, %llu "
+                 "pixels)",
+                 (long long)hd->shape[0], (unsigned long long)*total, LWFM_LIMIT_IMAGES,
+                 (unsigned long long)LWFM_LIMIT_NPY_ELEMENTS);
+        return -1;
+    }
+    /* sizes the compressed data cannot produce are refused before reading
+     * (deflate expands at most 1032:1, lib/io/npz.c) */
+    zip_stat_t zs;
+    if (zip_stat_index(za, index, 0, &zs) != 0 || !(zs.valid & ZIP_STAT_SIZE) ||
+        !(zs.valid & ZIP_STAT_COMP_SIZE) || zs.size != hd->data_offset + *total ||
+        zs.size / 1032 > zs.comp_size + 1) {
+        snprintf(err, cap, "member holds %llu bytes (%llu compressed), its shape needs %llu",
+                 (unsigned long long)(zs.size - hd->data_offset),
+                 (unsigned long long)zs.comp_size, (unsigned long long)*total);
+        return -1;
+    }
+    return 0;
+}
+
+/* Exactly `total` bytes of the member into *out (malloc'd): 0, or -1 with
+ * the reason in err. */
+static int read_pixels(zip_file_t *zf, uint64_t total, uint8_t **out, char *err, size_t cap) {
+    uint8_t *px = malloc((size_t)total);
+    if (!px) {
+        snprintf(err, cap, "out of memory for %llu bytes", (unsigned long long)total);
+        return -1;
+    }
+    uint64_t got = 0;
+    zip_int64_t r = 1;
+    while (got < total && (r = zip_fread(zf, px + got, total - got)) > 0) got += (uint64_t)r;
+    uint8_t extra;
+    if (r < 0 || got < total || zip_fread(zf, &extra, 1) != 0) {
+        snprintf(err, cap, "images data is %s",
+                 r < 0 ? zip_file_strerror(zf) : "truncated or too long");
+        free(px);
+        return -1;
+    }
+    *out = px;
+    return 0;
+}
+
+/* The dataset over the archive's pixels (grey 0 / 255 when bool): classes
+ * named classNNNN, as OmniglotSet. 0, or -1 after the error. */
+static int npz_classes(dataset *ds, const char *path, const npy_header *hd, uint8_t *px,
+                       uint64_t total, int is_bool) {
+    if (is_bool) /* True = paper: white */
+        for (uint64_t k = 0; k < total; k++) px[k] = px[k] ? 255 : 0;
+    ds->pixels = px;
+    ds->n_classes = hd->shape[0];
+    ds->drawings = hd->shape[1];
+    ds->height = hd->shape[2];
+    ds->width = hd->shape[3];
+    ds->names = calloc((size_t)ds->n_classes, sizeof *ds->names);
+    ds->sizes = calloc((size_t)ds->n_classes, sizeof *ds->sizes);
+    if (!ds->names || !ds->sizes) {
+        cli_error("cannot read dataset", path, "out of memory");
+        return -1;
+    }
+    for (int64_t c = 0; c < ds->n_classes; c++) {
+        char name[32];
+        snprintf(name, sizeof name, "class%04lld", (long long)c); /* as OmniglotSet */
+        ds->names[c] = str_dup(name);
+        ds->sizes[c] = ds->drawings;
+    }
+    return 0;
+}
+
 static int open_npz(dataset *ds, const char *path) {
     char err[ERR_CAP] = "";
     int code = 0;
@@ -241,92 +339,19 @@ static int open_npz(dataset *ds, const char *path) {
     npy_header hd;
     zip_file_t *zf = NULL;
     uint8_t *px = NULL;
+    uint64_t total = 0;
+    int is_bool = 0;
     if (find_images(za, &index, err, sizeof err)) goto fail;
     zf = open_npy(za, index, &hd, err, sizeof err);
     if (!zf) goto fail;
-    int is_bool = strcmp(hd.descr, "|b1") == 0;
-    if (!is_bool && strcmp(hd.descr, "|u1") != 0 && strcmp(hd.descr, "<u1") != 0) {
-        snprintf(err, sizeof err, "array dtype '%s': bool or uint8 images are needed", hd.descr);
-        goto fail;
-    }
-    if (hd.fortran || hd.ndim != 4) {
-        snprintf(err, sizeof err,
-                 "the images must be a C-order (classes, drawings, height, "
-                 "width) array");
-        goto fail;
-    }
-    /* the library's limits (lwfm.h): at most LWFM_LIMIT_NPY_ELEMENTS pixels
-     * and LWFM_LIMIT_IMAGES classes (the per-class bookkeeping below grows
-     * with them: a 16 KB file declaring 16M classes cost 0.8 GB) */
-    uint64_t total = 1;
-    for (int k = 0; k < 4; k++) {
-        if (hd.shape[k] < 1 || hd.shape[k] > (int64_t)LWFM_LIMIT_NPY_ELEMENTS ||
-            __builtin_mul_overflow(total, (uint64_t)hd.shape[k], &total)) {
-            snprintf(err, sizeof err, "array shape is empty or too large");
-            goto fail;
-        }
-    }
-    if (hd.shape[2] > MAX_IMAGE_SIDE || hd.shape[3] > MAX_IMAGE_SIDE ||
-        total > LWFM_LIMIT_NPY_ELEMENTS || hd.shape[0] > LWFM_LIMIT_IMAGES) {
-        snprintf(err, sizeof err,
-                 "array of %lld classes and %llu pixels exceeds the limits (%d classes, %llu "
-                 "pixels)",
-                 (long long)hd.shape[0], (unsigned long long)total, LWFM_LIMIT_IMAGES,
-                 (unsigned long long)LWFM_LIMIT_NPY_ELEMENTS);
-        goto fail;
-    }
-    /* sizes the compressed data cannot produce are refused before reading
-     * (deflate expands at most 1032:1, lib/io/npz.c) */
-    zip_stat_t zs;
-    if (zip_stat_index(za, index, 0, &zs) != 0 || !(zs.valid & ZIP_STAT_SIZE) ||
-        !(zs.valid & ZIP_STAT_COMP_SIZE) || zs.size != hd.data_offset + total ||
-        zs.size / 1032 > zs.comp_size + 1) {
-        snprintf(err, sizeof err, "member holds %llu bytes (%llu compressed), its shape needs %llu",
-                 (unsigned long long)(zs.size - hd.data_offset),
-                 (unsigned long long)zs.comp_size, (unsigned long long)total);
-        goto fail;
-    }
-    px = malloc((size_t)total);
-    if (!px) {
-        snprintf(err, sizeof err, "out of memory for %llu bytes", (unsigned long long)total);
-        goto fail;
-    }
-    uint64_t got = 0;
-    zip_int64_t r = 1;
-    while (got < total && (r = zip_fread(zf, px + got, total - got)) > 0) got += (uint64_t)r;
-    uint8_t extra;
-    if (r < 0 || got < total || zip_fread(zf, &extra, 1) != 0) {
-        snprintf(err, sizeof err, "images data is %s",
-                 r < 0 ? zip_file_strerror(zf) : "truncated or too long");
-        goto fail;
-    }
+    if (check_npy(za, index, &hd, &total, &is_bool, err, sizeof err)) goto fail;
+    if (read_pixels(zf, total, &px, err, sizeof err)) goto fail;
     zip_fclose(zf);
-    zf = NULL;
     zip_discard(za);
-    if (is_bool) /* True = paper: white */
-        for (uint64_t k = 0; k < total; k++) px[k] = px[k] ? 255 : 0;
-    ds->pixels = px;
-    ds->n_classes = hd.shape[0];
-    ds->drawings = hd.shape[1];
-    ds->height = hd.shape[2];
-    ds->width = hd.shape[3];
-    ds->names = calloc((size_t)ds->n_classes, sizeof *ds->names);
-    ds->sizes = calloc((size_t)ds->n_classes, sizeof *ds->sizes);
-    if (!ds->names || !ds->sizes) {
-        cli_error("cannot read dataset", path, "out of memory");
-        return -1;
-    }
-    for (int64_t c = 0; c < ds->n_classes; c++) {
-        char name[32];
-        snprintf(name, sizeof name, "class%04lld", (long long)c); /* as OmniglotSet */
-        ds->names[c] = str_dup(name);
-        ds->sizes[c] = ds->drawings;
-    }
-    return 0;
+    return npz_classes(ds, path, &hd, px, total, is_bool);
 fail:
     if (zf) zip_fclose(zf);
     zip_discard(za);
-    free(px);
     cli_error("cannot read dataset", path, "%s", err);
     return -1;
 }

@@ -266,6 +266,53 @@ static void jpeg_on_message(j_common_ptr cinfo, int level) {
     e->bad_data = 1;
 }
 
+/* The EXIF orientation of the saved APP1 markers (1 without one). */
+static int jpeg_orientation(const struct jpeg_decompress_struct *cinfo) {
+    for (jpeg_saved_marker_ptr m = cinfo->marker_list; m; m = m->next) {
+        if (m->marker == JPEG_APP0 + 1 && m->data_length >= 6 &&
+            memcmp(m->data, "Exif\0\0", 6) == 0)
+            return exif_orientation(m->data, m->data_length);
+    }
+    return 1;
+}
+
+/* The header read: the colour space (grey or RGB output, *channels), the
+ * size limits, the decompression-bomb ratio. 0, or -1 with the reason in
+ * err. Reads cinfo's fields only (no libjpeg call, so no longjmp). */
+static int jpeg_check_header(struct jpeg_decompress_struct *cinfo, size_t size, int *channels,
+                             char *err, size_t cap) {
+    switch (cinfo->jpeg_color_space) {
+    case JCS_GRAYSCALE:
+        cinfo->out_color_space = JCS_GRAYSCALE;
+        *channels = 1;
+        break;
+    case JCS_YCbCr:
+    case JCS_RGB:
+        cinfo->out_color_space = JCS_RGB;
+        *channels = 3;
+        break;
+    case JCS_CMYK:
+    case JCS_YCCK:
+        snprintf(err, cap, "CMYK JPEG images are not supported (convert the file to RGB)");
+        return -1;
+    default:
+        snprintf(err, cap, "JPEG colour space %d is not supported (grey and RGB are)",
+                 (int)cinfo->jpeg_color_space);
+        return -1;
+    }
+    if (too_large(cinfo->image_height, cinfo->image_width, err, cap)) return -1;
+    const uint64_t declared = (uint64_t)cinfo->image_width * cinfo->image_height;
+    if (declared > JPEG_BOMB_PIXELS && declared / size > JPEG_BOMB_RATIO) {
+        snprintf(err, cap,
+                 "JPEG declares %u x %u pixels but has only %zu bytes (more than %d pixels per "
+                 "byte): refused as a decompression bomb",
+                 (unsigned)cinfo->image_width, (unsigned)cinfo->image_height, size,
+                 JPEG_BOMB_RATIO);
+        return -1;
+    }
+    return 0;
+}
+
 static int decode_jpeg(const unsigned char *data, size_t size, cli_image *img, char *err,
                        size_t cap, int header_only) {
     struct jpeg_decompress_struct cinfo;
@@ -286,47 +333,8 @@ static int decode_jpeg(const unsigned char *data, size_t size, cli_image *img, c
     jpeg_mem_src(&cinfo, data, (unsigned long)size);
     jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xffff); /* APP1: EXIF */
     jpeg_read_header(&cinfo, TRUE);
-    int orientation = 1;
-    for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
-        if (m->marker == JPEG_APP0 + 1 && m->data_length >= 6 &&
-            memcmp(m->data, "Exif\0\0", 6) == 0) {
-            orientation = exif_orientation(m->data, m->data_length);
-            break;
-        }
-    }
-    int channels;
-    switch (cinfo.jpeg_color_space) {
-    case JCS_GRAYSCALE:
-        cinfo.out_color_space = JCS_GRAYSCALE;
-        channels = 1;
-        break;
-    case JCS_YCbCr:
-    case JCS_RGB:
-        cinfo.out_color_space = JCS_RGB;
-        channels = 3;
-        break;
-    case JCS_CMYK:
-    case JCS_YCCK:
-        snprintf(err, cap, "CMYK JPEG images are not supported (convert the file to RGB)");
-        jpeg_destroy_decompress(&cinfo);
-        return -1;
-    default:
-        snprintf(err, cap, "JPEG colour space %d is not supported (grey and RGB are)",
-                 (int)cinfo.jpeg_color_space);
-        jpeg_destroy_decompress(&cinfo);
-        return -1;
-    }
-    if (too_large(cinfo.image_height, cinfo.image_width, err, cap)) {
-        jpeg_destroy_decompress(&cinfo);
-        return -1;
-    }
-    const uint64_t declared = (uint64_t)cinfo.image_width * cinfo.image_height;
-    if (declared > JPEG_BOMB_PIXELS && declared / size > JPEG_BOMB_RATIO) {
-        snprintf(err, cap,
-                 "JPEG declares %u x %u pixels but has only %zu bytes (more than %d pixels per "
-                 "byte): refused as a decompression bomb",
-                 (unsigned)cinfo.image_width, (unsigned)cinfo.image_height, size,
-                 JPEG_BOMB_RATIO);
+    int orientation = jpeg_orientation(&cinfo), channels;
+    if (jpeg_check_header(&cinfo, size, &channels, err, cap)) {
         jpeg_destroy_decompress(&cinfo);
         return -1;
     }

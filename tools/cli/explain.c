@@ -96,19 +96,10 @@ static int make_dirs(const char *dir) {
     return access(dir, W_OK | X_OK);
 }
 
-/* The model configuration's top_k (default 1). */
+/* The model configuration's top_k (1 when the model has none). */
 static int64_t config_top_k(const lwfm_model *model) {
     int64_t k = 1;
-    char *json = model_config_json(model);
-    const char *p = json ? strstr(json, "\"top_k\"") : NULL;
-    if (p) {
-        p += strlen("\"top_k\"");
-        while (*p == ' ' || *p == ':') p++;
-        char *end = NULL;
-        long long v = strtoll(p, &end, 10);
-        if (end != p && v >= 1) k = v;
-    }
-    free(json);
+    if (lwfm_model_config_int(model, "top_k", &k) != LWFM_OK || k < 1) k = 1;
     return k;
 }
 
@@ -549,118 +540,118 @@ static const char *base_name(const char *path) {
     return b && b[1] ? b + 1 : path;
 }
 
-char *explain_query(explainer *ex, const float *support_inputs, char *const *support_paths,
-                    const int32_t *support_labels, int64_t n_support, const float *query_input,
-                    const char *query_path, int64_t query_index, int32_t predicted,
-                    char *const *class_names, const float *probabilities, int64_t way) {
-    const size_t per = (size_t)(ex->c * ex->h * ex->w);
-    const int64_t P = ex->fh * ex->fw, L = ex->layers;
-    const size_t lp = (size_t)(L * P);
-    char err[ERR_CAP];
+/* The pair of support features `sf` and the query's (ex->q_feat): its maps
+ * into ex->ws / wq / sim / assign / layer_scores and its score. */
+static lwfm_status pair(explainer *ex, const float *sf, float *score) {
+    const int64_t P = ex->fh * ex->fw;
+    const size_t lp = (size_t)(ex->layers * P);
+    float global = 0;
     lwfm_status st;
-    if (!ex->sup_feat) {
-        ex->sup_feat = malloc((size_t)n_support * ex->feat * sizeof(float));
-        ex->have = calloc((size_t)n_support, 1);
-        ex->n_support = n_support;
-        if (!ex->sup_feat || !ex->have) {
-            cli_error("cannot explain", query_path, "out of memory");
-            return NULL;
-        }
+    *score = 0;
+    if (ex->rcn) {
+        st = lwfm_rcn_pair(ex->rcn, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->sim, ex->assign,
+                           ex->ws, lp, score);
+        if (!st) rcn_maps(ex, P);
+        return st;
     }
-    st = lwfm_model_features(ex->model, query_input, 1, ex->c, ex->h, ex->w, ex->q_feat, ex->feat);
-    if (st) {
-        cli_error("cannot explain", query_path, "%s", lwfm_last_error());
-        return NULL;
-    }
+    st = lwfm_lwe_pair(ex->lwe, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->ws, ex->wq, lp,
+                       &global);
+    if (!st && ex->spm)
+        st = lwfm_spm_pair(ex->spm, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->assign, ex->sim,
+                           ex->layer_scores, lp, score);
+    if (!ex->spm) *score = global;
+    return st;
+}
 
-    /* the predicted class's support image with the highest pair score */
+/* The support images of one call (the same on every call). */
+typedef struct support_view {
+    const float *inputs;
+    char *const *paths;
+    const int32_t *labels;
+    int64_t n;
+} support_view;
+
+/* The predicted class's support image with the highest pair score, its maps
+ * kept in ex->best_*: its index (*best_score its score), or -1 after the
+ * error. */
+static int64_t best_support(explainer *ex, const support_view *sv, const char *query_path,
+                            int32_t predicted, float *best_score) {
+    const size_t per = (size_t)(ex->c * ex->h * ex->w);
+    const size_t lp = (size_t)(ex->layers * ex->fh * ex->fw);
     int64_t best = -1;
-    float best_score = 0;
-    for (int64_t j = 0; j < n_support; j++) {
-        if (support_labels[j] != predicted) continue;
-        float *sf = ex->sup_feat + (size_t)j * ex->feat;
+    for (int64_t j = 0; j < sv->n; j++) {
+        if (sv->labels[j] != predicted) continue;
+        float *sf = ex->sup_feat + (size_t)j * ex->feat, score = 0;
         if (!ex->have[j]) {
-            st = lwfm_model_features(ex->model, support_inputs + (size_t)j * per, 1, ex->c, ex->h,
-                                     ex->w, sf, ex->feat);
+            lwfm_status st = lwfm_model_features(ex->model, sv->inputs + (size_t)j * per, 1, ex->c,
+                                                 ex->h, ex->w, sf, ex->feat);
             if (st) {
-                cli_error("cannot explain", support_paths[j], "%s", lwfm_last_error());
-                return NULL;
+                cli_error("cannot explain", sv->paths[j], "%s", lwfm_last_error());
+                return -1;
             }
             ex->have[j] = 1;
         }
-        float global = 0, score = 0;
-        if (ex->rcn) {
-            st = lwfm_rcn_pair(ex->rcn, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->sim,
-                               ex->assign, ex->ws, lp, &score);
-            if (!st) rcn_maps(ex, P);
-        } else {
-            st = lwfm_lwe_pair(ex->lwe, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->ws, ex->wq,
-                               lp, &global);
-            if (!st && ex->spm)
-                st = lwfm_spm_pair(ex->spm, sf, ex->q_feat, ex->fc, ex->fh, ex->fw, ex->assign,
-                                   ex->sim, ex->layer_scores, lp, &score);
-            if (!ex->spm) score = global;
-        }
-        if (st) {
+        if (pair(ex, sf, &score)) {
             cli_error("cannot explain", query_path, "%s", lwfm_last_error());
-            return NULL;
+            return -1;
         }
-        if (best < 0 || score > best_score) {
+        if (best < 0 || score > *best_score) {
             best = j;
-            best_score = score;
+            *best_score = score;
             memcpy(ex->best_ws, ex->ws, lp * sizeof(float));
             memcpy(ex->best_wq, ex->wq, lp * sizeof(float));
             if (ex->spm || ex->rcn) {
                 memcpy(ex->best_sim, ex->sim, lp * sizeof(float));
                 memcpy(ex->best_assign, ex->assign, lp * sizeof(int64_t));
-                memcpy(ex->best_layers, ex->layer_scores, (size_t)L * sizeof(float));
+                memcpy(ex->best_layers, ex->layer_scores, (size_t)ex->layers * sizeof(float));
             }
         }
     }
-    if (best < 0) {
+    if (best < 0)
         cli_error("cannot explain", query_path, "the predicted class has no support image");
-        return NULL;
-    }
-    int64_t layer = 0;
-    if (ex->spm)
-        for (int64_t l = 1; l < L; l++)
-            if (ex->best_layers[l] > ex->best_layers[layer]) layer = l;
+    return best;
+}
 
-    /* the picture: heat-mapped panels, then cairo draws over them */
-    cli_image img[2];
-    const char *files[2] = {support_paths[best], query_path};
+/* The two heat-mapped panels (support, query) of `layer` on the canvas,
+ * painted white first. 0, or -1 after the error. */
+static int draw_panels(explainer *ex, cairo_t *cr, const char *const files[2], int64_t layer,
+                       const char *query_path) {
+    const int64_t P = ex->fh * ex->fw;
+    char err[ERR_CAP];
     float *panel = malloc((size_t)PANEL * PANEL * 3 * sizeof(float));
-    cairo_t *cr = cairo_create(ex->canvas);
     if (!panel || cairo_status(cr) != CAIRO_STATUS_SUCCESS) {
         cli_error("cannot explain", query_path, "out of memory");
         free(panel);
-        cairo_destroy(cr);
-        return NULL;
+        return -1;
     }
     cairo_set_source_rgb(cr, 1, 1, 1);
     cairo_paint(cr);
     for (int side = 0; side < 2; side++) {
-        if (image_read(files[side], &img[side], err, sizeof err)) {
+        cli_image img;
+        if (image_read(files[side], &img, err, sizeof err)) {
             cli_error("cannot read image", files[side], "%s", err);
             free(panel);
-            cairo_destroy(cr);
-            return NULL;
+            return -1;
         }
-        int bad = resize_panel(&img[side], panel);
-        image_free(&img[side]);
+        int bad = resize_panel(&img, panel);
+        image_free(&img);
         if (bad) {
             cli_error("cannot explain", query_path, "out of memory");
             free(panel);
-            cairo_destroy(cr);
-            return NULL;
+            return -1;
         }
         const float *w = (side ? ex->best_wq : ex->best_ws) + (size_t)layer * (size_t)P;
         draw_panel(ex->canvas, side ? PANEL + GAP : 0, panel, w, ex->fh, ex->fw);
     }
     free(panel);
+    return 0;
+}
 
-    /* words: the support's class and file; the query's file, the predicted
-     * class and the runner-up with their probabilities */
+/* Words: the support's class, file and pair score; the query's file, the
+ * predicted class and the runner-up with their probabilities. */
+static void draw_words(cairo_t *cr, char *const *class_names, const float *probabilities,
+                       int64_t way, int32_t predicted, const char *support_path,
+                       const char *query_path, float best_score) {
     char line[256];
     int64_t second = -1;
     for (int64_t k = 0; k < way; k++)
@@ -668,7 +659,7 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
     const double right = PANEL + GAP + 2, room = PANEL - 4;
     snprintf(line, sizeof line, "support: %s", class_names[predicted]);
     draw_text(cr, line, 2, 13, room, 0, 1, 0.1);
-    draw_text(cr, base_name(support_paths[best]), 2, 28, room, 0, 0, 0.35);
+    draw_text(cr, base_name(support_path), 2, 28, room, 0, 0, 0.35);
     snprintf(line, sizeof line, "pair score %.4g", (double)best_score);
     draw_text(cr, line, 2, 43, room, 0, 0, 0.35);
     snprintf(line, sizeof line, "predicted: %s %.1f%%", class_names[predicted],
@@ -680,73 +671,130 @@ char *explain_query(explainer *ex, const float *support_inputs, char *const *sup
                  100.0 * (double)probabilities[second]);
         draw_text(cr, line, right, 43, room, 0, 0, 0.35);
     }
+}
 
-    char attn[64];
-    if (ex->rcn)
-        snprintf(attn, sizeof attn, "w\xc2\xb7sim");
-    else
-        snprintf(attn, sizeof attn, "attention (layer %lld)", (long long)layer);
-    draw_bar(cr, 0, colormap, "low", attn, "high");
-    if (ex->spm || ex->rcn) {
-        const int64_t *as = ex->best_assign + (size_t)layer * (size_t)P;
-        /* SPM: the matched similarities; RCN: a_r = w_r sim_r (best_ws) */
-        const float *sim = (ex->rcn ? ex->best_ws : ex->best_sim) + (size_t)layer * (size_t)P;
-        /* bold: the top_k best matches (RCN: RCN_LINES), the k largest values
-         * (first wins ties); RCN draws only the regions that add to the term */
-        int64_t k = ex->rcn ? RCN_LINES : ex->top_k;
-        k = k < P ? k : P;
-        unsigned char *top = calloc((size_t)P, 1);
-        if (!top) {
-            cli_error("cannot explain", query_path, "out of memory");
-            cairo_destroy(cr);
-            return NULL;
-        }
-        for (int64_t r = 0; r < k; r++) {
-            int64_t arg = -1;
-            for (int64_t a = 0; a < P; a++)
-                if (!top[a] && (arg < 0 || sim[a] > sim[arg])) arg = a;
-            if (arg >= 0) top[arg] = 1;
-        }
-        /* colours: the matched similarities normalised over this picture's
-         * matches, the weakest red, the strongest green (the cosines of a
-         * model's matches are often all close to 1) */
-        float lo = sim[0], hi = sim[0];
-        for (int64_t a = 1; a < P; a++) {
-            lo = sim[a] < lo ? sim[a] : lo;
-            hi = sim[a] > hi ? sim[a] : hi;
-        }
-        char lo_s[32], hi_s[32];
-        snprintf(lo_s, sizeof lo_s, "%.3g", (double)lo);
-        snprintf(hi_s, sizeof hi_s, "%.3g", (double)hi);
-        draw_bar(cr, PANEL + GAP, match_colour, lo_s, ex->rcn ? "w\xc2\xb7sim" : "similarity",
-                 hi_s);
-        for (int pass = 0; pass < 2; pass++)
-            for (int64_t a = 0; a < P; a++) {
-                if (top[a] != pass || (ex->rcn && !(sim[a] > 0))) continue;
-                float xa, ya, xb, yb, rgb[3];
-                cell_centre(a, ex->fh, ex->fw, 0, &xa, &ya);
-                cell_centre(as[a], ex->fh, ex->fw, PANEL + GAP, &xb, &yb);
-                match_colour(hi > lo ? (sim[a] - lo) / (hi - lo) : 1.0f, rgb);
-                if (!pass) {
-                    draw_segment(cr, xa, ya, xb, yb, 1.0f, rgb);
-                } else {
-                    static const float dark[3] = {0.1f, 0.1f, 0.1f};
-                    draw_segment(cr, xa, ya, xb, yb, 3.0f, rgb);
-                    draw_disc(cr, xa, ya, 5.0f, dark);
-                    draw_disc(cr, xb, yb, 5.0f, dark);
-                    draw_disc(cr, xa, ya, 3.5f, rgb);
-                    draw_disc(cr, xb, yb, 3.5f, rgb);
-                }
+/* Bold: the top_k best matches (RCN: RCN_LINES), the k largest values of
+ * sim (first wins ties): top[a] set for them. */
+static void mark_top(const float *sim, int64_t P, int64_t k, unsigned char *top) {
+    k = k < P ? k : P;
+    for (int64_t r = 0; r < k; r++) {
+        int64_t arg = -1;
+        for (int64_t a = 0; a < P; a++)
+            if (!top[a] && (arg < 0 || sim[a] > sim[arg])) arg = a;
+        if (arg >= 0) top[arg] = 1;
+    }
+}
+
+/* The match lines of `layer` and their colour bar (SPM on, or RCN). 0, or
+ * -1 after the error. */
+static int draw_matches(explainer *ex, cairo_t *cr, int64_t layer, const char *query_path) {
+    const int64_t P = ex->fh * ex->fw;
+    const int64_t *as = ex->best_assign + (size_t)layer * (size_t)P;
+    /* SPM: the matched similarities; RCN: a_r = w_r sim_r (best_ws) */
+    const float *sim = (ex->rcn ? ex->best_ws : ex->best_sim) + (size_t)layer * (size_t)P;
+    /* RCN draws only the regions that add to the term */
+    unsigned char *top = calloc((size_t)P, 1);
+    if (!top) {
+        cli_error("cannot explain", query_path, "out of memory");
+        return -1;
+    }
+    mark_top(sim, P, ex->rcn ? RCN_LINES : ex->top_k, top);
+    /* colours: the matched similarities normalised over this picture's
+     * matches, the weakest red, the strongest green (the cosines of a
+     * model's matches are often all close to 1) */
+    float lo = sim[0], hi = sim[0];
+    for (int64_t a = 1; a < P; a++) {
+        lo = sim[a] < lo ? sim[a] : lo;
+        hi = sim[a] > hi ? sim[a] : hi;
+    }
+    char lo_s[32], hi_s[32];
+    snprintf(lo_s, sizeof lo_s, "%.3g", (double)lo);
+    snprintf(hi_s, sizeof hi_s, "%.3g", (double)hi);
+    draw_bar(cr, PANEL + GAP, match_colour, lo_s, ex->rcn ? "w\xc2\xb7sim" : "similarity", hi_s);
+    for (int pass = 0; pass < 2; pass++)
+        for (int64_t a = 0; a < P; a++) {
+            if (top[a] != pass || (ex->rcn && !(sim[a] > 0))) continue;
+            float xa, ya, xb, yb, rgb[3];
+            cell_centre(a, ex->fh, ex->fw, 0, &xa, &ya);
+            cell_centre(as[a], ex->fh, ex->fw, PANEL + GAP, &xb, &yb);
+            match_colour(hi > lo ? (sim[a] - lo) / (hi - lo) : 1.0f, rgb);
+            if (!pass) {
+                draw_segment(cr, xa, ya, xb, yb, 1.0f, rgb);
+            } else {
+                static const float dark[3] = {0.1f, 0.1f, 0.1f};
+                draw_segment(cr, xa, ya, xb, yb, 3.0f, rgb);
+                draw_disc(cr, xa, ya, 5.0f, dark);
+                draw_disc(cr, xb, yb, 5.0f, dark);
+                draw_disc(cr, xa, ya, 3.5f, rgb);
+                draw_disc(cr, xb, yb, 3.5f, rgb);
             }
-        free(top);
+        }
+    free(top);
+    return 0;
+}
+
+/* The whole picture on ex->canvas. 0, or -1 after the error. */
+static int draw_picture(explainer *ex, const char *const files[2], int64_t layer,
+                        char *const *class_names, const float *probabilities, int64_t way,
+                        int32_t predicted, float best_score) {
+    cairo_t *cr = cairo_create(ex->canvas);
+    int rc = draw_panels(ex, cr, files, layer, files[1]);
+    if (!rc) {
+        draw_words(cr, class_names, probabilities, way, predicted, files[0], files[1],
+                   best_score);
+        char attn[64];
+        if (ex->rcn)
+            snprintf(attn, sizeof attn, "w\xc2\xb7sim");
+        else
+            snprintf(attn, sizeof attn, "attention (layer %lld)", (long long)layer);
+        draw_bar(cr, 0, colormap, "low", attn, "high");
+        if (ex->spm || ex->rcn) rc = draw_matches(ex, cr, layer, files[1]);
+    }
+    if (rc) {
+        cairo_destroy(cr);
+        return -1;
     }
     cairo_status_t cs = cairo_status(cr);
     cairo_destroy(cr);
     cairo_surface_flush(ex->canvas);
     if (cs != CAIRO_STATUS_SUCCESS) {
-        cli_error("cannot explain", query_path, "cairo: %s", cairo_status_to_string(cs));
+        cli_error("cannot explain", files[1], "cairo: %s", cairo_status_to_string(cs));
+        return -1;
+    }
+    return 0;
+}
+
+char *explain_query(explainer *ex, const float *support_inputs, char *const *support_paths,
+                    const int32_t *support_labels, int64_t n_support, const float *query_input,
+                    const char *query_path, int64_t query_index, int32_t predicted,
+                    char *const *class_names, const float *probabilities, int64_t way) {
+    char err[ERR_CAP];
+    if (!ex->sup_feat) {
+        ex->sup_feat = malloc((size_t)n_support * ex->feat * sizeof(float));
+        ex->have = calloc((size_t)n_support, 1);
+        ex->n_support = n_support;
+        if (!ex->sup_feat || !ex->have) {
+            cli_error("cannot explain", query_path, "out of memory");
+            return NULL;
+        }
+    }
+    lwfm_status st =
+        lwfm_model_features(ex->model, query_input, 1, ex->c, ex->h, ex->w, ex->q_feat, ex->feat);
+    if (st) {
+        cli_error("cannot explain", query_path, "%s", lwfm_last_error());
         return NULL;
     }
+    const support_view sv = {support_inputs, support_paths, support_labels, n_support};
+    float best_score = 0;
+    int64_t best = best_support(ex, &sv, query_path, predicted, &best_score);
+    if (best < 0) return NULL;
+    int64_t layer = 0;
+    if (ex->spm)
+        for (int64_t l = 1; l < ex->layers; l++)
+            if (ex->best_layers[l] > ex->best_layers[layer]) layer = l;
+    const char *const files[2] = {support_paths[best], query_path};
+    if (draw_picture(ex, files, layer, class_names, probabilities, way, predicted, best_score))
+        return NULL;
 
     char *out = output_path(ex->dir, query_path, query_index);
     if (!out) {

@@ -1,4 +1,7 @@
-/* Models by name: `--model omniglot` finds omniglot.npz among the installed
+/* Models: finding them by name, loading them (a PyTorch checkpoint is named
+ * as such), preprocessing an image file for them.
+ *
+ * By name: `--model omniglot` finds omniglot.npz among the installed
  * bundled models (docs/cli.md, "Models by name").
  *
  * A MODEL argument that names an existing file, or that holds a '/', is a
@@ -14,6 +17,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <zip.h>
 
 #include "cli.h"
 
@@ -85,4 +90,92 @@ char *find_model(const char *name) {
     }
     if (!found) found = try_dir(LWFM_MODELS_DIR, strlen(LWFM_MODELS_DIR), name);
     return found ? found : str_dup(name);
+}
+
+/* ---- loading ---------------------------------------------------------------- */
+
+char *model_config_json(const lwfm_model *model) {
+    size_t len = 0;
+    lwfm_status st = lwfm_model_config_json(model, NULL, 0, &len);
+    if (st != LWFM_OK && st != LWFM_ERR_BUFFER_TOO_SMALL) return NULL;
+    char *json = malloc(len + 1);
+    if (json && lwfm_model_config_json(model, json, len + 1, NULL) != LWFM_OK) {
+        free(json);
+        json = NULL;
+    }
+    return json;
+}
+
+lwfm_model *load_model(const char *path) {
+    return load_model_precision(path, LWFM_PRECISION_FP32);
+}
+
+/* "zip" for a PyTorch zip checkpoint (torch.save since 1.6: a zip with
+ * <name>/data.pkl), "pickle" for a legacy one (a pickle stream), else NULL. */
+static const char *pytorch_checkpoint(const char *path) {
+    unsigned char b[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t n = fread(b, 1, sizeof b, f);
+    fclose(f);
+    if (n >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5) return "pickle";
+    if (n < 4 || memcmp(b, "PK\3\4", 4) != 0) return NULL;
+    int code = 0;
+    zip_t *za = zip_open(path, ZIP_RDONLY, &code);
+    if (!za) return NULL;
+    const char *kind = NULL;
+    zip_int64_t entries = zip_get_num_entries(za, 0);
+    for (zip_int64_t k = 0; k < entries && k < 100000 && !kind; k++) {
+        const char *name = zip_get_name(za, (zip_uint64_t)k, 0);
+        size_t len = name ? strlen(name) : 0;
+        if (len >= 8 && !strcmp(name + len - 8, "data.pkl")) kind = "zip";
+    }
+    zip_discard(za);
+    return kind;
+}
+
+lwfm_model *load_model_precision(const char *path, lwfm_precision precision) {
+    lwfm_model *model = NULL;
+    lwfm_load_options *opts = NULL;
+    lwfm_status st = lwfm_load_options_create(&opts);
+    if (!st) st = lwfm_load_options_set_precision(opts, precision);
+    char *file = find_model(path); /* a name like "omniglot": models.c */
+    if (!st) st = file ? lwfm_model_load(&model, file, opts) : LWFM_ERR_OUT_OF_MEMORY;
+    free(file);
+    lwfm_load_options_destroy(opts);
+    const char *torch = st ? pytorch_checkpoint(path) : NULL;
+    if (torch) {
+        cli_error("cannot load model", path,
+                  "this is a PyTorch checkpoint (%s), not a libLWFM weight file: convert it "
+                  "with python3 -m lwfm.convert",
+                  !strcmp(torch, "zip") ? "a zip with data.pkl" : "a legacy pickle");
+        cli_hint("python3 -m lwfm.convert --method lwfm-spm|dn4|mml CHECKPOINT OUT.npz "
+                 "(docs/weight-format.md)");
+        return NULL;
+    }
+    if (st) {
+        cli_error("cannot load model", path, "%s", lwfm_last_error());
+        if (st == LWFM_ERR_IO && !strchr(path, '/')) {
+            char where[2 * ERR_CAP];
+            model_search_path(where, sizeof where);
+            cli_hint("--model takes a weight file (.npz) or the name of an installed model, "
+                     "looked for in %s", where);
+        } else if (st == LWFM_ERR_IO)
+            cli_hint("--model takes a weight file (.npz) written by lwfm.convert or lwfm.train");
+        else if (st == LWFM_ERR_FORMAT || st == LWFM_ERR_MISSING_KEY)
+            cli_hint("is it a libLWFM weight file? see docs/weight-format.md");
+        return NULL;
+    }
+    return model;
+}
+
+int preprocess_file(const lwfm_model *model, const char *path, float *out, size_t count, char *err,
+                    size_t cap) {
+    cli_image img;
+    if (image_read(path, &img, err, cap)) return -1;
+    lwfm_status st = lwfm_model_preprocess(model, img.pixels, img.format, img.height, img.width,
+                                           img.channels, 0, out, count);
+    if (st) snprintf(err, cap, "%s", lwfm_last_error());
+    image_free(&img);
+    return st ? -1 : 0;
 }
