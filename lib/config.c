@@ -15,7 +15,9 @@
 #include <string.h>
 
 #include "config.h"
+#include "backbone/net.h"
 #include "core/core.h"
+#include "methods/method.h"
 
 #define N_METHODS 4
 #define N_BACKBONES 4
@@ -25,18 +27,19 @@ static const char *const kBackbones[N_BACKBONES] = {"resnet18", "conv64f", "resn
 static const char *const kDistances[] = {"wass", "kl", "w2"};
 static const char *const kBatchNorm[] = {"running", "batch"};
 
-/* Per method: the prefix of the backbone's tensors. Per backbone: its first
- * convolution, whose weight gives the input channels. */
-static const char *const kPrefix[N_METHODS] = {"feature_extractor.", "", "", "feature_encoder."};
-static const char *const kFirstConv[N_BACKBONES] = {
-    "initial_block.conv1.weight", "features.0.weight", "layer1.0.conv1.weight", "layer1.0.weight"};
-
+/* Names, tensor prefixes and first convolutions come from the method and
+ * backbone tables (lib/methods/table.c, lib/backbone/table.c). kMethods and
+ * kBackbones above are the schema's enum values for config/method and
+ * config/backbone: the same names in id order (to do: read them from the
+ * tables, so that a registered method can be named in a weight file). */
 const char *lwfm__method_name(lwfm_method m) {
-    return (unsigned)m < N_METHODS ? kMethods[m] : "unknown";
+    const lwfm__method *me = lwfm__method_get(m);
+    return me ? me->name : "unknown";
 }
 
 const char *lwfm__backbone_name(lwfm__backbone_kind b) {
-    return (unsigned)b < N_BACKBONES ? kBackbones[b] : "unknown";
+    const lwfm__backbone *bb = lwfm__backbone_get(b);
+    return bb ? bb->name : "unknown";
 }
 
 const char *lwfm__distance_name(lwfm__mml_distance d) {
@@ -44,7 +47,8 @@ const char *lwfm__distance_name(lwfm__mml_distance d) {
 }
 
 const char *lwfm__backbone_prefix(const lwfm__config *cfg) {
-    return (unsigned)cfg->method < N_METHODS ? kPrefix[cfg->method] : "";
+    const lwfm__method *me = lwfm__method_get(cfg->method);
+    return me ? me->weight_prefix : "";
 }
 
 /* ------------------------------------------------------------------------ */
@@ -501,7 +505,8 @@ lwfm_status lwfm__config_read(lwfm__config *out, const lwfm__archive *ar) {
 
     /* Input channels come from the first convolution's weight. */
     char key[160];
-    snprintf(key, sizeof key, "%s%s", lwfm__backbone_prefix(&c), kFirstConv[c.backbone]);
+    snprintf(key, sizeof key, "%s%s", lwfm__backbone_prefix(&c),
+             lwfm__backbone_get(c.backbone)->first_weight);
     const lwfm__tensor *first = lwfm__archive_find(ar, key);
     if (!first) return lwfm__error(LWFM_ERR_MISSING_KEY, "missing tensor '%s'", key);
     if (first->ndim != 4 || first->shape[1] < 1 || first->shape[1] > 4)
