@@ -118,12 +118,28 @@ void explain_close(explainer *ex) {
     free(ex);
 }
 
+/* The pair view a model offers decides the drawing: the LWE (+ SPM) view of
+ * an lwfm-spm model, or RCN's relation view; the library says which by
+ * refusing the other with LWFM_ERR_WRONG_KIND (no list of methods here). */
+static lwfm_status open_view(explainer *ex, lwfm_model *model) {
+    lwfm_status st = lwfm_lwe_create(&ex->lwe, model);
+    if (st == LWFM_ERR_WRONG_KIND) st = lwfm_rcn_create(&ex->rcn, model);
+    return st;
+}
+
 int explain_check(const lwfm_model *model, const char *model_path) {
-    lwfm_method m = lwfm_model_method(model);
-    if (m != LWFM_METHOD_LWFM_SPM && m != LWFM_METHOD_RCN) {
+    explainer probe = {0};
+    lwfm_status st = open_view(&probe, (lwfm_model *)model);
+    lwfm_lwe_destroy(probe.lwe);
+    lwfm_rcn_destroy(probe.rcn);
+    if (st == LWFM_ERR_WRONG_KIND) {
         cli_error("--explain", model_path,
                   "explanations are available for lwfm-spm and rcn models; this model is %s",
-                  method_name(m));
+                  lwfm_method_name(lwfm_model_method(model)));
+        return -1;
+    }
+    if (st) {
+        cli_error("--explain", model_path, "%s", lwfm_last_error());
         return -1;
     }
     return 0;
@@ -138,9 +154,7 @@ int explain_open(explainer **out, lwfm_model *model, const char *model_path, con
         return -1;
     }
     ex->model = model;
-    lwfm_status st = lwfm_model_method(model) == LWFM_METHOD_RCN
-                         ? lwfm_rcn_create(&ex->rcn, model)
-                         : lwfm_lwe_create(&ex->lwe, model);
+    lwfm_status st = open_view(ex, model);
     if (st) {
         cli_error("--explain", model_path, "%s", lwfm_last_error());
         explain_close(ex);
