@@ -248,11 +248,9 @@ void sampler_episode(sampler *s, episode *e);
 
 typedef struct explainer explainer;
 
-/* 0 when the model's decisions can be explained (an LWFM-SPM model);
- * otherwise -1 after printing "--explain (<model path>): ...". */
-int explain_check(const lwfm_model *model, const char *model_path);
-/* explain_check(), the LWE / SPM handles, and `dir` created (with its
- * parents) and writable. 0, or -1 after printing the error. */
+/* The model's pair view (LWE / SPM of an lwfm-spm model, or RCN's), and `dir`
+ * created (with its parents) and writable. 0, or -1 after printing
+ * "--explain (<model path>): ..." (a model without such a view: its method). */
 int explain_open(explainer **out, lwfm_model *model, const char *model_path, const char *dir);
 /* Explain query `query_index` (its preprocessed input and file), predicted
  * as class `predicted`, against the support images (preprocessed inputs,

@@ -127,27 +127,8 @@ static lwfm_status open_view(explainer *ex, lwfm_model *model) {
     return st;
 }
 
-int explain_check(const lwfm_model *model, const char *model_path) {
-    explainer probe = {0};
-    lwfm_status st = open_view(&probe, (lwfm_model *)model);
-    lwfm_lwe_destroy(probe.lwe);
-    lwfm_rcn_destroy(probe.rcn);
-    if (st == LWFM_ERR_WRONG_KIND) {
-        cli_error("--explain", model_path,
-                  "explanations are available for lwfm-spm and rcn models; this model is %s",
-                  lwfm_method_name(lwfm_model_method(model)));
-        return -1;
-    }
-    if (st) {
-        cli_error("--explain", model_path, "%s", lwfm_last_error());
-        return -1;
-    }
-    return 0;
-}
-
 int explain_open(explainer **out, lwfm_model *model, const char *model_path, const char *dir) {
     *out = NULL;
-    if (explain_check(model, model_path)) return -1;
     explainer *ex = calloc(1, sizeof *ex);
     if (!ex) {
         cli_error("--explain", NULL, "out of memory");
@@ -155,6 +136,13 @@ int explain_open(explainer **out, lwfm_model *model, const char *model_path, con
     }
     ex->model = model;
     lwfm_status st = open_view(ex, model);
+    if (st == LWFM_ERR_WRONG_KIND) {
+        cli_error("--explain", model_path,
+                  "explanations are available for lwfm-spm and rcn models; this model is %s",
+                  lwfm_method_name(lwfm_model_method(model)));
+        explain_close(ex);
+        return -1;
+    }
     if (st) {
         cli_error("--explain", model_path, "%s", lwfm_last_error());
         explain_close(ex);
