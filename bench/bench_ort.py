@@ -78,21 +78,13 @@ def load_avg():
 
 def build_case(name, tmp, torch, lwfm_ref):
     """(reference encoder, weight file, onnx file) with random weights."""
-    from lwfm.weights import save_weights
-    torch.manual_seed(0)
-    if name == "resnet18":
-        cfg = lwfm_ref.make_config()
-        model = lwfm_ref.LWFMSPM(cfg).eval()
-        ref = model.feature_extractor
-    else:
-        cfg = dict(lwfm_ref.DN4_CONFIG)
-        model = ref = lwfm_ref.build_backbone(cfg).eval()
-    lwfm_ref.randomize_bn(model, seed=1)
-    npz = Path(tmp) / f"{name}.npz"
-    save_weights(str(npz), {k: v.detach().numpy() for k, v in model.state_dict().items()}, cfg)
+    from bench_all import export_model
+    cfg = lwfm_ref.make_config() if name == "resnet18" else dict(lwfm_ref.DN4_CONFIG)
+    npz, model = export_model(tmp, cfg, torch, f"{name}.npz")
+    ref = model.feature_extractor if cfg["method"] == "lwfm-spm" else model
     onnx = Path(tmp) / f"{name}.onnx"
     ort_anchor.export(torch, ref, torch.zeros(BATCH, 3, SIZE, SIZE), onnx)
-    return ref, npz, onnx
+    return ref, Path(npz), onnx
 
 
 def rel_err(got, expect):
