@@ -34,14 +34,27 @@ typedef struct toy_prep {
     float *pooled; /* n x C: mean over positions */
 } toy_prep;
 
+/* One buffer: the pooled features, C floats per image (their layout lets
+ * the library copy, grow, save and load prepared sets of the method). */
+static void toy_layout(const lwfm_model *m, int64_t n, int64_t P, lwfm__prep_layout *out) {
+    (void)n, (void)P;
+    out->struct_bytes = sizeof(toy_prep);
+    out->n_image_buf = 1;
+    out->image_bytes[0] = (size_t)m->layers.C * sizeof(float);
+    out->type[0] = 'f';
+}
+
+static void toy_bind(lwfm__prep *prep) {
+    toy_prep *p = (toy_prep *)prep;
+    p->n = p->mem.n;
+    p->pooled = p->mem.buf[0];
+}
+
 static lwfm_status toy_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
                                lwfm__arena *arena, lwfm__prep **out) {
     const int64_t C = m->layers.C;
-    const size_t bytes = (size_t)n * C * sizeof(float);
-    toy_prep *p = lwfm__prep_new(arena, sizeof *p, 1, &bytes, n);
+    toy_prep *p = (toy_prep *)lwfm__prep_make(m, n, P, arena);
     if (!p) return LWFM_ERR_OUT_OF_MEMORY;
-    p->n = n;
-    p->pooled = p->mem.buf[0];
     for (int64_t i = 0; i < n * C; i++) {
         double s = 0.0;
         for (int64_t a = 0; a < P; a++) s += feats[i * P + a];
@@ -79,6 +92,8 @@ static const lwfm__method toy_method = {
     .id = (lwfm_method)100,
     .name = "toy-cosine",
     .weight_prefix = "",
+    .layout = toy_layout,
+    .bind = toy_bind,
     .prepare = toy_prepare,
     .score = toy_score,
 };
