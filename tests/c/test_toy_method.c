@@ -192,6 +192,24 @@ int main(int argc, char **argv) {
     memset(got, 0, sizeof got);
     EXPECT(sup && lwfm_support_score_features(sup, qf, nq, C, fh, fw, got, 24) == LWFM_OK);
     expect_close(got, want, 24);
+
+    /* its layout lets the library save, load and grow toy sets too */
+    size_t bytes = 0;
+    EXPECT(lwfm_support_save_to_memory(sup, NULL, 0, &bytes) == LWFM_OK);
+    void *blob = test_alloc(bytes);
+    EXPECT(lwfm_support_save_to_memory(sup, blob, bytes, NULL) == LWFM_OK);
+    lwfm_support *back = NULL, *base = NULL, *grown = NULL;
+    float again[6 * 4];
+    EXPECT(lwfm_support_load_from_memory(&back, m, blob, bytes) == LWFM_OK);
+    EXPECT(back && lwfm_support_score_features(back, qf, nq, C, fh, fw, again, 24) == LWFM_OK);
+    EXPECT(!memcmp(again, got, sizeof got));
+    EXPECT(lwfm_support_prepare_features(&base, m, sf, 3, labels, C, fh, fw, 3) == LWFM_OK);
+    EXPECT(lwfm_support_add_features(&grown, base, sf + 3 * feat, ns - 3, labels + 3, C, fh, fw,
+                                     way) == LWFM_OK); /* class 3 is new */
+    EXPECT(grown && lwfm_support_score_features(grown, qf, nq, C, fh, fw, again, 24) == LWFM_OK);
+    EXPECT(!memcmp(again, got, sizeof got));
+    lwfm_support_destroy(back), lwfm_support_destroy(base), lwfm_support_destroy(grown);
+    free(blob);
     lwfm_support_destroy(sup);
 
     /* no per-pair views: the handles say which method has them */
