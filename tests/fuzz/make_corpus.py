@@ -17,6 +17,14 @@ image/    tiny PNGs (grey, grey+alpha, RGB, RGBA, palette with tRNS, 1-bit,
           truncated copies.
 episode/  argument blobs for fuzz_episode.c: each call with valid counts and
           then with zero, negative and over-the-limit values, NaN, NULLs.
+support/  support-set files (docs/support-format.md) for fuzz_support.c, after
+          its flags byte (1: recompute the CRC): a valid file of each method,
+          made by the library from small feature maps for the build's test
+          models (build/tests, or $LWFM_FUZZ_MODELS) and the bundled RCN model;
+          on the smallest, truncations and a flipped bit in every header field,
+          label, name and buffer, with and without the CRC fixed. Needs
+          LWFM_LIBRARY; valid only while the test models' weights (their
+          fingerprints) stay as tests/make_test_models.py writes them.
 """
 import io
 import os
@@ -284,12 +292,54 @@ def episodes():
         out("episode", f"huge_pixel_features_m{model}", blob(4, model, poison=0xc3))
 
 
+def support_sets():
+    import lwfm
+    build = os.environ.get("LWFM_FUZZ_MODELS", os.path.join(ROOT, "build", "tests"))
+    models = [("lwfm_spm", os.path.join(build, "lwfm_tiny.npz")),
+              ("dn4", os.path.join(build, "dn4_random.npz")),
+              ("mml", os.path.join(build, "mml_random.npz")),
+              ("rcn", os.path.join(ROOT, "models", "omniglot-rcn.npz"))]
+    rng = np.random.default_rng(0)
+    files = {}
+    for tag, path in models:
+        with lwfm.Model(path) as m:
+            C, fh, fw = m.feature_shape()
+            feats = None
+            for shape in ((C, 2, 2), (C, fh, fw)):  # small maps where the taps are native
+                try:
+                    feats = rng.standard_normal((2,) + shape).astype(np.float32)
+                    data = m.prepare_support(feats, ["a", "b"], features=True).to_bytes()
+                    break
+                except lwfm.Error:
+                    continue
+            files[tag] = data
+            out("support", f"{tag}_valid", b"\0" + data)
+    tag = min(files, key=lambda t: len(files[t]))
+    data = files[tag]
+    out("support", f"{tag}_valid_crc_fixed", b"\1" + data)
+    for n in (0, 7, 8, 151, 152, 155, 156, len(data) // 2, len(data) - 1):
+        out("support", f"{tag}_truncated_{n}", b"\0" + data[:n])
+    fields = {"magic": 0, "version": 8, "flags": 12, "method": 16, "fingerprint": 40,
+              "precision": 64, "bufs": 68, "way": 72, "n": 80, "positions": 88,
+              "names_bytes": 96, "image_bytes": 104, "image_bytes_unused": 150, "label": 156,
+              "name": 160, "buffer": len(data) - 40, "crc": len(data) - 2}
+    for name, at in fields.items():
+        flipped = bytearray(data)
+        flipped[at] ^= 0x40
+        out("support", f"{tag}_flip_{name}", b"\1" + bytes(flipped))
+    out("support", f"{tag}_flip_buffer_crc_kept", b"\0" + data[:-40] + bytes([data[-40] ^ 1])
+        + data[-39:])
+    nan = bytearray(data)
+    nan[-8:-4] = np.float32("nan").tobytes()
+    out("support", f"{tag}_nan", b"\1" + bytes(nan))
+
+
 if __name__ == "__main__":
     # make_corpus.py [TARGET...]: only those corpora (default: all). The zip
     # time stamps make the weight files differ from run to run.
     sys.path[:0] = [os.path.join(ROOT, "bindings/python")]
-    todo = sys.argv[1:] or ["weights", "weights15", "members", "image", "episode"]
+    todo = sys.argv[1:] or ["weights", "weights15", "members", "image", "episode", "support"]
     for name, fn in (("weights", weights), ("weights15", weights_issue15), ("members", members),
-                     ("image", images), ("episode", episodes)):
+                     ("image", images), ("episode", episodes), ("support", support_sets)):
         if name in todo:
             fn()
