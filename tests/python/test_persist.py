@@ -200,3 +200,69 @@ def test_pickled_set_loads_in_a_fresh_process(method_model, tmp_path):
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == f"{sup.classes!r} False"
     assert np.array_equal(np.load(tmp_path / "l.npy"), want)
+
+
+def test_set_is_refused_by_another_model(lib, small):
+    """A set saved with one model: another model of the same method (other
+    weights) and one of another method refuse it, naming both fingerprints."""
+    if not TINY.exists() or not DN4.exists():
+        pytest.skip("the test models are made by the build")
+    with lib.Model(small) as m:
+        support, labels, _ = episode(m)
+        data = m.prepare_support(support, labels).to_bytes()
+        fp = m.fingerprint
+    for other in (TINY, DN4):
+        with lib.Model(other) as o:
+            with pytest.raises(lib.Error) as e:
+                lib.SupportSet.from_bytes(o, data)
+            assert e.value.status_name == "wrong kind of model" or e.value.status == 10
+            assert fp in str(e.value) and o.fingerprint in str(e.value)
+
+
+def test_damaged_bytes_are_refused(lib, small, tmp_path):
+    """Truncated, bit-flipped or padded bytes: lwfm.Error with a message that
+    says what is wrong; a file that is not there: an I/O error."""
+    with lib.Model(small) as m:
+        support, labels, _ = episode(m)
+        data = m.prepare_support(support, labels).to_bytes()
+        for cut in (0, 10, 155, len(data) // 2, len(data) - 1):
+            with pytest.raises(lib.Error, match="truncated|not a libLWFM") as e:
+                lib.SupportSet.from_bytes(m, data[:cut])
+            assert e.value.status == 4  # LWFM_ERR_FORMAT
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 1
+        with pytest.raises(lib.Error, match="CRC"):
+            lib.SupportSet.from_bytes(m, bytes(flipped))
+        with pytest.raises(lib.Error, match="trailing"):
+            lib.SupportSet.from_bytes(m, data + b"\0")
+        (tmp_path / "cut.lwfmsup").write_bytes(data[:-1])
+        with pytest.raises(lib.Error, match="truncated"):
+            lib.SupportSet.load(m, tmp_path / "cut.lwfmsup")
+        with pytest.raises(lib.Error) as e:
+            lib.SupportSet.load(m, tmp_path / "missing.lwfmsup")
+        assert e.value.status == 3  # LWFM_ERR_IO
+
+
+def test_names_travel_and_grow(lib, small, tmp_path):
+    """String names travel in files; other names only by pickle (save refuses
+    them); add() takes names, and new names make new classes."""
+    with lib.Model(small) as m:
+        support, labels, query = episode(m, shots=(2, 2, 1, 1))
+        names = np.array(["ant", "bee", "cow", "doe"])[labels]
+        order = list(dict.fromkeys(names[:4]))
+        whole = m.prepare_support(support, names)
+        base = m.prepare_support(support[:4], names[:4])
+        grown = base.add(support[4:], list(names[4:]))
+        assert base.classes == tuple(order)
+        assert grown.classes == whole.classes
+        assert np.array_equal(grown.score(query), whole.score(query))
+        back = lib.SupportSet.from_bytes(m, grown.to_bytes())
+        assert back.classes == whole.classes
+        odd = m.prepare_support(support[:2], [("a", 1), ("b", 2)])
+        with pytest.raises(TypeError, match="string class names"):
+            odd.save(tmp_path / "odd.lwfmsup")
+        assert pickle.loads(pickle.dumps(odd)).classes == (("a", 1), ("b", 2))
+        numbered = m.prepare_support(support[:2], [0, 1])
+        assert numbered.add(support[2:3], [2]).classes == (0, 1, 2)
+        with pytest.raises(ValueError, match="need names"):
+            base.add(support[4:5], [len(base.classes)])
