@@ -15,6 +15,7 @@
  * usage: test_support_file SMALL_MODEL.npz MODEL.npz... (first: small) */
 #include <dirent.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,6 +159,47 @@ static void grow(lwfm_model *m, const episode *e, int features) {
     lwfm_support_destroy(grown);
 #undef PREP
 #undef ADD
+}
+
+/* Sets are immutable: threads score a base while it is grown and saved,
+ * bitwise equal to its scores before. */
+typedef struct scorer {
+    const lwfm_support *s;
+    const episode *e;
+    const float *want;
+    int bad;
+} scorer;
+
+static void *score_loop(void *arg) {
+    scorer *c = arg;
+    float got[64];
+    const size_t n = sizeof(float) * (size_t)(c->e->nq * lwfm_support_way(c->s));
+    for (int i = 0; i < 20; i++)
+        if (score(c->s, c->e, 1, got) || memcmp(got, c->want, n)) c->bad++;
+    return NULL;
+}
+
+static void add_while_scoring(lwfm_model *m, const episode *e) {
+    const size_t feat = (size_t)(e->C * e->fh * e->fw);
+    lwfm_support *base = NULL;
+    float want[64];
+    EXPECT(lwfm_support_prepare_features(&base, m, e->sf, 3, kLabels, e->C, e->fh, e->fw, 3) ==
+           LWFM_OK);
+    if (!base || score(base, e, 1, want)) return;
+    scorer c[2] = {{base, e, want, 0}, {base, e, want, 0}};
+    pthread_t t[2];
+    for (int k = 0; k < 2; k++) pthread_create(&t[k], NULL, score_loop, &c[k]);
+    for (int i = 0; i < 6; i++) {
+        lwfm_support *g = NULL;
+        size_t n = 0;
+        EXPECT(lwfm_support_add_features(&g, base, e->sf + 3 * feat, 5, kLabels + 3, e->C, e->fh,
+                                         e->fw, 4) == LWFM_OK);
+        EXPECT(lwfm_support_save_to_memory(base, NULL, 0, &n) == LWFM_OK && n > 0);
+        lwfm_support_destroy(g);
+    }
+    for (int k = 0; k < 2; k++) pthread_join(t[k], NULL);
+    EXPECT(c[0].bad == 0 && c[1].bad == 0);
+    lwfm_support_destroy(base);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -324,7 +366,7 @@ int main(int argc, char **argv) {
             round_trip(models[k - 1], &e, features, dir);
             grow(models[k - 1], &e, features);
         }
-        if (k == 1) atomic_writes(models[0], &e, dir);
+        if (k == 1) atomic_writes(models[0], &e, dir), add_while_scoring(models[0], &e);
         free_episode(&e);
         printf("%s: %d checks, %d failed so far\n", argv[k], checks, fails);
     }
