@@ -1,18 +1,22 @@
 """Models and prepared support sets that persist (issue 18): the model
 fingerprint, pickling by value, saved support sets."""
+import hashlib
+import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
-import hashlib
-import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import ROOT
 
-BUILD_TESTS = ROOT / "build" / "tests"
+# the build's test models (tests/make_test_models.py), next to the library
+BUILD_TESTS = (Path(os.environ["LWFM_LIBRARY"]).resolve().parent / "tests"
+               if os.environ.get("LWFM_LIBRARY") else ROOT / "build" / "tests")
 SMALL = BUILD_TESTS / "lwfm_small.npz"
 TINY = BUILD_TESTS / "lwfm_tiny.npz"
 
