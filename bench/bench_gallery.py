@@ -10,7 +10,9 @@ shots, a fresh subprocess prepares a support set from random feature maps
 (lwfm_support_prepare_features) and scores batches of random query feature
 maps against it (lwfm_support_score_features):
 
-  ms/query   median time of one batch of --batch queries, divided by --batch
+  ms/query   median wall time of one batch of --batch queries, divided by --batch
+  cpu ms     the same in CPU time of the process (all its threads): less
+             sensitive than wall time to other processes taking the cores
   ratio      ms/query against the same model's 100-class figure at that shot
              (less sensitive to a shared machine's load than the times)
   set MB     resident memory the prepared set added (RSS after prepare minus
@@ -62,7 +64,8 @@ def parse_args(argv=None):
     ap.add_argument("--shots", default="1,5")
     ap.add_argument("--only", default=",".join(MODELS))
     ap.add_argument("--batch", type=int, default=8, help="queries per scoring call")
-    ap.add_argument("--reps", type=int, default=3, help="timed calls at most (and 2 s)")
+    ap.add_argument("--reps", type=int, default=4,
+                    help="calls at most (and 2 s); the first, which grows the scratch, is not timed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-gb", type=float, default=4.0,
                     help="skip configurations whose features + prepared set exceed this")
@@ -127,17 +130,20 @@ def child(spec):
         t0 = time.perf_counter()
         s.score(queries)
         times = [time.perf_counter() - t0]
+        cpu = []
         res["scratch_bytes"] = rss_bytes() - r2
         res["scratch_peak_bytes"] = hwm_bytes() - h0
         spent = times[0]
         while len(times) < spec["reps"] and spent < 2.0:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             s.score(queries)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             spent += times[-1]
         if len(times) > 1:
             times = times[1:]   # the first call also grew the arena
         res["ms_per_query"] = statistics.median(times) * 1e3 / spec["batch"]
+        res["cpu_ms_per_query"] = statistics.median(cpu) * 1e3 / spec["batch"] if cpu else None
         res["calls"] = len(times)
         s.close()
     print(json.dumps(res))
@@ -204,19 +210,20 @@ def print_table(rows):
     base = {(r["name"], r["shots"]): r["ms_per_query"] for r in rows
             if "skipped" not in r and r["classes"] == 100}
     print()
-    print("| model | C x fh x fw | classes | shots | ms/query | ratio vs 100 | set MB (RSS) "
-          "| buffers MB | score scratch MB (kept / peak) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | C x fh x fw | classes | shots | ms/query | cpu ms/query | ratio vs 100 "
+          "| set MB (RSS) | buffers MB | score scratch MB (kept / peak) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "skipped" in r:
             print(f"| {r['name']} | | {r['classes']} | {r['shots']} | skipped: "
-                  f"{r['skipped'][:60]} | | | | |")
+                  f"{r['skipped'][:60]} | | | | | |")
             continue
         b = base.get((r["name"], r["shots"]))
         ratio = f"{r['ms_per_query'] / b:.1f}" if b else ""
+        cpu = f"{r['cpu_ms_per_query']:.2f}" if r.get("cpu_ms_per_query") else ""
         buf = f"{r['buffer_bytes'] / 1e6:.1f}" if r.get("buffer_bytes") else ""
         print(f"| {r['name']} | {r['C']} x {r['fh']} x {r['fw']} | {r['classes']} | "
-              f"{r['shots']} | {r['ms_per_query']:.2f} | {ratio} | "
+              f"{r['shots']} | {r['ms_per_query']:.2f} | {cpu} | {ratio} | "
               f"{r['set_bytes'] / 1e6:.1f} | {buf} | {r['scratch_bytes'] / 1e6:.1f} / "
               f"{r['scratch_peak_bytes'] / 1e6:.1f} |")
 
