@@ -13,7 +13,7 @@ maps against it (lwfm_support_score_features):
   ms/query   median wall time of one batch of --batch queries, divided by --batch
   cpu ms     the same in CPU time of the process (all its threads): less
              sensitive than wall time to other processes taking the cores
-  ratio      ms/query against the same model's 100-class figure at that shot
+  ratio      cpu ms/query against the same model's 100-class figure at that shot
              (less sensitive to a shared machine's load than the times)
   set MB     resident memory the prepared set added (RSS after prepare minus
              before; the input features were already resident), next to the
@@ -65,7 +65,8 @@ def parse_args(argv=None):
     ap.add_argument("--only", default=",".join(MODELS))
     ap.add_argument("--batch", type=int, default=8, help="queries per scoring call")
     ap.add_argument("--reps", type=int, default=4,
-                    help="calls at most (and 2 s); the first, which grows the scratch, is not timed")
+                    help="calls at most (and 2 s, but at least 2); the first, which grows "
+                         "the scratch, is not timed")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-gb", type=float, default=4.0,
                     help="skip configurations whose features + prepared set exceed this")
@@ -134,7 +135,7 @@ def child(spec):
         res["scratch_bytes"] = rss_bytes() - r2
         res["scratch_peak_bytes"] = hwm_bytes() - h0
         spent = times[0]
-        while len(times) < spec["reps"] and spent < 2.0:
+        while len(times) < 2 or (len(times) < spec["reps"] and spent < 2.0):
             t0, c0 = time.perf_counter(), time.process_time()
             s.score(queries)
             times.append(time.perf_counter() - t0)
@@ -207,7 +208,10 @@ def main():
 
 
 def print_table(rows):
-    base = {(r["name"], r["shots"]): r["ms_per_query"] for r in rows
+    def cost(r):   # CPU time where measured (less load-sensitive), else wall time
+        return r.get("cpu_ms_per_query") or r["ms_per_query"]
+
+    base = {(r["name"], r["shots"]): cost(r) for r in rows
             if "skipped" not in r and r["classes"] == 100}
     print()
     print("| model | C x fh x fw | classes | shots | ms/query | cpu ms/query | ratio vs 100 "
@@ -219,7 +223,7 @@ def print_table(rows):
                   f"{r['skipped'][:60]} | | | | | |")
             continue
         b = base.get((r["name"], r["shots"]))
-        ratio = f"{r['ms_per_query'] / b:.1f}" if b else ""
+        ratio = f"{cost(r) / b:.1f}" if b else ""
         cpu = f"{r['cpu_ms_per_query']:.2f}" if r.get("cpu_ms_per_query") else ""
         buf = f"{r['buffer_bytes'] / 1e6:.1f}" if r.get("buffer_bytes") else ""
         print(f"| {r['name']} | {r['C']} x {r['fh']} x {r['fw']} | {r['classes']} | "
