@@ -2,6 +2,7 @@
  * episode / prepared-support calls (spec section 3). Everything that depends
  * on the method (per-image preparation, scoring, its limits) is reached
  * through the model's entry in the method table (lib/methods/method.h). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -246,12 +247,77 @@ LWFM_API int64_t lwfm_support_count(const lwfm_support *support) {
     return support ? support->n : 0;
 }
 
+/* Where a top-k call's rows go: k entries per query, best first; logits and
+ * probs may be NULL (not wanted). */
+typedef struct topk_out {
+    int64_t k;
+    int32_t *classes;
+    float *logits, *probs;
+} topk_out;
+
+/* (logit, class) in the order of lwfm_support_score_topk: larger logit
+ * first, the lower class index first on equal logits. */
+typedef struct topk_entry {
+    float v;
+    int32_t c;
+} topk_entry;
+
+static int topk_before(topk_entry a, topk_entry b) {
+    return a.v > b.v || (a.v == b.v && a.c < b.c);
+}
+
+static int topk_cmp(const void *x, const void *y) {
+    const topk_entry *a = x, *b = y;
+    return topk_before(*a, *b) ? -1 : topk_before(*b, *a) ? 1 : 0;
+}
+
+/* Rows q of the finite logits (n x way) -> tk's rows q0 + q: the k best
+ * classes by insertion into a sorted list (k small against way: one pass),
+ * or by sorting the whole row (k near way). Probabilities as
+ * lwfm_model_probabilities computes them (softmax over the whole row at the
+ * model's calibration temperature), for the selected classes only. */
+static lwfm_status topk_select(const lwfm_model *m, const float *logits, int64_t n, int64_t way,
+                               const topk_out *tk, int64_t q0) {
+    const int64_t k = tk->k;
+    const int sort_row = k > 32;
+    topk_entry *e = malloc((size_t)(sort_row ? way : k) * sizeof *e);
+    if (!e) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory selecting top-k classes");
+    const double inv_t = 1.0 / m->cfg.calibration_temperature;
+    for (int64_t q = 0; q < n; q++) {
+        const float *l = logits + q * way;
+        if (sort_row) {
+            for (int64_t c = 0; c < way; c++) e[c] = (topk_entry){l[c], (int32_t)c};
+            qsort(e, (size_t)way, sizeof *e, topk_cmp);
+        } else {
+            int64_t have = 0;
+            for (int64_t c = 0; c < way; c++) {
+                topk_entry x = {l[c], (int32_t)c};
+                if (have == k && !topk_before(x, e[k - 1])) continue;
+                int64_t i = have < k ? have++ : k - 1;
+                for (; i > 0 && topk_before(x, e[i - 1]); i--) e[i] = e[i - 1];
+                e[i] = x;
+            }
+        }
+        double sum = 0.0; /* e[0] holds the row's largest logit */
+        if (tk->probs)
+            for (int64_t c = 0; c < way; c++) sum += exp((l[c] - e[0].v) * inv_t);
+        const size_t o = (size_t)(q0 + q) * (size_t)k;
+        for (int64_t i = 0; i < k; i++) {
+            tk->classes[o + i] = e[i].c;
+            if (tk->logits) tk->logits[o + i] = e[i].v;
+            if (tk->probs) tk->probs[o + i] = (float)(exp((e[i].v - e[0].v) * inv_t) / sum);
+        }
+    }
+    free(e);
+    return LWFM_OK;
+}
+
 /* Validated queries (images, or feature maps when `features`) against a prepared
  * support set. All per-call buffers come from a reused arena; the logits are
  * computed there and copied out only on success. */
 static lwfm_status support_score_once(const lwfm_support *sp, const float *query, int features,
                                       int64_t n_query, int64_t channels, int64_t h, int64_t w,
-                                      float *logits) {
+                                      float *logits, const topk_out *tk) {
     lwfm__arena *arena = lwfm__model_arena_take(sp->model);
     if (!arena) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     const lwfm__method *me = sp->model->method;
@@ -269,7 +335,8 @@ static lwfm_status support_score_once(const lwfm_support *sp, const float *query
             st = lwfm__error(LWFM_ERR_NONFINITE,
                              "scores overflowed to NaN or infinity (feature values of extreme "
                              "magnitude)");
-        if (!st) memcpy(logits, tmp, n * sizeof(float));
+        if (!st && tk) st = topk_select(sp->model, tmp, n_query, sp->way, tk, 0);
+        else if (!st) memcpy(logits, tmp, n * sizeof(float));
     }
     lwfm__model_arena_give(sp->model, arena);
     return st;
@@ -281,11 +348,11 @@ static lwfm_status support_score_once(const lwfm_support *sp, const float *query
  * when every batch succeeded. */
 static lwfm_status support_score(const lwfm_support *sp, const float *query, int features,
                                  int64_t n_query, int64_t channels, int64_t h, int64_t w,
-                                 float *logits) {
+                                 float *logits, const topk_out *tk) {
     const lwfm__method *me = sp->model->method;
     const int64_t qb = me->query_batch ? me->query_batch(sp->model) : 0;
     if (features || qb <= 0 || n_query <= qb)
-        return support_score_once(sp, query, features, n_query, channels, h, w, logits);
+        return support_score_once(sp, query, features, n_query, channels, h, w, logits, tk);
     const size_t per_image = (size_t)channels * (size_t)h * (size_t)w;
     float *all = malloc((size_t)n_query * (size_t)sp->way * sizeof(float));
     if (!all) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
@@ -293,9 +360,10 @@ static lwfm_status support_score(const lwfm_support *sp, const float *query, int
     for (int64_t q0 = 0; q0 < n_query && !st; q0 += qb) {
         const int64_t nq = n_query - q0 < qb ? n_query - q0 : qb;
         st = support_score_once(sp, query + (size_t)q0 * per_image, 0, nq, channels, h, w,
-                                all + (size_t)q0 * (size_t)sp->way);
+                                all + (size_t)q0 * (size_t)sp->way, NULL);
     }
-    if (!st) memcpy(logits, all, (size_t)n_query * (size_t)sp->way * sizeof(float));
+    if (!st && tk) st = topk_select(sp->model, all, n_query, sp->way, tk, 0);
+    else if (!st) memcpy(logits, all, (size_t)n_query * (size_t)sp->way * sizeof(float));
     free(all);
     return st;
 }
@@ -313,7 +381,7 @@ LWFM_API lwfm_status lwfm_support_score(const lwfm_support *support, const float
                                 width, &C, &fh, &fw);
     if (!st) st = lwfm__check_positions("query images", fh, fw);
     if (st) return st;
-    return support_score(support, query, 0, n_query, channels, height, width, logits);
+    return support_score(support, query, 0, n_query, channels, height, width, logits, NULL);
 }
 
 LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
@@ -327,7 +395,63 @@ LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
                                           channels, fh, fw);
     if (!st) st = check_logits(logits, n_query, support->way, capacity);
     if (st) return st;
-    return support_score(support, query_features, 1, n_query, channels, fh, fw, logits);
+    return support_score(support, query_features, 1, n_query, channels, fh, fw, logits, NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Top-k classes of a prepared support set                                  */
+
+/* k in 1..way, the outputs (n_query x k) present and large enough. */
+static lwfm_status check_topk(const lwfm_support *sp, int64_t n_query, int64_t k,
+                              const int32_t *classes, size_t capacity) {
+    if (!classes) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "classes is NULL");
+    if (k < 1 || k > sp->way)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
+                           "k = %lld: the support set has %lld classes, k must be in 1..%lld",
+                           (long long)k, (long long)sp->way, (long long)sp->way);
+    uint64_t need;
+    if (__builtin_mul_overflow((uint64_t)(n_query > 0 ? n_query : 0), (uint64_t)k, &need) ||
+        need > capacity)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
+                           "top-k outputs hold %zu entries, %lld x %lld needed", capacity,
+                           (long long)n_query, (long long)k);
+    return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_support_score_topk(const lwfm_support *support, const float *query,
+                                             int64_t n_query, int64_t channels, int64_t height,
+                                             int64_t width, int64_t k, int32_t *classes,
+                                             float *logits, float *probabilities,
+                                             size_t capacity) {
+    LWFM_PROF_SCOPE("lwfm_support_score_topk");
+    lwfm__error_clear();
+    if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
+    int64_t C, fh, fw;
+    lwfm_status st = check_topk(support, n_query, k, classes, capacity);
+    if (!st)
+        st = lwfm__check_images(support->model, "query images", query, n_query, channels, height,
+                                width, &C, &fh, &fw);
+    if (!st) st = check_positions("query images", fh, fw);
+    if (st) return st;
+    const topk_out tk = {k, classes, logits, probabilities};
+    return support_score(support, query, 0, n_query, channels, height, width, NULL, &tk);
+}
+
+LWFM_API lwfm_status lwfm_support_score_topk_features(const lwfm_support *support,
+                                                      const float *query_features,
+                                                      int64_t n_query, int64_t channels,
+                                                      int64_t fh, int64_t fw, int64_t k,
+                                                      int32_t *classes, float *logits,
+                                                      float *probabilities, size_t capacity) {
+    LWFM_PROF_SCOPE("lwfm_support_score_topk_features");
+    lwfm__error_clear();
+    if (!support) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support is NULL");
+    lwfm_status st = lwfm__check_features(support->model, "query features", query_features,
+                                          n_query, channels, fh, fw);
+    if (!st) st = check_topk(support, n_query, k, classes, capacity);
+    if (st) return st;
+    const topk_out tk = {k, classes, logits, probabilities};
+    return support_score(support, query_features, 1, n_query, channels, fh, fw, NULL, &tk);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -354,7 +478,7 @@ LWFM_API lwfm_status lwfm_episode_score(const lwfm_model *model, const float *su
                                    channels, height, width, way)))
         return st;
     /* the queries were validated above: score them without checking again */
-    st = support_score(s, query, 0, n_query, channels, height, width, logits);
+    st = support_score(s, query, 0, n_query, channels, height, width, logits, NULL);
     lwfm_support_destroy(s);
     return st;
 }
@@ -378,7 +502,7 @@ LWFM_API lwfm_status lwfm_episode_score_features(const lwfm_model *model,
                                             support_labels, channels, fh, fw, way)))
         return st;
     /* the queries were validated above: score them without checking again */
-    st = support_score(s, query_features, 1, n_query, channels, fh, fw, logits);
+    st = support_score(s, query_features, 1, n_query, channels, fh, fw, logits, NULL);
     lwfm_support_destroy(s);
     return st;
 }

@@ -635,6 +635,44 @@ LWFM_API lwfm_status lwfm_support_load(lwfm_support **out, lwfm_model *model, co
  *  after the call). Thread-safe. */
 LWFM_API lwfm_status lwfm_support_load_from_memory(lwfm_support **out, lwfm_model *model,
                                                    const void *data, size_t size);
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @name Top-k classes of a prepared support set
+ *
+ *  For large galleries (thousands of classes): per query, only the k best
+ *  classes, their logits and optionally their calibrated probabilities,
+ *  without the caller holding a full (n_query, way) logits buffer.
+ *  @{ */
+
+/** Per query, the `k` (1..way) classes with the largest logits, best first:
+ *  row q of `classes`, `logits` and `probabilities` (each n_query * k
+ *  entries, `capacity` entries each) holds query q's classes, ordered by
+ *  logit, larger first; on equal logits the lower class index comes first
+ *  (so the result equals a stable sort of lwfm_support_score()'s row by
+ *  decreasing logit, cut at k). `logits` and `probabilities` may be NULL
+ *  when not wanted; `probabilities` are those of lwfm_model_probabilities()
+ *  over the whole row (calibrated softmax over all `way` classes), so a
+ *  row's k values sum to at most 1. k outside 1..way fails with
+ *  LWFM_ERR_INVALID_ARGUMENT, too small a capacity with
+ *  LWFM_ERR_BUFFER_TOO_SMALL; on any failure the outputs are untouched.
+ *  The library still computes each query's full row of logits internally
+ *  (per-call scratch): what is saved is the caller's buffer and the copy.
+ *  Thread-safe as lwfm_support_score(). */
+LWFM_API lwfm_status lwfm_support_score_topk(const lwfm_support *support, const float *query,
+                                             int64_t n_query, int64_t channels, int64_t height,
+                                             int64_t width, int64_t k, int32_t *classes,
+                                             float *logits, float *probabilities,
+                                             size_t capacity);
+
+/** Same as lwfm_support_score_topk() from query feature maps (as
+ *  lwfm_support_score_features()). Thread-safe. */
+LWFM_API lwfm_status lwfm_support_score_topk_features(const lwfm_support *support,
+                                                      const float *query_features,
+                                                      int64_t n_query, int64_t channels,
+                                                      int64_t fh, int64_t fw, int64_t k,
+                                                      int32_t *classes, float *logits,
+                                                      float *probabilities, size_t capacity);
 
 /** @} */
 

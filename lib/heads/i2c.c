@@ -9,7 +9,8 @@
 #include "core/vec.h"
 #include "heads/dn4.h"
 
-/* Tile of one query image's vectors against one support image's: at most
+/* Tile of one query image's vectors against one support image's, or against
+ * several whole support images side by side when they are small: at most
  * TILE_ROWS x TILE_COLS floats (512 KiB), folded while it is in L2. */
 #define TILE_ROWS 256
 #define TILE_COLS 512
@@ -30,14 +31,15 @@ static inline float topk_insert(float *t, int k, float v) {
 #define LANE_TOPK_MAX 8
 
 /* Fold a tile's rows into the sorted (descending) top-k lists of one class
- * (or one support image). Its list for row a is top + (a * lists + list) * k. For k <=
+ * (or one support image); row a of the tile starts at tile + a * ld. Its list
+ * for row a is top + (a * lists + list) * k. For k <=
  * LANE_TOPK_MAX each of 16 lanes keeps its own top k of the row, branch-free
  * (a max / min network), and only those 16 k candidates are then merged into
  * the list: a row's top k are among them. */
-LWFM_MULTIARCH static void fold_tile(const float *tile, int64_t rows, int64_t cols, float *top,
-                                     int64_t lists, int k, int list) {
+LWFM_MULTIARCH static void fold_tile(const float *tile, int64_t rows, int64_t cols, int64_t ld,
+                                     float *top, int64_t lists, int k, int list) {
     for (int64_t a = 0; a < rows; a++) {
-        const float *r = tile + a * cols;
+        const float *r = tile + a * ld;
         float *t = top + (a * lists + list) * k;
         float thr = t[k - 1];
         int64_t p = 0;
@@ -100,7 +102,14 @@ lwfm_status lwfm__i2c_topk(dnnl_engine_t engine, const float *Qv, int64_t n_q, i
     /* Row blocks of near-equal size (<= TILE_ROWS), column blocks of TILE_COLS. */
     int64_t row_blocks = (mq + TILE_ROWS - 1) / TILE_ROWS;
     int64_t rb = (mq + row_blocks - 1) / row_blocks;
-    int64_t cb = ms < TILE_COLS ? ms : TILE_COLS;
+    /* Small support images go several to a GEMM (group of them side by
+     * side, as many as fill the tile: one oneDNN call per image would cost
+     * more than its arithmetic for a gallery of small maps); a large one is
+     * cut into column blocks of TILE_COLS. */
+    const int64_t tile_cols = (int64_t)TILE_ROWS * TILE_COLS / rb;
+    int64_t group = ms <= tile_cols ? tile_cols / ms : 1;
+    if (group > n_s) group = n_s;
+    int64_t cb = group > 1 ? group * ms : (ms < TILE_COLS ? ms : TILE_COLS);
     size_t tile_floats = ((size_t)rb * cb + 15) / 16 * 16;
     size_t top_floats = ((size_t)mq * lists * k + 15) / 16 * 16;
     size_t per_thread = (tile_floats + top_floats) * sizeof(float);
@@ -124,17 +133,26 @@ lwfm_status lwfm__i2c_topk(dnnl_engine_t engine, const float *Qv, int64_t n_q, i
             if (my) continue;
             const float *xq = Qv + q * mq * dim;
             for (size_t i = 0; i < (size_t)mq * lists * k; i++) top[i] = -INFINITY;
-            for (int64_t j = 0; j < n_s && !my; j++) {
-                const float *xs = Sv + j * ms * dim;
+            for (int64_t j0 = 0; j0 < n_s && !my; j0 += group) {
+                const int64_t nj = n_s - j0 < group ? n_s - j0 : group;
+                const float *xs = Sv + j0 * ms * dim;
                 for (int64_t a0 = 0; a0 < mq && !my; a0 += rb) {
                     int64_t rows = mq - a0 < rb ? mq - a0 : rb;
+                    if (group > 1) { /* nj whole images in one tile */
+                        my = lwfm__gemm_abt(engine, stream, rows, nj * ms, dim, xq + a0 * dim, dim,
+                                            xs, dim, tile, nj * ms, 0);
+                        for (int64_t i = 0; i < nj && !my; i++)
+                            fold_tile(tile + i * ms, rows, ms, nj * ms, top + a0 * lists * k,
+                                      lists, k, per_image ? (int)(j0 + i) : labels[j0 + i]);
+                        continue;
+                    }
                     for (int64_t p0 = 0; p0 < ms; p0 += cb) {
                         int64_t cols = ms - p0 < cb ? ms - p0 : cb;
                         my = lwfm__gemm_abt(engine, stream, rows, cols, dim, xq + a0 * dim, dim,
                                             xs + p0 * dim, dim, tile, cols, 0);
                         if (my) break;
-                        fold_tile(tile, rows, cols, top + a0 * lists * k, lists, k,
-                                  per_image ? (int)j : labels[j]);
+                        fold_tile(tile, rows, cols, cols, top + a0 * lists * k, lists, k,
+                                  per_image ? (int)j0 : labels[j0]);
                     }
                 }
             }

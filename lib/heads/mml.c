@@ -81,25 +81,36 @@ void lwfm__mml_prepare_image(const float *feat, int C, int64_t P, float *U, floa
 
 /* Gaussian of a class from its images' means and scatters (parallel-axis
  * combination), or of one image: mean mu (C) and covariance cov (C x C),
- * (scatter / (n - 1)) + RIDGE * I with n the number of descriptors. */
-static void class_gaussian(const lwfm__mml_side *S, const int32_t *labels, int cls,
-                           int64_t members, int C, double *mu, double *cov) {
+ * (scatter / (n - 1)) + RIDGE * I with n the number of descriptors. The
+ * class's images are members[0 .. n_members-1], in index order. */
+static void class_gaussian(const lwfm__mml_side *S, const int64_t *members, int64_t n_members,
+                           int C, double *mu, double *cov) {
     const int64_t P = S->P;
     memset(mu, 0, sizeof(double) * C);
     memset(cov, 0, sizeof(double) * C * C);
-    for (int64_t j = 0; j < S->n; j++)
-        if (labels[j] == cls)
-            for (int c = 0; c < C; c++) mu[c] += S->mu[j * C + c] / (double)members;
-    for (int64_t j = 0; j < S->n; j++) {
-        if (labels[j] != cls) continue;
+    for (int64_t i = 0; i < n_members; i++)
+        for (int c = 0; c < C; c++) mu[c] += S->mu[members[i] * C + c] / (double)n_members;
+    for (int64_t i = 0; i < n_members; i++) {
+        const int64_t j = members[i];
         const double *mj = S->mu + j * C, *sj = S->scat + j * C * C;
         for (int a = 0; a < C; a++)
             for (int b = 0; b < C; b++)
                 cov[a * C + b] += sj[a * C + b] + (double)P * (mj[a] - mu[a]) * (mj[b] - mu[b]);
     }
-    double n = (double)(members * P);
+    double n = (double)(n_members * P);
     for (int i = 0; i < C * C; i++) cov[i] /= n - 1.0;
     for (int a = 0; a < C; a++) cov[a * C + a] += RIDGE;
+}
+
+/* The support images of each class, in index order: class c's are
+ * members[first[c] .. first[c+1]-1] (a counting sort: one pass over the
+ * labels, where looking each class's images up among all images would take
+ * way x images steps per call). first: way + 1 entries, next: way. */
+static void class_members(const int32_t *labels, int64_t n, const int64_t *count, int64_t way,
+                          int64_t *first, int64_t *next, int64_t *members) {
+    first[0] = 0;
+    for (int64_t c = 0; c < way; c++) next[c] = first[c], first[c + 1] = first[c] + count[c];
+    for (int64_t j = 0; j < n; j++) members[next[labels[j]]++] = j;
 }
 
 /* KL(class || query) from the query's inverse covariance inv and the class
@@ -153,13 +164,17 @@ static lwfm_status distances(const lwfm_model *m, const lwfm__mml_side *S, const
     const int C = m->layers.C;
     const size_t CC = (size_t)C * C;
     const int kind = m->cfg.distance;
-    /* buf: way class Gaussians (mu, cov, logdet), then per-thread work */
+    /* buf: way class Gaussians (mu, cov, logdet), per-thread work, then the
+     * class member lists (int64: first, next, members) */
     double *cmu = buf, *ccov = cmu + (size_t)way * C, *clogdet = ccov + way * CC;
     double *tbase = clogdet + way;
+    int64_t *first = (int64_t *)(tbase + (size_t)omp_get_max_threads() * 4 * CC);
+    int64_t *next = first + way + 1, *members = next + way;
+    class_members(labels, S->n, count, way, first, next, members);
     int bad = 0;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t c = 0; c < way; c++) {
-        class_gaussian(S, labels, (int)c, count[c], C, cmu + c * C, ccov + c * CC);
+        class_gaussian(S, members + first[c], count[c], C, cmu + c * C, ccov + c * CC);
         if (kind == LWFM_MML_KL) {
             double *L = tbase + (size_t)omp_get_thread_num() * 4 * CC;
             memcpy(L, ccov + c * CC, CC * sizeof(double));
@@ -223,7 +238,8 @@ lwfm_status lwfm__mml_score(const lwfm_model *m, const lwfm__mml *h, const lwfm_
     const int C = m->layers.C, k = m->cfg.neighbor_k;
     const size_t CC = (size_t)C * C, n = (size_t)Q->n * way;
     int threads = omp_get_max_threads();
-    size_t dist_doubles = (size_t)way * (C + CC + 1) + (size_t)threads * 4 * CC;
+    size_t dist_doubles = (size_t)way * (C + CC + 1) + (size_t)threads * 4 * CC +
+                          (size_t)(2 * way + 1 + S->n); /* + class member lists (int64) */
     double *lv = lwfm__arena_get(arena, LWFM_SLOT_LEVELS, (3 * n + dist_doubles) * sizeof(double));
     if (!lv) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring MML queries");
     double *D = lv, *Pix = lv + n, *Part = lv + 2 * n, *buf = lv + 3 * n;

@@ -400,44 +400,72 @@ static lwfm_status rcn_score_batch(const lwfm_model *m, const lwfm__rcn *h,
     return LWFM_OK;
 }
 
-/* Running-statistics mode, query q: region similarities (sim) against all
- * support images, the meta-learner's weights (in H / H2), logits row q.
- * dots: ns*P x P, H, H2: ns*P x widest, sim: ns*P, acc: way. */
+/* Support images j0 .. j0+n-1 of S as a side of their own (a view). */
+static lwfm__rcn_side side_range(const lwfm__rcn_side *S, int64_t j0, int64_t n, int C, int o0) {
+    const int64_t P = S->P;
+    return (lwfm__rcn_side){.n = n,
+                            .P = P,
+                            .X = S->X + j0 * P * C,
+                            .A = S->A + j0 * P * o0,
+                            .B = S->B ? S->B + j0 * P * o0 : NULL,
+                            .norm = S->norm + j0 * P};
+}
+
+/* Support images per chunk of the running-statistics scoring: a chunk's
+ * scratch (rows x (P + 2 widest + 1) floats, rows = chunk x P) near 1 MiB,
+ * whatever the gallery's size. */
+static int64_t rcn_chunk(const lwfm__rcn *h, int64_t P, int64_t ns) {
+    int64_t per_support = P * (P + 2 * (int64_t)h->widest + 1);
+    int64_t chunk = ((int64_t)1 << 18) / per_support;
+    if (chunk < 1) chunk = 1;
+    return chunk < ns ? chunk : ns;
+}
+
+/* Running-statistics mode, query q: region similarities (sim) against the
+ * support images a chunk at a time, the meta-learner's weights (in H / H2),
+ * each image's score added to its class; then logits row q. Per chunk of
+ * `chunk` images: dots: rows x P, H, H2: rows x widest, sim: rows (rows =
+ * chunk x P); acc: way. */
 static lwfm_status score_one(const lwfm_model *m, const lwfm__rcn *h, const lwfm__rcn_side *S,
                              const int32_t *labels, const int64_t *count, int64_t way,
-                             const lwfm__rcn_side *Q, int64_t q, dnnl_stream_t stream,
-                             float *dots, float *H, float *H2, float *sim, double *acc,
-                             float *logits) {
+                             const lwfm__rcn_side *Q, int64_t q, int64_t chunk,
+                             dnnl_stream_t stream, float *dots, float *H, float *H2, float *sim,
+                             double *acc, float *logits) {
     const int o0 = h->out[0];
-    const int64_t P = S->P, ns = S->n;
-    const size_t rows = (size_t)ns * P;
-    /* all support regions against the query's regions (one GEMM), the
-     * meta-learner's first layer + ReLU, then its other layers (GEMMs) */
-    lwfm_status my = first_layer(m, h, S, Q, q, stream, dots, sim, H);
-    if (my) return my;
-    for (size_t i = 0; i < rows * (size_t)o0; i++) H[i] = H[i] > 0 ? H[i] : 0;
-    float *cur = H, *nxt = H2;
-    int width = o0;
-    for (int i = 1; i < h->n_layers && !my; i++) {
-        int out = h->out[i];
-        my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, out, width, cur, width,
-                            h->w[i], width, nxt, out, 0);
-        for (size_t r = 0; r < rows && !my; r++)
-            for (int o = 0; o < out; o++) {
-                float v = nxt[r * out + o] + h->b[i][o];
-                nxt[r * out + o] = v > 0 ? v : 0;
-            }
-        float *t = cur;
-        cur = nxt;
-        nxt = t;
-        width = out;
-    }
-    if (my) return my;
+    const int64_t P = S->P;
     for (int64_t c = 0; c < way; c++) acc[c] = 0.0;
-    for (int64_t j = 0; j < ns; j++) {
-        double e = 0.0;
-        for (int64_t r = 0; r < P; r++) e += (double)cur[j * P + r] * sim[j * P + r];
-        acc[labels[j]] += e;
+    for (int64_t j0 = 0; j0 < S->n; j0 += chunk) {
+        const int64_t ns = S->n - j0 < chunk ? S->n - j0 : chunk;
+        const lwfm__rcn_side Sc = side_range(S, j0, ns, m->layers.C, o0);
+        const size_t rows = (size_t)ns * P;
+        /* the chunk's support regions against the query's regions (one
+         * GEMM), the meta-learner's first layer + ReLU, then its other
+         * layers (GEMMs) */
+        lwfm_status my = first_layer(m, h, &Sc, Q, q, stream, dots, sim, H);
+        if (my) return my;
+        for (size_t i = 0; i < rows * (size_t)o0; i++) H[i] = H[i] > 0 ? H[i] : 0;
+        float *cur = H, *nxt = H2;
+        int width = o0;
+        for (int i = 1; i < h->n_layers && !my; i++) {
+            int out = h->out[i];
+            my = lwfm__gemm_abt(m->engine, stream, (int64_t)rows, out, width, cur, width,
+                                h->w[i], width, nxt, out, 0);
+            for (size_t r = 0; r < rows && !my; r++)
+                for (int o = 0; o < out; o++) {
+                    float v = nxt[r * out + o] + h->b[i][o];
+                    nxt[r * out + o] = v > 0 ? v : 0;
+                }
+            float *t = cur;
+            cur = nxt;
+            nxt = t;
+            width = out;
+        }
+        if (my) return my;
+        for (int64_t j = 0; j < ns; j++) {
+            double e = 0.0;
+            for (int64_t r = 0; r < P; r++) e += (double)cur[j * P + r] * sim[j * P + r];
+            acc[labels[j0 + j]] += e;
+        }
     }
     for (int64_t c = 0; c < way; c++) logits[q * way + c] = (float)(acc[c] / count[c]);
     return LWFM_OK;
@@ -455,7 +483,8 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const lwfm__rcn *h, const lwfm_
     if (h->batch_stats) return rcn_score_batch(m, h, S, labels, count, way, Q, logits, arena);
     const int widest = h->widest;
     int threads = omp_get_max_threads();
-    size_t rows = (size_t)ns * P;
+    const int64_t chunk = rcn_chunk(h, P, ns);
+    size_t rows = (size_t)chunk * P;
     /* floats, then the doubles at an 8-byte boundary (the float count may be odd) */
     const size_t acc_off = ((rows * P + 2 * rows * widest + 2 * rows + (size_t)way) *
                                 sizeof(float) + 7) / 8 * 8;
@@ -476,8 +505,8 @@ lwfm_status lwfm__rcn_score(const lwfm_model *m, const lwfm__rcn *h, const lwfm_
 #pragma omp for schedule(dynamic, 1)
         for (int64_t q = 0; q < Q->n; q++) {
             if (my) continue;
-            my = score_one(m, h, S, labels, count, way, Q, q, stream, dots, H, H2, sim, acc,
-                           logits);
+            my = score_one(m, h, S, labels, count, way, Q, q, chunk, stream, dots, H, H2, sim,
+                           acc, logits);
         }
         if (stream) dnnl_stream_destroy(stream);
         if (my) {

@@ -1,10 +1,10 @@
 /* LWFM-SPM (spec section 3): the layer-wise embedding fuser (LWE) and the
  * semantic-pixel matcher (SPM). Per image, once: centring, unit vectors and
  * (with SPM) the matcher MLP g_l. Scoring: each thread takes a contiguous
- * range of queries: one GEMM per layer and block of queries gives their
- * correlations with every support position, then the per-pair steps
- * (attention, vectorised across the supports; assignment; matched cosines)
- * follow while the block is in cache. The kernels are lib/lwe and lib/spm;
+ * range of queries: one GEMM per layer, block of queries and chunk of
+ * supports gives their correlations, then the per-pair steps (attention,
+ * vectorised across the supports; assignment; matched cosines) follow while
+ * the chunk is in cache, into per-class sums that carry over chunk to chunk. The kernels are lib/lwe and lib/spm;
  * the per-pair views are lwfm_spm_pair.c. */
 #include <math.h>
 #include <stdlib.h>
@@ -20,109 +20,135 @@
 #define COS_EPS 1e-8
 /* A thread's correlation blocks (all layers) aim at this many floats. */
 #define RT_BLOCK_FLOATS ((size_t)64 << 10)
+/* Supports per chunk: a multiple of the attention kernel's 16 lanes. */
+#define CHUNK_ALIGN 16
+
+/* How a call is cut: queries per block (one GEMM per layer and chunk) and
+ * supports per chunk. Scratch depends on these, never on the whole gallery:
+ * a chunk's correlations (L x P x chunk*P, both layouts) stay near L2-sized,
+ * and the per-class accumulators of a block's queries are block x way x
+ * (C + L P) floats, with block > 1 only while the gallery is small. */
+typedef struct spm_cut {
+    int64_t block, chunk;
+} spm_cut;
+
+static spm_cut spm_cut_for(int64_t n_q, int64_t n_s, int P, int L, int threads) {
+    const size_t per_support = (size_t)P * P * L; /* correlations of one (query, support) */
+    int64_t chunk = (int64_t)(RT_BLOCK_FLOATS / per_support) / CHUNK_ALIGN * CHUNK_ALIGN;
+    if (chunk < CHUNK_ALIGN) chunk = CHUNK_ALIGN;
+    if (chunk > n_s) chunk = n_s;
+    int64_t block = (int64_t)(RT_BLOCK_FLOATS / (per_support * (size_t)chunk));
+    int64_t share = (n_q + threads - 1) / threads;
+    if (block < 1) block = 1;
+    if (block > share) block = share;
+    return (spm_cut){block, chunk};
+}
 
 /* Per-thread scratch of the pair loop (floats; the solver's part doubles).
- * N = supports x P columns. */
+ * N = chunk x P columns. */
 typedef struct pair_scratch {
-    float *rt;    /* L blocks of rows x N: correlations of the thread's query block */
+    float *rt;    /* L blocks of block*P rows x N: correlations of a query block with a chunk */
     float *rs;    /* L x P x N: one query's correlations, support position-major */
-    float *ws;    /* L x N: support weights of one query against every support */
+    float *ws;    /* L x N: support weights of one query against the chunk's supports */
     float *wq;    /* L x N: query weights likewise */
-    float *attn;  /* LWFM_LWE_WORK_FLOATS(P, supports) */
-    float *sacc;  /* way x C: sum over the class's supports of pooled attended support maps */
-    float *wqacc; /* way x L x P: sum over the class's supports of the query weights */
+    float *attn;  /* LWFM_LWE_WORK_FLOATS(P, chunk) */
+    float *sacc;  /* block x way x C: per query, sum over the class's supports of pooled
+                     attended support maps */
+    float *wqacc; /* block x way x L x P: per query, sum over the class's supports of the
+                     query weights */
     float *qv;    /* C */
-    double *macc; /* way: sum of SPM scores */
+    double *macc; /* block x way: per query, sum of SPM scores */
     double *spm;
     int *sigma;
 } pair_scratch;
 
 /* Offsets (floats) of a pair_scratch slice's float arrays, in order; the
  * last entry is the total (see scratch_bind). */
-static void scratch_layout(int64_t way, int C, int L, int P, int64_t n_s, size_t rt_floats,
-                           size_t off[9]) {
-    const size_t N = (size_t)n_s * P;
-    const size_t sizes[8] = {rt_floats * L,
+static void scratch_layout(int64_t way, int C, int L, int P, spm_cut cut, size_t off[9]) {
+    const size_t N = (size_t)cut.chunk * P, B = (size_t)cut.block;
+    const size_t sizes[8] = {B * P * N * L,
                              (size_t)L * P * N,
                              (size_t)L * N,
                              (size_t)L * N,
-                             LWFM_LWE_WORK_FLOATS(P, n_s),
-                             (size_t)way * C,
-                             (size_t)way * L * P,
+                             LWFM_LWE_WORK_FLOATS(P, cut.chunk),
+                             B * way * C,
+                             B * way * L * P,
                              (size_t)C};
     off[0] = 0;
     for (int i = 0; i < 8; i++) off[i + 1] = off[i] + (sizes[i] + 15) / 16 * 16;
 }
 
-static size_t scratch_bytes(int64_t way, int C, int L, int P, int64_t n_s, size_t rt_floats) {
+static size_t scratch_bytes(int64_t way, int C, int L, int P, spm_cut cut) {
     size_t off[9];
-    scratch_layout(way, C, L, P, n_s, rt_floats, off);
-    size_t doubles = (size_t)way + lwfm__spm_work_doubles(P);
+    scratch_layout(way, C, L, P, cut, off);
+    size_t doubles = (size_t)cut.block * way + lwfm__spm_work_doubles(P);
     size_t bytes = off[8] * sizeof(float) + doubles * sizeof(double) + (size_t)P * sizeof(int);
     return (bytes + 63) / 64 * 64; /* each thread's slice starts 64-byte aligned */
 }
 
 static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L, int P,
-                         int64_t n_s, size_t rt_floats) {
+                         spm_cut cut) {
     size_t off[9];
-    scratch_layout(way, C, L, P, n_s, rt_floats, off);
+    scratch_layout(way, C, L, P, cut, off);
     float *f = (float *)base;
     float **dst[8] = {&ps->rt,   &ps->rs,   &ps->ws,    &ps->wq,
                       &ps->attn, &ps->sacc, &ps->wqacc, &ps->qv};
     for (int i = 0; i < 8; i++) *dst[i] = f + off[i];
     double *d = (double *)(f + off[8]);
     ps->macc = d;
-    ps->spm = d + way;
+    ps->spm = d + (size_t)cut.block * way;
     ps->sigma = (int *)(ps->spm + lwfm__spm_work_doubles(P));
 }
 
-/* Logits of one query q (row of Q) against the prepared support set.
- * RT[l] holds the correlations of layer l for the thread's query block:
- * row qi*P + b (query position), column j*P + a (support position),
- * leading dimension N = S->n * P. */
-LWFM_MULTIARCH static void score_query(const lwfm_model *m, const spm_prep *S,
-                                       const int32_t *labels, const int64_t *count, int64_t way,
-                                       const spm_prep *Q, int64_t q, int64_t qi, float *const *RT,
-                                       pair_scratch *ps, float *logits) {
+/* Query q (row qi of the thread's block) against supports j0 .. j0+ns-1:
+ * attention, pooled attended support maps and query weights and the SPM
+ * scores, added to the query's per-class accumulators. RT[l] holds layer
+ * l's correlations of the block with the chunk: row qi*P + b (query
+ * position), column (j - j0)*P + a (support position), leading dimension
+ * ldt. Supports are visited in index order, as an unchunked pass would. */
+LWFM_MULTIARCH static void score_chunk(const lwfm_model *m, const spm_prep *S,
+                                       const int32_t *labels, int64_t way, const spm_prep *Q,
+                                       int64_t q, int64_t qi, int64_t j0, int64_t ns,
+                                       float *const *RT, int64_t ldt, pair_scratch *ps) {
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
-    const int64_t N = S->n * P;
+    const int64_t N = ns * P; /* this chunk's columns; ws, wq, rs are packed to N */
     const lwfm__config *cfg = &m->cfg;
     const int spm = lwfm__spm_on(m);
     const float t_attn = (float)cfg->temperature_attn;
-    const float *Xq = Q->X + q * P * C;
-    memset(ps->sacc, 0, sizeof(float) * (size_t)way * C);
-    memset(ps->wqacc, 0, sizeof(float) * (size_t)way * L * P);
-    memset(ps->macc, 0, sizeof(double) * (size_t)way);
+    float *sacc0 = ps->sacc + (size_t)qi * way * C;
+    float *wqacc0 = ps->wqacc + (size_t)qi * way * L * P;
+    double *macc = ps->macc + (size_t)qi * way;
 
-    /* attention of this query against every support, a layer at a time */
+    /* attention of this query against the chunk's supports, a layer at a time */
     for (int l = 0; l < L; l++) {
-        const float *rq = RT[l] + qi * P * N;
+        const float *rq = RT[l] + qi * P * ldt;
         float *rs = ps->rs + (size_t)l * P * N;
-        for (int64_t j = 0; j < S->n; j++)
+        for (int64_t j = 0; j < ns; j++)
             for (int b = 0; b < P; b++)
-                for (int a = 0; a < P; a++) rs[a * N + j * P + b] = rq[b * N + j * P + a];
-        lwfm__lwe_attention_blocks(rq, N, rs, N, P, (int)S->n, t_attn, ps->ws + l * N,
+                for (int a = 0; a < P; a++) rs[a * N + j * P + b] = rq[b * ldt + j * P + a];
+        lwfm__lwe_attention_blocks(rq, ldt, rs, N, P, (int)ns, t_attn, ps->ws + l * N,
                                    ps->wq + l * N, ps->attn);
     }
 
-    for (int64_t j = 0; j < S->n; j++) {
+    for (int64_t jj = 0; jj < ns; jj++) {
+        const int64_t j = j0 + jj;
         const int c = labels[j];
         const float *Xs = S->X + j * P * C;
-        float *sacc = ps->sacc + (size_t)c * C;
+        float *sacc = sacc0 + (size_t)c * C;
         double best = -INFINITY;
         for (int l = 0; l < L; l++) {
-            const float *ws = ps->ws + l * N + j * P, *wq = ps->wq + l * N + j * P;
+            const float *ws = ps->ws + l * N + jj * P, *wq = ps->wq + l * N + jj * P;
             const int off = ly->off[l], d = ly->dim[l];
             /* attended support map, pooled (sum over positions; / P later) */
             lwfm__weighted_rows(Xs + off, C, ws, P, d, sacc + off, 1);
-            float *wqa = ps->wqacc + ((size_t)c * L + l) * P;
+            float *wqa = wqacc0 + ((size_t)c * L + l) * P;
             for (int b = 0; b < P; b++) wqa[b] += wq[b];
             if (spm) {
                 const int64_t gs = j * P * C + off, gq = q * P * C + off;
                 double tp = LWFM_PROF_T0();
                 double sc =
-                    lwfm__spm_pair_score(ps->rs + (size_t)l * P * N + j * P, N, P, S->G + gs,
+                    lwfm__spm_pair_score(ps->rs + (size_t)l * P * N + jj * P, N, P, S->G + gs,
                                          S->gn + j * P * L + l, Q->G + gq, Q->gn + q * P * L + l, C,
                                          L, d, cfg->top_k, ps->sigma, NULL, ps->spm);
                 LWFM_PROF_ADD(LWFM_PROF_SOLVER_THREAD, tp);
@@ -130,16 +156,25 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const spm_prep *S,
                 if (sc > best) best = sc;
             }
         }
-        if (spm) ps->macc[c] += best;
+        if (spm) macc[c] += best;
     }
+}
 
+/* Logits row q from the accumulators of row qi of the block (steps 6, 8). */
+LWFM_MULTIARCH static void finish_query(const lwfm_model *m, const int64_t *count, int64_t way,
+                                        const spm_prep *Q, int64_t q, int64_t qi,
+                                        pair_scratch *ps, float *logits) {
+    const lwfm__layers *ly = &m->layers;
+    const int C = ly->C, P = ly->P, L = ly->n;
+    const int spm = lwfm__spm_on(m);
+    const float *Xq = Q->X + q * P * C;
     for (int64_t c = 0; c < way; c++) {
         /* base = cos(pool(mean_j S'), pool(mean_j Q')); the common factor
          * 1 / (P n_c) cancels except against the cosine's 1e-8 floor. */
-        const float *sacc = ps->sacc + (size_t)c * C;
+        const float *sacc = ps->sacc + ((size_t)qi * way + c) * C;
         float *qv = ps->qv;
         for (int l = 0; l < L; l++) {
-            const float *wqa = ps->wqacc + ((size_t)c * L + l) * P;
+            const float *wqa = ps->wqacc + (((size_t)qi * way + c) * L + l) * P;
             const int off = ly->off[l], d = ly->dim[l];
             lwfm__weighted_rows(Xq + off, C, wqa, P, d, qv + off, 0);
         }
@@ -153,8 +188,8 @@ LWFM_MULTIARCH static void score_query(const lwfm_model *m, const spm_prep *S,
         const double scale = 1.0 / ((double)P * count[c]);
         double den = sqrt(ns) * sqrt(nq) * scale * scale;
         double base = dot * scale * scale / (den > COS_EPS ? den : COS_EPS);
-        double match = spm ? ps->macc[c] / (double)count[c] : 0.0;
-        logits[q * way + c] = (float)((base + match) / cfg->temperature);
+        double match = spm ? ps->macc[(size_t)qi * way + c] / (double)count[c] : 0.0;
+        logits[q * way + c] = (float)((base + match) / m->cfg.temperature);
     }
 }
 
@@ -166,36 +201,45 @@ typedef struct score_job {
     const int64_t *count;
     int64_t way;
     float *logits;
-    char *scratch;    /* one slice of sd bytes per thread */
-    size_t sd;        /* bytes per thread */
-    int64_t block;    /* queries per correlation GEMM */
-    size_t rt_floats; /* floats of one layer's correlation block */
+    char *scratch; /* one slice of sd bytes per thread */
+    size_t sd;     /* bytes per thread */
+    spm_cut cut;
 } score_job;
 
-/* Thread t of nt: its contiguous range of queries, in blocks. Returns 0, or
- * -1 when oneDNN's GEMM failed. */
+/* Thread t of nt: its contiguous range of queries, in blocks; each block
+ * goes through the supports a chunk at a time (one GEMM per layer and
+ * chunk), then its logits are finished. Returns 0, or -1 when oneDNN's GEMM
+ * failed. */
 static int score_range(const score_job *job, int t, int nt) {
     const lwfm_model *m = job->m;
     const spm_prep *S = job->S, *Q = job->Q;
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
-    const int64_t ldt = S->n * P;
-    const int64_t first = Q->n * t / nt, last = Q->n * (t + 1) / nt;
+    const int64_t way = job->way, first = Q->n * t / nt, last = Q->n * (t + 1) / nt;
+    const int64_t ldt = job->cut.chunk * P;
     pair_scratch ps;
     float *RT[LWFM_MAX_TAPS];
     double tt = LWFM_PROF_T0();
-    scratch_bind(&ps, job->scratch + job->sd * (size_t)t, job->way, C, L, P, S->n, job->rt_floats);
-    for (int l = 0; l < L; l++) RT[l] = ps.rt + (size_t)l * job->rt_floats;
+    scratch_bind(&ps, job->scratch + job->sd * (size_t)t, way, C, L, P, job->cut);
+    for (int l = 0; l < L; l++) RT[l] = ps.rt + (size_t)l * job->cut.block * P * ldt;
     int bad = 0;
-    for (int64_t q0 = first; q0 < last && !bad; q0 += job->block) {
-        const int64_t nq = last - q0 < job->block ? last - q0 : job->block;
-        for (int l = 0; l < L && !bad; l++)
-            bad =
-                dnnl_sgemm('N', 'T', nq * P, ldt, ly->dim[l], 1.0f, Q->U + q0 * P * C + ly->off[l],
-                           C, S->U + ly->off[l], C, 0.0f, RT[l], ldt) != dnnl_success;
+    for (int64_t q0 = first; q0 < last && !bad; q0 += job->cut.block) {
+        const int64_t nq = last - q0 < job->cut.block ? last - q0 : job->cut.block;
+        memset(ps.sacc, 0, sizeof(float) * (size_t)nq * way * C);
+        memset(ps.wqacc, 0, sizeof(float) * (size_t)nq * way * L * P);
+        memset(ps.macc, 0, sizeof(double) * (size_t)nq * way);
+        for (int64_t j0 = 0; j0 < S->n && !bad; j0 += job->cut.chunk) {
+            const int64_t ns = S->n - j0 < job->cut.chunk ? S->n - j0 : job->cut.chunk;
+            for (int l = 0; l < L && !bad; l++)
+                bad = dnnl_sgemm('N', 'T', nq * P, ns * P, ly->dim[l], 1.0f,
+                                 Q->U + q0 * P * C + ly->off[l], C,
+                                 S->U + j0 * P * C + ly->off[l], C, 0.0f, RT[l],
+                                 ldt) != dnnl_success;
+            for (int64_t qi = 0; qi < nq && !bad; qi++)
+                score_chunk(m, S, job->labels, way, Q, q0 + qi, qi, j0, ns, RT, ldt, &ps);
+        }
         for (int64_t qi = 0; qi < nq && !bad; qi++)
-            score_query(m, S, job->labels, job->count, job->way, Q, q0 + qi, qi, RT, &ps,
-                        job->logits);
+            finish_query(m, job->count, way, Q, q0 + qi, qi, &ps, job->logits);
     }
     LWFM_PROF_ADD(LWFM_PROF_PAIRS_THREAD, tt);
     return bad ? -1 : 0;
@@ -203,29 +247,24 @@ static int score_range(const score_job *job, int t, int nt) {
 
 /* Logits (Q->n x way) of prepared queries against a prepared support set.
  * LWFM-SPM: each thread takes a contiguous range of queries and works
- * through it in blocks: one GEMM per layer correlates the block's query
- * positions (rows) with every support position, then the block's pairs
- * are scored. oneDNN's GEMM runs single-threaded inside the parallel
- * region, and tall (query-row) products are the shape it runs fastest.
- * With one thread's worth of queries no parallel region is opened: inside
- * a one-thread (inactive) region oneDNN would start a nested team of its
- * own on every call. */
+ * through it in blocks, and through the supports in chunks (spm_cut): one
+ * GEMM per layer correlates the block's query positions (rows) with the
+ * chunk's support positions, then the chunk's pairs are scored while they
+ * are in cache. Logits of class c depend only on class c's supports (spec
+ * steps 6-8), so per-class sums carry over from chunk to chunk and nothing
+ * of size "whole gallery x positions" is ever held. oneDNN's GEMM runs
+ * single-threaded inside the parallel region, and tall (query-row)
+ * products are the shape it runs fastest. With one thread's worth of
+ * queries no parallel region is opened: inside a one-thread (inactive)
+ * region oneDNN would start a nested team of its own on every call. */
 static lwfm_status spm_score(const lwfm_model *m, const lwfm__prep *Sp, const int32_t *labels,
                              const int64_t *count, int64_t way, const lwfm__prep *Qp, float *logits,
                              lwfm__arena *arena) {
     const spm_prep *S = (const spm_prep *)Sp, *Q = (const spm_prep *)Qp;
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
-    const int64_t ldt = S->n * P;
     int threads = omp_get_max_threads();
     if (threads > Q->n) threads = (int)Q->n;
-
-    /* queries per block: a thread's correlation blocks stay near L2-sized */
-    size_t per_query = (size_t)ldt * P * L;
-    int64_t block = (int64_t)(RT_BLOCK_FLOATS / per_query);
-    int64_t share = (Q->n + threads - 1) / threads;
-    if (block < 1) block = 1;
-    if (block > share) block = share;
     score_job job = {.m = m,
                      .S = S,
                      .Q = Q,
@@ -233,9 +272,8 @@ static lwfm_status spm_score(const lwfm_model *m, const lwfm__prep *Sp, const in
                      .count = count,
                      .way = way,
                      .logits = logits,
-                     .block = block,
-                     .rt_floats = (size_t)block * P * (size_t)ldt};
-    job.sd = scratch_bytes(way, C, L, P, S->n, job.rt_floats);
+                     .cut = spm_cut_for(Q->n, S->n, P, L, threads)};
+    job.sd = scratch_bytes(way, C, L, P, job.cut);
     job.scratch = lwfm__arena_get(arena, LWFM_SLOT_PAIRS, job.sd * (size_t)threads);
     if (!job.scratch)
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",

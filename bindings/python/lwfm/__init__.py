@@ -27,7 +27,7 @@ from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["Error", "Model", "SupportSet", "Prediction", "SkippedFile", "find_model",
+__all__ = ["Error", "Model", "SupportSet", "Prediction", "SkippedFile", "TopK", "find_model",
            "library_version", "linear_assignment", "LIBRARY_ENV", "MODEL_PATH_ENV",
            "__version__"]
 
@@ -157,6 +157,8 @@ def _declare(lib):
     fn("lwfm_support_save_to_memory", st, _p, ctypes.c_char_p, _size, ctypes.POINTER(_size))
     fn("lwfm_support_load", st, ctypes.POINTER(_p), _p, ctypes.c_char_p)
     fn("lwfm_support_load_from_memory", st, ctypes.POINTER(_p), _p, ctypes.c_char_p, _size)
+    for name in ("lwfm_support_score_topk", "lwfm_support_score_topk_features"):
+        fn(name, st, _p, _fptr, _i64, _i64, _i64, _i64, _i64, _i32p, _fptr, _fptr, _size)
     fn("lwfm_model_layers", _i64, _p)
     fn("lwfm_lwe_create", st, ctypes.POINTER(_p), _p)
     fn("lwfm_lwe_destroy", None, _p)
@@ -329,6 +331,12 @@ def _as_labels(labels, n):
 Prediction = namedtuple("Prediction", ["name", "probability"])
 Prediction.__doc__ = """One class of a query's prediction: the class's name (its support
 label) and its calibrated probability (``Model.probabilities``)."""
+
+TopK = namedtuple("TopK", ["indices", "classes", "logits", "probabilities"])
+TopK.__doc__ = """:meth:`SupportSet.top_k`'s result, one row per query, best first:
+``indices`` (n_query, k) int32 class indices, ``classes`` their names (a list
+of lists, from :attr:`SupportSet.classes`), ``logits`` and calibrated
+``probabilities`` (n_query, k) float32."""
 
 SkippedFile = namedtuple("SkippedFile", ["path", "reason"])
 SkippedFile.__doc__ = """A file or folder :meth:`SupportSet.from_folder` left out, and why."""
@@ -1017,12 +1025,43 @@ class SupportSet:
         feature maps): ``Model.probabilities`` of :meth:`score`."""
         return self._model.probabilities(self.score(query))
 
+    def top_k(self, query, k):
+        """The ``k`` (1..way) best classes of each query image (or feature
+        map), best first, as a :class:`TopK` (indices, class names, logits,
+        calibrated probabilities over all classes). Ties in logit put the
+        lower class index first. The full logits row stays inside the
+        library (``lwfm_support_score_topk``). Thread-safe."""
+        q = _as_images(query, "query")
+        k = operator.index(k)
+        if not 1 <= k <= self.way:
+            raise ValueError(f"k = {k}: the support set has {self.way} classes, "
+                             f"k must be in 1..{self.way}")
+        n = q.shape[0]
+        idx = np.empty((n, k), dtype=np.int32)
+        logits = np.empty((n, k), dtype=np.float32)
+        probs = np.empty((n, k), dtype=np.float32)
+        lib = _library()
+        fn = lib.lwfm_support_score_topk_features if self.features else lib.lwfm_support_score_topk
+        with self._guard.use() as h:
+            _check(fn(h, _fp(q), n, q.shape[1], q.shape[2], q.shape[3], k, _lp(idx), _fp(logits),
+                      _fp(probs), idx.size))
+        names = [[self.classes[c] for c in row] for row in idx.tolist()]
+        return TopK(idx, names, logits, probs)
+
     def predict(self, query, top=None):
         """Per query, ``[(name, probability), ...]`` best first, names from
-        :attr:`classes`; ``top``: only the first that many. A query whose
+        :attr:`classes`; ``top``: only the first that many (through
+        :meth:`top_k`: the library hands back only those). A query whose
         best probability is below ``Model.unknown_threshold`` is, by the
         model's calibration, none of the classes."""
-        return _predictions(self.probabilities(query), self.classes, top)
+        if top is None:
+            return _predictions(self.probabilities(query), self.classes, top)
+        k = min(operator.index(top), self.way)
+        if k < 1:
+            return [[] for _ in range(_as_images(query, "query").shape[0])]
+        r = self.top_k(query, k)
+        return [[Prediction(name, float(p)) for name, p in zip(names, row)]
+                for names, row in zip(r.classes, r.probabilities)]
 
     @classmethod
     def from_folder(cls, model, path, on_bad="fail"):

@@ -7,7 +7,7 @@ from typing import (Any, Dict, Hashable, Iterable, List, NamedTuple, Optional, S
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Error", "Model", "SupportSet", "Prediction", "SkippedFile", "find_model",
+__all__ = ["Error", "Model", "SupportSet", "Prediction", "SkippedFile", "TopK", "find_model",
            "library_version", "linear_assignment", "LIBRARY_ENV", "MODEL_PATH_ENV",
            "__version__"]
 
@@ -27,6 +27,12 @@ class Error(RuntimeError):
 class Prediction(NamedTuple):
     name: Hashable
     probability: float
+
+class TopK(NamedTuple):
+    indices: npt.NDArray[np.int32]
+    classes: List[List[Hashable]]
+    logits: npt.NDArray[np.float32]
+    probabilities: npt.NDArray[np.float32]
 
 class SkippedFile(NamedTuple):
     path: str
@@ -91,6 +97,7 @@ class SupportSet:
     def __len__(self) -> int: ...
     def score(self, query: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
     def probabilities(self, query: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
+    def top_k(self, query: npt.ArrayLike, k: int) -> TopK: ...
     def predict(self, query: npt.ArrayLike, top: Optional[int] = ...) -> List[List[Prediction]]: ...
     @classmethod
     def load(cls, model: Model, path: _PathLike) -> "SupportSet": ...
