@@ -431,7 +431,7 @@ LWFM_API lwfm_status lwfm_support_score_topk(const lwfm_support *support, const 
     if (!st)
         st = lwfm__check_images(support->model, "query images", query, n_query, channels, height,
                                 width, &C, &fh, &fw);
-    if (!st) st = check_positions("query images", fh, fw);
+    if (!st) st = lwfm__check_positions("query images", fh, fw);
     if (st) return st;
     const topk_out tk = {k, classes, logits, probabilities};
     return support_score(support, query, 0, n_query, channels, height, width, NULL, &tk);
