@@ -26,8 +26,9 @@
 /* How a call is cut: queries per block (one GEMM per layer and chunk) and
  * supports per chunk. Scratch depends on these, never on the whole gallery:
  * a chunk's correlations (L x P x chunk*P, both layouts) stay near L2-sized,
- * and the per-class accumulators of a block's queries are block x way x
- * (C + L P) floats, with block > 1 only while the gallery is small. */
+ * and the per-class accumulators of a block's queries are block x slots x
+ * (C + L P) floats (see class_slots), with block > 1 only while the gallery
+ * is small. */
 typedef struct spm_cut {
     int64_t block, chunk;
 } spm_cut;
@@ -44,6 +45,26 @@ static spm_cut spm_cut_for(int64_t n_q, int64_t n_s, int P, int L, int threads) 
     return (spm_cut){block, chunk};
 }
 
+/* Accumulator slots. A class's sums are needed from its first support
+ * (in index order) to its last, last[c], where its logit is finished and
+ * its slot given to the next class that starts: slot[c] is class c's, and
+ * the count of slots is the most classes open at once: 1 for supports
+ * grouped by class, way at worst (interleaved labels), never more than
+ * before. The map depends only on the labels, so every query of the call
+ * shares it. free_slots: way entries of scratch. Returns the slot count. */
+static int64_t class_slots(const int32_t *labels, int64_t n, int64_t way, int64_t *last,
+                           int32_t *slot, int32_t *free_slots) {
+    int64_t slots = 0, n_free = 0;
+    for (int64_t c = 0; c < way; c++) slot[c] = -1;
+    for (int64_t j = 0; j < n; j++) last[labels[j]] = j;
+    for (int64_t j = 0; j < n; j++) {
+        const int32_t c = labels[j];
+        if (slot[c] < 0) slot[c] = n_free ? free_slots[--n_free] : (int32_t)slots++;
+        if (last[c] == j) free_slots[n_free++] = slot[c];
+    }
+    return slots;
+}
+
 /* Per-thread scratch of the pair loop (floats; the solver's part doubles).
  * N = chunk x P columns. */
 typedef struct pair_scratch {
@@ -52,52 +73,101 @@ typedef struct pair_scratch {
     float *ws;    /* L x N: support weights of one query against the chunk's supports */
     float *wq;    /* L x N: query weights likewise */
     float *attn;  /* LWFM_LWE_WORK_FLOATS(P, chunk) */
-    float *sacc;  /* block x way x C: per query, sum over the class's supports of pooled
-                     attended support maps */
-    float *wqacc; /* block x way x L x P: per query, sum over the class's supports of the
-                     query weights */
+    float *sacc;  /* block x slots x C: per query and open class, sum over the class's
+                     supports of pooled attended support maps */
+    float *wqacc; /* block x slots x L x P: per query and open class, sum over the
+                     class's supports of the query weights */
     float *qv;    /* C */
-    double *macc; /* block x way: per query, sum of SPM scores */
+    double *macc; /* block x slots: per query and open class, sum of SPM scores */
     double *spm;
     int *sigma;
 } pair_scratch;
 
 /* Offsets (floats) of a pair_scratch slice's float arrays, in order; the
  * last entry is the total (see scratch_bind). */
-static void scratch_layout(int64_t way, int C, int L, int P, spm_cut cut, size_t off[9]) {
+static void scratch_layout(int64_t slots, int C, int L, int P, spm_cut cut, size_t off[9]) {
     const size_t N = (size_t)cut.chunk * P, B = (size_t)cut.block;
     const size_t sizes[8] = {B * P * N * L,
                              (size_t)L * P * N,
                              (size_t)L * N,
                              (size_t)L * N,
                              LWFM_LWE_WORK_FLOATS(P, cut.chunk),
-                             B * way * C,
-                             B * way * L * P,
+                             B * slots * C,
+                             B * slots * L * P,
                              (size_t)C};
     off[0] = 0;
     for (int i = 0; i < 8; i++) off[i + 1] = off[i] + (sizes[i] + 15) / 16 * 16;
 }
 
-static size_t scratch_bytes(int64_t way, int C, int L, int P, spm_cut cut) {
+static size_t scratch_bytes(int64_t slots, int C, int L, int P, spm_cut cut) {
     size_t off[9];
-    scratch_layout(way, C, L, P, cut, off);
-    size_t doubles = (size_t)cut.block * way + lwfm__spm_work_doubles(P);
+    scratch_layout(slots, C, L, P, cut, off);
+    size_t doubles = (size_t)cut.block * slots + lwfm__spm_work_doubles(P);
     size_t bytes = off[8] * sizeof(float) + doubles * sizeof(double) + (size_t)P * sizeof(int);
     return (bytes + 63) / 64 * 64; /* each thread's slice starts 64-byte aligned */
 }
 
-static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L, int P,
+static void scratch_bind(pair_scratch *ps, char *base, int64_t slots, int C, int L, int P,
                          spm_cut cut) {
     size_t off[9];
-    scratch_layout(way, C, L, P, cut, off);
+    scratch_layout(slots, C, L, P, cut, off);
     float *f = (float *)base;
     float **dst[8] = {&ps->rt,   &ps->rs,   &ps->ws,    &ps->wq,
                       &ps->attn, &ps->sacc, &ps->wqacc, &ps->qv};
     for (int i = 0; i < 8; i++) *dst[i] = f + off[i];
     double *d = (double *)(f + off[8]);
     ps->macc = d;
-    ps->spm = d + (size_t)cut.block * way;
+    ps->spm = d + (size_t)cut.block * slots;
     ps->sigma = (int *)(ps->spm + lwfm__spm_work_doubles(P));
+}
+
+/* What the threads of spm_score share. */
+typedef struct score_job {
+    const lwfm_model *m;
+    const spm_prep *S, *Q;
+    const int32_t *labels;
+    const int64_t *count;
+    int64_t way;
+    const int64_t *last; /* class_slots: each class's last support */
+    const int32_t *slot; /* class_slots: each class's accumulator slot */
+    int64_t slots;
+    float *logits;
+    char *scratch; /* one slice of sd bytes per thread */
+    size_t sd;     /* bytes per thread */
+    spm_cut cut;
+} score_job;
+
+/* Logit (q, c) from slot s of row qi's accumulators, once class c's last
+ * support is in (steps 6, 8); the slot is then zeroed for the next class. */
+LWFM_MULTIARCH static void finish_class(const lwfm_model *m, const score_job *job,
+                                        const spm_prep *Q, int64_t q, int64_t qi, int32_t c,
+                                        pair_scratch *ps) {
+    const lwfm__layers *ly = &m->layers;
+    const int C = ly->C, P = ly->P, L = ly->n;
+    const size_t s = (size_t)qi * job->slots + job->slot[c];
+    const float *Xq = Q->X + q * P * C;
+    /* base = cos(pool(mean_j S'), pool(mean_j Q')); the common factor
+     * 1 / (P n_c) cancels except against the cosine's 1e-8 floor. */
+    float *sacc = ps->sacc + s * C, *qv = ps->qv;
+    float *wqa = ps->wqacc + s * L * P;
+    for (int l = 0; l < L; l++)
+        lwfm__weighted_rows(Xq + ly->off[l], C, wqa + (size_t)l * P, P, ly->dim[l],
+                            qv + ly->off[l], 0);
+    double dot = 0.0, ns = 0.0, nq = 0.0;
+#pragma omp simd reduction(+ : dot, ns, nq)
+    for (int k = 0; k < C; k++) {
+        dot += (double)sacc[k] * qv[k];
+        ns += (double)sacc[k] * sacc[k];
+        nq += (double)qv[k] * qv[k];
+    }
+    const double scale = 1.0 / ((double)P * job->count[c]);
+    double den = sqrt(ns) * sqrt(nq) * scale * scale;
+    double base = dot * scale * scale / (den > COS_EPS ? den : COS_EPS);
+    double match = lwfm__spm_on(m) ? ps->macc[s] / (double)job->count[c] : 0.0;
+    job->logits[q * job->way + c] = (float)((base + match) / m->cfg.temperature);
+    memset(sacc, 0, sizeof(float) * C);
+    memset(wqa, 0, sizeof(float) * L * P);
+    ps->macc[s] = 0.0;
 }
 
 /* Query q (row qi of the thread's block) against supports j0 .. j0+ns-1:
@@ -105,20 +175,23 @@ static void scratch_bind(pair_scratch *ps, char *base, int64_t way, int C, int L
  * scores, added to the query's per-class accumulators. RT[l] holds layer
  * l's correlations of the block with the chunk: row qi*P + b (query
  * position), column (j - j0)*P + a (support position), leading dimension
- * ldt. Supports are visited in index order, as an unchunked pass would. */
-LWFM_MULTIARCH static void score_chunk(const lwfm_model *m, const spm_prep *S,
-                                       const int32_t *labels, int64_t way, const spm_prep *Q,
-                                       int64_t q, int64_t qi, int64_t j0, int64_t ns,
-                                       float *const *RT, int64_t ldt, pair_scratch *ps) {
+ * ldt. Supports are visited in index order, as an unchunked pass would; a
+ * class whose last support this is gets its logit (finish_class). */
+LWFM_MULTIARCH static void score_chunk(const score_job *job, const spm_prep *Q, int64_t q,
+                                       int64_t qi, int64_t j0, int64_t ns, float *const *RT,
+                                       int64_t ldt, pair_scratch *ps) {
+    const lwfm_model *m = job->m;
+    const spm_prep *S = job->S;
+    const int32_t *labels = job->labels;
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
     const int64_t N = ns * P; /* this chunk's columns; ws, wq, rs are packed to N */
     const lwfm__config *cfg = &m->cfg;
     const int spm = lwfm__spm_on(m);
     const float t_attn = (float)cfg->temperature_attn;
-    float *sacc0 = ps->sacc + (size_t)qi * way * C;
-    float *wqacc0 = ps->wqacc + (size_t)qi * way * L * P;
-    double *macc = ps->macc + (size_t)qi * way;
+    float *sacc0 = ps->sacc + (size_t)qi * job->slots * C;
+    float *wqacc0 = ps->wqacc + (size_t)qi * job->slots * L * P;
+    double *macc = ps->macc + (size_t)qi * job->slots;
 
     /* attention of this query against the chunk's supports, a layer at a time */
     for (int l = 0; l < L; l++) {
@@ -133,16 +206,16 @@ LWFM_MULTIARCH static void score_chunk(const lwfm_model *m, const spm_prep *S,
 
     for (int64_t jj = 0; jj < ns; jj++) {
         const int64_t j = j0 + jj;
-        const int c = labels[j];
+        const int32_t c = labels[j], sl = job->slot[c];
         const float *Xs = S->X + j * P * C;
-        float *sacc = sacc0 + (size_t)c * C;
+        float *sacc = sacc0 + (size_t)sl * C;
         double best = -INFINITY;
         for (int l = 0; l < L; l++) {
             const float *ws = ps->ws + l * N + jj * P, *wq = ps->wq + l * N + jj * P;
             const int off = ly->off[l], d = ly->dim[l];
             /* attended support map, pooled (sum over positions; / P later) */
             lwfm__weighted_rows(Xs + off, C, ws, P, d, sacc + off, 1);
-            float *wqa = wqacc0 + ((size_t)c * L + l) * P;
+            float *wqa = wqacc0 + ((size_t)sl * L + l) * P;
             for (int b = 0; b < P; b++) wqa[b] += wq[b];
             if (spm) {
                 const int64_t gs = j * P * C + off, gq = q * P * C + off;
@@ -156,55 +229,10 @@ LWFM_MULTIARCH static void score_chunk(const lwfm_model *m, const spm_prep *S,
                 if (sc > best) best = sc;
             }
         }
-        if (spm) macc[c] += best;
+        if (spm) macc[sl] += best;
+        if (job->last[c] == j) finish_class(m, job, Q, q, qi, c, ps);
     }
 }
-
-/* Logits row q from the accumulators of row qi of the block (steps 6, 8). */
-LWFM_MULTIARCH static void finish_query(const lwfm_model *m, const int64_t *count, int64_t way,
-                                        const spm_prep *Q, int64_t q, int64_t qi,
-                                        pair_scratch *ps, float *logits) {
-    const lwfm__layers *ly = &m->layers;
-    const int C = ly->C, P = ly->P, L = ly->n;
-    const int spm = lwfm__spm_on(m);
-    const float *Xq = Q->X + q * P * C;
-    for (int64_t c = 0; c < way; c++) {
-        /* base = cos(pool(mean_j S'), pool(mean_j Q')); the common factor
-         * 1 / (P n_c) cancels except against the cosine's 1e-8 floor. */
-        const float *sacc = ps->sacc + ((size_t)qi * way + c) * C;
-        float *qv = ps->qv;
-        for (int l = 0; l < L; l++) {
-            const float *wqa = ps->wqacc + (((size_t)qi * way + c) * L + l) * P;
-            const int off = ly->off[l], d = ly->dim[l];
-            lwfm__weighted_rows(Xq + off, C, wqa, P, d, qv + off, 0);
-        }
-        double dot = 0.0, ns = 0.0, nq = 0.0;
-#pragma omp simd reduction(+ : dot, ns, nq)
-        for (int k = 0; k < C; k++) {
-            dot += (double)sacc[k] * qv[k];
-            ns += (double)sacc[k] * sacc[k];
-            nq += (double)qv[k] * qv[k];
-        }
-        const double scale = 1.0 / ((double)P * count[c]);
-        double den = sqrt(ns) * sqrt(nq) * scale * scale;
-        double base = dot * scale * scale / (den > COS_EPS ? den : COS_EPS);
-        double match = spm ? ps->macc[(size_t)qi * way + c] / (double)count[c] : 0.0;
-        logits[q * way + c] = (float)((base + match) / m->cfg.temperature);
-    }
-}
-
-/* What the threads of spm_score share. */
-typedef struct score_job {
-    const lwfm_model *m;
-    const spm_prep *S, *Q;
-    const int32_t *labels;
-    const int64_t *count;
-    int64_t way;
-    float *logits;
-    char *scratch; /* one slice of sd bytes per thread */
-    size_t sd;     /* bytes per thread */
-    spm_cut cut;
-} score_job;
 
 /* Thread t of nt: its contiguous range of queries, in blocks; each block
  * goes through the supports a chunk at a time (one GEMM per layer and
@@ -215,19 +243,23 @@ static int score_range(const score_job *job, int t, int nt) {
     const spm_prep *S = job->S, *Q = job->Q;
     const lwfm__layers *ly = &m->layers;
     const int C = ly->C, P = ly->P, L = ly->n;
-    const int64_t way = job->way, first = Q->n * t / nt, last = Q->n * (t + 1) / nt;
+    const int64_t slots = job->slots, first = Q->n * t / nt, last = Q->n * (t + 1) / nt;
     const int64_t ldt = job->cut.chunk * P;
     pair_scratch ps;
     float *RT[LWFM_MAX_TAPS];
     double tt = LWFM_PROF_T0();
-    scratch_bind(&ps, job->scratch + job->sd * (size_t)t, way, C, L, P, job->cut);
+    scratch_bind(&ps, job->scratch + job->sd * (size_t)t, slots, C, L, P, job->cut);
     for (int l = 0; l < L; l++) RT[l] = ps.rt + (size_t)l * job->cut.block * P * ldt;
     int bad = 0;
     for (int64_t q0 = first; q0 < last && !bad; q0 += job->cut.block) {
         const int64_t nq = last - q0 < job->cut.block ? last - q0 : job->cut.block;
-        memset(ps.sacc, 0, sizeof(float) * (size_t)nq * way * C);
-        memset(ps.wqacc, 0, sizeof(float) * (size_t)nq * way * L * P);
-        memset(ps.macc, 0, sizeof(double) * (size_t)nq * way);
+        /* finish_class zeroes a slot it is done with: a block's queries start
+         * from zeroed slots after the first */
+        if (q0 == first) {
+            memset(ps.sacc, 0, sizeof(float) * (size_t)nq * slots * C);
+            memset(ps.wqacc, 0, sizeof(float) * (size_t)nq * slots * L * P);
+            memset(ps.macc, 0, sizeof(double) * (size_t)nq * slots);
+        }
         for (int64_t j0 = 0; j0 < S->n && !bad; j0 += job->cut.chunk) {
             const int64_t ns = S->n - j0 < job->cut.chunk ? S->n - j0 : job->cut.chunk;
             for (int l = 0; l < L && !bad; l++)
@@ -236,10 +268,8 @@ static int score_range(const score_job *job, int t, int nt) {
                                  S->U + j0 * P * C + ly->off[l], C, 0.0f, RT[l],
                                  ldt) != dnnl_success;
             for (int64_t qi = 0; qi < nq && !bad; qi++)
-                score_chunk(m, S, job->labels, way, Q, q0 + qi, qi, j0, ns, RT, ldt, &ps);
+                score_chunk(job, Q, q0 + qi, qi, j0, ns, RT, ldt, &ps);
         }
-        for (int64_t qi = 0; qi < nq && !bad; qi++)
-            finish_query(m, job->count, way, Q, q0 + qi, qi, &ps, job->logits);
     }
     LWFM_PROF_ADD(LWFM_PROF_PAIRS_THREAD, tt);
     return bad ? -1 : 0;
@@ -273,7 +303,15 @@ static lwfm_status spm_score(const lwfm_model *m, const lwfm__prep *Sp, const in
                      .way = way,
                      .logits = logits,
                      .cut = spm_cut_for(Q->n, S->n, P, L, threads)};
-    job.sd = scratch_bytes(way, C, L, P, job.cut);
+    /* the class slot map: last (way int64), slot and free list (way int32 each) */
+    int64_t *last = lwfm__arena_get(arena, LWFM_SLOT_LEVELS, (size_t)way * 16);
+    if (!last)
+        return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",
+                           (long long)Q->n);
+    int32_t *slot = (int32_t *)(last + way);
+    job.slots = class_slots(labels, S->n, way, last, slot, slot + way);
+    job.last = last, job.slot = slot;
+    job.sd = scratch_bytes(job.slots, C, L, P, job.cut);
     job.scratch = lwfm__arena_get(arena, LWFM_SLOT_PAIRS, job.sd * (size_t)threads);
     if (!job.scratch)
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",

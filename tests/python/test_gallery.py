@@ -1,6 +1,7 @@
 """Galleries of hundreds of classes (issue 18): the library scores the supports
 a chunk at a time (LWFM-SPM: a multiple of 16 supports whose correlations
-stay near L2-sized, about 400 at 3 x 3 maps and 2 layers; RCN: about 1 MiB
+stay near L2-sized, about 400 at 3 x 3 maps and 2 layers, its per-class sums
+in slots reused once a class's last support is in; RCN: about 1 MiB
 of scratch, 67 supports at 5 x 5 maps; MML gathers each class's images by
 a counting sort). These galleries need several chunks, with unequal shots
 and shuffled labels (a class's supports fall in different chunks); the
@@ -41,7 +42,8 @@ def test_lwfm_spm_gallery_in_chunks(lib, tmp_path):
     cfg = lwfm_ref.make_config(backbone="conv64f", hyperpixel_ids=[2, 3])
     path, ref = export(tmp_path, cfg, seed=3)
     rng = np.random.default_rng(18)
-    labels = gallery_labels(rng, 350, 4)            # ~875 supports: 3 chunks
+    # grouped by class (each class's sums use one reused slot), ~875 supports: 3 chunks
+    labels = np.sort(gallery_labels(rng, 350, 4))
     assert len(labels) > 2 * 400
     C = ref.out_channels
     s = features(rng, len(labels), C, 3)
@@ -51,7 +53,7 @@ def test_lwfm_spm_gallery_in_chunks(lib, tmp_path):
         with m.prepare_support(s, labels, features=True) as sup:
             got = sup.score(q)
             one = sup.score(q[3:4])                  # a single query: one thread, one block
-        perm = rng.permutation(len(labels))          # other chunk boundaries per class
+        perm = rng.permutation(len(labels))          # interleaved: every class open at once
         got_perm = m.score_features(s[perm], labels[perm], q)
     assert rel_err(got, expect) <= TOL
     np.testing.assert_array_equal(got.argmax(1), expect.argmax(1))
