@@ -106,6 +106,34 @@ static void put_le(lwfm__sha256 *s, uint64_t v, int bytes) {
     lwfm__sha256_update(s, b, (size_t)bytes);
 }
 
+/* A tensor's values as the fingerprint stream has them: float32 or int64,
+ * little-endian, converted a block at a time (one update per value costs
+ * more than the hash). */
+static void hash_values(lwfm__sha256 *s, const lwfm__tensor *t) {
+    const uint16_t one = 1;
+    if (t->f32 && *(const uint8_t *)&one == 1) {
+        lwfm__sha256_update(s, t->f32, t->numel * sizeof(float));
+        return;
+    }
+    uint8_t block[4096];
+    const size_t width = t->f32 ? 4 : 8, per = sizeof block / width;
+    for (size_t k = 0; k < t->numel; k += per) {
+        const size_t m = t->numel - k < per ? t->numel - k : per;
+        for (size_t j = 0; j < m; j++) {
+            uint64_t v;
+            if (t->f32) {
+                uint32_t w;
+                memcpy(&w, t->f32 + k + j, 4);
+                v = w;
+            } else {
+                v = (uint64_t)lwfm__tensor_int(t, k + j);
+            }
+            for (size_t b = 0; b < width; b++) block[j * width + b] = (uint8_t)(v >> (8 * b));
+        }
+        lwfm__sha256_update(s, block, m * width);
+    }
+}
+
 static lwfm_status fingerprint_archive(const lwfm__archive *ar, uint8_t digest[32]) {
     const lwfm__tensor **order = malloc(sizeof *order * (ar->count ? ar->count : 1));
     if (!order) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
@@ -121,16 +149,7 @@ static lwfm_status fingerprint_archive(const lwfm__archive *ar, uint8_t digest[3
         lwfm__sha256_update(&s, t->f32 ? "f" : "i", 1);
         put_le(&s, (uint64_t)t->ndim, 4);
         for (int d = 0; d < t->ndim; d++) put_le(&s, (uint64_t)t->shape[d], 8);
-        if (t->f32) { /* float32 little-endian, as a little-endian host holds it */
-            uint32_t w[256];
-            for (size_t k = 0; k < t->numel; k += 256) {
-                size_t m = t->numel - k < 256 ? t->numel - k : 256;
-                memcpy(w, t->f32 + k, m * sizeof(float));
-                for (size_t j = 0; j < m; j++) put_le(&s, w[j], 4);
-            }
-        } else {
-            for (size_t k = 0; k < t->numel; k++) put_le(&s, (uint64_t)lwfm__tensor_int(t, k), 8);
-        }
+        hash_values(&s, t);
     }
     lwfm__sha256_final(&s, digest);
     free(order);

@@ -542,6 +542,25 @@ static int open_temp(const char *path, char *tmp, size_t cap) {
     return -1;
 }
 
+/* Flush the directory entry of the rename too (best effort: the file is in
+ * place whole either way; this makes it survive a power cut). */
+static void sync_parent(const char *path, char *buf, size_t cap) {
+    const char *slash = strrchr(path, '/');
+    if (slash && (size_t)(slash - path) + 2 > cap) return;
+    if (slash) {
+        memcpy(buf, path, (size_t)(slash - path));
+        buf[slash == path ? 1 : slash - path] = 0;
+        if (slash == path) buf[0] = '/';
+    } else {
+        strcpy(buf, ".");
+    }
+    int fd = open(buf, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+}
+
 LWFM_API lwfm_status lwfm_support_save(const lwfm_support *support, const char *path) {
     lwfm__error_clear();
     if (!support || !path) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support or path is NULL");
@@ -563,6 +582,7 @@ LWFM_API lwfm_status lwfm_support_save(const lwfm_support *support, const char *
         return lwfm__error(LWFM_ERR_IO, "%s: cannot write the support set: %s", path,
                            strerror(err));
     }
+    sync_parent(path, tmp, sizeof tmp);
     return LWFM_OK;
 }
 

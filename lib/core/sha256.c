@@ -1,8 +1,18 @@
 /* SHA-256 as FIPS 180-4 defines it; checked against the standard's test
- * vectors in tests/c/test_support_file.c and against Python's hashlib. */
+ * vectors in tests/c/test_support_file.c and against Python's hashlib. On
+ * x86 CPUs with the SHA extensions the blocks go through them (about ten
+ * times the plain code's speed: the model fingerprint hashes every weight at
+ * load time); elsewhere through the plain code. */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "core/sha256.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_X86_SHA 1
+#endif
 
 static const uint32_t kK[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -35,6 +45,65 @@ static void compress(uint32_t h[8], const uint8_t *p) {
     h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
 }
 
+#ifdef HAVE_X86_SHA
+/* n blocks with the SHA extensions: four rounds per step, the message
+ * schedule four words at a time (sha256msg1 / sha256msg2). */
+__attribute__((target("sha,sse4.1"))) static void blocks_x86(uint32_t h[8], const uint8_t *p,
+                                                             size_t n) {
+    const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1); /* CDAB */
+    __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B);  /* EFGH */
+    __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);                                       /* ABEF */
+    s1 = _mm_blend_epi16(s1, tmp, 0xF0);                                            /* CDGH */
+    for (; n; n--, p += 64) {
+        const __m128i abef = s0, cdgh = s1;
+        __m128i w[4];
+        for (int g = 0; g < 4; g++)
+            w[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * g)), swap);
+        for (int g = 0; g < 16; g++) {
+            __m128i m = _mm_add_epi32(w[g & 3], _mm_loadu_si128((const __m128i *)&kK[4 * g]));
+            s1 = _mm_sha256rnds2_epu32(s1, s0, m);
+            s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(m, 0x0E));
+            if (g < 12) /* words 4(g+4)..4(g+4)+3 replace 4g..4g+3 */
+                w[g & 3] = _mm_sha256msg2_epu32(
+                    _mm_add_epi32(_mm_sha256msg1_epu32(w[g & 3], w[(g + 1) & 3]),
+                                  _mm_alignr_epi8(w[(g + 3) & 3], w[(g + 2) & 3], 4)),
+                    w[(g + 3) & 3]);
+        }
+        s0 = _mm_add_epi32(s0, abef);
+        s1 = _mm_add_epi32(s1, cdgh);
+    }
+    tmp = _mm_shuffle_epi32(s0, 0x1B);       /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);        /* DCHG */
+    s0 = _mm_blend_epi16(tmp, s1, 0xF0);     /* DCBA */
+    s1 = _mm_alignr_epi8(s1, tmp, 8);        /* HGFE */
+    _mm_storeu_si128((__m128i *)&h[0], s0);
+    _mm_storeu_si128((__m128i *)&h[4], s1);
+}
+
+static int have_x86_sha(void) {
+    static atomic_int known = -1; /* racing first calls compute the same value */
+    int v = atomic_load_explicit(&known, memory_order_relaxed);
+    if (v < 0) {
+        unsigned a, b, c, d;
+        v = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b >> 29 & 1) && __get_cpuid(1, &a, &b, &c, &d) &&
+            (c >> 19 & 1); /* SHA, SSE4.1 (SSSE3 comes with it) */
+        atomic_store_explicit(&known, v, memory_order_relaxed);
+    }
+    return v;
+}
+#endif
+
+static void blocks(uint32_t h[8], const uint8_t *p, size_t n) {
+#ifdef HAVE_X86_SHA
+    if (have_x86_sha()) {
+        blocks_x86(h, p, n);
+        return;
+    }
+#endif
+    for (; n; n--, p += 64) compress(h, p);
+}
+
 void lwfm__sha256_init(lwfm__sha256 *s) {
     static const uint32_t kH0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                     0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -51,10 +120,11 @@ void lwfm__sha256_update(lwfm__sha256 *s, const void *data, size_t n) {
         memcpy(s->block + s->used, p, take);
         s->used += take, p += take, n -= take;
         if (s->used < 64) return;
-        compress(s->h, s->block);
+        blocks(s->h, s->block, 1);
         s->used = 0;
     }
-    for (; n >= 64; p += 64, n -= 64) compress(s->h, p);
+    blocks(s->h, p, n / 64);
+    p += n / 64 * 64, n %= 64;
     memcpy(s->block, p, n);
     s->used = n;
 }

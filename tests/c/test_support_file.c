@@ -48,6 +48,18 @@ static void sha_vectors(void) {
         for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", d[i]);
         EXPECT(!strcmp(hex, v[k].hex));
     }
+    /* a million 'a' in one update: the many-block path */
+    char *a = test_alloc(1000000);
+    memset(a, 'a', 1000000);
+    lwfm__sha256 s;
+    uint8_t d[32];
+    char hex[65];
+    lwfm__sha256_init(&s);
+    lwfm__sha256_update(&s, a, 1000000);
+    lwfm__sha256_final(&s, d);
+    for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", d[i]);
+    EXPECT(!strcmp(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"));
+    free(a);
 }
 
 typedef struct episode {

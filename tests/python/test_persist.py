@@ -117,13 +117,21 @@ RCN = ROOT / "models" / "omniglot-rcn.npz"
 OMNIGLOT = ROOT / "models" / "omniglot.npz"
 
 
-@pytest.fixture(params=["lwfm-spm", "lwfm-spm-omniglot", "dn4", "mml", "rcn"])
+@pytest.fixture(params=["lwfm-spm", "lwfm-spm-omniglot", "lwfm-spm-no-matcher", "dn4", "mml",
+                        "rcn"])
 def method_model(request, lib, tmp_path):
     """A model of each method: the build's test models, an MML model with
-    random weights (tests/python/test_mml.py) and the bundled RCN model."""
+    random weights (tests/python/test_mml.py), an LWFM-SPM model with SPM
+    off (two prepared buffers instead of four) and the bundled RCN model."""
     if request.param == "mml":
         from test_mml import export_mml
         path = export_mml(tmp_path)[0]
+    elif request.param == "lwfm-spm-no-matcher":
+        import lwfm_ref
+        from conftest import export
+        path = export(tmp_path, lwfm_ref.make_config(
+            backbone="conv64f", hyperpixel_ids=[2, 3], feature_size=3, image_size=32, resize=0,
+            matcher_prob=0.0))[0]
     else:
         path = {"lwfm-spm": SMALL, "lwfm-spm-omniglot": OMNIGLOT, "dn4": DN4,
                 "rcn": RCN}[request.param]
