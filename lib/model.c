@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/core.h"
+#include "core/sha256.h"
 #include "io/npz.h"
 #include "model.h"
 #include "core/profile.h"
@@ -79,6 +80,63 @@ void lwfm__model_release(lwfm_model *m) {
     if (m && atomic_fetch_sub(&m->refs, 1) == 1) model_free(m);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Fingerprint: SHA-256 of the weight file's arrays as the library reads them
+ * (docs/weight-format.md, "Fingerprint"), so that a file re-compressed or
+ * re-ordered keeps it and any changed value, shape or key changes it. Taken
+ * while the decoded archive exists: the model keeps its weights only in the
+ * backbone's compute layout, which depends on the CPU and the precision. */
+
+void lwfm__hex(const uint8_t *bytes, size_t n, char *hex) {
+    static const char kDigits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        hex[2 * i] = kDigits[bytes[i] >> 4];
+        hex[2 * i + 1] = kDigits[bytes[i] & 15];
+    }
+    hex[2 * n] = 0;
+}
+
+static int cmp_tensor_name(const void *a, const void *b) {
+    return strcmp((*(const lwfm__tensor *const *)a)->name, (*(const lwfm__tensor *const *)b)->name);
+}
+
+static void put_le(lwfm__sha256 *s, uint64_t v, int bytes) {
+    uint8_t b[8];
+    for (int i = 0; i < bytes; i++) b[i] = (uint8_t)(v >> (8 * i));
+    lwfm__sha256_update(s, b, (size_t)bytes);
+}
+
+static lwfm_status fingerprint_archive(const lwfm__archive *ar, uint8_t digest[32]) {
+    const lwfm__tensor **order = malloc(sizeof *order * (ar->count ? ar->count : 1));
+    if (!order) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
+    for (size_t i = 0; i < ar->count; i++) order[i] = &ar->tensors[i];
+    qsort(order, ar->count, sizeof *order, cmp_tensor_name);
+    lwfm__sha256 s;
+    lwfm__sha256_init(&s);
+    static const char kTag[] = "lwfm-weights-v1";
+    lwfm__sha256_update(&s, kTag, sizeof kTag); /* with its NUL */
+    for (size_t i = 0; i < ar->count; i++) {
+        const lwfm__tensor *t = order[i];
+        lwfm__sha256_update(&s, t->name, strlen(t->name) + 1);
+        lwfm__sha256_update(&s, t->f32 ? "f" : "i", 1);
+        put_le(&s, (uint64_t)t->ndim, 4);
+        for (int d = 0; d < t->ndim; d++) put_le(&s, (uint64_t)t->shape[d], 8);
+        if (t->f32) { /* float32 little-endian, as a little-endian host holds it */
+            uint32_t w[256];
+            for (size_t k = 0; k < t->numel; k += 256) {
+                size_t m = t->numel - k < 256 ? t->numel - k : 256;
+                memcpy(w, t->f32 + k, m * sizeof(float));
+                for (size_t j = 0; j < m; j++) put_le(&s, w[j], 4);
+            }
+        } else {
+            for (size_t k = 0; k < t->numel; k++) put_le(&s, (uint64_t)lwfm__tensor_int(t, k), 8);
+        }
+    }
+    lwfm__sha256_final(&s, digest);
+    free(order);
+    return LWFM_OK;
+}
+
 static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
                                       const lwfm_load_options *opts) {
     lwfm_status st;
@@ -88,6 +146,7 @@ static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
     pthread_mutex_init(&m->pool_lock, NULL);
     m->precision = opts ? opts->precision : LWFM_PRECISION_FP32;
     if ((st = lwfm__config_read(&m->cfg, ar))) goto fail;
+    if ((st = fingerprint_archive(ar, m->fingerprint))) goto fail;
     if ((st = lwfm__net_build(&m->net, &m->cfg, ar, m->precision))) goto fail;
     if (dnnl_engine_create(&m->engine, dnnl_cpu, 0) != dnnl_success) {
         st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: engine create failed");
@@ -162,6 +221,17 @@ LWFM_API lwfm_status lwfm_model_load_from_memory(lwfm_model **out, const void *d
 
 LWFM_API void lwfm_model_destroy(lwfm_model *model) {
     lwfm__model_release(model);
+}
+
+LWFM_API lwfm_status lwfm_model_fingerprint(const lwfm_model *model, char *hex, size_t capacity) {
+    lwfm__error_clear();
+    if (!model || !hex) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model or hex is NULL");
+    if (capacity < LWFM_FINGERPRINT_CHARS + 1)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
+                           "a fingerprint needs %d bytes with its NUL, buffer has %zu",
+                           LWFM_FINGERPRINT_CHARS + 1, capacity);
+    lwfm__hex(model->fingerprint, 32, hex);
+    return LWFM_OK;
 }
 
 LWFM_API lwfm_method lwfm_model_method(const lwfm_model *model) {

@@ -18,6 +18,7 @@ struct lwfm_model {
     lwfm__config cfg;
     lwfm__net *net;
     lwfm_precision precision;
+    uint8_t fingerprint[32]; /* SHA-256 of the weight file's arrays (lwfm_model_fingerprint) */
     lwfm__layers layers;   /* tapped layers of the feature map */
     const lwfm__method *method; /* the entry of cfg.method in the method table */
     void *weights;              /* the method's own weights (its load / free) */
@@ -28,6 +29,9 @@ struct lwfm_model {
     lwfm__arena *arenas[LWFM_POOL_MAX]; /* metric scratch, reused across calls */
     int arena_n;
 };
+
+/* `n` bytes as 2n lowercase hex digits and a NUL into hex. */
+void lwfm__hex(const uint8_t *bytes, size_t n, char *hex);
 
 /* Borrow a scratch arena (NULL when out of memory) and give it back. */
 lwfm__arena *lwfm__model_arena_take(const lwfm_model *m);

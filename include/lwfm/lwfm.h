@@ -229,6 +229,22 @@ LWFM_API void lwfm_model_destroy(lwfm_model *model);
 /** The method the model implements; (lwfm_method)-1 for NULL. */
 LWFM_API lwfm_method lwfm_model_method(const lwfm_model *model);
 
+/** Characters of a model fingerprint, without the terminating NUL. */
+#define LWFM_FINGERPRINT_CHARS 64
+
+/** The model's fingerprint: the SHA-256 digest, as 64 lowercase hex digits
+ *  and a NUL, of the weight file's arrays as the library reads them (names,
+ *  shapes and values, configuration included; docs/weight-format.md,
+ *  "Fingerprint"). It names the weights, not the file: the same arrays
+ *  stored in another order or with other compression give the same
+ *  fingerprint, any changed value, shape or key another. The load precision
+ *  is not part of it. Taken once, when the model is loaded. A prepared
+ *  support set saved to a file is bound to its model's fingerprint
+ *  (lwfm_support_load()). `capacity` counts the bytes of `hex` (at least
+ *  LWFM_FINGERPRINT_CHARS + 1, else LWFM_ERR_BUFFER_TOO_SMALL and `hex`
+ *  untouched). Thread-safe. */
+LWFM_API lwfm_status lwfm_model_fingerprint(const lwfm_model *model, char *hex, size_t capacity);
+
 /** The model's configuration as a JSON object (method, backbone, every
  *  parameter of the method, preprocessing). Writes at most `capacity` bytes
  *  including the terminating NUL into `buffer`; `*length` (may be NULL)

@@ -19,6 +19,7 @@ import ctypes
 import json
 import operator
 import os
+import pickle
 import sys
 import threading
 import weakref
@@ -122,6 +123,7 @@ def _declare(lib):
     fn("lwfm_model_load_from_memory", st, ctypes.POINTER(_p), ctypes.c_char_p, _size, _p)
     fn("lwfm_model_destroy", None, _p)
     fn("lwfm_model_method", ctypes.c_int, _p)
+    fn("lwfm_model_fingerprint", st, _p, ctypes.c_char_p, _size)
     fn("lwfm_model_config_json", st, _p, ctypes.c_char_p, _size, ctypes.POINTER(_size))
     fn("lwfm_model_input_shape", st, _p, ctypes.POINTER(_i64), ctypes.POINTER(_i64),
        ctypes.POINTER(_i64))
@@ -410,12 +412,31 @@ class Model:
     """
 
     def __init__(self, path, precision="fp32", max_total_bytes=None):
-        lib = _library()
         if isinstance(path, str):
             try:
                 path = find_model(path)  # a name like "omniglot": an installed model
             except FileNotFoundError:
                 pass  # the library's own message names the path
+        c_path = _path(path)
+        self._start(lambda lib, out, opts: lib.lwfm_model_load(out, c_path, opts), precision,
+                    max_total_bytes)
+        self.path = str(path)
+
+    @classmethod
+    def from_bytes(cls, data, precision="fp32", max_total_bytes=None):
+        """A Model from the bytes of a weight file (what ``open(path,
+        "rb").read()`` gives); ``path`` is then ``"<memory>"``."""
+        data = bytes(data)
+        self = cls.__new__(cls)
+        self._start(lambda lib, out, opts: lib.lwfm_model_load_from_memory(out, data, len(data),
+                                                                           opts),
+                    precision, max_total_bytes)
+        self.path = "<memory>"
+        self._weights = data
+        return self
+
+    def _start(self, load, precision, max_total_bytes):
+        lib = _library()
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
         opts = _p()
@@ -426,14 +447,65 @@ class Model:
                 total = _index(max_total_bytes, "max_total_bytes", 1, (1 << 64) - 1)
                 _check(lib.lwfm_load_options_set_max_total_bytes(opts, total))
             handle = _p()
-            _check(lib.lwfm_model_load(ctypes.byref(handle), _path(path), opts))
+            _check(load(lib, ctypes.byref(handle), opts))
         finally:
             lib.lwfm_load_options_destroy(opts)
         self._guard = _Guard(handle, lib.lwfm_model_destroy, "lwfm.Model")
         self._finalizer = weakref.finalize(self, self._guard.close)
-        self.path = str(path)
         self.precision = precision
+        self._max_total_bytes = max_total_bytes
         self._config = None
+        self._fingerprint = None
+        self._weights = None  # the weight file's bytes, once pickling has read them
+        self._weights_lock = threading.Lock()
+
+    # -- pickling ---------------------------------------------------------
+    def __reduce__(self):
+        """Pickled by value: the weight file's bytes and the load options
+        (precision, max_total_bytes), so that another process or machine
+        rebuilds the same model without the file. A model loaded from a file
+        reads it at its first pickling and checks it still holds the
+        weights the model was loaded with (:attr:`fingerprint`): a file
+        changed on disk since raises ``pickle.PicklingError`` rather than
+        ship other weights."""
+        return (_model_from_pickle,
+                (self._weight_bytes(), self.precision, self._max_total_bytes, self.path))
+
+    def _weight_bytes(self):
+        with self._weights_lock:
+            if self._weights is not None:
+                return self._weights
+            want = self.fingerprint
+            try:
+                with open(self.path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise pickle.PicklingError(
+                    f"cannot pickle lwfm.Model: its weight file {self.path!r} cannot be read "
+                    f"({e})") from None
+            try:
+                with Model.from_bytes(data, self.precision, self._max_total_bytes) as probe:
+                    got = probe.fingerprint
+            except Error as e:
+                got = f"unreadable ({e})"
+            if got != want:
+                raise pickle.PicklingError(
+                    f"cannot pickle lwfm.Model: {self.path!r} changed on disk since the model "
+                    f"was loaded (model fingerprint {want}, the file's now {got})")
+            self._weights = data
+            return data
+
+    @property
+    def fingerprint(self):
+        """SHA-256 (64 hex digits) of the weight file's arrays as the library
+        reads them: names the weights, not the file (``lwfm_model_fingerprint``).
+        A saved :class:`SupportSet` is bound to it."""
+        with self._use() as h:
+            if self._fingerprint is None:
+                buf = ctypes.create_string_buffer(65)
+                _check(_library().lwfm_model_fingerprint(h, buf, 65))
+                self._fingerprint = buf.value.decode()
+        return self._fingerprint
 
     # -- lifetime ---------------------------------------------------------
     def close(self):
@@ -719,6 +791,12 @@ class Model:
         classes 0..way-1). :class:`Prediction` tuples."""
         with SupportSet(self, support, support_labels) as sup:
             return sup.predict(query, top)
+
+
+def _model_from_pickle(data, precision, max_total_bytes, path):
+    model = Model.from_bytes(data, precision, max_total_bytes)
+    model.path = path
+    return model
 
 
 class SupportSet:
