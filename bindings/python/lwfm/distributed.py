@@ -58,7 +58,6 @@ import math
 import os
 import pickle
 import sys
-import tempfile
 import threading
 import time
 from collections import OrderedDict, namedtuple
@@ -122,26 +121,11 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def _model_from_weights(data: bytes) -> Model:
-    """A Model from ``pickle.dumps((weight file bytes, precision))``: the C
-    loader reads a file, so the bytes go through a temporary one (read in full
-    and closed by the loader before it returns)."""
-    weights, precision = pickle.loads(data)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", prefix="lwfm-model-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(weights)
-        return Model(tmp, precision=precision)
-    finally:
-        os.unlink(tmp)
-
-
 def _model_payload(model: Model) -> _Shipped:
-    """What is shipped for ``model``: its weight file's bytes and precision."""
-    with open(model.path, "rb") as fh:
-        weights = fh.read()
-    data = pickle.dumps((weights, model.precision), protocol=pickle.HIGHEST_PROTOCOL)
-    return _Shipped(_digest(weights, model.precision.encode()), data, _model_from_weights)
+    """What is shipped for ``model``: the model pickled (by value: its weight
+    file's bytes and load options), named by its fingerprint and precision."""
+    data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    return _Shipped(f"{model.fingerprint}/{model.precision}", data, pickle.loads)
 
 
 def _support_from_images(data: bytes) -> Tuple[Any, Any]:
@@ -361,11 +345,14 @@ def plan_shards(model: Model, counts: Sequence[int], n_shards: int) -> List[Shar
       depends on its position: refused), else their mean (a shard of that
       many classes gets a placeholder class more). Any split otherwise.
 
-    Other methods are refused. ValueError on refusal or bad arguments."""
+    Other methods are refused (one shard, the whole set, is always
+    accepted). ValueError on refusal or bad arguments."""
     counts = [int(n) for n in counts]
     way, n_shards = len(counts), int(n_shards)
     if n_shards < 1 or n_shards > way:
         raise ValueError(f"{n_shards} shards for {way} classes: give 1 to {way}")
+    if n_shards == 1:
+        return [Shard(list(range(way)), [])]
     cfg = model.config
     method = cfg["method"]
     if method == "rcn" and cfg.get("batch_norm") == "batch":
