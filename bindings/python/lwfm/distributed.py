@@ -65,7 +65,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import Error, Model, Prediction, SkippedFile, SupportSet, _OneFile, _predictions
+from . import Error, Model, SkippedFile, SupportSet
+# private helpers of the package, shared with SupportSet.from_folder / predict
+from . import _encode_labels, _OneFile, _predictions  # type: ignore[attr-defined]
 from .episodes import IMAGE_EXTENSIONS, EpisodeSampler, FolderSet, open_dataset
 
 __all__ = ["WorkerError", "ClassifyResult", "Shard", "local_client", "classify", "evaluate",
@@ -134,7 +136,7 @@ def _support_from_images(data: bytes) -> Tuple[Any, Any]:
     return pickle.loads(data)
 
 
-def _support_payload(model_payload: _Shipped, images: np.ndarray, labels: Sequence[Any],
+def _support_payload(model_payload: _Shipped, images: np.ndarray, labels: Any,
                      features: bool = False) -> _Shipped:
     """What is shipped for a support set: its preprocessed images (or, with
     ``features``, images whose feature maps the worker computes and prepares
@@ -320,7 +322,7 @@ def _mml_slots(model: Model) -> int:
         return int(z["classifier.Norm_layer.weight"].shape[0]) // 3
 
 
-def plan_shards(model: Model, counts: Sequence[int], n_shards: int) -> List[Shard]:
+def plan_shards(model: Model, counts: Any, n_shards: int) -> List[Shard]:
     """Split a support set with ``counts[c]`` images of class c into
     ``n_shards`` shards of consecutive classes (balanced by images) whose
     logits, column by column, are those of the whole set.
@@ -407,13 +409,13 @@ def _shard_images(images: np.ndarray, labels: np.ndarray, shard: Shard):
     return np.concatenate(xs), np.asarray(ls, np.int32)
 
 
-def score_sharded(model: Model, images: np.ndarray, labels: Sequence[int], queries: np.ndarray,
+def score_sharded(model: Model, images: np.ndarray, labels: Any, queries: np.ndarray,
                   n_shards: int) -> np.ndarray:
     """Logits of ``queries`` against the support set split into ``n_shards``
     (:func:`plan_shards`), in this process: what the workers of
     ``classify(..., shards=n)`` compute, shard by shard, from the queries'
     features."""
-    labels = np.asarray(labels)
+    labels = np.asarray(labels, np.int64)
     way = int(labels.max()) + 1
     counts = np.bincount(labels, minlength=way)
     feats = model.features(queries)
@@ -500,14 +502,16 @@ class ClassifyResult:
                 fh.close()
 
 
-def _support_arrays(model: Model, support) -> Tuple[np.ndarray, np.ndarray, tuple, list]:
+def _support_arrays(model: Model, support) -> Tuple[np.ndarray, np.ndarray, Any, list]:
     """(images, integer labels, class names, skipped) of a support folder
     (read as ``SupportSet.from_folder`` reads it) or of ``(images, labels)``."""
     if isinstance(support, (str, os.PathLike)):
         root = os.fspath(support)
         names = sorted((d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
                         and not d.startswith(".")), key=os.fsencode)
-        images, labels, classes = [], [], []
+        images: List[np.ndarray] = []
+        labels: List[int] = []
+        classes: List[str] = []
         for name in names:
             files = sorted((f for f in os.listdir(os.path.join(root, name))
                             if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")),
@@ -524,7 +528,6 @@ def _support_arrays(model: Model, support) -> Tuple[np.ndarray, np.ndarray, tupl
                              "are needed (one sub-folder of images per class)")
         return np.stack(images), np.asarray(labels, np.int32), tuple(classes), []
     images, labels = support
-    from . import _encode_labels
     codes, names = _encode_labels(labels)
     codes = np.asarray(codes, np.int32)
     way = int(codes.max()) + 1
