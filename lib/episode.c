@@ -10,21 +10,14 @@
 #include "episode.h"
 #include "methods/method.h"
 #include "model.h"
+#include "support.h"
 
-struct lwfm_support {
-    lwfm_model *model;
-    int64_t way;
-    int32_t *labels;
-    int64_t *count; /* supports per class */
-    int64_t n, P;   /* images, positions per image */
-    lwfm__prep *prep;
-};
 
 /* ------------------------------------------------------------------------ */
 /* Argument checks                                                          */
 
 /* Labels: 0..way-1, every class present. Fills count (way entries). */
-static lwfm_status check_labels(const int32_t *labels, int64_t n, int64_t way, int64_t *count) {
+lwfm_status lwfm__check_labels(const int32_t *labels, int64_t n, int64_t way, int64_t *count) {
     if (!labels) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support_labels is NULL");
     if (way < 2)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "way must be in 2..%d, got %lld",
@@ -111,7 +104,7 @@ static lwfm_status check_logits(const float *logits, int64_t n_query, int64_t wa
 
 /* The feature map of validated images must stay within LWFM_LIMIT_POSITIONS
  * to be scored (native-size taps grow with the image). */
-static lwfm_status check_positions(const char *what, int64_t fh, int64_t fw) {
+lwfm_status lwfm__check_positions(const char *what, int64_t fh, int64_t fw) {
     if (fh * fw > LWFM_LIMIT_POSITIONS)
         return lwfm__error(LWFM_ERR_LIMIT,
                            "%s: feature maps of %lld x %lld positions exceed "
@@ -123,7 +116,7 @@ static lwfm_status check_positions(const char *what, int64_t fh, int64_t fw) {
 /* Backbone + per-image preparation of n images already validated with
  * lwfm__check_images (into the arena's slots when one is given, else into
  * buffers *out owns). */
-static lwfm_status images_to_prep(const lwfm_model *m, const char *what, const float *images,
+lwfm_status lwfm__images_to_prep(const lwfm_model *m, const char *what, const float *images,
                                   int64_t n, int64_t h, int64_t w, lwfm__prep **out,
                                   lwfm__arena *arena) {
     int64_t C, fh, fw;
@@ -150,7 +143,7 @@ static lwfm_status images_to_prep(const lwfm_model *m, const char *what, const f
 /* Prepared support sets                                                    */
 
 /* A support set with validated labels (no reference on the model yet). */
-static lwfm_status support_begin(lwfm_model *m, const int32_t *labels, int64_t n, int64_t way,
+lwfm_status lwfm__support_begin(lwfm_model *m, const int32_t *labels, int64_t n, int64_t way,
                                  lwfm_support **out) {
     if (n <= 0)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "support: count must be > 0, got %lld",
@@ -159,7 +152,7 @@ static lwfm_status support_begin(lwfm_model *m, const int32_t *labels, int64_t n
     int64_t *count =
         malloc(sizeof(int64_t) * (size_t)(way >= 2 && way <= LWFM_LIMIT_WAY ? way : 1));
     if (!count) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
-    if ((st = check_labels(labels, n, way, count))) {
+    if ((st = lwfm__check_labels(labels, n, way, count))) {
         free(count);
         return st;
     }
@@ -178,7 +171,7 @@ static lwfm_status support_begin(lwfm_model *m, const int32_t *labels, int64_t n
 }
 
 /* Method-specific limits that depend on the support set. */
-static lwfm_status check_support_size(const lwfm_model *m, const lwfm_support *s) {
+lwfm_status lwfm__support_check_size(const lwfm_model *m, const lwfm_support *s) {
     return m->method->check_support ? m->method->check_support(m, s->P, s->count, s->way)
                                     : LWFM_OK;
 }
@@ -188,11 +181,12 @@ LWFM_API void lwfm_support_destroy(lwfm_support *support) {
     lwfm__prep_release(support->prep);
     free(support->labels);
     free(support->count);
+    free(support->names);
     if (support->model) lwfm__model_release(support->model);
     free(support);
 }
 
-static lwfm_status support_finish(lwfm_support *s, lwfm_status st, lwfm_support **out) {
+lwfm_status lwfm__support_finish(lwfm_support *s, lwfm_status st, lwfm_support **out) {
     if (st) {
         s->model = NULL; /* no reference taken yet */
         lwfm_support_destroy(s);
@@ -212,17 +206,17 @@ LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
     if (!out || !model) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "out or model is NULL");
     lwfm_status st;
     lwfm_support *s;
-    if ((st = support_begin(model, support_labels, n_support, way, &s))) return st;
+    if ((st = lwfm__support_begin(model, support_labels, n_support, way, &s))) return st;
     int64_t C, fh, fw;
     st = lwfm__check_images(model, "support images", support, n_support, channels, height, width,
                             &C, &fh, &fw);
-    if (!st) st = check_positions("support images", fh, fw);
+    if (!st) st = lwfm__check_positions("support images", fh, fw);
     s->n = n_support, s->P = fh * fw;
     if (!st)
-        st = images_to_prep(model, "support images", support, n_support, height, width, &s->prep,
+        st = lwfm__images_to_prep(model, "support images", support, n_support, height, width, &s->prep,
                             NULL);
-    if (!st) st = check_support_size(model, s);
-    return support_finish(s, st, out);
+    if (!st) st = lwfm__support_check_size(model, s);
+    return lwfm__support_finish(s, st, out);
 }
 
 LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_model *model,
@@ -237,11 +231,11 @@ LWFM_API lwfm_status lwfm_support_prepare_features(lwfm_support **out, lwfm_mode
                                    fh, fw)))
         return st;
     lwfm_support *s;
-    if ((st = support_begin(model, support_labels, n_support, way, &s))) return st;
-    s->n = n_support, s->P = fh * fw;
+    if ((st = lwfm__support_begin(model, support_labels, n_support, way, &s))) return st;
+    s->n = n_support, s->P = fh * fw, s->from_features = 1;
     st = model->method->prepare(model, support_features, n_support, fh * fw, NULL, &s->prep);
-    if (!st) st = check_support_size(model, s);
-    return support_finish(s, st, out);
+    if (!st) st = lwfm__support_check_size(model, s);
+    return lwfm__support_finish(s, st, out);
 }
 
 LWFM_API int64_t lwfm_support_way(const lwfm_support *support) {
@@ -265,7 +259,7 @@ static lwfm_status support_score_once(const lwfm_support *sp, const float *query
     size_t n = (size_t)n_query * (size_t)sp->way;
     lwfm_status st =
         features ? me->prepare(sp->model, query, n_query, h * w, arena, &Q)
-                 : images_to_prep(sp->model, "query images", query, n_query, h, w, &Q, arena);
+                 : lwfm__images_to_prep(sp->model, "query images", query, n_query, h, w, &Q, arena);
     if (!st) {
         float *tmp = lwfm__arena_get(arena, LWFM_SLOT_LOGITS, n * sizeof(float));
         st = tmp ? me->score(sp->model, sp->prep, sp->labels, sp->count, sp->way, Q, tmp, arena)
@@ -317,7 +311,7 @@ LWFM_API lwfm_status lwfm_support_score(const lwfm_support *support, const float
     if (!st)
         st = lwfm__check_images(support->model, "query images", query, n_query, channels, height,
                                 width, &C, &fh, &fw);
-    if (!st) st = check_positions("query images", fh, fw);
+    if (!st) st = lwfm__check_positions("query images", fh, fw);
     if (st) return st;
     return support_score(support, query, 0, n_query, channels, height, width, logits);
 }
@@ -353,7 +347,7 @@ LWFM_API lwfm_status lwfm_episode_score(const lwfm_model *model, const float *su
     if ((st = check_logits(logits, n_query > 0 ? n_query : 0, way > 0 ? way : 0, capacity)) ||
         (st = lwfm__check_images(model, "query images", query, n_query, channels, height, width, &C,
                                  &fh, &fw)) ||
-        (st = check_positions("query images", fh, fw)))
+        (st = lwfm__check_positions("query images", fh, fw)))
         return st;
     lwfm_support *s = NULL;
     if ((st = lwfm_support_prepare(&s, (lwfm_model *)model, support, n_support, support_labels,

@@ -11,6 +11,8 @@ writes, into OUTDIR:
                    runs under valgrind
   dn4_random.npz   DN4 (Conv-64F, the DN4 checkpoints' configuration),
                    random weights, randomised BatchNorm (fixed seeds)
+  mml_random.npz   MML (Conv-64F, the reference's defaults), random weights,
+                   randomised BatchNorm (fixed seeds)
 
 Both are made by the PyTorch reference (bindings/python/lwfm_ref) and written with
 lwfm.weights.save_weights, as tests/python/conftest.py does. Stored
@@ -59,6 +61,12 @@ def main(argv):
     dn4 = lwfm_ref.build_backbone(dict(lwfm_ref.DN4_CONFIG)).eval()
     lwfm_ref.randomize_bn(dn4, seed=4322)
     save(dn4, lwfm_ref.DN4_CONFIG, "dn4_random.npz")
+
+    # MML with the reference's defaults (tests/python/test_mml.py).
+    torch.manual_seed(5432)
+    mml = lwfm_ref.MML({}, train_way=5).eval()
+    lwfm_ref.randomize_bn(mml, seed=5433)
+    save(mml, mml.config, "mml_random.npz")
     return 0
 
 

@@ -114,6 +114,7 @@ typedef enum lwfm_status {
 #define LWFM_LIMIT_NPZ_BYTES (1ull << 30)   /**< decompressed bytes of one member, and by default of the whole file (lwfm_load_options_set_max_total_bytes()) */
 #define LWFM_LIMIT_NPY_ELEMENTS (1ull << 28) /**< elements of one array in a weight file */
 #define LWFM_LIMIT_NPY_NDIM 8               /**< dimensions of one array in a weight file */
+#define LWFM_LIMIT_CLASS_NAME 4096          /**< bytes of one class name of a support set (lwfm_support_set_class_names()) */
 /** @} */
 
 /** Method a weight file implements. Values are pinned. */
@@ -537,6 +538,103 @@ LWFM_API lwfm_status lwfm_support_score_features(const lwfm_support *support,
                                                  const float *query_features, int64_t n_query,
                                                  int64_t channels, int64_t fh, int64_t fw,
                                                  float *logits, size_t capacity);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @name Support sets that persist and grow
+ *
+ *  A prepared support set is immutable: growing one gives a new set and
+ *  leaves the first as it was (other threads may go on scoring it), so any
+ *  number of threads may score, save or grow one set at once. The one
+ *  exception is lwfm_support_set_class_names(), which must not run while
+ *  another call uses the same set: name a set before sharing it.
+ *
+ *  A saved set (docs/support-format.md) holds what preparing computed (the
+ *  method's per-image buffers), the labels, the class names and the
+ *  fingerprint of its model (lwfm_model_fingerprint()): loading copies it
+ *  back, nothing is recomputed, and scores are bit-identical to the saved
+ *  set's. It loads only with a model of the same weights, method and
+ *  precision. Files and buffers are validated to the last byte (sizes,
+ *  counts, labels, names, a CRC-32 of the whole, finite values) before use.
+ *  @{ */
+
+/** Give the classes 0..way-1 of a set their names: `count` must be the
+ *  set's way; each name valid UTF-8 of 1..LWFM_LIMIT_CLASS_NAME bytes, all
+ *  different. The names are copied and replace earlier ones; `names` NULL
+ *  with `count` 0 removes them. They travel with the set when it is saved.
+ *  Not thread-safe on this set (see above). On failure the set keeps its
+ *  names. */
+LWFM_API lwfm_status lwfm_support_set_class_names(lwfm_support *support,
+                                                  const char *const *names, int64_t count);
+
+/** Name of class `k` of a set; NULL when the set has no names, `k` is out of
+ *  range or `support` is NULL. Valid as long as the set and until its names
+ *  are set again. Thread-safe. */
+LWFM_API const char *lwfm_support_class_name(const lwfm_support *support, int64_t k);
+
+/** 1 when the set was prepared from feature maps
+ *  (lwfm_support_prepare_features(), or loaded from such a set), 0 from
+ *  images, -1 for NULL. Either kind scores images and feature maps alike;
+ *  the flag is kept so a saved set says which queries its user gives. */
+LWFM_API int lwfm_support_from_features(const lwfm_support *support);
+
+/** A new set: the images of `base` followed by `n` new images (NCHW
+ *  float32, normalised, of the size that gives the base's feature-map
+ *  positions) with `labels` in 0..new_way-1: existing classes 0..way-1 or new
+ *  ones way..new_way-1 (new_way >= way), every new class with at least one
+ *  image. Only the new images are prepared; the base's prepared buffers are
+ *  copied, so the new set scores exactly as one prepared from all the images
+ *  at once (base's first). `base` is unchanged and may be scored meanwhile.
+ *  Class names are copied when new_way == way; with new classes the new set
+ *  has none until lwfm_support_set_class_names(). The new set takes a
+ *  reference on the model; destroy it with lwfm_support_destroy(). Fails
+ *  with the errors of lwfm_support_prepare(), LWFM_ERR_SHAPE for images of
+ *  another feature-map size, LWFM_ERR_INVALID_ARGUMENT for new_way < way or
+ *  a new class without images, LWFM_ERR_LIMIT past the limits of the whole
+ *  set. Thread-safe. */
+LWFM_API lwfm_status lwfm_support_add(lwfm_support **out, const lwfm_support *base,
+                                      const float *images, int64_t n, const int32_t *labels,
+                                      int64_t channels, int64_t height, int64_t width,
+                                      int64_t new_way);
+
+/** Same as lwfm_support_add() from feature maps (n, channels, fh, fw).
+ *  Thread-safe. */
+LWFM_API lwfm_status lwfm_support_add_features(lwfm_support **out, const lwfm_support *base,
+                                               const float *features, int64_t n,
+                                               const int32_t *labels, int64_t channels,
+                                               int64_t fh, int64_t fw, int64_t new_way);
+
+/** Save a set to the file `path` (docs/support-format.md): written to a
+ *  temporary file next to it, flushed to disk, then renamed over `path`, so
+ *  `path` is never left partly written (it holds the old file or the whole
+ *  new one). LWFM_ERR_IO (with the system's reason) when it cannot be
+ *  written; the temporary file is then removed. Thread-safe. */
+LWFM_API lwfm_status lwfm_support_save(const lwfm_support *support, const char *path);
+
+/** Save a set to memory. With `buffer` NULL only `*size` is set (the bytes
+ *  the set needs); otherwise `capacity` bytes of `buffer` are available:
+ *  too few give LWFM_ERR_BUFFER_TOO_SMALL, `buffer` untouched and `*size`
+ *  still set. `size` may be NULL. The bytes are those lwfm_support_save()
+ *  writes. Thread-safe. */
+LWFM_API lwfm_status lwfm_support_save_to_memory(const lwfm_support *support, void *buffer,
+                                                 size_t capacity, size_t *size);
+
+/** Load a set saved by lwfm_support_save(), for `model`, on which it takes a
+ *  reference. The model must be the one that prepared the set: another
+ *  method, other weights (fingerprint) or another precision give
+ *  LWFM_ERR_WRONG_KIND, naming both fingerprints. A malformed, truncated or
+ *  corrupted file gives LWFM_ERR_FORMAT (or LWFM_ERR_UNSUPPORTED for a newer
+ *  format version, LWFM_ERR_LIMIT past the limits, LWFM_ERR_NONFINITE for
+ *  non-finite values) with a message naming `path`; nothing is allocated
+ *  beyond the size the file's header declares, and only once the file has
+ *  that size. Thread-safe. */
+LWFM_API lwfm_status lwfm_support_load(lwfm_support **out, lwfm_model *model, const char *path);
+
+/** Same as lwfm_support_load() from `size` bytes in memory (not referenced
+ *  after the call). Thread-safe. */
+LWFM_API lwfm_status lwfm_support_load_from_memory(lwfm_support **out, lwfm_model *model,
+                                                   const void *data, size_t size);
 
 /** @} */
 

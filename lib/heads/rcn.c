@@ -146,15 +146,23 @@ lwfm_status lwfm__rcn_prepare(const lwfm_model *m, const lwfm__rcn *h, const flo
             nrm[p] = (float)sqrt(ss);
         }
     }
-    dnnl_stream_t stream = NULL;
-    if (dnnl_stream_create(&stream, m->engine, dnnl_stream_default_flags) != dnnl_success)
-        return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: stream create failed");
-    lwfm_status st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, h->w0s, C, s->A,
-                                    o0, 0);
-    if (!st)
-        st = lwfm__gemm_abt(m->engine, stream, n * P, o0, C, s->X, C, h->w0q, C, s->B, o0, 0);
-    dnnl_stream_destroy(stream);
-    if (st) return st;
+    /* The first layer on each side, one image per (single-threaded) GEMM:
+     * an image's values then depend on that image alone, not on how many
+     * were prepared with it, so a support set grown by lwfm_support_add
+     * scores bit-identically to one prepared whole. */
+    int failed = 0;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float *x = s->X + i * P * C;
+        if (dnnl_sgemm('N', 'T', P, o0, C, 1.0f, x, C, h->w0s, C, 0.0f, s->A + i * P * o0, o0) !=
+                dnnl_success ||
+            dnnl_sgemm('N', 'T', P, o0, C, 1.0f, x, C, h->w0q, C, 0.0f, s->B + i * P * o0, o0) !=
+                dnnl_success) {
+#pragma omp atomic write
+            failed = 1;
+        }
+    }
+    if (failed) return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: sgemm (RCN first layer) failed");
     const float *b0 = h->b[0];
     for (int64_t r = 0; r < n * P; r++)
         for (int o = 0; o < o0; o++) s->B[r * o0 + o] += b0[o];

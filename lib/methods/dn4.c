@@ -20,14 +20,26 @@ static int dn4_config_key(const lwfm__config *c, const char *key) {
     return !strcmp(key, "neighbor_k");
 }
 
+/* One buffer: the unit descriptors U, P x C per image. */
+static void dn4_layout(const lwfm_model *m, int64_t n, int64_t P, lwfm__prep_layout *out) {
+    (void)n;
+    out->struct_bytes = sizeof(dn4_prep);
+    out->n_image_buf = 1;
+    out->image_bytes[0] = (size_t)P * (size_t)m->layers.C * sizeof(float);
+    out->type[0] = 'f';
+}
+
+static void dn4_bind(lwfm__prep *prep) {
+    dn4_prep *p = (dn4_prep *)prep;
+    p->s = (lwfm__dn4_side){.n = p->mem.n, .P = p->mem.P, .U = p->mem.buf[0]};
+}
+
 static lwfm_status dn4_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
                                lwfm__arena *arena, lwfm__prep **out) {
     double tp = LWFM_PROF_T0();
     const int64_t C = m->layers.C;
-    const size_t bytes = (size_t)n * P * C * sizeof(float);
-    dn4_prep *p = lwfm__prep_new(arena, sizeof *p, 1, &bytes, n);
+    dn4_prep *p = (dn4_prep *)lwfm__prep_make(m, n, P, arena);
     if (!p) return LWFM_ERR_OUT_OF_MEMORY;
-    p->s = (lwfm__dn4_side){.n = n, .P = P, .U = p->mem.buf[0]};
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++)
         lwfm__dn4_prepare_image(feats + i * C * P, (int)C, P, p->s.U + i * P * C);
@@ -63,6 +75,8 @@ const lwfm__method lwfm__method_dn4 = {
     .name = "dn4",
     .weight_prefix = "",
     .config_key = dn4_config_key,
+    .layout = dn4_layout,
+    .bind = dn4_bind,
     .prepare = dn4_prepare,
     .check_support = dn4_check_support,
     .score = dn4_score,

@@ -287,21 +287,40 @@ static int spm_config_key(const lwfm__config *c, const char *key) {
     return 0;
 }
 
+/* Per image: centred features X and unit vectors U (P x C each); with SPM
+ * also g_l(X) (P x C) and its norms (P x L). The matcher's scratch is the
+ * extra buffer. */
+static void spm_layout(const lwfm_model *m, int64_t n, int64_t P, lwfm__prep_layout *out) {
+    const lwfm__layers *ly = &m->layers;
+    const size_t cells = (size_t)P * (size_t)ly->C;
+    const int spm = lwfm__spm_on(m);
+    *out = (lwfm__prep_layout){
+        .struct_bytes = sizeof(spm_prep),
+        .n_image_buf = spm ? 4 : 2,
+        .image_bytes = {cells * sizeof(float), cells * sizeof(float), cells * sizeof(float),
+                        (size_t)P * (size_t)ly->n * sizeof(float)},
+        .type = {'f', 'f', 'f', 'f'},
+        .scratch_bytes =
+            spm ? lwfm__matcher_tmp_floats(lwfm__spm_matcher(m), ly, n * P) * sizeof(float) : 0};
+}
+
+static void spm_bind(lwfm__prep *prep) {
+    spm_prep *p = (spm_prep *)prep;
+    p->n = p->mem.n, p->P = p->mem.P;
+    p->X = p->mem.buf[0], p->U = p->mem.buf[1];
+    p->G = p->mem.layout.n_image_buf > 2 ? p->mem.buf[2] : NULL;
+    p->gn = p->mem.layout.n_image_buf > 3 ? p->mem.buf[3] : NULL;
+}
+
 /* Centring and unit vectors (LWE steps 1-2), then with SPM g_l(X) and its
  * norms; the matcher's scratch (buffer 4) is given back at once when owned. */
 lwfm_status lwfm__lwfm_spm_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
                                    lwfm__arena *arena, lwfm__prep **out) {
     const lwfm__layers *ly = &m->layers;
-    const int64_t C = ly->C, L = ly->n;
+    const int64_t C = ly->C;
     const int spm = lwfm__spm_on(m);
-    size_t cells = (size_t)n * P * C;
-    size_t bytes[5] = {cells * sizeof(float), cells * sizeof(float), cells * sizeof(float),
-                       (size_t)n * P * L * sizeof(float),
-                       lwfm__matcher_tmp_floats(lwfm__spm_matcher(m), ly, n * P) * sizeof(float)};
-    spm_prep *p = lwfm__prep_new(arena, sizeof *p, spm ? 5 : 2, bytes, n);
+    spm_prep *p = (spm_prep *)lwfm__prep_make(m, n, P, arena);
     if (!p) return LWFM_ERR_OUT_OF_MEMORY;
-    p->n = n, p->P = P;
-    p->X = p->mem.buf[0], p->U = p->mem.buf[1], p->G = p->mem.buf[2], p->gn = p->mem.buf[3];
     double tp = LWFM_PROF_T0();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++)
@@ -338,6 +357,8 @@ const lwfm__method lwfm__method_lwfm_spm = {
     .load = spm_load,
     .free = spm_free,
     .config_key = spm_config_key,
+    .layout = spm_layout,
+    .bind = spm_bind,
     .prepare = lwfm__lwfm_spm_prepare,
     .score = spm_score,
     .pair_ready = spm_pair_ready,

@@ -16,8 +16,23 @@
 
 /* A method's prepared images (support set or queries): its own struct,
  * opaque to the driver. Every such struct begins with an lwfm__prep_mem
- * (below), so the driver can release any of them. */
+ * (below), which describes its buffers generically: each holds the n images
+ * one after another, image_bytes of them per image. So the driver can
+ * release any of them, and copy, append (lwfm_support_add) and save or load
+ * (lwfm_support_save, docs/support-format.md) a prepared support set without
+ * knowing the method. */
 typedef struct lwfm__prep lwfm__prep;
+
+#define LWFM_PREP_MAX_BUFS 6
+
+/* How a method lays out n prepared images of P positions (its `layout` op). */
+typedef struct lwfm__prep_layout {
+    size_t struct_bytes; /* sizeof the method's struct (begins with lwfm__prep_mem) */
+    int n_image_buf;     /* buffers holding the images: 1..LWFM_PREP_MAX_BUFS-1 */
+    size_t image_bytes[LWFM_PREP_MAX_BUFS]; /* bytes of one image in buffer i */
+    char type[LWFM_PREP_MAX_BUFS];          /* its elements: 'f' float32, 'd' float64 */
+    size_t scratch_bytes; /* one more buffer, used only while preparing (0: none) */
+} lwfm__prep_layout;
 
 /* The per-pair views of the public API (lwfm_lwe_*, lwfm_spm_*, lwfm_rcn_*). */
 typedef enum lwfm__pair_kind { LWFM_PAIR_LWE, LWFM_PAIR_SPM, LWFM_PAIR_RCN } lwfm__pair_kind;
@@ -37,9 +52,21 @@ typedef struct lwfm__method {
      * NULL: it has none. */
     int (*config_key)(const lwfm__config *c, const char *key);
 
-    /* Per-image work for n validated feature maps (n x C x P): into the
-     * arena's slots 0-4 and LWFM_SLOT_STATE when arena is given (valid until
-     * the arena is reused), else into memory *out owns. */
+    /* The buffers of n prepared images of P positions: per-image sizes and
+     * element types, the struct's size, scratch (lwfm__prep_layout). The
+     * per-image sizes must not depend on n: a support set grows by copying
+     * its images' bytes (lwfm_support_add). */
+    void (*layout)(const lwfm_model *m, int64_t n, int64_t P, lwfm__prep_layout *out);
+    /* Point the struct's own fields (counts, array pointers) at mem.n, mem.P
+     * and mem.buf, after the generic code allocated (and maybe filled) them. */
+    void (*bind)(lwfm__prep *p);
+
+    /* Per-image work for n validated feature maps (n x C x P): into a struct
+     * from lwfm__prep_make (in the arena's slots 0-4 and LWFM_SLOT_STATE when
+     * arena is given, valid until the arena is reused, else memory *out
+     * owns). Image i's results depend on image i alone (not on n or the
+     * other images): a set grown by lwfm_support_add scores bit-identically
+     * to one prepared whole. */
     lwfm_status (*prepare)(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
                            lwfm__arena *arena, lwfm__prep **out);
 
@@ -91,24 +118,33 @@ lwfm_status lwfm__method_register(const lwfm__method *me);
 /* ------------------------------------------------------------------------ */
 /* For method implementations                                               */
 
-#define LWFM_PREP_MAX_BUFS 6
-
 /* The head of every method's prepared-images struct. */
 typedef struct lwfm__prep_mem {
-    int owned; /* buffers and struct are the prep's own (else the arena's) */
-    int n_buf;
+    int owned;                /* buffers and struct are the prep's own (else the arena's) */
+    int n_buf;                /* buffers allocated: the images', then the scratch */
+    int64_t n, P;             /* images, positions per image */
+    lwfm__prep_layout layout; /* the method's, for these n and P */
     void *buf[LWFM_PREP_MAX_BUFS];
 } lwfm__prep_mem;
 
-/* A zeroed prepared-images struct of `bytes` (beginning with lwfm__prep_mem)
- * with n_buf buffers of buf_bytes[i] bytes in mem.buf: the arena's slots
- * 0..n_buf-1 and LWFM_SLOT_STATE when arena is given, else owned memory.
- * NULL (error set, nothing left allocated) when out of memory preparing n
- * images. */
-void *lwfm__prep_new(lwfm__arena *arena, size_t bytes, int n_buf, const size_t *buf_bytes,
-                     int64_t n);
+/* A prepared-images struct for n images of P positions as the method's
+ * layout says, zeroed head, buffers allocated but not filled, bound (the
+ * method's bind): the arena's slots 0..k and LWFM_SLOT_STATE when arena is
+ * given, else owned memory. NULL (error set, nothing left allocated) when
+ * out of memory. */
+lwfm__prep *lwfm__prep_make(const lwfm_model *m, int64_t n, int64_t P, lwfm__arena *arena);
 
 /* Release a prepared-images struct (NULL, or arena-held: nothing to do). */
 void lwfm__prep_release(lwfm__prep *p);
+
+/* The images of a followed by those of b (same model and P) in a new owned
+ * struct: their bytes copied, nothing recomputed. */
+lwfm_status lwfm__prep_concat(const lwfm_model *m, const lwfm__prep *a, const lwfm__prep *b,
+                              lwfm__prep **out);
+
+/* n images of P positions in a new owned struct, buffer i copied from
+ * src[i] (n x layout.image_bytes[i] bytes, as the method's layout for this
+ * model says); NULL (error set) when out of memory. */
+lwfm__prep *lwfm__prep_copy_in(const lwfm_model *m, int64_t n, int64_t P, const void *const *src);
 
 #endif

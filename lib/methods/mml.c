@@ -37,22 +37,35 @@ static int mml_config_key(const lwfm__config *c, const char *key) {
     return !strcmp(key, "neighbor_k") || !strcmp(key, "distance");
 }
 
+/* Per image: descriptors U (P x C) and V (C x P) in float, the mean mu (C)
+ * and scatter (C x C) in double. */
+static void mml_layout(const lwfm_model *m, int64_t n, int64_t P, lwfm__prep_layout *out) {
+    (void)n;
+    const size_t C = (size_t)m->layers.C, cells = (size_t)P * C;
+    *out = (lwfm__prep_layout){.struct_bytes = sizeof(mml_prep),
+                               .n_image_buf = 4,
+                               .image_bytes = {cells * sizeof(float), cells * sizeof(float),
+                                               C * sizeof(double), C * C * sizeof(double)},
+                               .type = {'f', 'f', 'd', 'd'}};
+}
+
+static void mml_bind(lwfm__prep *prep) {
+    mml_prep *p = (mml_prep *)prep;
+    p->s = (lwfm__mml_side){.n = p->mem.n,
+                            .P = p->mem.P,
+                            .U = p->mem.buf[0],
+                            .V = p->mem.buf[1],
+                            .mu = p->mem.buf[2],
+                            .scat = p->mem.buf[3]};
+}
+
 static lwfm_status mml_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
                                lwfm__arena *arena, lwfm__prep **out) {
     double tp = LWFM_PROF_T0();
     const int64_t C = m->layers.C;
-    const size_t cells = (size_t)n * P * C;
-    const size_t bytes[4] = {cells * sizeof(float), cells * sizeof(float),
-                             (size_t)n * C * sizeof(double), (size_t)n * C * C * sizeof(double)};
-    mml_prep *p = lwfm__prep_new(arena, sizeof *p, 4, bytes, n);
+    mml_prep *p = (mml_prep *)lwfm__prep_make(m, n, P, arena);
     if (!p) return LWFM_ERR_OUT_OF_MEMORY;
     lwfm__mml_side *s = &p->s;
-    *s = (lwfm__mml_side){.n = n,
-                          .P = P,
-                          .U = p->mem.buf[0],
-                          .V = p->mem.buf[1],
-                          .mu = p->mem.buf[2],
-                          .scat = p->mem.buf[3]};
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++)
         lwfm__mml_prepare_image(feats + i * C * P, (int)C, P, s->U + i * P * C, s->V + i * C * P,
@@ -94,6 +107,8 @@ const lwfm__method lwfm__method_mml = {
     .load = mml_load,
     .free = mml_free,
     .config_key = mml_config_key,
+    .layout = mml_layout,
+    .bind = mml_bind,
     .prepare = mml_prepare,
     .check_support = mml_check_support,
     .score = mml_score,

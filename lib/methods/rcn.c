@@ -34,22 +34,35 @@ static int rcn_config_key(const lwfm__config *c, const char *key) {
     return !strcmp(key, "batch_norm") || (!strcmp(key, "query_batch") && c->bn_batch);
 }
 
-static lwfm_status rcn_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
-                               lwfm__arena *arena, lwfm__prep **out) {
-    double tp = LWFM_PROF_T0();
+/* Per image: regions X (P x C), the meta-learner's first layer on the
+ * support side A and query side B (P x out0 each), region norms (P). */
+static void rcn_layout(const lwfm_model *m, int64_t n, int64_t P, lwfm__prep_layout *out) {
+    (void)n;
     const lwfm__rcn *h = m->weights;
-    const size_t C = (size_t)m->layers.C, o0 = (size_t)h->out[0];
-    const size_t bytes[4] = {(size_t)n * P * C * sizeof(float), (size_t)n * P * o0 * sizeof(float),
-                             (size_t)n * P * o0 * sizeof(float), (size_t)n * P * sizeof(float)};
-    rcn_prep *p = lwfm__prep_new(arena, sizeof *p, 4, bytes, n);
-    if (!p) return LWFM_ERR_OUT_OF_MEMORY;
-    p->s = (lwfm__rcn_side){.n = n,
-                            .P = P,
+    const size_t C = (size_t)m->layers.C, o0 = (size_t)h->out[0], p = (size_t)P;
+    *out = (lwfm__prep_layout){.struct_bytes = sizeof(rcn_prep),
+                               .n_image_buf = 4,
+                               .image_bytes = {p * C * sizeof(float), p * o0 * sizeof(float),
+                                               p * o0 * sizeof(float), p * sizeof(float)},
+                               .type = {'f', 'f', 'f', 'f'}};
+}
+
+static void rcn_bind(lwfm__prep *prep) {
+    rcn_prep *p = (rcn_prep *)prep;
+    p->s = (lwfm__rcn_side){.n = p->mem.n,
+                            .P = p->mem.P,
                             .X = p->mem.buf[0],
                             .A = p->mem.buf[1],
                             .B = p->mem.buf[2],
                             .norm = p->mem.buf[3]};
-    lwfm_status st = lwfm__rcn_prepare(m, h, feats, n, P, &p->s);
+}
+
+static lwfm_status rcn_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
+                               lwfm__arena *arena, lwfm__prep **out) {
+    double tp = LWFM_PROF_T0();
+    rcn_prep *p = (rcn_prep *)lwfm__prep_make(m, n, P, arena);
+    if (!p) return LWFM_ERR_OUT_OF_MEMORY;
+    lwfm_status st = lwfm__rcn_prepare(m, m->weights, feats, n, P, &p->s);
     if (st)
         lwfm__prep_release((lwfm__prep *)p);
     else
@@ -149,6 +162,8 @@ const lwfm__method lwfm__method_rcn = {
     .load = rcn_load,
     .free = rcn_free,
     .config_key = rcn_config_key,
+    .layout = rcn_layout,
+    .bind = rcn_bind,
     .prepare = rcn_prepare,
     .score = rcn_score,
     .query_batch = rcn_query_batch,

@@ -50,8 +50,9 @@ const lwfm__method *lwfm__method_offering(lwfm__pair_kind kind) {
 }
 
 lwfm_status lwfm__method_register(const lwfm__method *me) {
-    if (!me || !me->name || !me->prepare || !me->score)
-        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "method: name, prepare and score needed");
+    if (!me || !me->name || !me->layout || !me->bind || !me->prepare || !me->score)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
+                           "method: name, layout, bind, prepare and score needed");
     if (lwfm__method_get(me->id) || lwfm__method_find(me->name))
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "method '%s' or id %d is taken", me->name,
                            (int)me->id);

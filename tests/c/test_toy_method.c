@@ -34,14 +34,27 @@ typedef struct toy_prep {
     float *pooled; /* n x C: mean over positions */
 } toy_prep;
 
+/* One buffer: the pooled features, C floats per image (their layout lets
+ * the library copy, grow, save and load prepared sets of the method). */
+static void toy_layout(const lwfm_model *m, int64_t n, int64_t P, lwfm__prep_layout *out) {
+    (void)n, (void)P;
+    out->struct_bytes = sizeof(toy_prep);
+    out->n_image_buf = 1;
+    out->image_bytes[0] = (size_t)m->layers.C * sizeof(float);
+    out->type[0] = 'f';
+}
+
+static void toy_bind(lwfm__prep *prep) {
+    toy_prep *p = (toy_prep *)prep;
+    p->n = p->mem.n;
+    p->pooled = p->mem.buf[0];
+}
+
 static lwfm_status toy_prepare(const lwfm_model *m, const float *feats, int64_t n, int64_t P,
                                lwfm__arena *arena, lwfm__prep **out) {
     const int64_t C = m->layers.C;
-    const size_t bytes = (size_t)n * C * sizeof(float);
-    toy_prep *p = lwfm__prep_new(arena, sizeof *p, 1, &bytes, n);
+    toy_prep *p = (toy_prep *)lwfm__prep_make(m, n, P, arena);
     if (!p) return LWFM_ERR_OUT_OF_MEMORY;
-    p->n = n;
-    p->pooled = p->mem.buf[0];
     for (int64_t i = 0; i < n * C; i++) {
         double s = 0.0;
         for (int64_t a = 0; a < P; a++) s += feats[i * P + a];
@@ -79,6 +92,8 @@ static const lwfm__method toy_method = {
     .id = (lwfm_method)100,
     .name = "toy-cosine",
     .weight_prefix = "",
+    .layout = toy_layout,
+    .bind = toy_bind,
     .prepare = toy_prepare,
     .score = toy_score,
 };
@@ -177,6 +192,24 @@ int main(int argc, char **argv) {
     memset(got, 0, sizeof got);
     EXPECT(sup && lwfm_support_score_features(sup, qf, nq, C, fh, fw, got, 24) == LWFM_OK);
     expect_close(got, want, 24);
+
+    /* its layout lets the library save, load and grow toy sets too */
+    size_t bytes = 0;
+    EXPECT(lwfm_support_save_to_memory(sup, NULL, 0, &bytes) == LWFM_OK);
+    void *blob = test_alloc(bytes);
+    EXPECT(lwfm_support_save_to_memory(sup, blob, bytes, NULL) == LWFM_OK);
+    lwfm_support *back = NULL, *base = NULL, *grown = NULL;
+    float again[6 * 4];
+    EXPECT(lwfm_support_load_from_memory(&back, m, blob, bytes) == LWFM_OK);
+    EXPECT(back && lwfm_support_score_features(back, qf, nq, C, fh, fw, again, 24) == LWFM_OK);
+    EXPECT(!memcmp(again, got, sizeof got));
+    EXPECT(lwfm_support_prepare_features(&base, m, sf, 3, labels, C, fh, fw, 3) == LWFM_OK);
+    EXPECT(lwfm_support_add_features(&grown, base, sf + 3 * feat, ns - 3, labels + 3, C, fh, fw,
+                                     way) == LWFM_OK); /* class 3 is new */
+    EXPECT(grown && lwfm_support_score_features(grown, qf, nq, C, fh, fw, again, 24) == LWFM_OK);
+    EXPECT(!memcmp(again, got, sizeof got));
+    lwfm_support_destroy(back), lwfm_support_destroy(base), lwfm_support_destroy(grown);
+    free(blob);
     lwfm_support_destroy(sup);
 
     /* no per-pair views: the handles say which method has them */

@@ -103,3 +103,100 @@ def test_model_pickle_loads_in_a_fresh_process(lib, small, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pickle")],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == [fp, "fp32"]
+
+
+# --------------------------------------------------------------------------
+# Prepared support sets: save, load, pickle, grow (every method)
+
+DN4 = BUILD_TESTS / "dn4_random.npz"
+RCN = ROOT / "models" / "omniglot-rcn.npz"
+OMNIGLOT = ROOT / "models" / "omniglot.npz"
+
+
+@pytest.fixture(params=["lwfm-spm", "lwfm-spm-omniglot", "dn4", "mml", "rcn"])
+def method_model(request, lib, tmp_path):
+    """A model of each method: the build's test models, an MML model with
+    random weights (tests/python/test_mml.py) and the bundled RCN model."""
+    if request.param == "mml":
+        from test_mml import export_mml
+        path = export_mml(tmp_path)[0]
+    else:
+        path = {"lwfm-spm": SMALL, "lwfm-spm-omniglot": OMNIGLOT, "dn4": DN4,
+                "rcn": RCN}[request.param]
+    if not path.exists():
+        pytest.skip(f"{path} is made by the build")
+    with lib.Model(path) as m:
+        yield m
+
+
+def episode(m, shots=(2, 1, 3), n_query=4, seed=0):
+    rng = np.random.default_rng(seed)
+    c, h, w = m.input_shape
+    labels = np.repeat(np.arange(len(shots)), shots).astype(np.int32)
+    rng.shuffle(labels)
+    support = rng.standard_normal((len(labels), c, h, w)).astype(np.float32)
+    query = rng.standard_normal((n_query, c, h, w)).astype(np.float32)
+    return support, labels, query
+
+
+def test_saved_sets_score_bit_identically(method_model, tmp_path):
+    """save -> load and to_bytes -> from_bytes give the same logits, bit for
+    bit, from images and from features; class names and the features flag
+    travel."""
+    m = method_model
+    support, labels, query = episode(m)
+    names = np.array(["cat", "dog", "emu"])[labels]
+    sup = m.prepare_support(support, names)
+    want = sup.score(query)
+    sup.save(tmp_path / "s.lwfmsup")
+    back = type(sup).load(m, tmp_path / "s.lwfmsup")
+    assert np.array_equal(back.score(query), want)
+    assert back.classes == sup.classes and sorted(sup.classes) == ["cat", "dog", "emu"]
+    assert back.features is False and len(back) == len(labels)
+    assert (tmp_path / "s.lwfmsup").read_bytes() == sup.to_bytes()
+    feats, qfeats = m.features(support), m.features(query)
+    fsup = m.prepare_support(feats, labels, features=True)
+    fback = type(sup).from_bytes(m, fsup.to_bytes())
+    assert fback.features is True and fback.classes == (0, 1, 2)
+    assert np.array_equal(fback.score(qfeats), fsup.score(qfeats))
+
+
+def test_grown_sets_equal_sets_prepared_whole(method_model):
+    """add == prepare from scratch, bit for bit: images to existing classes
+    and to new ones, unequal shots, images and features."""
+    m = method_model
+    support, labels, query = episode(m, shots=(3, 1, 2, 2), seed=1)
+    order = {}  # classes numbered in order of appearance: the first images' are 0..k-1
+    labels = np.array([order.setdefault(int(v), len(order)) for v in labels], np.int32)
+    whole = m.prepare_support(support, labels).score(query)
+    base = m.prepare_support(support[:4], labels[:4])
+    assert base.way < 4  # the rest adds new classes and images to old ones
+    grown = base.add(support[4:], labels[4:])
+    assert grown.way == 4 and len(grown) == len(labels) and len(base) == 4
+    assert np.array_equal(grown.score(query), whole)
+    feats, qfeats = m.features(support), m.features(query)
+    fbase = m.prepare_support(feats[:4], labels[:4], features=True)
+    fwhole = m.prepare_support(feats, labels, features=True).score(qfeats)
+    assert np.array_equal(fbase.add(feats[4:], labels[4:]).score(qfeats), fwhole)
+    one = fbase.add(feats[4:5], labels[4:5])  # one image at a time
+    for j in range(5, len(labels)):
+        one = one.add(feats[j:j + 1], labels[j:j + 1])
+    assert np.array_equal(one.score(qfeats), fwhole)
+
+
+def test_pickled_set_loads_in_a_fresh_process(method_model, tmp_path):
+    """A pickled SupportSet carries its model: a fresh process scores it to
+    the same logits, with its classes and features flag."""
+    m = method_model
+    support, labels, query = episode(m)
+    sup = m.prepare_support(support, np.array(["a", "b", ("c", 1)], dtype=object)[labels])
+    want = sup.score(query)
+    (tmp_path / "s.pickle").write_bytes(pickle.dumps(sup))
+    np.save(tmp_path / "q.npy", query)
+    code = ("import pickle, sys, numpy as np; s = pickle.load(open(sys.argv[1], 'rb')); "
+            "np.save(sys.argv[3], s.score(np.load(sys.argv[2]))); print(repr(s.classes), s.features)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.pickle"),
+                          str(tmp_path / "q.npy"), str(tmp_path / "l.npy")],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == f"{sup.classes!r} False"
+    assert np.array_equal(np.load(tmp_path / "l.npy"), want)

@@ -147,6 +147,16 @@ def _declare(lib):
     fn("lwfm_support_count", _i64, _p)
     fn("lwfm_support_score", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
     fn("lwfm_support_score_features", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
+    fn("lwfm_support_set_class_names", st, _p, ctypes.POINTER(ctypes.c_char_p), _i64)
+    fn("lwfm_support_class_name", ctypes.c_char_p, _p, _i64)
+    fn("lwfm_support_from_features", ctypes.c_int, _p)
+    fn("lwfm_support_add", st, ctypes.POINTER(_p), _p, _fptr, _i64, _i32p, _i64, _i64, _i64, _i64)
+    fn("lwfm_support_add_features", st, ctypes.POINTER(_p), _p, _fptr, _i64, _i32p, _i64, _i64,
+       _i64, _i64)
+    fn("lwfm_support_save", st, _p, ctypes.c_char_p)
+    fn("lwfm_support_save_to_memory", st, _p, ctypes.c_char_p, _size, ctypes.POINTER(_size))
+    fn("lwfm_support_load", st, ctypes.POINTER(_p), _p, ctypes.c_char_p)
+    fn("lwfm_support_load_from_memory", st, ctypes.POINTER(_p), _p, ctypes.c_char_p, _size)
     fn("lwfm_model_layers", _i64, _p)
     fn("lwfm_lwe_create", st, ctypes.POINTER(_p), _p)
     fn("lwfm_lwe_destroy", None, _p)
@@ -799,6 +809,14 @@ def _model_from_pickle(data, precision, max_total_bytes, path):
     return model
 
 
+def _support_from_pickle(model, data, classes, features, shape):
+    out = SupportSet.from_bytes(model, data)
+    out.classes = tuple(classes)
+    out.features = features
+    out.shape = shape
+    return out
+
+
 class SupportSet:
     """A prepared support set (see :meth:`Model.prepare_support` and
     :meth:`from_folder`).
@@ -817,19 +835,147 @@ class SupportSet:
         s = _as_images(support, "support")
         support_labels, names = _encode_labels(support_labels, way)
         lab, w = _as_labels(support_labels, s.shape[0])
-        self.way = _way(w if way is None else way)
-        self.classes = names if names is not None else tuple(range(self.way))
-        self.skipped = []
-        self.features = bool(features)
+        way = _way(w if way is None else way)
         handle = _p()
         fn = lib.lwfm_support_prepare_features if features else lib.lwfm_support_prepare
         with model._use() as m:
             _check(fn(ctypes.byref(handle), m, _fp(s), s.shape[0], _lp(lab), s.shape[1],
-                      s.shape[2], s.shape[3], self.way))
+                      s.shape[2], s.shape[3], way))
+        self._adopt(model, handle, names, bool(features), tuple(s.shape[1:]))
+
+    def _adopt(self, model, handle, classes, features, shape):
+        """Take `handle` (a prepared set of `model`); `classes`: the names, or
+        None for 0..way-1 (or the names the C set carries). String names are
+        given to the C set, so that they travel in its files."""
+        lib = _library()
         self._model = model  # keeps the Python object (and so its handle) alive
         self._guard = _Guard(handle, lib.lwfm_support_destroy, "lwfm.SupportSet")
         self._finalizer = weakref.finalize(self, self._guard.close)
-        self.shape = s.shape[1:]
+        self.way = int(lib.lwfm_support_way(handle))
+        if classes is None:
+            named = [lib.lwfm_support_class_name(handle, k) for k in range(self.way)]
+            classes = (tuple(n.decode() for n in named) if all(n is not None for n in named)
+                       else tuple(range(self.way)))
+        elif all(isinstance(c, str) for c in classes):
+            arr = (ctypes.c_char_p * len(classes))(*[c.encode() for c in classes])
+            st = lib.lwfm_support_set_class_names(handle, arr, len(classes))
+            if st:
+                self.close()
+                _check(st)
+        self.classes = tuple(classes)
+        self.features = bool(features)
+        self.skipped = []
+        self.shape = shape
+
+    @classmethod
+    def _from_handle_call(cls, model, call, classes=None, features=None, shape=None):
+        handle = _p()
+        with model._use() as m:
+            _check(call(ctypes.byref(handle), m))
+        self = cls.__new__(cls)
+        if features is None:
+            features = _library().lwfm_support_from_features(handle) == 1
+        self._adopt(model, handle, classes, features, shape)
+        return self
+
+    # -- persistence ------------------------------------------------------
+    @classmethod
+    def load(cls, model, path):
+        """A set saved by :meth:`save`, for ``model``, which must be the
+        model that prepared it (same :attr:`Model.fingerprint`, method and
+        precision; otherwise :class:`Error` LWFM_ERR_WRONG_KIND). Nothing is
+        recomputed: scores are bit-identical to the saved set's."""
+        c_path = _path(path)
+        return cls._from_handle_call(
+            model, lambda out, m: _library().lwfm_support_load(out, m, c_path))
+
+    @classmethod
+    def from_bytes(cls, model, data):
+        """:meth:`load` from the bytes :meth:`to_bytes` gave."""
+        data = bytes(data)
+        return cls._from_handle_call(
+            model, lambda out, m: _library().lwfm_support_load_from_memory(out, m, data,
+                                                                           len(data)))
+
+    def _check_names_travel(self):
+        if self.classes != tuple(range(self.way)) and not all(
+                isinstance(c, str) for c in self.classes):
+            raise TypeError("only string class names (or the integer classes 0..way-1) are "
+                            "saved with a support set; pickle it to keep other names")
+
+    def _raw_bytes(self):
+        lib = _library()
+        n = _size()
+        with self._guard.use() as h:
+            _check(lib.lwfm_support_save_to_memory(h, None, 0, ctypes.byref(n)))
+            buf = ctypes.create_string_buffer(n.value)
+            _check(lib.lwfm_support_save_to_memory(h, buf, n.value, ctypes.byref(n)))
+        return buf.raw[:n.value]
+
+    def to_bytes(self):
+        """The set as bytes (the file :meth:`save` writes,
+        docs/support-format.md): prepared buffers, labels, class names (strings
+        only: others raise TypeError) and the model's fingerprint."""
+        self._check_names_travel()
+        return self._raw_bytes()
+
+    def save(self, path):
+        """Write the set to ``path`` atomically (a temporary file renamed
+        over it: never a partial file). See :meth:`to_bytes`."""
+        self._check_names_travel()
+        c_path = _path(path)
+        with self._guard.use() as h:
+            _check(_library().lwfm_support_save(h, c_path))
+
+    def __reduce__(self):
+        """Pickled by value with its model (which pickles by value too), its
+        classes (any picklable names) and its features flag."""
+        return (_support_from_pickle,
+                (self._model, self._raw_bytes(), self.classes, self.features, self.shape))
+
+    # -- growing ----------------------------------------------------------
+    def add(self, images, labels):
+        """A new set: this one's images and the given ones (images, or
+        feature maps for a set prepared from features), prepared alone and
+        appended; this set is unchanged (and may be scored meanwhile).
+
+        ``labels``: class names (as :attr:`classes`: a known name adds to its
+        class, a new one makes a new class, in order of first appearance) or
+        class indices (existing ones, or way, way+1, ... for new classes of a
+        set whose classes are 0..way-1). Scores equal those of a set
+        prepared from all the images at once."""
+        x = _as_images(images, "images")
+        items = labels.tolist() if isinstance(labels, np.ndarray) else list(labels)
+        if len(items) != x.shape[0]:
+            raise ValueError(f"{x.shape[0]} images but {len(items)} labels")
+        numbered = self.classes == tuple(range(self.way))
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+               for v in items):
+            codes = [int(v) for v in items]
+            top = max(codes, default=-1) + 1
+            if top > self.way and not numbered:
+                raise ValueError("new classes of a named set need names, not indices")
+            classes = tuple(range(max(top, self.way))) if numbered else self.classes
+        else:
+            index = {c: k for k, c in enumerate(self.classes)}
+            try:
+                codes = [index.setdefault(v.item() if isinstance(v, np.generic) else v,
+                                          len(index)) for v in items]
+            except TypeError:
+                raise TypeError("labels must be integers or hashable class names") from None
+            classes = tuple(index)
+        lab = np.asarray(codes, dtype=np.int32)
+        new_way = _way(len(classes))
+        lib = _library()
+        fn = lib.lwfm_support_add_features if self.features else lib.lwfm_support_add
+        handle = _p()
+        with self._guard.use() as h:
+            _check(fn(ctypes.byref(handle), h, _fp(x), x.shape[0], _lp(lab), x.shape[1],
+                      x.shape[2], x.shape[3], new_way))
+        out = SupportSet.__new__(SupportSet)
+        out._adopt(self._model, handle, None if numbered and classes == tuple(range(new_way))
+                   else classes, self.features, self.shape)
+        return out
 
     def close(self):
         """Release the set (idempotent). Later calls raise ValueError; scores
