@@ -114,14 +114,15 @@ def sizes(model_path, support, paths, chunk):
     model = lwfm.Model(model_path)
     mp = ld._model_payload(model)
     images, labels, classes, _ = ld._support_arrays(model, support)
-    sp = ld._support_payload(mp, images, labels)
-    args = pickle.dumps((paths[:chunk], "fail"), protocol=5)
     sup = lwfm.SupportSet(model, images, labels)
+    sp = ld._support_payload(mp, sup)
+    args = pickle.dumps((paths[:chunk], "fail"), protocol=5)
     kept, logits, bad = list(range(chunk)), np.zeros((chunk, sup.way), np.float32), []
     result = pickle.dumps((kept, logits, bad), protocol=5)
     return {"model_bytes": len(pickle.dumps(mp, protocol=5)),
             "weight_file_bytes": os.path.getsize(model_path),
             "support_bytes": len(pickle.dumps(sp, protocol=5)),
+            "support_image_bytes": int(images.nbytes),
             "support_images": int(len(images)), "way": len(classes),
             "task_args_bytes_per_image": len(args) / chunk,
             "task_result_bytes_per_image": len(result) / chunk}

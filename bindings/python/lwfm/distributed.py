@@ -17,10 +17,14 @@ worker processes is started (and stopped) for the run. From Python:
 What is shipped, and where the work is done:
 
 - the model and the support set are sent once to every worker
-  (``client.scatter(..., broadcast=True)``) as bytes with a digest; a worker
-  turns them into an :class:`lwfm.Model` / :class:`lwfm.SupportSet` on first
-  use and keeps them (a small cache keyed by the digest), so later tasks of
-  the job, and later jobs with the same model and set, reuse them;
+  (``client.scatter(..., broadcast=True)``) as bytes with a digest: the
+  model pickled (``lwfm.Model`` pickles by value: its weight file), the
+  support set prepared once on the client and shipped as its prepared
+  buffers (``SupportSet.to_bytes``: no worker recomputes it, the scores are
+  the same bits). A worker turns them into an :class:`lwfm.Model` /
+  :class:`lwfm.SupportSet` on first use and keeps them (a small cache keyed
+  by the digest), so later tasks of the job, and later jobs with the same
+  model and set, reuse them;
 - ``classify`` sends each task a chunk of image *paths*: the worker reads,
   decodes and preprocesses the images itself (the paths must name the same
   files on every worker: a shared or copied file system), scores them and
@@ -32,8 +36,8 @@ What is shipped, and where the work is done:
   worker reads the dataset (the same path on every worker) and returns one
   accuracy per episode;
 - ``classify(..., shards=S)`` splits the support set by class into S
-  shards, each prepared on one worker (the gallery need not fit on one
-  machine); every chunk's backbone features are computed once and scored
+  shards, shipped as images and prepared by the worker that scores them
+  (the prepared gallery is never held in one place); every chunk's backbone features are computed once and scored
   against each shard, and the columns are merged into the logits one process
   computes (:func:`plan_shards` says how each method is split, and refuses
   the configurations whose logits of one class depend on the others).
@@ -67,7 +71,8 @@ import numpy as np
 
 from . import Error, Model, SkippedFile, SupportSet
 # private helpers of the package, shared with SupportSet.from_folder / predict
-from . import _encode_labels, _OneFile, _predictions  # type: ignore[attr-defined]
+from . import (_encode_labels, _OneFile, _predictions,  # type: ignore[attr-defined]
+               _support_from_pickle)
 from .episodes import IMAGE_EXTENSIONS, EpisodeSampler, FolderSet, open_dataset
 
 __all__ = ["WorkerError", "ClassifyResult", "Shard", "local_client", "classify", "evaluate",
@@ -105,10 +110,11 @@ def local_client(workers: int = 2, threads: int = 1):
 # ---- payloads: what crosses the network once per worker ----------------------
 
 class _Shipped:
-    """Bytes a worker turns into an object with ``build(data)``, once: the
-    result is cached on the worker under ``digest``."""
+    """Bytes a worker turns into an object with ``build(data)`` (a model) or
+    ``build(data, model)`` (a support set), once: the object is cached on the
+    worker under ``digest``."""
 
-    def __init__(self, digest: str, data: bytes, build: Callable[[bytes], Any]) -> None:
+    def __init__(self, digest: str, data: bytes, build: Callable[..., Any]) -> None:
         self.digest, self.data, self.build = digest, data, build
 
     def __len__(self) -> int:
@@ -130,20 +136,34 @@ def _model_payload(model: Model) -> _Shipped:
     return _Shipped(f"{model.fingerprint}/{model.precision}", data, pickle.loads)
 
 
-def _support_from_images(data: bytes) -> Tuple[Any, Any]:
-    """``(images or feature maps, labels, features)`` -> a builder the worker
-    calls with its model (see :func:`_worker_support`)."""
-    return pickle.loads(data)
+def _support_from_prepared(data: bytes, model: Model) -> SupportSet:
+    raw, classes, features, shape = pickle.loads(data)
+    return _support_from_pickle(model, raw, classes, features, shape)
 
 
-def _support_payload(model_payload: _Shipped, images: np.ndarray, labels: Any,
-                     features: bool = False) -> _Shipped:
-    """What is shipped for a support set: its preprocessed images (or, with
-    ``features``, images whose feature maps the worker computes and prepares
-    the set from) and labels; the worker prepares it once."""
+def _support_payload(model_payload: _Shipped, support: SupportSet) -> _Shipped:
+    """What is shipped for a prepared support set: its bytes
+    (``SupportSet.to_bytes``, the prepared buffers: nothing is recomputed on
+    the worker and the scores are the same bits) and its class names, without
+    its model (shipped once, apart)."""
+    raw = support._raw_bytes()
+    data = pickle.dumps((raw, support.classes, support.features, support.shape),
+                        protocol=pickle.HIGHEST_PROTOCOL)
+    return _Shipped(_digest(model_payload.digest.encode(), data), data, _support_from_prepared)
+
+
+def _shard_from_images(data: bytes, model: Model) -> SupportSet:
+    images, labels = pickle.loads(data)
+    return SupportSet(model, model.features(images), labels, features=True)
+
+
+def _shard_payload(model_payload: _Shipped, images: np.ndarray, labels: Any) -> _Shipped:
+    """What is shipped for one shard of a support set: its preprocessed images
+    and labels; the worker that scores the shard computes their features and
+    prepares it (the whole gallery is never prepared in one place)."""
     images = np.ascontiguousarray(images, dtype=np.float32)
-    data = pickle.dumps((images, list(labels), bool(features)), protocol=pickle.HIGHEST_PROTOCOL)
-    return _Shipped(_digest(model_payload.digest.encode(), data), data, _support_from_images)
+    data = pickle.dumps((images, np.asarray(labels, np.int32)), protocol=pickle.HIGHEST_PROTOCOL)
+    return _Shipped(_digest(model_payload.digest.encode(), data), data, _shard_from_images)
 
 
 # ---- the worker side -----------------------------------------------------------
@@ -191,16 +211,8 @@ def _worker_model(payload: _Shipped) -> Model:
 
 
 def _worker_support(model: Model, payload: _Shipped) -> SupportSet:
-    def build():
-        built = payload.build(payload.data)
-        if isinstance(built, SupportSet):
-            return built
-        images, labels, features = built
-        if features:
-            return SupportSet(model, model.features(images), labels, features=True)
-        return SupportSet(model, images, labels)
     try:
-        return _cached(("support", payload.digest), build)
+        return _cached(("support", payload.digest), lambda: payload.build(payload.data, model))
     except Exception as e:
         raise _fail("cannot prepare the support set", e) from None
 
@@ -587,7 +599,8 @@ def classify(client, model, support, images: Sequence[str], *, top: int = 5, chu
     chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
     opts = {"workers": workers, "allow_other_workers": False} if workers else {}
     if shards <= 1:
-        support_p = _support_payload(model_p, s_images, s_labels)
+        with SupportSet(model, s_images, s_labels) as prepared:
+            support_p = _support_payload(model_p, prepared)
         [support_f] = client.scatter([support_p], broadcast=True, workers=workers)
         futs = [client.submit(_classify_chunk, model_f, support_f, c, on_bad, **opts)
                 for c in chunks]
@@ -614,8 +627,7 @@ def _classify_sharded(client, model_f, model_p, model, s_images, s_labels, way, 
     shard_fs = []
     for k, shard in enumerate(plan):
         x, lab = _shard_images(s_images, s_labels, shard)
-        [f] = client.scatter([_support_payload(model_p, x, lab, features=True)], broadcast=True,
-                             workers=workers)
+        [f] = client.scatter([_shard_payload(model_p, x, lab)], broadcast=True, workers=workers)
         shard_fs.append(f)
     only = {"workers": workers, "allow_other_workers": False} if workers else {}
     heads, scores = [], []
