@@ -10,8 +10,12 @@ spaced over the 12,000, or all with ``--images 0``) against a ``--way``-way
 linked into a temporary folder):
 
 - one process, the single-process path (decode with PIL, ``Model.preprocess``,
-  ``SupportSet.score`` in batches of 32), with 1 OpenMP thread, run in a
-  child process (``OMP_NUM_THREADS`` is read at start-up);
+  ``SupportSet.score`` in batches of 32), with 1 and with 2 OpenMP threads
+  (``--threads``), each run in a child process (``OMP_NUM_THREADS`` is read
+  at start-up); the first gives the reference logits. This process, which
+  prepares the support set for the clusters, runs with 1 thread like it
+  (LWFM-SPM's prepared support buffers differ in their last bits between 1
+  and 2 threads);
 - ``lwfm.distributed.classify`` on a local cluster of W single-threaded
   workers for each W of ``--workers`` (after a warm-up job that ships the
   model and the set: its time is reported as ``startup_s``);
@@ -19,9 +23,11 @@ linked into a temporary folder):
 checks that each cluster's logits equal the one-process logits bit for bit
 (``--kill``: after one task in ten, one worker is killed), and measures the
 bytes each side sends: the pickled payloads, a task's arguments and result,
-and the loopback interface's byte counter over the timed job (everything
-Dask sent, control messages and heartbeats included; other programs on the
-machine add to it). Never part of the tests.
+and, over the timed job, the bytes written by the client, scheduler and
+worker processes (``wchar`` of /proc/PID/io: every socket send, control
+messages and heartbeats included; the job writes no files) and the
+loopback interface's byte counter (which other programs on the machine add
+to). Never part of the tests.
 """
 
 import argparse
@@ -81,6 +87,18 @@ def loopback_bytes():
     return c.bytes_sent if c else 0
 
 
+def written_bytes(pids):
+    """Bytes written (sockets included: /proc/PID/io wchar) by these processes."""
+    import psutil
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).io_counters().write_chars
+        except psutil.Error:
+            pass
+    return total
+
+
 def cluster_run(model_path, support, paths, workers, kill, chunk):
     import lwfm
     import lwfm.distributed as ld
@@ -98,12 +116,15 @@ def cluster_run(model_path, support, paths, workers, kill, chunk):
                 killed.append(done)
                 os.kill(pids[sorted(pids)[0]], signal.SIGKILL)
 
-        lo0, t0 = loopback_bytes(), time.time()
+        procs = [os.getpid(), client.run_on_scheduler(os.getpid)] + list(pids.values())
+        w0, lo0, t0 = written_bytes(procs), loopback_bytes(), time.time()
         res = ld.classify(client, model, support, paths, chunk=chunk, progress=progress)
         dt, lo = time.time() - t0, loopback_bytes() - lo0
+        sent = written_bytes(procs) - w0
     return res, {"workers": workers, "startup_s": startup, "seconds": dt,
                  "images_per_s": len(paths) / dt, "loopback_bytes": lo,
                  "loopback_bytes_per_image": lo / len(paths),
+                 "sent_bytes": sent, "sent_bytes_per_image": sent / len(paths),
                  "killed_after_tasks": killed[0] if killed else None}
 
 
@@ -136,11 +157,14 @@ def main():
     p.add_argument("--way", type=int, default=20)
     p.add_argument("--shot", type=int, default=1)
     p.add_argument("--workers", default="1,2")
+    p.add_argument("--threads", default="1,2", help="threads of the one-process runs")
     p.add_argument("--chunk", type=int, default=32)
     p.add_argument("--kill", action="store_true", help="kill a worker after a tenth of the tasks")
     p.add_argument("--json", action="store_true")
     p.add_argument("--one-process", nargs=2, metavar=("SUPPORT", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if not args.one_process:
+        os.environ["OMP_NUM_THREADS"] = "1"   # before the library is loaded (see above)
     paths = queries(args.data, args.images)
     if args.one_process:
         print(json.dumps(one_process(args.model, args.one_process[0], paths, args.one_process[1])))
@@ -149,11 +173,16 @@ def main():
     report = {"model": args.model, "images": len(paths), "way": args.way, "shot": args.shot,
               "chunk": args.chunk, "sizes": sizes(args.model, support, paths, args.chunk)}
     ref = os.path.join(support, "..", os.path.basename(support) + "-logits.npy")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, __file__, "--model", args.model, "--data", args.data,
-           "--images", str(args.images), "--one-process", support, ref]
-    report["one_process"] = json.loads(subprocess.run(cmd, env=env, capture_output=True,
-                                                      text=True, check=True).stdout)
+    report["one_process"] = []
+    for t in args.threads.split(","):
+        env = dict(os.environ, OMP_NUM_THREADS=t)
+        out = ref if not report["one_process"] else ref + f".{t}.npy"
+        cmd = [sys.executable, __file__, "--model", args.model, "--data", args.data,
+               "--images", str(args.images), "--one-process", support, out]
+        run = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                        check=True).stdout)
+        run["threads"] = int(t)
+        report["one_process"].append(run)
     want = np.load(ref)
     report["clusters"] = []
     for w in (int(x) for x in args.workers.split(",")):
@@ -170,11 +199,11 @@ def main():
     print(f"model {s['model_bytes']} B (weight file {s['weight_file_bytes']} B), support set "
           f"{s['support_bytes']} B ({s['support_images']} images), per image: task arguments "
           f"{s['task_args_bytes_per_image']:.0f} B, result {s['task_result_bytes_per_image']:.0f} B")
-    o = report["one_process"]
-    print(f"one process, 1 thread: {o['images_per_s']:.1f} images/s")
+    for o in report["one_process"]:
+        print(f"one process, {o['threads']} thread(s): {o['images_per_s']:.1f} images/s")
     for c in report["clusters"]:
         print(f"{c['workers']} worker(s): {c['images_per_s']:.1f} images/s (startup "
-              f"{c['startup_s']:.1f} s), loopback {c['loopback_bytes_per_image']:.0f} B/image, "
+              f"{c['startup_s']:.1f} s), sent {c['sent_bytes_per_image']:.0f} B/image, "
               f"same logits: {c['same_logits']}, same predictions: {c['same_predictions']}"
               + (f", worker killed after {c['killed_after_tasks']} tasks"
                  if c["killed_after_tasks"] else ""))

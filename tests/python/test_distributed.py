@@ -134,6 +134,54 @@ def test_classify_sharded_merges(client, tmp_path):
     np.testing.assert_array_equal(res.logits.argmax(axis=1), logits.argmax(axis=1))
 
 
+def _batch_statistics_rcn(tmp_path):
+    """The bundled rcn model with batch-statistics BatchNorm (query_batch 5)."""
+    from lwfm.weights import load_weights, save_weights
+    tensors, config = load_weights(str(ROOT / "models" / "omniglot-rcn.npz"))
+    save_weights(tmp_path / "rcn_batch.npz", tensors,
+                 dict(config, batch_norm="batch", query_batch=5))
+    return tmp_path / "rcn_batch.npz"
+
+
+def test_classify_batch_statistics_model(client, tmp_path):
+    """A query's logits depend on its batch: chunks of 3 are cut as one
+    process cuts its batches (rounded up to the model's 5)."""
+    from PIL import Image
+    rng = np.random.default_rng(5)
+    support = tmp_path / "support"
+    for c in range(3):
+        (support / f"c{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (28, 28), np.uint8)).save(
+                support / f"c{c}" / f"{i}.png")
+    queries = []
+    for i in range(12):
+        queries.append(str(tmp_path / f"q{i:02d}.png"))
+        Image.fromarray(rng.integers(0, 256, (28, 28), np.uint8)).save(queries[-1])
+    model = _batch_statistics_rcn(tmp_path)
+    _, logits, _ = _one_process(model, support, queries)
+    res = ld.classify(client, str(model), str(support), queries, chunk=3)
+    np.testing.assert_array_equal(res.logits, logits)
+
+
+def test_payloads_stay_on_every_worker(client, tmp_path):
+    """The model stays on both workers after a job (Dask's active memory
+    manager, which would drop one copy within its 2 s cycle, is off in
+    local_client): nothing is sent again, nothing is lost with one worker."""
+    import time
+    from PIL import Image
+    support = tmp_path / "support"
+    for c in range(2):
+        (support / f"c{c}").mkdir(parents=True)
+        Image.new("L", (28, 28), 90 * c).save(support / f"c{c}" / "a.png")
+    Image.new("L", (28, 28), 40).save(tmp_path / "q.png")
+    model = lwfm.Model(str(OMNIGLOT))
+    ld.classify(client, model, str(support), [str(tmp_path / "q.png")])
+    time.sleep(2.5)
+    shipped = ld._ship(client, ld._model_payload(model), None)
+    assert len(client.who_has(shipped)[shipped.key]) == 2
+
+
 def test_bad_image_fails_or_is_skipped(client, tmp_path):
     support = tmp_path / "support"
     from PIL import Image
@@ -287,11 +335,7 @@ def test_shards_mml(tmp_path):
 
 
 def test_shards_refused_for_batch_statistics_rcn(tmp_path):
-    from lwfm.weights import load_weights, save_weights
-    tensors, config = load_weights(str(ROOT / "models" / "omniglot-rcn.npz"))
-    config = dict(config, batch_norm="batch", query_batch=25)
-    save_weights(tmp_path / "rcn_batch.npz", tensors, config)
-    with lwfm.Model(str(tmp_path / "rcn_batch.npz")) as model:
+    with lwfm.Model(str(_batch_statistics_rcn(tmp_path))) as model:
         with pytest.raises(ValueError, match="batch-statistics BatchNorm"):
             ld.plan_shards(model, [2, 2, 2], 2)
         assert len(ld.plan_shards(model, [2, 2, 2], 1)) == 1

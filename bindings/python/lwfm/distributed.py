@@ -64,6 +64,7 @@ import pickle
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict, namedtuple
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -100,11 +101,19 @@ def _dask():
 def local_client(workers: int = 2, threads: int = 1):
     """A ``distributed.Client`` on a new local cluster of ``workers`` worker
     processes, each one task at a time with ``threads`` OpenMP threads (the
-    library's threads); closing the client (``with`` block) stops the
-    cluster."""
+    library's threads), and Dask's active memory manager off (see
+    docs/distributed.md); closing the client (``with`` block) stops the
+    cluster. From a script, call it under ``if __name__ == "__main__":``
+    (the workers are spawned processes that import the script)."""
     d = _dask()
-    return d.Client(n_workers=int(workers), threads_per_worker=1, processes=True,
-                    dashboard_address=None, env={"OMP_NUM_THREADS": str(int(threads))})
+    import dask
+    # Dask's active memory manager drops the replicas of scattered data that no
+    # waiting task needs: the model and set would then live on one worker
+    # between jobs, be sent again, and be lost with that worker (the scheduler
+    # cannot recompute scattered data); off for the clusters made here
+    with dask.config.set({"distributed.scheduler.active-memory-manager.start": False}):
+        return d.Client(n_workers=int(workers), threads_per_worker=1, processes=True,
+                        dashboard_address=None, env={"OMP_NUM_THREADS": str(int(threads))})
 
 
 # ---- payloads: what crosses the network once per worker ----------------------
@@ -164,6 +173,23 @@ def _shard_payload(model_payload: _Shipped, images: np.ndarray, labels: Any) -> 
     images = np.ascontiguousarray(images, dtype=np.float32)
     data = pickle.dumps((images, np.asarray(labels, np.int32)), protocol=pickle.HIGHEST_PROTOCOL)
     return _Shipped(_digest(model_payload.digest.encode(), data), data, _shard_from_images)
+
+
+_shipped: "weakref.WeakKeyDictionary[Any, Dict[Any, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _ship(client, payload: _Shipped, workers: Optional[Sequence[str]]):
+    """A future of ``payload`` on every worker (or on ``workers``): scattered
+    once per client; a later job with the same payload reuses the future, so
+    the bytes do not cross the network again (a worker that joins later gets
+    them from a peer when a task needs them)."""
+    key = (payload.digest, tuple(workers) if workers else None)
+    known = _shipped.setdefault(client, {})
+    fut = known.get(key)
+    if fut is None or fut.status != "finished":
+        [fut] = client.scatter([payload], broadcast=True, workers=workers)
+        known[key] = fut
+    return fut
 
 
 # ---- the worker side -----------------------------------------------------------
@@ -547,6 +573,13 @@ def _support_arrays(model: Model, support) -> Tuple[np.ndarray, np.ndarray, Any,
             names if names is not None else tuple(range(way)), [])
 
 
+def _transductive(model: Model) -> bool:
+    """rcn with batch-statistics BatchNorm: a query's logits depend on its
+    batch (eval draws queries in the authors' interleaved class order, as lwfm
+    eval and lwfm.evaluate; classify cuts chunks at batch boundaries)."""
+    return model.config.get("batch_norm") == "batch"
+
+
 def _as_model(model) -> Model:
     return model if isinstance(model, Model) else Model(model)
 
@@ -579,7 +612,9 @@ def classify(client, model, support, images: Sequence[str], *, top: int = 5, chu
     ``support``: a folder of class sub-folders (as
     ``SupportSet.from_folder``) or ``(images, labels)`` of preprocessed
     images; ``images``: files and folders (:func:`list_images`), read on the
-    workers, ``chunk`` per task. ``shards`` > 1 splits the support set by
+    workers, ``chunk`` per task (for a model with batch-statistics
+    BatchNorm, rounded up to a multiple of its ``query_batch``, so that the
+    queries are batched as in one process). ``shards`` > 1 splits the support set by
     class (:func:`plan_shards`). ``on_bad``: ``"fail"`` (an unreadable image
     fails the job) or ``"skip"`` (left out, listed in ``skipped``).
     ``workers``: run only on these worker addresses. The logits are those of
@@ -592,16 +627,21 @@ def classify(client, model, support, images: Sequence[str], *, top: int = 5, chu
     paths = list_images(images)
     if not paths:
         raise ValueError("no images to classify")
+    if _transductive(model):
+        # each batch of query_batch queries is its own BatchNorm batch: the
+        # chunks must cut the queries where one process's batches do
+        qb = int(model.config.get("query_batch", 25))
+        chunk = -(-chunk // qb) * qb
     s_images, s_labels, classes, skipped = _support_arrays(model, support)
     way = len(classes)
     model_p = _model_payload(model)
-    [model_f] = client.scatter([model_p], broadcast=True, workers=workers)
+    model_f = _ship(client, model_p, workers)
     chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
     opts = {"workers": workers, "allow_other_workers": False} if workers else {}
     if shards <= 1:
         with SupportSet(model, s_images, s_labels) as prepared:
             support_p = _support_payload(model_p, prepared)
-        [support_f] = client.scatter([support_p], broadcast=True, workers=workers)
+        support_f = _ship(client, support_p, workers)
         futs = [client.submit(_classify_chunk, model_f, support_f, c, on_bad, **opts)
                 for c in chunks]
         parts = _run(client, futs, progress)
@@ -627,7 +667,7 @@ def _classify_sharded(client, model_f, model_p, model, s_images, s_labels, way, 
     shard_fs = []
     for k, shard in enumerate(plan):
         x, lab = _shard_images(s_images, s_labels, shard)
-        [f] = client.scatter([_shard_payload(model_p, x, lab)], broadcast=True, workers=workers)
+        f = _ship(client, _shard_payload(model_p, x, lab), workers)
         shard_fs.append(f)
     only = {"workers": workers, "allow_other_workers": False} if workers else {}
     heads, scores = [], []
@@ -653,12 +693,6 @@ def _classify_sharded(client, model_f, model_p, model, s_images, s_labels, way, 
 
 
 # ---- evaluate -----------------------------------------------------------------
-
-def _transductive(model: Model) -> bool:
-    """rcn with batch-statistics BatchNorm: queries in the authors' interleaved
-    class order (as lwfm eval and lwfm.evaluate)."""
-    return model.config.get("batch_norm") == "batch"
-
 
 def evaluate(client, model, data: str, way: int = 5, shot: int = 1, query: int = 15,
              episodes: int = 600, seed: int = 1, *, chunk: int = 10,
@@ -686,7 +720,7 @@ def evaluate(client, model, data: str, way: int = 5, shot: int = 1, query: int =
             qry, q_lab = [qry[i] for i in order], [q_lab[i] for i in order]
         drawn.append((sup, s_lab, qry, q_lab))
     model_p = _model_payload(model)
-    [model_f] = client.scatter([model_p], broadcast=True, workers=workers)
+    model_f = _ship(client, model_p, workers)
     opts = {"workers": workers, "allow_other_workers": False} if workers else {}
     data = os.path.abspath(data)
     futs = [client.submit(_eval_chunk, model_f, data, drawn[i:i + chunk], **opts)
