@@ -23,11 +23,10 @@ linked into a temporary folder):
 checks that each cluster's logits equal the one-process logits bit for bit
 (``--kill``: after one task in ten, one worker is killed), and measures the
 bytes each side sends: the pickled payloads, a task's arguments and result,
-and, over the timed job, the bytes written by the client, scheduler and
-worker processes (``wchar`` of /proc/PID/io: every socket send, control
-messages and heartbeats included; the job writes no files) and the
-loopback interface's byte counter (which other programs on the machine add
-to). Never part of the tests.
+and the loopback interface's byte counter over the timed job (everything
+the client, scheduler and workers sent each other, control messages and
+heartbeats included; other programs on the machine add to it). Never part
+of the tests.
 """
 
 import argparse
@@ -87,18 +86,6 @@ def loopback_bytes():
     return c.bytes_sent if c else 0
 
 
-def written_bytes(pids):
-    """Bytes written (sockets included: /proc/PID/io wchar) by these processes."""
-    import psutil
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).io_counters().write_chars
-        except psutil.Error:
-            pass
-    return total
-
-
 def cluster_run(model_path, support, paths, workers, kill, chunk):
     import lwfm
     import lwfm.distributed as ld
@@ -116,15 +103,12 @@ def cluster_run(model_path, support, paths, workers, kill, chunk):
                 killed.append(done)
                 os.kill(pids[sorted(pids)[0]], signal.SIGKILL)
 
-        procs = [os.getpid(), client.run_on_scheduler(os.getpid)] + list(pids.values())
-        w0, lo0, t0 = written_bytes(procs), loopback_bytes(), time.time()
+        lo0, t0 = loopback_bytes(), time.time()
         res = ld.classify(client, model, support, paths, chunk=chunk, progress=progress)
         dt, lo = time.time() - t0, loopback_bytes() - lo0
-        sent = written_bytes(procs) - w0
     return res, {"workers": workers, "startup_s": startup, "seconds": dt,
                  "images_per_s": len(paths) / dt, "loopback_bytes": lo,
                  "loopback_bytes_per_image": lo / len(paths),
-                 "sent_bytes": sent, "sent_bytes_per_image": sent / len(paths),
                  "killed_after_tasks": killed[0] if killed else None}
 
 
@@ -203,7 +187,7 @@ def main():
         print(f"one process, {o['threads']} thread(s): {o['images_per_s']:.1f} images/s")
     for c in report["clusters"]:
         print(f"{c['workers']} worker(s): {c['images_per_s']:.1f} images/s (startup "
-              f"{c['startup_s']:.1f} s), sent {c['sent_bytes_per_image']:.0f} B/image, "
+              f"{c['startup_s']:.1f} s), loopback {c['loopback_bytes_per_image']:.0f} B/image, "
               f"same logits: {c['same_logits']}, same predictions: {c['same_predictions']}"
               + (f", worker killed after {c['killed_after_tasks']} tasks"
                  if c["killed_after_tasks"] else ""))

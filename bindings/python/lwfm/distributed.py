@@ -178,12 +178,32 @@ def _shard_payload(model_payload: _Shipped, images: np.ndarray, labels: Any) -> 
 _shipped: "weakref.WeakKeyDictionary[Any, Dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
 
+def _warn_amm(client) -> None:
+    """A warning when the scheduler's active memory manager runs (see
+    :func:`local_client`): the job still gives the same results, but the
+    payloads may be sent again per job, and a job fails if the one worker
+    left holding them dies before another has fetched them."""
+    try:
+        running = client.amm.running()
+    except Exception:   # an older or newer scheduler without the proxy
+        return
+    if running:
+        import warnings
+        warnings.warn("Dask's active memory manager is running on this scheduler: it drops the "
+                      "copies of the model and support set that no waiting task needs, so they "
+                      "may be sent again and be lost with a worker; start dask-scheduler with "
+                      "DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__START=False "
+                      "(docs/distributed.md)", RuntimeWarning, stacklevel=4)
+
+
 def _ship(client, payload: _Shipped, workers: Optional[Sequence[str]]):
     """A future of ``payload`` on every worker (or on ``workers``): scattered
     once per client; a later job with the same payload reuses the future, so
     the bytes do not cross the network again (a worker that joins later gets
     them from a peer when a task needs them)."""
     key = (payload.digest, tuple(workers) if workers else None)
+    if client not in _shipped:
+        _warn_amm(client)
     known = _shipped.setdefault(client, {})
     fut = known.get(key)
     if fut is None or fut.status != "finished":
