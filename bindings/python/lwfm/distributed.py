@@ -76,8 +76,8 @@ from . import (_encode_labels, _OneFile, _predictions,  # type: ignore[attr-defi
                _support_from_pickle)
 from .episodes import IMAGE_EXTENSIONS, EpisodeSampler, FolderSet, open_dataset
 
-__all__ = ["WorkerError", "ClassifyResult", "Shard", "local_client", "classify", "evaluate",
-           "plan_shards", "list_images", "main"]
+__all__ = ["WorkerError", "ClassifyResult", "Row", "Shard", "local_client", "classify",
+           "evaluate", "plan_shards", "score_sharded", "list_images", "main"]
 
 _PROG = "python3 -m lwfm.distributed"
 
