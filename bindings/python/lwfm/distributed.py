@@ -687,8 +687,10 @@ def _classify_sharded(client, model_f, model_p, model, s_images, s_labels, way, 
     shard_fs = []
     for k, shard in enumerate(plan):
         x, lab = _shard_images(s_images, s_labels, shard)
-        f = _ship(client, _shard_payload(model_p, x, lab), workers)
-        shard_fs.append(f)
+        # to the shard's worker and the next one (a spare copy: scattered
+        # data lost with its last holder cannot be recomputed), not to all
+        holders = sorted({pool[k % len(pool)], pool[(k + 1) % len(pool)]})
+        shard_fs.append(_ship(client, _shard_payload(model_p, x, lab), holders))
     only = {"workers": workers, "allow_other_workers": False} if workers else {}
     heads, scores = [], []
     for c in chunks:
