@@ -17,7 +17,7 @@ DEPS := gcc g++ meson ninja-build pkg-config cmake libdnnl-dev zlib1g-dev libzip
         libpng-dev libjpeg-dev libwebp-dev libcairo2-dev python3-numpy python3-torch \
         python3-pytest python3-scipy python3-pil fonts-dejavu-core fonts-dejavu-extra \
         abigail-tools valgrind python3-pip python3-venv python3-setuptools python3-wheel \
-        python3-mypy dpkg-dev
+        python3-mypy dpkg-dev python3-distributed
 export PYTHONPATH := $(CURDIR)/bindings/python$(if $(PYTHONPATH),:$(PYTHONPATH))
 export LWFM_LIBRARY := $(CURDIR)/$(BUILD)/liblwfm.so
 
