@@ -377,7 +377,7 @@ static void spm_layout(const lwfm_model *m, int64_t n, int64_t P, lwfm__prep_lay
                         (size_t)P * (size_t)ly->n * sizeof(float)},
         .type = {'f', 'f', 'f', 'f'},
         .scratch_bytes =
-            spm ? lwfm__matcher_tmp_floats(lwfm__spm_matcher(m), ly, n * P) * sizeof(float) : 0};
+            spm ? lwfm__matcher_tmp_floats(lwfm__spm_matcher(m), ly, P) * sizeof(float) : 0};
 }
 
 static void spm_bind(lwfm__prep *prep) {
@@ -405,7 +405,7 @@ lwfm_status lwfm__lwfm_spm_prepare(const lwfm_model *m, const float *feats, int6
     lwfm_status st = LWFM_OK;
     if (spm) {
         tp = LWFM_PROF_T0();
-        st = lwfm__matcher_apply(lwfm__spm_matcher(m), ly, n * P, p->X, p->G, p->gn, p->mem.buf[4]);
+        st = lwfm__matcher_apply(lwfm__spm_matcher(m), ly, n, P, p->X, p->G, p->gn, p->mem.buf[4]);
         LWFM_PROF_ADD(LWFM_PROF_MATCHER, tp);
         if (p->mem.owned) {
             lwfm__free(p->mem.buf[4]);

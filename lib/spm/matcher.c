@@ -12,7 +12,6 @@
 
 #define COS_EPS 1e-8
 /* Rows of position vectors per matcher GEMM. */
-#define MATCHER_BLOCK 128
 
 /* out (cols x rows) = in (rows x cols)^T */
 static void transpose(const float *in, int rows, int cols, float *out) {
@@ -57,12 +56,11 @@ void lwfm__matcher_free(lwfm__matcher *m) {
     memset(m, 0, sizeof *m);
 }
 
-size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, int64_t rows) {
+size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, int64_t P) {
     int h = 0;
     for (int l = 0; l < ly->n; l++)
         if (m->hid[l] > h) h = m->hid[l];
-    int64_t block = rows < MATCHER_BLOCK ? rows : MATCHER_BLOCK;
-    return (size_t)omp_get_max_threads() * (size_t)block * (size_t)(h > 0 ? h : 1);
+    return (size_t)omp_get_max_threads() * (size_t)P * (size_t)(h > 0 ? h : 1);
 }
 
 /* One block of rows: G_l = relu(relu(X_l W1^T) W2^T) + X_l (or X_l when not
@@ -97,26 +95,26 @@ LWFM_MULTIARCH static int matcher_block(const lwfm__matcher *m, const lwfm__laye
     return 0;
 }
 
-lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t rows,
-                                const float *X, float *G, float *gnorm, float *tmp) {
+lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t n,
+                                int64_t P, const float *X, float *G, float *gnorm, float *tmp) {
     const int C = ly->C, L = ly->n;
     int h = 1, failed = 0;
     for (int l = 0; l < L; l++)
         if (m->hid[l] > h) h = m->hid[l];
-    const int64_t block = rows < MATCHER_BLOCK ? rows : MATCHER_BLOCK;
-    /* each thread takes a contiguous range of rows, in blocks whose hidden
-     * activations stay in cache */
+    /* One GEMM per image: oneDNN's GEMM rounds a row differently depending on
+     * how many rows share the call and where the row falls among them, so
+     * blocks spanning images would make an image's g_l(X) depend on the
+     * images prepared with it and on the thread count (a grown or saved
+     * support set must equal one prepared whole, on any number of threads). */
 #pragma omp parallel
     {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        const int64_t first = rows * t / nt, last = rows * (t + 1) / nt;
-        float *mine = tmp + (size_t)t * (size_t)block * (size_t)h;
-        for (int64_t r0 = first; r0 < last; r0 += block) {
-            const int64_t nr = last - r0 < block ? last - r0 : block;
-            if (matcher_block(m, ly, nr, X + r0 * C, G + r0 * C, gnorm + r0 * L, mine)) {
+        float *mine = tmp + (size_t)omp_get_thread_num() * (size_t)P * (size_t)h;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            if (failed) continue;
+            if (matcher_block(m, ly, P, X + i * P * C, G + i * P * C, gnorm + i * P * L, mine)) {
 #pragma omp atomic write
                 failed = 1;
-                break;
             }
         }
     }

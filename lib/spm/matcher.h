@@ -22,14 +22,16 @@ lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const 
                                int learnable);
 void lwfm__matcher_free(lwfm__matcher *m);
 
-/* Floats of scratch lwfm__matcher_apply needs for `rows` position vectors
- * (a block of hidden activations per OpenMP thread). */
-size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, int64_t rows);
+/* Floats of scratch lwfm__matcher_apply needs for images of P positions
+ * (one image's hidden activations per OpenMP thread). */
+size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, int64_t P);
 
-/* G = g_l(X) on each layer's slice of `rows` position vectors (row stride
- * C, as lwfm__lwe_prepare_image lays them out); gnorm[r * L + l] = |G_l(r)|. */
-lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t rows,
-                                const float *X, float *G, float *gnorm, float *tmp);
+/* G = g_l(X) on each layer's slice of the n x P position vectors of n
+ * images (row stride C, as lwfm__lwe_prepare_image lays them out);
+ * gnorm[r * L + l] = |G_l(r)|. An image's results depend on that image
+ * alone (not on n, its place among them or the thread count). */
+lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t n,
+                                int64_t P, const float *X, float *G, float *gnorm, float *tmp);
 
 /* Step 7 for one pair and one layer: assignment on the cost 1 - R (R as in
  * lwfm__lwe_attention), then c_a = cos(g(u_a), g(v_sigma(a))) and the sum of

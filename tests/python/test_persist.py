@@ -278,3 +278,30 @@ def test_names_travel_and_grow(lib, small, tmp_path):
         assert numbered.add(support[2:3], [2]).classes == (0, 1, 2)
         with pytest.raises(ValueError, match="need names"):
             base.add(support[4:5], [len(base.classes)])
+
+
+def test_prepared_sets_do_not_depend_on_threads_or_batch(method_model, tmp_path):
+    """A set's prepared bytes are the same on 1 and 2 OpenMP threads, and an
+    image's prepared values do not depend on the images prepared with it
+    (13 images grown one at a time equal the 13 prepared whole): oneDNN's
+    GEMM rounds rows by how many share a call, so per-image work must not
+    share calls across images (the LWFM-SPM matcher did)."""
+    m = method_model
+    support, labels, _ = episode(m, shots=(5, 4, 4), seed=2)
+    order = {}  # classes numbered in order of appearance, so that any prefix is a set
+    labels = np.array([order.setdefault(int(v), len(order)) for v in labels], np.int32)
+    (tmp_path / "m.pickle").write_bytes(pickle.dumps((m, support, labels)))
+    code = ("import hashlib, pickle, sys; m, s, l = pickle.load(open(sys.argv[1], 'rb')); "
+            "print(hashlib.sha256(m.prepare_support(s, l).to_bytes()).hexdigest())")
+    digests = set()
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads)
+        digests.add(subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pickle")],
+                                   capture_output=True, text=True, check=True,
+                                   env=env).stdout.strip())
+    assert len(digests) == 1
+    whole = m.prepare_support(support, labels).to_bytes()
+    one = m.prepare_support(support[:3], labels[:3])
+    for j in range(3, len(labels)):
+        one = one.add(support[j:j + 1], labels[j:j + 1])
+    assert one.to_bytes() == whole
