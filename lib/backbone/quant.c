@@ -33,8 +33,12 @@ lwfm_status lwfm__quant_read(lwfm__op *op, const lwfm__archive *ar) {
     const float *v;
     snprintf(key, sizeof key, "quant/%s", op->name);
     op->in_range = 0.0f;
-    if (!lwfm__archive_find(ar, key)) return LWFM_OK;
-    lwfm_status st = lwfm__archive_get_f32(ar, key, 0, NULL, &v);
+    const lwfm__tensor *t = lwfm__archive_find(ar, key);
+    if (!t) return LWFM_OK;
+    /* a float32 scalar, or a one-element vector (what np.ascontiguousarray,
+     * and so lwfm.weights.save_weights, makes of a scalar) */
+    const int64_t one = 1;
+    lwfm_status st = lwfm__archive_get_f32(ar, key, t->ndim == 1 ? 1 : 0, &one, &v);
     if (st) return st;
     if (!(isfinite(*v) && *v > 0.0f))
         return lwfm__error(LWFM_ERR_FORMAT,

@@ -189,7 +189,7 @@ def _with_member(src, dst, key, arr):
 @pytest.mark.parametrize("value,match", [
     (np.float32(np.nan), "non-finite"), (np.float32(np.inf), "non-finite"),
     (np.float32(0), "finite and > 0"), (np.float32(-1), "finite and > 0"),
-    (np.ones(1, np.float32), "shape"), (np.ones((2, 2), np.float32), "shape"),
+    (np.ones(2, np.float32), "shape"), (np.ones((1, 1), np.float32), "shape"),
     (np.int32(3), "expected a float array"), (np.float32(1e-38), "too small for int8"),
 ])
 def test_bad_quant_members_refused(lwfm, models, tmp_path, value, match):
@@ -257,3 +257,13 @@ def test_int8_bundled_omniglot(lwfm, tmp_path):
             same += int((a == b).sum())
             total += len(a)
     assert same >= 0.95 * total, (same, total)
+
+
+def test_quant_member_as_one_element_vector(lwfm, models, tmp_path):
+    """lwfm.weights.save_weights writes scalars as shape (1,): accepted."""
+    path = models["conv64f"][0]
+    with lwfm.Model(path) as m:
+        key = "quant/" + m.convolution_names()[0]
+    ok = tmp_path / "ok.npz"
+    _with_member(path, ok, key, np.full(1, 3.0, np.float32))
+    lwfm.Model(ok, precision="int8").close()
