@@ -340,7 +340,9 @@ static lwfm_status op_pd(const lwfm__net *net, const lwfm__op *op, int64_t n, in
     } else {
         act_md(net, &src, n, op->ic, ih, iw, dt);
     }
-    act_md(net, &dst, n, op->oc, oh, ow, dt);
+    if (op->kind == LWFM_OP_MAXPOOL && op->q_out) /* pooled in int8 */
+        act_md(net, &src, n, op->ic, ih, iw, op->q_out);
+    act_md(net, &dst, n, op->oc, oh, ow, op->q_out ? op->q_out : dt);
     if (op->kind == LWFM_OP_CONV) {
         dnnl_dims_t wd = {op->oc, op->ic, op->kh, op->kw}, bd = {op->oc};
         DNNL_CHECK(dnnl_memory_desc_init_by_tag(&wmd, 4, wd, op->q ? dnnl_s8 : dt,
@@ -429,6 +431,7 @@ static lwfm_status int8_prepare(lwfm__net *net) {
         }
         dnnl_primitive_desc_destroy(pd);
     }
+    if (!st) lwfm__quant_chain(net);
     return st;
 }
 
@@ -841,7 +844,8 @@ static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64
         DNNL_CHECK(dnnl_memory_create(&po->src, smd, net->engine, DNNL_MEMORY_NONE), "memory");
         DNNL_CHECK(dnnl_memory_create(&po->dst, dmd, net->engine, DNNL_MEMORY_NONE), "memory");
         DNNL_CHECK(dnnl_memory_create(&po->scratch, scr, net->engine, DNNL_MEMORY_NONE), "memory");
-        if (op->q && (st = plan_quantise(net, p, op, po, smd, ih, iw))) goto done;
+        if (op->q && !op->q_ready && (st = plan_quantise(net, p, op, po, smd, ih, iw)))
+            goto done;
         if (op->kind == LWFM_OP_CONV) {
             if ((st = plan_conv_weights(net, op, pd, po, n, h, w))) goto done;
             po->out_bytes = dnnl_memory_desc_get_size(dmd);

@@ -40,6 +40,12 @@ typedef struct lwfm__op {
     float *w_max;  /* oc: largest |folded weight| per output channel */
     float *oscale; /* oc: output scales (input step x weight step) */
     float *q_bias; /* oc: bias / oscale (oneDNN v2 adds the bias before the scale) */
+    /* int8 chains (lwfm__quant_chain): q_out is the type this op writes when
+     * its output only feeds one int8 conv (directly or through a max pool),
+     * already quantised at that conv's input scale (0: f32); q_ready marks
+     * that conv, which then reads its buffer as it is. */
+    dnnl_data_type_t q_out;
+    int q_ready;
 } lwfm__op;
 
 struct lwfm__net {
@@ -83,6 +89,12 @@ lwfm_status lwfm__quant_read(lwfm__op *op, const lwfm__archive *ar);
  * s8) and its scales; fails naming the calibration tool when a range is
  * missing. Before finalise: needs the plain weights. */
 lwfm_status lwfm__quant_prepare(lwfm__net *net);
+/* Let a conv whose output feeds only one int8 conv (directly, or through a
+ * max pool that is not tapped) write it quantised, pooled in int8; after
+ * lwfm__quant_prepare and the f32 fallbacks. Max pooling commutes with the
+ * (monotonic) quantisation, so only float rounding differs from quantising
+ * the pooled f32 map. */
+void lwfm__quant_chain(lwfm__net *net);
 /* The reorder scales of op's input (f32 -> u8/s8) and of its weights (the
  * integers q_w -> what is stored: 1, or 2 for an s8 input). */
 float lwfm__quant_in_scale(const lwfm__op *op);

@@ -105,6 +105,49 @@ lwfm_status lwfm__quant_prepare(lwfm__net *net) {
     return LWFM_OK;
 }
 
+/* The one op that reads op i's output before it is overwritten, or -1 when
+ * none, several, or an accumulating op (which adds to it in f32) does. */
+static int sole_reader(const lwfm__net *net, int i) {
+    const int b = net->ops[i].dst;
+    int reader = -1, count = 0;
+    for (int j = i + 1; j < net->n_ops; j++) {
+        const lwfm__op *op = &net->ops[j];
+        if (op->src == b) {
+            reader = j;
+            count++;
+        }
+        if (op->dst == b) {
+            if (op->accumulate) return -1;
+            break;
+        }
+    }
+    return count == 1 ? reader : -1;
+}
+
+/* An op whose output stays f32: tapped, accumulating, or not int8. */
+static int keeps_f32(const lwfm__op *op) {
+    return op->tap >= 0 || op->accumulate || (op->kind == LWFM_OP_CONV && !op->q);
+}
+
+void lwfm__quant_chain(lwfm__net *net) {
+    for (int i = 0; i < net->n_ops; i++) {
+        lwfm__op *op = &net->ops[i];
+        if (op->kind != LWFM_OP_CONV || keeps_f32(op)) continue;
+        int pool = -1, next = sole_reader(net, i);
+        if (next >= 0 && net->ops[next].kind == LWFM_OP_MAXPOOL && !keeps_f32(&net->ops[next])) {
+            pool = next;
+            next = sole_reader(net, pool);
+        }
+        if (next < 0 || net->ops[next].kind != LWFM_OP_CONV || !net->ops[next].q) continue;
+        lwfm__op *to = &net->ops[next];
+        const float s = lwfm__quant_in_scale(to);
+        op->q_out = to->q_dt;
+        for (int o = 0; o < op->oc; o++) op->oscale[o] *= s;
+        if (pool >= 0) net->ops[pool].q_out = to->q_dt;
+        to->q_ready = 1;
+    }
+}
+
 void lwfm__quant_round_weights(lwfm__op *op) {
     const size_t per_oc = (size_t)op->ic * op->kh * op->kw;
     for (int o = 0; o < op->oc; o++)
