@@ -13,7 +13,9 @@ range and its (BatchNorm-folded) weights to 63 levels per output channel
       bias applied after the scale, or 127-level weights, would be off by
       far more (measured: int8 vs fp32 itself is 4e-2 to 9e-2);
   against fp32: relative L2 error of the features <= 0.15 per image
-      (measured 0.03-0.09 on random and real weights), and on real Omniglot
+      (measured 0.03-0.09 on random and real weights); LWFM-SPM logits
+      within 1e-3 of their largest magnitude (measured 3e-5 - 4e-5) with
+      >= 90% of predictions equal (measured 100%); on real Omniglot
       episodes with the bundled model the predictions agree on >= 95% of the
       queries (docs/benchmarks.md: 600 episodes, accuracy within 1 point).
 """
@@ -36,6 +38,7 @@ EVALUATION = SHARED / "data" / "omniglot" / "images_evaluation.npz"
 FEATURE_L2_MAX = 0.15
 ONE_CONV_REL = 1e-4
 BACKBONE_REL = 2e-2
+LOGIT_REL_MAX = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +146,22 @@ def test_int8_features_close_to_fp32(lwfm, models, name):
     err = _l2(f8, f32)
     assert err.max() <= FEATURE_L2_MAX, err
     assert err.min() > 0  # int8 really ran
+
+
+@pytest.mark.parametrize("name", ["conv64f", "resnet18"])
+def test_int8_logits_close_to_fp32(lwfm, models, name):
+    """LWFM-SPM episode logits (5-way 1-shot, 15 queries, random weights and
+    images): max |int8 - fp32| <= 1e-3 of max |fp32| (measured 3e-5 and 4e-5)
+    and the same predictions on >= 90% of the queries (measured 100%)."""
+    from conftest import random_episode
+    path = models[name][0]
+    support, labels, query = random_episode(np.random.default_rng(1), [1] * 5, 15, 84)
+    with lwfm.Model(path) as m32, lwfm.Model(path, precision="int8") as m8:
+        l32 = m32.episode_score(support, labels, query)
+        l8 = m8.episode_score(support, labels, query)
+    assert rel_err(l8, l32) <= LOGIT_REL_MAX, rel_err(l8, l32)
+    assert (l8.argmax(1) == l32.argmax(1)).mean() >= 0.9
+    assert not np.array_equal(l8, l32)
 
 
 def test_quant_members_leave_fp32_bit_identical(lwfm, tmp_path):
