@@ -12,7 +12,8 @@
  *          scale; checked against a plain convolution in
  *          tests/python/test_int8.py).
  * The destination stays f32, so residual sums, pooling, taps and the metric
- * are those of the fp32 path.
+ * are those of the fp32 path; except where the output only feeds one int8
+ * conv (lwfm__quant_chain): it is then written quantised for that conv.
  *
  * Why 63 weight levels: AVX2 without VNNI sums pairs of u8 x s8 products in
  * 16 bits (vpmaddubsw), which saturates for |q_w| > 64; for an s8 input
