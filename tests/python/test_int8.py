@@ -6,19 +6,19 @@ range and its (BatchNorm-folded) weights to 63 levels per output channel
 (lib/backbone/quant.c). Two kinds of checks, with these tolerances:
 
   against a plain reference of those semantics (PyTorch reference model,
-  float64, inputs and folded weights fake-quantised the same way):
-      max |int8 - reference| / max |reference| <= 1e-4 for one convolution
-      (only float rounding differs), <= 2e-2 for whole backbones (a value
-      on a rounding boundary may land one step away and carry on);
-      bias applied after the scale, or 127-level weights, would be off by
-      far more (measured: int8 vs fp32 itself is 4e-2 to 9e-2);
+  float64, inputs and folded weights fake-quantised the same way): the
+  largest and the mean |int8 - reference|, relative to the reference's
+  largest and mean magnitude, far below int8's own distance from fp32 for
+  one convolution and one ResNet block (only float rounding differs: a
+  value on a rounding boundary may land one step away), looser for whole
+  backbones (tolerances and measurements at the test);
   against fp32: relative L2 error of the features <= 0.15 per image
       (measured 0.03-0.09 on random and real weights); LWFM-SPM logits
       within 1e-3 of their largest magnitude (measured 3e-5 - 4e-5) with
       >= 90% of predictions equal (measured 100%); on real Omniglot
       episodes with the bundled model logits within 0.1 (measured 0.056)
-      episodes with the bundled model the predictions agree on >= 95% of the
-      queries (docs/benchmarks.md: 600 episodes, accuracy within 1 point).
+      and predictions equal on >= 95% of the queries (docs/benchmarks.md:
+      600 episodes, accuracy within 1 point).
 """
 import os
 import subprocess
@@ -37,8 +37,6 @@ BACKGROUND = SHARED / "data" / "omniglot" / "images_background.npz"
 EVALUATION = SHARED / "data" / "omniglot" / "images_evaluation.npz"
 
 FEATURE_L2_MAX = 0.15
-ONE_CONV_REL = 1e-4
-BACKBONE_REL = 2e-2
 LOGIT_REL_MAX = 1e-3
 REAL_LOGIT_REL_MAX = 0.1
 
@@ -65,6 +63,7 @@ def calibrate(lwfm, src, dst, x, percentile=100.0):
 CONFIGS = {
     "conv64f-one-conv": dict(backbone="conv64f", hyperpixel_ids=[0], feature_size=3),
     "conv64f": dict(backbone="conv64f", hyperpixel_ids=[2, 3], feature_size=5),
+    "resnet18-first-block": dict(hyperpixel_ids=[1], feature_size=3),
     "resnet18": dict(),
 }
 
@@ -103,12 +102,13 @@ def _fake_quant_reference(ref, ranges, x):
         r = ranges[name + ".weight"]
 
         def pre(mod, inp, r=r):
+            # the product and its rounding in float32, as the library's
+            # reorder (scale = levels / r in float32, round half to even)
             t = inp[0]
-            if float(t.min()) >= 0:   # after ReLU: u8
-                q = torch.clamp(torch.round(t * (255.0 / r)), 0, 255) * (r / 255.0)
-            else:
-                q = torch.clamp(torch.round(t * (127.0 / r)), -127, 127) * (r / 127.0)
-            return (q,)
+            lo, hi = (0, 255) if float(t.min()) >= 0 else (-127, 127)  # u8 after ReLU
+            scale = np.float32(hi) / np.float32(r)
+            q = torch.clamp(torch.round(t.float() * float(scale)), lo, hi)
+            return (q.double() / float(scale),)
         hooks.append(conv.register_forward_pre_hook(pre))
     try:
         with torch.no_grad():
@@ -121,16 +121,24 @@ def _fake_quant_reference(ref, ranges, x):
         model.float()
 
 
-@pytest.mark.parametrize("name,tol", [("conv64f-one-conv", ONE_CONV_REL),
-                                      ("conv64f", BACKBONE_REL), ("resnet18", BACKBONE_REL)])
-def test_int8_matches_fake_quant_reference(lwfm, models, name, tol):
+# (max, mean) tolerances: measured (9.9e-5, 2.2e-6), (1.7e-4, 4.2e-6),
+# (6.2e-4, 1.7e-5), (5.8e-3, 2.9e-3); int8 against fp32 on the same inputs:
+# (3.1e-3, 1.3e-3), (4.8e-3, 2.7e-3), (1.8e-2, 7.8e-3), (1.2e-2, 7.4e-3).
+# The whole ResNet-18 check is the weak one: over 20 convolutions, values
+# that float rounding puts on the other side of a step cascade; its first
+# block (s8 stem, u8 pooling chain, u8 convolutions, residual sum) is exact.
+@pytest.mark.parametrize("name,max_tol,mean_tol", [
+    ("conv64f-one-conv", 3e-4, 2e-5), ("resnet18-first-block", 1e-3, 5e-5),
+    ("conv64f", 5e-3, 2e-4), ("resnet18", 1e-2, 5e-3)])
+def test_int8_matches_fake_quant_reference(lwfm, models, name, max_tol, mean_tol):
     path, ref, ranges = models[name]
     x = np.random.default_rng(7).standard_normal((3, 3, 84, 84)).astype(np.float32)
     with lwfm.Model(path, precision="int8") as m:
         got = m.features(x)
     want = _fake_quant_reference(ref, ranges, x)
     assert got.shape == want.shape
-    assert rel_err(got, want) <= tol, rel_err(got, want)
+    mean = float(np.abs(got - want).mean() / np.abs(want).mean())
+    assert rel_err(got, want) <= max_tol and mean <= mean_tol, (rel_err(got, want), mean)
 
 
 def _l2(a, b):
