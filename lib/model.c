@@ -41,7 +41,8 @@ LWFM_API lwfm_status lwfm_load_options_set_precision(lwfm_load_options *options,
                                                      lwfm_precision precision) {
     lwfm__error_clear();
     if (!options) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "options is NULL");
-    if (precision != LWFM_PRECISION_FP32 && precision != LWFM_PRECISION_BF16)
+    if (precision != LWFM_PRECISION_FP32 && precision != LWFM_PRECISION_BF16 &&
+        precision != LWFM_PRECISION_INT8)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "unknown precision %d", (int)precision);
     options->precision = precision;
     return LWFM_OK;
@@ -631,4 +632,53 @@ void lwfm__model_arena_give(const lwfm_model *model, lwfm__arena *a) {
         lwfm__arena_free(a);
         free(a);
     }
+}
+
+LWFM_API int64_t lwfm_model_convolutions(const lwfm_model *model) {
+    return model ? lwfm__net_convs(model->net) : 0;
+}
+
+LWFM_API const char *lwfm_model_convolution_name(const lwfm_model *model, int64_t i) {
+    if (!model || i < 0 || i >= lwfm__net_convs(model->net)) return NULL;
+    return lwfm__net_conv_name(model->net, (int)i);
+}
+
+/* The forward with its range recording, into scratch: `ranges` is written
+ * only when the whole batch ran. */
+static lwfm_status ranges_run(lwfm_model *m, const float *images, int64_t n, int64_t h,
+                              int64_t w, size_t n_feat, float *ranges, size_t n_ranges) {
+    float *feat = lwfm__alloc(n_feat * sizeof(float));
+    float *tmp = lwfm__alloc(n_ranges * sizeof(float));
+    lwfm__net_ctx *ctx = NULL;
+    lwfm_status st = !feat || !tmp ? lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory")
+                                   : pool_take(m, &ctx);
+    if (!st) {
+        st = lwfm__net_ranges(ctx, images, n, h, w, feat, tmp);
+        pool_give(m, ctx);
+    }
+    if (!st) memcpy(ranges, tmp, n_ranges * sizeof(float));
+    lwfm__free(feat);
+    lwfm__free(tmp);
+    return st;
+}
+
+LWFM_API lwfm_status lwfm_model_convolution_ranges(const lwfm_model *model, const float *images,
+                                                   int64_t n, int64_t channels, int64_t height,
+                                                   int64_t width, float *ranges, size_t capacity) {
+    lwfm__error_clear();
+    if (!model || !ranges) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model or ranges is NULL");
+    if (model->precision != LWFM_PRECISION_FP32)
+        return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                           "convolution ranges are measured on the model loaded in fp32");
+    int64_t c, fh, fw;
+    lwfm_status st =
+        lwfm__check_images(model, "images", images, n, channels, height, width, &c, &fh, &fw);
+    if (st) return st;
+    const size_t n_ranges = (size_t)n * (size_t)lwfm__net_convs(model->net);
+    if (capacity < n_ranges)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
+                           "ranges buffer holds %zu floats, %lld x %d needed", capacity,
+                           (long long)n, lwfm__net_convs(model->net));
+    return ranges_run((lwfm_model *)model, images, n, height, width, (size_t)(n * c * fh * fw),
+                      ranges, n_ranges);
 }

@@ -128,7 +128,11 @@ typedef enum lwfm_method {
 /** Arithmetic precision of the backbone, chosen at load time. */
 typedef enum lwfm_precision {
     LWFM_PRECISION_FP32 = 0,
-    LWFM_PRECISION_BF16 = 1
+    LWFM_PRECISION_BF16 = 1,
+    /** int8 convolutions (u8/s8 inputs, s8 weights per output channel, f32
+     *  outputs): needs the calibrated input ranges of a weight file's
+     *  `quant/` members (docs/weight-format.md, `python3 -m lwfm.quantize`) */
+    LWFM_PRECISION_INT8 = 2
 } lwfm_precision;
 
 /** Log levels for the log callback. */
@@ -192,7 +196,10 @@ LWFM_API void lwfm_load_options_destroy(lwfm_load_options *options);
 
 /** Backbone precision (default LWFM_PRECISION_FP32). bf16 runs only on CPUs
  *  with AVX-512 (oneDNN 2.6 has no bf16 convolution below it): elsewhere
- *  lwfm_model_load() refuses it with LWFM_ERR_UNSUPPORTED. */
+ *  lwfm_model_load() refuses it with LWFM_ERR_UNSUPPORTED. int8 needs a
+ *  weight file with a `quant/<convolution weight key>` member per
+ *  convolution: lwfm_model_load() refuses one without them with
+ *  LWFM_ERR_MISSING_KEY (the message names the tool that adds them). */
 LWFM_API lwfm_status lwfm_load_options_set_precision(lwfm_load_options *options,
                                                      lwfm_precision precision);
 
@@ -386,6 +393,28 @@ LWFM_API lwfm_status lwfm_model_feature_shape(const lwfm_model *model, int64_t h
 LWFM_API lwfm_status lwfm_model_features(const lwfm_model *model, const float *images, int64_t n,
                                          int64_t channels, int64_t height, int64_t width,
                                          float *features, size_t capacity);
+
+/** Number of convolutions of the model's backbone, in the order it runs
+ *  them (those its taps need). 0 when `model` is NULL. Thread-safe. */
+LWFM_API int64_t lwfm_model_convolutions(const lwfm_model *model);
+
+/** Weight key of convolution `i` (0 .. lwfm_model_convolutions() - 1), e.g.
+ *  "feature_extractor.layer1.0.conv1.weight"; NULL when `model` is NULL or
+ *  `i` is out of range. Owned by the model, valid while it lives.
+ *  Thread-safe. */
+LWFM_API const char *lwfm_model_convolution_name(const lwfm_model *model, int64_t i);
+
+/** int8 calibration: run the backbone on `n` normalised images (as
+ *  lwfm_model_features()) and write, for image k and convolution i, the
+ *  largest absolute value that convolution reads to
+ *  `ranges[k * lwfm_model_convolutions(model) + i]`; `ranges` holds
+ *  `capacity` floats. The model must be loaded in fp32
+ *  (LWFM_ERR_UNSUPPORTED otherwise). `python3 -m lwfm.quantize` stores a
+ *  statistic of these as the `quant/` members int8 needs. On failure
+ *  `ranges` is untouched. Thread-safe. */
+LWFM_API lwfm_status lwfm_model_convolution_ranges(const lwfm_model *model, const float *images,
+                                                   int64_t n, int64_t channels, int64_t height,
+                                                   int64_t width, float *ranges, size_t capacity);
 
 /** @} */
 

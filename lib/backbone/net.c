@@ -90,6 +90,8 @@ lwfm_status lwfm__net_add_conv(lwfm__net *net, const lwfm__archive *ar, const ch
     op->act = act;
     op->alpha = alpha;
     snprintf(op->name, sizeof op->name, "%s", conv_key);
+    op->conv_index = net->n_convs++;
+    if ((st = lwfm__quant_read(op, ar))) return st;
     size_t per_oc = (size_t)ic * k * k;
     op->w_plain = lwfm__alloc((size_t)oc * per_oc * sizeof(float));
     op->bias = lwfm__alloc((size_t)oc * sizeof(float));
@@ -293,6 +295,9 @@ static lwfm_status make_attr(dnnl_primitive_attr_t *attr, const lwfm__op *op) {
     DNNL_CHECK(dnnl_primitive_attr_create(attr), "attr create");
     DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user),
                "scratchpad mode");
+    if (op->q) /* per output channel: dimension 1 of the destination */
+        DNNL_CHECK(dnnl_primitive_attr_set_output_scales(*attr, op->oc, 1 << 1, op->oscale),
+                   "output scales");
     /* batch-statistics BatchNorm: the sum and activation come after it */
     if (op->kind == LWFM_OP_CONV && !op->bn_g && (op->accumulate || op->act != LWFM_ACT_NONE)) {
         DNNL_CHECK(dnnl_post_ops_create(&po), "post-ops create");
@@ -324,7 +329,10 @@ static lwfm_status op_pd(const lwfm__net *net, const lwfm__op *op, int64_t n, in
     dnnl_dims_t strides = {op->sh, op->sw}, pad = {op->ph, op->pw};
     *pd = NULL;
     if ((st = make_attr(&attr, op))) return st;
-    if (op->src == LWFM_NET_INPUT) {
+    if (op->q) {
+        /* int8: the input is quantised into the net's layout first */
+        act_md(net, &src, n, op->ic, ih, iw, op->q_dt);
+    } else if (op->src == LWFM_NET_INPUT) {
         dnnl_dims_t d = {n, op->ic, ih, iw};
         /* The input arrives as plain NCHW f32; it is reordered first when the
          * first layer wants another layout or bf16. */
@@ -332,10 +340,14 @@ static lwfm_status op_pd(const lwfm__net *net, const lwfm__op *op, int64_t n, in
     } else {
         act_md(net, &src, n, op->ic, ih, iw, dt);
     }
-    act_md(net, &dst, n, op->oc, oh, ow, dt);
+    if (op->kind == LWFM_OP_MAXPOOL && op->q_out) /* pooled in int8 */
+        act_md(net, &src, n, op->ic, ih, iw, op->q_out);
+    act_md(net, &dst, n, op->oc, oh, ow, op->q_out ? op->q_out : dt);
     if (op->kind == LWFM_OP_CONV) {
         dnnl_dims_t wd = {op->oc, op->ic, op->kh, op->kw}, bd = {op->oc};
-        DNNL_CHECK(dnnl_memory_desc_init_by_tag(&wmd, 4, wd, dt, dnnl_format_tag_any), "w md");
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(&wmd, 4, wd, op->q ? dnnl_s8 : dt,
+                                                dnnl_format_tag_any),
+                   "w md");
         DNNL_CHECK(dnnl_memory_desc_init_by_tag(&bmd, 1, bd, dnnl_f32, dnnl_x), "b md");
         dnnl_convolution_desc_t cd;
         DNNL_CHECK(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference,
@@ -361,13 +373,14 @@ done:
 
 /* Run a reorder between two memory descriptors once (weights at build). */
 static lwfm_status reorder_once(dnnl_engine_t eng, const dnnl_memory_desc_t *from, void *src,
-                                const dnnl_memory_desc_t *to, void *dst) {
+                                const dnnl_memory_desc_t *to, void *dst,
+                                const_dnnl_primitive_attr_t attr) {
     lwfm_status st = LWFM_OK;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t prim = NULL;
     dnnl_memory_t ms = NULL, md = NULL;
     dnnl_stream_t stream = NULL;
-    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, eng, to, eng, NULL), "reorder desc");
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, eng, to, eng, attr), "reorder desc");
     DNNL_CHECK(dnnl_primitive_create(&prim, pd), "reorder create");
     DNNL_CHECK(dnnl_memory_create(&ms, from, eng, src), "memory");
     DNNL_CHECK(dnnl_memory_create(&md, to, eng, dst), "memory");
@@ -384,6 +397,63 @@ done:
     return st;
 }
 
+/* Input size of op i for the model's own image size, given every op's
+ * output size there (walk_shapes). */
+static void canonical_input(const lwfm__net *net, int i, const int64_t *oh, const int64_t *ow,
+                            int64_t *ih, int64_t *iw) {
+    const lwfm__op *op = &net->ops[i];
+    *ih = net->canonical_h;
+    *iw = net->canonical_w;
+    for (int j = i - 1; j >= 0 && op->src != LWFM_NET_INPUT; j--)
+        if (net->ops[j].dst == op->src) {
+            *ih = oh[j];
+            *iw = ow[j];
+            return;
+        }
+}
+
+/* int8: types and scales of every conv (quant.c); a conv for which oneDNN
+ * has only its reference int8 kernel here (slower than f32) stays f32. */
+static lwfm_status int8_prepare(lwfm__net *net) {
+    int64_t oh[256], ow[256];
+    lwfm_status st = lwfm__quant_prepare(net);
+    if (!st) st = walk_shapes(net, net->canonical_h, net->canonical_w, oh, ow);
+    for (int i = 0; !st && i < net->n_ops; i++) {
+        lwfm__op *op = &net->ops[i];
+        if (!op->q) continue;
+        int64_t ih, iw;
+        dnnl_primitive_desc_t pd = NULL;
+        canonical_input(net, i, oh, ow, &ih, &iw);
+        if ((st = op_pd(net, op, LWFM_DEFAULT_CHUNK, ih, iw, &pd))) break;
+        if (!is_fast(pd)) {
+            op->q = 0;
+            lwfm__log(LWFM_LOG_DEBUG, "int8: '%s' stays f32 (no fast int8 kernel)", op->name);
+        }
+        dnnl_primitive_desc_destroy(pd);
+    }
+    if (!st) lwfm__quant_chain(net);
+    return st;
+}
+
+/* op's plain f32 weights into its compute layout (w_md, w_data); int8:
+ * the integers quant.c rounded them to, into s8 (scaled by
+ * lwfm__quant_w_store). */
+static lwfm_status store_weights(const lwfm__net *net, lwfm__op *op,
+                                 const dnnl_memory_desc_t *plain) {
+    lwfm_status st = LWFM_OK;
+    dnnl_primitive_attr_t attr = NULL;
+    if (op->q) {
+        float scale = lwfm__quant_w_store(op);
+        lwfm__quant_round_weights(op);
+        DNNL_CHECK(dnnl_primitive_attr_create(&attr), "attr create");
+        DNNL_CHECK(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &scale), "weight scale");
+    }
+    st = reorder_once(net->engine, plain, op->w_plain, &op->w_md, op->w_data, attr);
+done:
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return st;
+}
+
 /* Lay out every conv's weights as oneDNN prefers them for the model's own
  * image size, then drop the plain copy: the net holds one copy of weights. */
 static lwfm_status finalise_weights(lwfm__net *net) {
@@ -394,13 +464,8 @@ static lwfm_status finalise_weights(lwfm__net *net) {
     for (int i = 0; i < net->n_ops; i++) {
         lwfm__op *op = &net->ops[i];
         if (op->kind != LWFM_OP_CONV) continue;
-        int64_t ih = net->canonical_h, iw = net->canonical_w;
-        for (int j = i - 1; j >= 0 && op->src != LWFM_NET_INPUT; j--)
-            if (net->ops[j].dst == op->src) {
-                ih = oh[j];
-                iw = ow[j];
-                break;
-            }
+        int64_t ih, iw;
+        canonical_input(net, i, oh, ow, &ih, &iw);
         dnnl_primitive_desc_t pd = NULL;
         if ((st = op_pd(net, op, LWFM_DEFAULT_CHUNK, ih, iw, &pd))) return st;
         op->w_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
@@ -413,13 +478,17 @@ static lwfm_status finalise_weights(lwfm__net *net) {
         dnnl_memory_desc_t plain;
         dnnl_dims_t wd = {op->oc, op->ic, op->kh, op->kw};
         dnnl_memory_desc_init_by_tag(&plain, 4, wd, dnnl_f32, dnnl_oihw);
-        if ((st = reorder_once(net->engine, &plain, op->w_plain, &op->w_md, op->w_data))) return st;
+        if ((st = store_weights(net, op, &plain))) return st;
         lwfm__free(op->w_plain);
         op->w_plain = NULL;
     }
     /* one copy, in the compute layout (bench/bench_all.py reads this line) */
     lwfm__log(LWFM_LOG_DEBUG, "backbone weights held: %zu bytes (%s, BatchNorm folded; %zu as f32)",
-              held, net->precision == LWFM_PRECISION_BF16 ? "bf16" : "f32", f32_bytes);
+              held,
+              net->precision == LWFM_PRECISION_BF16   ? "bf16"
+              : net->precision == LWFM_PRECISION_INT8 ? "int8"
+                                                      : "f32",
+              f32_bytes);
     return LWFM_OK;
 }
 
@@ -442,6 +511,9 @@ lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm
     DNNL_CHECK(dnnl_engine_create(&net->engine, dnnl_cpu, 0), "engine create");
     st = pick_act_tag(net->engine, act_dt(net), &net->act_tag);
     if (st) goto done;
+    /* int8 kernels (AVX2 and AVX-512 alike) read and write nhwc; the f32
+     * maps between them are kept in it too, so quantising is element-wise */
+    if (precision == LWFM_PRECISION_INT8) net->act_tag = dnnl_nhwc;
     lwfm__log(LWFM_LOG_DEBUG, "backbone activations in layout %s",
               net->act_tag == dnnl_nChw16c  ? "nChw16c"
               : net->act_tag == dnnl_nChw8c ? "nChw8c"
@@ -457,6 +529,7 @@ lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm
                          bb->blocks - 1, last);
     else
         st = bb->build(net, bb, cfg, ar, prefix);
+    if (!st && precision == LWFM_PRECISION_INT8) st = int8_prepare(net);
     if (st) goto done;
     /* The first layer reads the caller's NCHW directly when oneDNN has a
      * fast kernel for that, else the input is reordered to act_tag. */
@@ -493,6 +566,9 @@ void lwfm__net_free(lwfm__net *net) {
         lwfm__free(net->ops[i].bias);
         lwfm__free(net->ops[i].bn_g);
         lwfm__free(net->ops[i].bn_b);
+        lwfm__free(net->ops[i].w_max);
+        lwfm__free(net->ops[i].oscale);
+        lwfm__free(net->ops[i].q_bias);
     }
     free(net->ops);
     if (net->engine) dnnl_engine_destroy(net->engine);
@@ -509,6 +585,9 @@ typedef struct plan_op {
      * conv's output (dst, or the context's bn_tmp when the op accumulates) */
     dnnl_primitive_t bn;
     dnnl_memory_t bn_src, bn_dst, bn_scale, bn_shift, bn_mean, bn_var, bn_scratch;
+    /* int8 (op->q): the f32 input quantised into the context's q_tmp */
+    dnnl_primitive_t q_reorder;
+    dnnl_memory_t q_from, q_to, q_scratch;
     size_t out_bytes; /* bytes of the conv's output */
     void *w_local; /* weights reordered for this plan when its layout differs */
 } plan_op;
@@ -531,6 +610,7 @@ typedef struct plan {
     size_t in_bytes;  /* bf16 copy of the input */
     size_t bn_bytes;  /* conv output of an accumulating batch-statistics op */
     size_t stat_bytes; /* mean and variance of the widest batch-statistics op */
+    size_t q_bytes;    /* the largest quantised conv input (int8) */
     unsigned long last_used;
 } plan;
 
@@ -544,8 +624,12 @@ struct lwfm__net_ctx {
     int chunk;
     void *buf[LWFM_NET_NBUF];
     size_t buf_cap[LWFM_NET_NBUF];
-    void *scratch, *tap_tmp, *in_tmp, *bn_tmp, *stats;
-    size_t scratch_cap, tap_cap, in_cap, bn_cap, stats_cap;
+    void *scratch, *tap_tmp, *in_tmp, *bn_tmp, *stats, *q_tmp;
+    size_t scratch_cap, tap_cap, in_cap, bn_cap, stats_cap, q_cap;
+    /* calibration (lwfm__net_ranges): per image, each conv's largest |input|
+     * (n x n_convs), image `ranges_base` first; NULL otherwise */
+    float *ranges;
+    int64_t ranges_base;
     /* Image-parallel mode (forward_lanes): one single-threaded child context
      * per OpenMP thread, made on first use. */
     lwfm__net_ctx **lanes;
@@ -564,6 +648,10 @@ static void plan_free(const lwfm__net *net, plan *p) {
             if (o->wts) dnnl_memory_destroy(o->wts);
             if (o->bias) dnnl_memory_destroy(o->bias);
             if (o->scratch) dnnl_memory_destroy(o->scratch);
+            if (o->q_reorder) dnnl_primitive_destroy(o->q_reorder);
+            dnnl_memory_t qm[3] = {o->q_from, o->q_to, o->q_scratch};
+            for (int k = 0; k < 3; k++)
+                if (qm[k]) dnnl_memory_destroy(qm[k]);
             if (o->bn) dnnl_primitive_destroy(o->bn);
             dnnl_memory_t bm[7] = {o->bn_src,  o->bn_dst, o->bn_scale,  o->bn_shift,
                                    o->bn_mean, o->bn_var, o->bn_scratch};
@@ -591,10 +679,11 @@ static size_t max_sz(size_t a, size_t b) {
     return a > b ? a : b;
 }
 
-/* Create a reorder primitive with a user scratchpad; memory objects are
- * created without data (handles are set before each execution). */
+/* Create a reorder primitive with a user scratchpad, multiplying by
+ * `scale` when not 0 (int8 quantisation); memory objects are created
+ * without data (handles are set before each execution). */
 static lwfm_status make_reorder(const lwfm__net *net, const dnnl_memory_desc_t *from,
-                                const dnnl_memory_desc_t *to, dnnl_primitive_t *prim,
+                                const dnnl_memory_desc_t *to, float scale, dnnl_primitive_t *prim,
                                 dnnl_memory_t *mfrom, dnnl_memory_t *mto, dnnl_memory_t *mscr,
                                 size_t *scratch_bytes) {
     lwfm_status st = LWFM_OK;
@@ -603,6 +692,8 @@ static lwfm_status make_reorder(const lwfm__net *net, const dnnl_memory_desc_t *
     DNNL_CHECK(dnnl_primitive_attr_create(&attr), "attr create");
     DNNL_CHECK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user),
                "scratchpad mode");
+    if (scale != 0.0f)
+        DNNL_CHECK(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &scale), "input scale");
     DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, net->engine, to, net->engine, attr),
                "reorder desc");
     DNNL_CHECK(dnnl_primitive_create(prim, pd), "reorder create");
@@ -672,7 +763,7 @@ static lwfm_status plan_tap_create(const lwfm__net *net, plan *p, const lwfm__op
         dnnl_dims_t s = {(int64_t)net->out_channels * oh * ow, oh * ow, ow, 1};
         DNNL_CHECK(dnnl_memory_desc_init_by_strides(&plain, 4, d, dnnl_f32, s), "md");
     }
-    st = make_reorder(net, dmd, &plain, &tp->reorder, &tp->from, &tp->to, &tp->scratch,
+    st = make_reorder(net, dmd, &plain, 0.0f, &tp->reorder, &tp->from, &tp->to, &tp->scratch,
                       &p->scratch_bytes);
 done:
     return st;
@@ -693,13 +784,31 @@ static lwfm_status plan_conv_weights(const lwfm__net *net, const lwfm__op *op,
                   (long long)n, (long long)h, (long long)w, op->name);
         po->w_local = lwfm__alloc(dnnl_memory_desc_get_size(wmd));
         if (!po->w_local) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (weights)");
-        if ((st = reorder_once(net->engine, &op->w_md, op->w_data, wmd, po->w_local))) return st;
+        if ((st = reorder_once(net->engine, &op->w_md, op->w_data, wmd, po->w_local, NULL)))
+            return st;
         wdata = po->w_local;
     }
     DNNL_CHECK(dnnl_memory_create(&po->wts, wmd, net->engine, wdata), "memory");
-    DNNL_CHECK(dnnl_memory_create(&po->bias, bmd, net->engine, op->bias), "memory");
+    DNNL_CHECK(dnnl_memory_create(&po->bias, bmd, net->engine, op->q ? op->q_bias : op->bias),
+               "memory");
 done:
     return st;
+}
+
+/* int8: the reorder that quantises op's f32 input (the caller's NCHW
+ * images, or an activation buffer) into the conv's src (qmd). */
+static lwfm_status plan_quantise(const lwfm__net *net, plan *p, const lwfm__op *op, plan_op *po,
+                                 const dnnl_memory_desc_t *qmd, int64_t ih, int64_t iw) {
+    dnnl_memory_desc_t from;
+    if (op->src == LWFM_NET_INPUT) {
+        dnnl_dims_t d = {p->n, op->ic, ih, iw};
+        dnnl_memory_desc_init_by_tag(&from, 4, d, dnnl_f32, net->in_tag);
+    } else {
+        act_md(net, &from, p->n, op->ic, ih, iw, dnnl_f32);
+    }
+    p->q_bytes = max_sz(p->q_bytes, dnnl_memory_desc_get_size(qmd));
+    return make_reorder(net, &from, qmd, lwfm__quant_in_scale(op), &po->q_reorder, &po->q_from,
+                        &po->q_to, &po->q_scratch, &p->scratch_bytes);
 }
 
 static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64_t w, plan **out) {
@@ -735,6 +844,8 @@ static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64
         DNNL_CHECK(dnnl_memory_create(&po->src, smd, net->engine, DNNL_MEMORY_NONE), "memory");
         DNNL_CHECK(dnnl_memory_create(&po->dst, dmd, net->engine, DNNL_MEMORY_NONE), "memory");
         DNNL_CHECK(dnnl_memory_create(&po->scratch, scr, net->engine, DNNL_MEMORY_NONE), "memory");
+        if (op->q && !op->q_ready && (st = plan_quantise(net, p, op, po, smd, ih, iw)))
+            goto done;
         if (op->kind == LWFM_OP_CONV) {
             if ((st = plan_conv_weights(net, op, pd, po, n, h, w))) goto done;
             po->out_bytes = dnnl_memory_desc_get_size(dmd);
@@ -756,7 +867,7 @@ static lwfm_status plan_create(const lwfm__net *net, int64_t n, int64_t h, int64
         dnnl_memory_desc_init_by_tag(&from, 4, d, dnnl_f32, dnnl_nchw);
         dnnl_memory_desc_init_by_tag(&to, 4, d, dt, net->in_tag);
         p->in_bytes = dnnl_memory_desc_get_size(&to);
-        if ((st = make_reorder(net, &from, &to, &p->in_reorder, &p->in_from, &p->in_to,
+        if ((st = make_reorder(net, &from, &to, 0.0f, &p->in_reorder, &p->in_from, &p->in_to,
                                &p->in_scratch, &p->scratch_bytes)))
             goto done;
     }
@@ -806,6 +917,7 @@ void lwfm__net_ctx_free(lwfm__net_ctx *ctx) {
     lwfm__free(ctx->in_tmp);
     lwfm__free(ctx->bn_tmp);
     lwfm__free(ctx->stats);
+    lwfm__free(ctx->q_tmp);
     if (ctx->stream) dnnl_stream_destroy(ctx->stream);
     free(ctx);
 }
@@ -887,7 +999,8 @@ static lwfm_status plan_reserve(lwfm__net_ctx *ctx, const plan *p) {
         grow(&ctx->tap_tmp, &ctx->tap_cap, p->tap_bytes) ||
         grow(&ctx->in_tmp, &ctx->in_cap, p->in_bytes) ||
         grow(&ctx->bn_tmp, &ctx->bn_cap, p->bn_bytes) ||
-        grow(&ctx->stats, &ctx->stats_cap, p->stat_bytes))
+        grow(&ctx->stats, &ctx->stats_cap, p->stat_bytes) ||
+        grow(&ctx->q_tmp, &ctx->q_cap, p->q_bytes))
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory for backbone scratch");
     return LWFM_OK;
 }
@@ -926,6 +1039,56 @@ done:
     return st;
 }
 
+/* Tapped op's output `dst` into the caller's output (pooled when the
+ * model has a feature size). */
+static lwfm_status run_tap(lwfm__net_ctx *ctx, plan *p, const lwfm__op *op, void *dst,
+                           float *out) {
+    lwfm_status st = LWFM_OK;
+    const lwfm__net *net = ctx->net;
+    plan_tap *tp = &p->taps[op->tap];
+    int64_t off = net->tap_offset[op->tap];
+    void *to = net->feature_size > 0 ? ctx->tap_tmp : (void *)(out + off * tp->h * tp->w);
+    dnnl_memory_set_data_handle(tp->from, dst);
+    dnnl_memory_set_data_handle(tp->to, to);
+    dnnl_memory_set_data_handle(tp->scratch, ctx->scratch);
+    dnnl_exec_arg_t r[3] = {
+        {DNNL_ARG_FROM, tp->from}, {DNNL_ARG_TO, tp->to}, {DNNL_ARG_SCRATCHPAD, tp->scratch}};
+    DNNL_CHECK(dnnl_primitive_execute(tp->reorder, ctx->stream, 3, r), "tap reorder");
+    if (net->feature_size > 0) {
+        DNNL_CHECK(dnnl_stream_wait(ctx->stream), "stream wait");
+        adaptive_pool(ctx->tap_tmp, p->n, op->oc, tp->h, tp->w, out, net->out_channels, off,
+                      net->feature_size);
+    }
+done:
+    return st;
+}
+
+/* What op reads: `src` as it is, or (int8) quantised into q_tmp. When
+ * calibrating, each image's largest |input| of a conv is recorded first. */
+static lwfm_status op_input(lwfm__net_ctx *ctx, plan *p, const lwfm__op *op, plan_op *po,
+                            void *src, void **use) {
+    lwfm_status st = LWFM_OK;
+    *use = src;
+    if (ctx->ranges && op->kind == LWFM_OP_CONV) {
+        const dnnl_memory_desc_t *md;
+        DNNL_CHECK(dnnl_stream_wait(ctx->stream), "stream wait");
+        DNNL_CHECK(dnnl_memory_get_memory_desc(po->src, &md), "memory desc");
+        lwfm__quant_observe(src, p->n, dnnl_memory_desc_get_size(md),
+                            ctx->ranges + ctx->ranges_base * ctx->net->n_convs + op->conv_index,
+                            ctx->net->n_convs);
+    }
+    if (!po->q_reorder) return LWFM_OK;
+    dnnl_memory_set_data_handle(po->q_from, src);
+    dnnl_memory_set_data_handle(po->q_to, ctx->q_tmp);
+    dnnl_memory_set_data_handle(po->q_scratch, ctx->scratch);
+    dnnl_exec_arg_t a[3] = {
+        {DNNL_ARG_FROM, po->q_from}, {DNNL_ARG_TO, po->q_to}, {DNNL_ARG_SCRATCHPAD, po->q_scratch}};
+    DNNL_CHECK(dnnl_primitive_execute(po->q_reorder, ctx->stream, 3, a), "int8 input reorder");
+    *use = ctx->q_tmp;
+done:
+    return st;
+}
+
 static lwfm_status run_plan(lwfm__net_ctx *ctx, plan *p, const float *x, float *out) {
     lwfm_status st = LWFM_OK;
     const lwfm__net *net = ctx->net;
@@ -943,10 +1106,13 @@ static lwfm_status run_plan(lwfm__net_ctx *ctx, plan *p, const float *x, float *
     for (int i = 0; i < net->n_ops; i++) {
         const lwfm__op *op = &net->ops[i];
         plan_op *po = &p->ops[i];
-        void *dst = ctx->buf[op->dst];
+        void *dst = ctx->buf[op->dst], *src;
         /* batch statistics: an accumulating conv writes beside dst first */
         void *conv_out = op->bn_g && op->accumulate ? ctx->bn_tmp : dst;
-        dnnl_memory_set_data_handle(po->src, op->src == LWFM_NET_INPUT ? input : ctx->buf[op->src]);
+        if ((st = op_input(ctx, p, op, po, op->src == LWFM_NET_INPUT ? input : ctx->buf[op->src],
+                           &src)))
+            goto done;
+        dnnl_memory_set_data_handle(po->src, src);
         dnnl_memory_set_data_handle(po->dst, conv_out);
         dnnl_memory_set_data_handle(po->scratch, ctx->scratch);
         dnnl_exec_arg_t a[5];
@@ -960,23 +1126,7 @@ static lwfm_status run_plan(lwfm__net_ctx *ctx, plan *p, const float *x, float *
         }
         DNNL_CHECK(dnnl_primitive_execute(po->prim, ctx->stream, na, a), op->name);
         if (op->bn_g && (st = run_bn(ctx, op, po, conv_out, dst))) goto done;
-        if (op->tap >= 0) {
-            plan_tap *tp = &p->taps[op->tap];
-            int64_t off = net->tap_offset[op->tap];
-            void *to = net->feature_size > 0 ? ctx->tap_tmp : (void *)(out + off * tp->h * tp->w);
-            dnnl_memory_set_data_handle(tp->from, dst);
-            dnnl_memory_set_data_handle(tp->to, to);
-            dnnl_memory_set_data_handle(tp->scratch, ctx->scratch);
-            dnnl_exec_arg_t r[3] = {{DNNL_ARG_FROM, tp->from},
-                                    {DNNL_ARG_TO, tp->to},
-                                    {DNNL_ARG_SCRATCHPAD, tp->scratch}};
-            DNNL_CHECK(dnnl_primitive_execute(tp->reorder, ctx->stream, 3, r), "tap reorder");
-            if (net->feature_size > 0) {
-                DNNL_CHECK(dnnl_stream_wait(ctx->stream), "stream wait");
-                adaptive_pool(ctx->tap_tmp, p->n, op->oc, tp->h, tp->w, out, net->out_channels, off,
-                              net->feature_size);
-            }
-        }
+        if (op->tap >= 0 && (st = run_tap(ctx, p, op, dst, out))) goto done;
     }
     DNNL_CHECK(dnnl_stream_wait(ctx->stream), "stream wait");
 done:
@@ -1007,6 +1157,7 @@ static lwfm_status forward_chunks(lwfm__net_ctx *ctx, const float *x, int64_t n,
     int64_t in_per = (int64_t)ctx->net->in_channels * h * w;
     for (int64_t i = 0; i < n; i += pf->n) {
         plan *p = n - i >= pf->n ? pf : pr;
+        ctx->ranges_base = i;
         if ((st = run_plan(ctx, p, x + i * in_per, out + i * out_per))) return st;
     }
     return LWFM_OK;
@@ -1086,4 +1237,30 @@ lwfm_status lwfm__net_forward(lwfm__net_ctx *ctx, const float *x, int64_t n, int
         return forward_lanes(ctx, x, n, h, w, out, out_per, threads);
 #endif
     return forward_chunks(ctx, x, n, h, w, out, out_per);
+}
+
+int lwfm__net_convs(const lwfm__net *net) {
+    return net->n_convs;
+}
+
+const char *lwfm__net_conv_name(const lwfm__net *net, int i) {
+    for (int k = 0; k < net->n_ops; k++)
+        if (net->ops[k].kind == LWFM_OP_CONV && net->ops[k].conv_index == i)
+            return net->ops[k].name;
+    return NULL;
+}
+
+lwfm_status lwfm__net_ranges(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h, int64_t w,
+                             float *out, float *ranges) {
+    if (ctx->net->precision != LWFM_PRECISION_FP32)
+        return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                           "input ranges are measured on the model loaded in fp32");
+    int64_t C, fh, fw;
+    lwfm_status st = lwfm__net_out_shape(ctx->net, h, w, &C, &fh, &fw);
+    if (st) return st;
+    /* one chunk at a time on this thread: ranges_base is the chunk's */
+    ctx->ranges = ranges;
+    st = forward_chunks(ctx, x, n, h, w, out, C * fh * fw);
+    ctx->ranges = NULL;
+    return st;
 }

@@ -58,4 +58,15 @@ void lwfm__net_ctx_free(lwfm__net_ctx *ctx);
 lwfm_status lwfm__net_forward(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h, int64_t w,
                               float *out);
 
+/* The convolutions, in the order the forward runs them: their count and
+ * the weight key of number i (NULL when out of range). */
+int lwfm__net_convs(const lwfm__net *net);
+const char *lwfm__net_conv_name(const lwfm__net *net, int i);
+
+/* int8 calibration: lwfm__net_forward on the fp32 net, also writing, per
+ * image k and convolution i, the largest |value| it reads into
+ * ranges[k * lwfm__net_convs(net) + i]. */
+lwfm_status lwfm__net_ranges(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h, int64_t w,
+                             float *out, float *ranges);
+
 #endif

@@ -29,6 +29,23 @@ typedef struct lwfm__op {
      * floats each), the statistics come from each forward's batch. */
     float *bn_g, *bn_b;
     char name[96]; /* key of the conv weight, for messages */
+    int conv_index; /* position among the net's convolutions (calibration order) */
+    /* int8 (quant.c; docs/weight-format.md, "quant/"): in_range is the
+     * calibrated largest |input| (0: the file has none). An op with q set
+     * quantises its input to q_dt (u8 when it is non-negative, else s8) and
+     * runs an s8-weight convolution with an f32 destination. */
+    float in_range;
+    int q;
+    dnnl_data_type_t q_dt;
+    float *w_max;  /* oc: largest |folded weight| per output channel */
+    float *oscale; /* oc: output scales (input step x weight step) */
+    float *q_bias; /* oc: bias / oscale (oneDNN v2 adds the bias before the scale) */
+    /* int8 chains (lwfm__quant_chain): q_out is the type this op writes when
+     * its output only feeds one int8 conv (directly or through a max pool),
+     * already quantised at that conv's input scale (0: f32); q_ready marks
+     * that conv, which then reads its buffer as it is. */
+    dnnl_data_type_t q_out;
+    int q_ready;
 } lwfm__op;
 
 struct lwfm__net {
@@ -38,6 +55,7 @@ struct lwfm__net {
     int in_channels;
     lwfm__op *ops;
     int n_ops, cap_ops;
+    int n_convs;
     int n_taps;
     int tap_channels[LWFM_MAX_TAPS];
     int tap_offset[LWFM_MAX_TAPS];
@@ -63,6 +81,31 @@ void lwfm__net_mark_tap(lwfm__net *net, int slot);
 /* The last op added ends block `block`: mark it as the tap of that block when
  * the configuration taps it (with `channels` channels). */
 void lwfm__net_tap_block(lwfm__net *net, const lwfm__config *cfg, int block, int channels);
+
+/* int8 (quant.c). Read and validate `quant/<op name>` into op->in_range
+ * when the archive has it (every precision). */
+lwfm_status lwfm__quant_read(lwfm__op *op, const lwfm__archive *ar);
+/* Pick each conv's input type (u8 after ReLU / max pooling of ReLU, else
+ * s8) and its scales; fails naming the calibration tool when a range is
+ * missing. Before finalise: needs the plain weights. */
+lwfm_status lwfm__quant_prepare(lwfm__net *net);
+/* Let a conv whose output feeds only one int8 conv (directly, or through a
+ * max pool that is not tapped) write it quantised, pooled in int8; after
+ * lwfm__quant_prepare and the f32 fallbacks. Max pooling commutes with the
+ * (monotonic) quantisation, so only float rounding differs from quantising
+ * the pooled f32 map. */
+void lwfm__quant_chain(lwfm__net *net);
+/* The reorder scales of op's input (f32 -> u8/s8) and of its weights (the
+ * integers q_w -> what is stored: 1, or 2 for an s8 input). */
+float lwfm__quant_in_scale(const lwfm__op *op);
+float lwfm__quant_w_store(const lwfm__op *op);
+/* op's plain weights into the integers q_w (when it is finalised: a conv
+ * that falls back to f32 keeps its weights). */
+void lwfm__quant_round_weights(lwfm__op *op);
+/* Per image, the largest |value| of `src` (n images of `bytes` f32 bytes in
+ * all, image-major) into ranges[k * stride]. */
+void lwfm__quant_observe(const float *src, int64_t n, size_t bytes, float *ranges,
+                         int64_t stride);
 
 /* The builders of the backbone table (table.c). */
 lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__backbone *bb,

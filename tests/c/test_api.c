@@ -60,6 +60,7 @@ int main(void) {
     EXPECT(lwfm_load_options_create(&opts) == LWFM_OK && opts);
     EXPECT(lwfm_load_options_set_precision(opts, (lwfm_precision)7) == LWFM_ERR_INVALID_ARGUMENT);
     EXPECT(lwfm_load_options_set_precision(opts, LWFM_PRECISION_BF16) == LWFM_OK);
+    EXPECT(lwfm_load_options_set_precision(opts, LWFM_PRECISION_INT8) == LWFM_OK);
     EXPECT(strcmp(lwfm_last_error(), "") == 0); /* cleared by a successful call */
     EXPECT(lwfm_load_options_set_max_total_bytes(opts, 0) == LWFM_ERR_INVALID_ARGUMENT);
     EXPECT(lwfm_load_options_set_max_total_bytes(NULL, 10) == LWFM_ERR_INVALID_ARGUMENT);
@@ -74,6 +75,11 @@ int main(void) {
     float x = 0, y = 0;
     EXPECT(lwfm_backbone_forward(NULL, &x, 1, 3, 84, 84, &y, 1) == LWFM_ERR_INVALID_ARGUMENT);
     EXPECT(lwfm_model_features(NULL, &x, 1, 3, 84, 84, &y, 1) == LWFM_ERR_INVALID_ARGUMENT);
+    /* int8 calibration without a model */
+    EXPECT(lwfm_model_convolutions(NULL) == 0);
+    EXPECT(lwfm_model_convolution_name(NULL, 0) == NULL);
+    EXPECT(lwfm_model_convolution_ranges(NULL, &x, 1, 3, 84, 84, &y, 1) ==
+           LWFM_ERR_INVALID_ARGUMENT);
 
     /* log callback: silent by default, receives messages once installed */
     lwfm_set_log_callback(on_log, &log_calls, LWFM_LOG_DEBUG);

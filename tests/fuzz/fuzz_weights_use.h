@@ -8,8 +8,9 @@
 
 #include "fuzz_common.h"
 
-/* Load options of both targets, set up once by libFuzzer. */
-static lwfm_load_options *g_opts;
+/* Load options of both targets, set up once by libFuzzer (g_opts_int8:
+ * the same in int8, which reads and checks the quant/ members). */
+static lwfm_load_options *g_opts, *g_opts_int8;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
@@ -17,6 +18,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     FUZZ_CHECK(lwfm_load_options_create(&g_opts) == LWFM_OK);
     /* keep one run's memory far below libFuzzer's -rss_limit_mb */
     FUZZ_CHECK(lwfm_load_options_set_max_total_bytes(g_opts, (uint64_t)64 << 20) == LWFM_OK);
+    FUZZ_CHECK(lwfm_load_options_create(&g_opts_int8) == LWFM_OK);
+    FUZZ_CHECK(lwfm_load_options_set_max_total_bytes(g_opts_int8, (uint64_t)64 << 20) == LWFM_OK);
+    FUZZ_CHECK(lwfm_load_options_set_precision(g_opts_int8, LWFM_PRECISION_INT8) == LWFM_OK);
     return 0;
 }
 

@@ -83,10 +83,11 @@ def weights():
             sd[k] = a
         return sd
 
-    def write(name, model, config, compressed=True):
+    def write(name, model, config, compressed=True, extra=None):
         with tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "m.npz")
-            save_weights(p, const_state(model), config, compressed=compressed)
+            save_weights(p, dict(const_state(model), **(extra or {})), config,
+                         compressed=compressed)
             data = open(p, "rb").read()
         out("weights", name, data)
         return data
@@ -95,6 +96,10 @@ def weights():
     cfg = lwfm_ref.make_config(backbone="conv64f", hyperpixel_ids=[2, 3], feature_size=3,
                                image_size=16, resize=0)
     spm = write("lwfm_spm_conv64f.npz", lwfm_ref.LWFMSPM(cfg).eval(), cfg)
+    # int8: one calibrated input range per convolution (docs/weight-format.md)
+    write("int8_conv64f.npz", lwfm_ref.LWFMSPM(cfg).eval(), cfg,
+          extra={f"quant/feature_extractor.features.{i}.weight": np.float32(2.0)
+                 for i in (0, 4, 8, 11)})
     cfg1 = lwfm_ref.make_config(backbone="conv64f", hyperpixel_ids=[3], feature_size=2,
                                 image_size=16, resize=20, matcher_prob=0.0,
                                 mean=[0.5], std=[0.25])

@@ -752,8 +752,21 @@ def test_bench_quick_table(cli, tiny):
     assert set(js) >= {"model", "method", "threads", "bf16"} and "fp32" not in js
     assert len(js["bf16"]) == 8 and all(v > 0 for v in js["bf16"].values())
     res = run(cli, "bench", "--model", tiny, "--precision", "fp16", check=2)
-    assert "--precision takes 'fp32' or 'bf16', got 'fp16'" in res.stderr
+    assert "--precision takes 'fp32', 'bf16' or 'int8', got 'fp16'" in res.stderr
     assert run(cli, "bench", check=2).stderr.startswith("lwfm: --model is required")
+
+
+@pytest.mark.skipif(not OMNIGLOT.exists(), reason="Omniglot is not in ../shared/data")
+def test_int8_option(cli, tiny):
+    """--precision int8: refused for a file without quant/ members (the
+    message names the tool), runs on the bundled model (which has them)."""
+    res = run(cli, "eval", "--model", tiny, "--data", OMNIGLOT, "--episodes", "2",
+              "--precision", "int8", check=1)
+    assert "python3 -m lwfm.quantize" in res.stderr
+    bundled = ROOT / "models" / "omniglot.npz"
+    js = json.loads(run(cli, "eval", "--model", bundled, "--data", OMNIGLOT, "--episodes", "3",
+                        "--precision", "int8", "--json", "--quiet", check=0).stdout)
+    assert js["episodes"] == 3 and 0 <= js["accuracy"] <= 100
 
 
 @needs_bf16
@@ -766,7 +779,7 @@ def test_precision_option(cli, tiny, tree):
             root / "queries", "--json"]
     for cmd in (base, ["eval", "--model", tiny, "--data", OMNIGLOT]):
         res = run(cli, *cmd, "--precision", "fp16", check=2)
-        assert "--precision takes 'fp32' or 'bf16', got 'fp16'" in res.stderr
+        assert "--precision takes 'fp32', 'bf16' or 'int8', got 'fp16'" in res.stderr
     p32 = json.loads(run(cli, *base, check=0).stdout)
     assert p32 == json.loads(run(cli, *base, "--precision", "fp32", check=0).stdout)
     p16 = json.loads(run(cli, *base, "--precision", "bf16", check=0).stdout)

@@ -278,7 +278,7 @@ char *find_model(const char *name);
 void model_search_path(char *buf, size_t cap);
 /* The same with a backbone precision (`--precision`). */
 lwfm_model *load_model_precision(const char *path, lwfm_precision precision);
-/* Parse a --precision value ("fp32" or "bf16"); 0, or EXIT_USAGE after a
+/* Parse a --precision value ("fp32", "bf16" or "int8"); 0, or EXIT_USAGE after a
  * usage message. */
 int cli_precision(const char *cmd, const char *text, lwfm_precision *out);
 /* Decode + preprocess one file into out (model input floats). 0 / -1 + err. */

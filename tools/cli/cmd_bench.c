@@ -31,7 +31,7 @@ typedef struct bench_options {
 static const cli_opt kOptions[] = {
     {"--model", "PATH", NULL, "weight file (.npz) or an installed model's name", CLI_VALUE,
      offsetof(bench_options, model)},
-    {"--precision", "P", "both", "fp32, bf16 or both", CLI_VALUE,
+    {"--precision", "P", "both", "fp32, bf16, int8 or both", CLI_VALUE,
      offsetof(bench_options, precision)},
     {"--threads", "N", NULL, "OpenMP threads (default: OMP_NUM_THREADS or all cores)", CLI_VALUE,
      offsetof(bench_options, threads)},
@@ -373,7 +373,7 @@ static int measure_all(bench_run *r) {
 /* ---- print ------------------------------------------------------------------ */
 
 static const char *precision_name(lwfm_precision p) {
-    return p == LWFM_PRECISION_BF16 ? "bf16" : "fp32";
+    return p == LWFM_PRECISION_BF16 ? "bf16" : p == LWFM_PRECISION_INT8 ? "int8" : "fp32";
 }
 
 static void print_json(const bench_run *r) {

@@ -37,7 +37,7 @@ static const cli_opt kOptions[] = {
      "maps, matches, class names and probabilities (lwfm-spm\n"
      "and rcn models)",
      CLI_VALUE, offsetof(classify_options, explain)},
-    {"--precision", "P", "fp32", "backbone arithmetic: fp32 (default) or bf16", CLI_VALUE,
+    {"--precision", "P", "fp32", "backbone arithmetic: fp32 (default), bf16 or int8", CLI_VALUE,
      offsetof(classify_options, precision)},
     {"--threads", "N", NULL, "OpenMP threads (default: OMP_NUM_THREADS or all cores)", CLI_VALUE,
      offsetof(classify_options, threads)},

@@ -36,7 +36,7 @@ static const cli_opt kOptions[] = {
     {"--episodes", "E", "600", "number of episodes", CLI_VALUE, offsetof(eval_options, episodes)},
     {"--seed", "S", "1", "sampler seed, any 64-bit integer", CLI_VALUE,
      offsetof(eval_options, seed)},
-    {"--precision", "P", "fp32", "backbone arithmetic: fp32 (default) or bf16", CLI_VALUE,
+    {"--precision", "P", "fp32", "backbone arithmetic: fp32 (default), bf16 or int8", CLI_VALUE,
      offsetof(eval_options, precision)},
     {"--threads", "N", NULL, "OpenMP threads (default: OMP_NUM_THREADS or all cores)", CLI_VALUE,
      offsetof(eval_options, threads)},

@@ -77,8 +77,10 @@ int cli_precision(const char *cmd, const char *text, lwfm_precision *out) {
         *out = LWFM_PRECISION_FP32;
     else if (!strcmp(text, "bf16"))
         *out = LWFM_PRECISION_BF16;
+    else if (!strcmp(text, "int8"))
+        *out = LWFM_PRECISION_INT8;
     else
-        return cli_usage_error(cmd, "--precision takes 'fp32' or 'bf16', got '%s'", text);
+        return cli_usage_error(cmd, "--precision takes 'fp32', 'bf16' or 'int8', got '%s'", text);
     return 0;
 }
 

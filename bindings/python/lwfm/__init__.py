@@ -83,7 +83,7 @@ def find_model(name):
     raise FileNotFoundError(f"no model file '{name}' and no installed model of that name "
                             f"(looked in {', '.join(dirs)})")
 
-_PRECISIONS = {"fp32": 0, "bf16": 1}
+_PRECISIONS = {"fp32": 0, "bf16": 1, "int8": 2}
 
 
 class Error(RuntimeError):
@@ -132,6 +132,9 @@ def _declare(lib):
     fn("lwfm_model_feature_shape", st, _p, _i64, _i64, ctypes.POINTER(_i64),
        ctypes.POINTER(_i64), ctypes.POINTER(_i64))
     fn("lwfm_model_features", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
+    fn("lwfm_model_convolutions", _i64, _p)
+    fn("lwfm_model_convolution_name", ctypes.c_char_p, _p, _i64)
+    fn("lwfm_model_convolution_ranges", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
     fn("lwfm_model_preprocess", st, _p, _p, ctypes.c_int, _i64, _i64, _i64, _i64, _fptr, _size)
     _i32p = ctypes.POINTER(ctypes.c_int32)
     fn("lwfm_episode_score", st, _p, _fptr, _i64, _i32p, _fptr, _i64, _i64, _i64, _i64, _i64,
@@ -423,9 +426,11 @@ class Model:
     ``multiprocessing`` with the "fork" start method) may go on using the
     model; its calls run single-threaded there (docs/api.md, "Threads").
 
-    ``precision``: ``"fp32"`` (default) or ``"bf16"``, the backbone's
-    arithmetic (bf16 convolutions with f32 accumulation; inputs, features and
-    logits stay float32; the metric is float32 in both). Other values raise
+    ``precision``: ``"fp32"`` (default), ``"bf16"`` or ``"int8"``, the
+    backbone's arithmetic (bf16 convolutions with f32 accumulation; int8
+    convolutions with the calibrated input ranges of the file's ``quant/``
+    members, added by ``python3 -m lwfm.quantize``; inputs, features and
+    logits stay float32; the metric is float32 in all). Other values raise
     ValueError.
     """
 
@@ -672,6 +677,26 @@ class Model:
         out = np.empty((n, C, fh, fw), dtype=np.float32)
         with self._use() as m:
             _check(_library().lwfm_model_features(m, _fp(x), n, c, h, w, _fp(out), out.size))
+        return out
+
+    def convolution_names(self):
+        """Weight keys of the backbone's convolutions, in the order it runs
+        them (the ``quant/<key>`` members int8 needs)."""
+        with self._use() as m:
+            lib = _library()
+            return [lib.lwfm_model_convolution_name(m, i).decode()
+                    for i in range(lib.lwfm_model_convolutions(m))]
+
+    def convolution_ranges(self, images):
+        """Per image, the largest |value| each backbone convolution reads:
+        float32 (n, len(convolution_names())). The int8 calibration
+        (``lwfm.quantize``); the model must be loaded in fp32."""
+        x = _as_images(images)
+        n, c, h, w = x.shape
+        with self._use() as m:
+            lib = _library()
+            out = np.empty((n, lib.lwfm_model_convolutions(m)), dtype=np.float32)
+            _check(lib.lwfm_model_convolution_ranges(m, _fp(x), n, c, h, w, _fp(out), out.size))
         return out
 
     def episode_score(self, support, support_labels, query, way=None):
