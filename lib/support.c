@@ -267,6 +267,13 @@ static void header_encode(const lwfm_support *s, uint8_t h[HEADER_BYTES]) {
         set_le(h + 104 + 8 * i, mem->layout.image_bytes[i], 8);
 }
 
+/* For messages: the name of a valid precision value. */
+static const char *precision_name(uint32_t precision) {
+    return precision == LWFM_PRECISION_BF16   ? "bf16"
+           : precision == LWFM_PRECISION_INT8 ? "int8"
+                                              : "fp32";
+}
+
 /* Fields and their limits; h->total from them, overflow-checked. */
 static lwfm_status header_decode(const uint8_t *d, size_t size, const char *src, header *h) {
     if (size < 8 || memcmp(d, MAGIC, 8))
@@ -297,7 +304,7 @@ static lwfm_status header_decode(const uint8_t *d, size_t size, const char *src,
         if (h->method[i]) return lwfm__error(LWFM_ERR_FORMAT, "%s: bad method name field", src);
     if (h->flags & ~FLAG_FEATURES)
         return lwfm__error(LWFM_ERR_FORMAT, "%s: unknown flags 0x%x", src, h->flags);
-    if (h->precision > LWFM_PRECISION_BF16)
+    if (h->precision > LWFM_PRECISION_INT8)
         return lwfm__error(LWFM_ERR_FORMAT, "%s: unknown precision %u", src, h->precision);
     if (h->way < 2 || h->way > LWFM_LIMIT_WAY)
         return lwfm__error(h->way < 2 ? LWFM_ERR_FORMAT : LWFM_ERR_LIMIT,
@@ -349,7 +356,7 @@ static lwfm_status check_binding(const header *h, const lwfm_model *m, const cha
     if (h->precision != (uint32_t)m->precision)
         return lwfm__error(LWFM_ERR_WRONG_KIND,
                            "%s: the set was prepared at %s precision; this model runs at %s", src,
-                           h->precision ? "bf16" : "fp32", m->precision ? "bf16" : "fp32");
+                           precision_name(h->precision), precision_name((uint32_t)m->precision));
     if (m->cfg.feature_size && h->P != m->layers.P)
         return lwfm__error(LWFM_ERR_FORMAT,
                            "%s: %lld positions per image; this model's feature maps have %d", src,

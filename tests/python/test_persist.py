@@ -305,3 +305,18 @@ def test_prepared_sets_do_not_depend_on_threads_or_batch(method_model, tmp_path)
     for j in range(3, len(labels)):
         one = one.add(support[j:j + 1], labels[j:j + 1])
     assert one.to_bytes() == whole
+
+
+def test_int8_sets_save_load_and_are_bound_to_their_precision(lib, tmp_path):
+    """A set prepared by an int8 model (the bundled Omniglot model has its
+    quant/ members) saves and loads bit-identically and pickles; the same
+    weights at fp32 refuse it, naming both precisions."""
+    m8 = lib.Model(OMNIGLOT, precision="int8")
+    support, labels, query = episode(m8)
+    sup = m8.prepare_support(support, labels)
+    back = type(sup).from_bytes(m8, sup.to_bytes())
+    assert np.array_equal(back.score(query), sup.score(query))
+    assert np.array_equal(pickle.loads(pickle.dumps(sup)).score(query), sup.score(query))
+    with lib.Model(OMNIGLOT) as m32:
+        with pytest.raises(lib.Error, match="int8 precision; this model runs at fp32"):
+            type(sup).from_bytes(m32, sup.to_bytes())
