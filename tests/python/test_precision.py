@@ -90,7 +90,7 @@ def test_bf16_logits_and_predictions(models, name):
 
 
 def test_bad_precision_rejected(lib):
-    with pytest.raises(ValueError, match=r"precision must be one of \['bf16', 'fp32'\]"):
+    with pytest.raises(ValueError, match=r"precision must be one of \['bf16', 'fp32', 'int8'\]"):
         lib.Model(BUNDLED, precision="fp16")
     with pytest.raises(ValueError, match="precision"):
         lib.Model(BUNDLED, precision="BF16")

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .episodes import EpisodeSampler, open_dataset, preprocess
+from .quantize import QUANT_PREFIX
 from .weights import FILE_ONLY_KEYS, load_weights
 
 
@@ -47,8 +48,10 @@ def _reference_model(path: str):
         model = ref.RCN(cfg, hidden=hidden)
     else:
         model = ref.LWFMSPM(cfg)
+    # quant/ members are int8 calibration ranges for the library, not weights
     missing, unexpected = model.load_state_dict(
-        {k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()}, strict=False)
+        {k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()
+         if not k.startswith(QUANT_PREFIX)}, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked") and
                not k.startswith("fc.")]
     if missing or unexpected:
