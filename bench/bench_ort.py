@@ -20,8 +20,11 @@ three scenarios:
 
 and the ratios the performance issue asks for are printed: libLWFM fp32 /
 ONNX Runtime fp32 per scenario, and busy-2 libLWFM against its own quiet-1.
-Times are medians of wall-clock seconds; nothing here asserts a time. bf16 is
-timed where the CPU has it (AVX-512 with BF16), otherwise reported as refused.
+Times are medians of wall-clock seconds; nothing here asserts a time. int8
+is timed on a copy of the weight file calibrated the way `lwfm.quantize` does
+it (on random images: the weights are random, accuracy is not measured
+here); bf16 where the CPU has it (AVX-512 with BF16), otherwise reported as
+refused.
 """
 
 import argparse
@@ -87,6 +90,21 @@ def build_case(name, tmp, torch, lwfm_ref):
     return ref, Path(npz), onnx
 
 
+def calibrate_int8(lwfm, npz):
+    """A copy of `npz` with int8 ranges (lwfm.quantize's members) measured on
+    32 random images: the weights are random too, so this times int8, it
+    does not rate its accuracy (docs/benchmarks.md#int8 does, on trained
+    models)."""
+    import numpy as np
+    from lwfm.quantize import quant_members, write_with_members
+    x = np.random.default_rng(1).standard_normal((32, 3, SIZE, SIZE)).astype(np.float32)
+    with lwfm.Model(str(npz)) as m:
+        members = quant_members(m.convolution_names(), m.convolution_ranges(x), 100.0)
+    out = npz.with_name(npz.stem + "-int8.npz")
+    write_with_members(str(npz), str(out), members)
+    return out
+
+
 def rel_err(got, expect):
     import numpy as np
     return float(np.abs(got - expect).max() / np.abs(expect).max())
@@ -98,6 +116,9 @@ def time_scenario(torch, lwfm, ref, npz, onnx, x, threads, reps):
     engines = {"PyTorch": lambda: ref(torch.from_numpy(x))}
     models = [lwfm.Model(str(npz))]  # fresh: oneDNN fixes threads at creation
     engines["libLWFM fp32"] = lambda: models[0].features(x)
+    int8 = lwfm.Model(str(npz.with_name(npz.stem + "-int8.npz")), precision="int8")
+    models.append(int8)
+    engines["libLWFM int8"] = lambda: int8.features(x)
     if bf16_available(lwfm, npz):
         models.append(lwfm.Model(str(npz), precision="bf16"))
         engines["libLWFM bf16"] = lambda: models[-1].features(x)
@@ -163,6 +184,7 @@ def main(argv=None):
             if args.only and name != args.only:
                 continue
             ref, npz, onnx = build_case(name, tmp, torch, lwfm_ref)
+            calibrate_int8(lwfm, npz)
             for scen, threads, busy in SCENARIOS:
                 if scen not in wanted:
                     continue
@@ -193,8 +215,9 @@ def print_row(r):
 
 def print_summary(results):
     print("\n| backbone | scenario | ONNX Runtime img/s | libLWFM fp32 img/s | fp32 / ORT "
+          "| libLWFM int8 img/s | int8 / ORT "
           "| fp32 layer-parallel (0.1) img/s | libLWFM bf16 img/s | PyTorch img/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     quiet1 = {}
     for r in results:
         s = r["img_s"]
@@ -203,6 +226,7 @@ def print_summary(results):
         bf = s.get("libLWFM bf16")
         print(f"| {r['backbone']} | {r['scenario']} | {s['ONNX Runtime']:.1f} | "
               f"{s['libLWFM fp32']:.1f} | **{s['libLWFM fp32'] / s['ONNX Runtime']:.2f}x** | "
+              f"{s['libLWFM int8']:.1f} | {s['libLWFM int8'] / s['ONNX Runtime']:.2f}x | "
               f"{s.get('libLWFM fp32 layer-parallel', s['libLWFM fp32']):.1f} | "
               f"{'%.1f' % bf if bf else 'refused (no AVX-512 BF16)'} | {s['PyTorch']:.1f} |")
     for r in results:
