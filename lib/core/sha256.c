@@ -94,12 +94,14 @@ static int have_x86_sha(void) {
 }
 #endif
 
-static void blocks(uint32_t h[8], const uint8_t *p, size_t n) {
+static void blocks(const lwfm__sha256 *s, uint32_t h[8], const uint8_t *p, size_t n) {
 #ifdef HAVE_X86_SHA
-    if (have_x86_sha()) {
+    if (!s->portable && have_x86_sha()) {
         blocks_x86(h, p, n);
         return;
     }
+#else
+    (void)s;
 #endif
     for (; n; n--, p += 64) compress(h, p);
 }
@@ -110,6 +112,7 @@ void lwfm__sha256_init(lwfm__sha256 *s) {
     memcpy(s->h, kH0, sizeof kH0);
     s->bytes = 0;
     s->used = 0;
+    s->portable = 0;
 }
 
 void lwfm__sha256_update(lwfm__sha256 *s, const void *data, size_t n) {
@@ -120,10 +123,10 @@ void lwfm__sha256_update(lwfm__sha256 *s, const void *data, size_t n) {
         memcpy(s->block + s->used, p, take);
         s->used += take, p += take, n -= take;
         if (s->used < 64) return;
-        blocks(s->h, s->block, 1);
+        blocks(s, s->h, s->block, 1);
         s->used = 0;
     }
-    blocks(s->h, p, n / 64);
+    blocks(s, s->h, p, n / 64);
     p += n / 64 * 64, n %= 64;
     memcpy(s->block, p, n);
     s->used = n;

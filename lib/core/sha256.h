@@ -12,6 +12,7 @@ typedef struct lwfm__sha256 {
     uint64_t bytes; /* hashed so far */
     uint8_t block[64];
     size_t used; /* bytes waiting in block */
+    int portable; /* 1: never the CPU's SHA instructions (tests set it to check both paths) */
 } lwfm__sha256;
 
 void lwfm__sha256_init(lwfm__sha256 *s);
