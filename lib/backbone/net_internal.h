@@ -3,6 +3,7 @@
 #define LWFM_BACKBONE_NET_INTERNAL_H
 
 #include "backbone/net.h"
+#include "backbone/winograd.h"
 
 typedef enum lwfm__op_kind { LWFM_OP_CONV, LWFM_OP_MAXPOOL } lwfm__op_kind;
 typedef enum lwfm__act { LWFM_ACT_NONE, LWFM_ACT_RELU, LWFM_ACT_LRELU } lwfm__act;
@@ -46,6 +47,9 @@ typedef struct lwfm__op {
      * that conv, which then reads its buffer as it is. */
     dnnl_data_type_t q_out;
     int q_ready;
+    /* fp32 3x3 stride-1 convs on AVX2: our Winograd kernels (winograd.h)
+     * hold the weights instead of oneDNN (w_data stays NULL) */
+    lwfm__wino *wino;
 } lwfm__op;
 
 struct lwfm__net {

@@ -381,7 +381,7 @@ np.save(sys.argv[2], np.stack([one, two, layer]))
 
 
 def test_features_do_not_depend_on_threads(model_path, tmp_path):
-    """21 images on 2 threads go image-parallel (5 chunks of 4 and one of 1,
+    """21 images on 2 threads go image-parallel (2 chunks of 8 and one of 5,
     taken by whichever thread is free): the same single-threaded plans as on
     one thread, so bit-identical; the old per-primitive threading
     (LWFM_IMAGE_PARALLEL=0) agrees to rounding."""
