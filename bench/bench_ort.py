@@ -6,7 +6,7 @@ PyTorch, in one run, on the same threads, alternating rep by rep.
     PYTHONPATH=bindings/python LWFM_LIBRARY=build/liblwfm.so \\
         /usr/bin/python3 bench/bench_ort.py [--reps 9] [--only resnet18] [--json FILE]
 
-For each backbone (ResNet-18 taps [7, 8] fs 3; Conv-64F 21 x 21) the
+For each backbone (ResNet-18 taps [7, 8] fs 3; Conv-64F 21 x 21; ResNet-12 taps [2, 3] fs 3) the
 reference encoder (bindings/python/lwfm_ref, random weights and BatchNorm
 statistics) is exported to ONNX (opset 13, batch 80) and written as a libLWFM
 weight file; the three engines' features are checked against each other, then
@@ -43,13 +43,21 @@ sys.path.insert(0, str(ROOT / "bench"))
 import ort_anchor  # noqa: E402
 
 BATCH, SIZE = 80, 84
+# The backbones timed: ResNet-18 as LWFM-SPM uses it (taps [7, 8], fs 3),
+# Conv-64F as DN4 does (21 x 21), ResNet-12 with LWFM-SPM taps [2, 3], fs 3.
+CONFIGS = {
+    "resnet18": lambda ref: ref.make_config(),
+    "conv64f": lambda ref: dict(ref.DN4_CONFIG),
+    "resnet12": lambda ref: ref.make_config(backbone="resnet12", hyperpixel_ids=[2, 3],
+                                            feature_size=3),
+}
 SCENARIOS = (("quiet-1", 1, False), ("quiet-2", 2, False), ("busy-2", 2, True))
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=9)
-    ap.add_argument("--only", choices=["resnet18", "conv64f"], default=None)
+    ap.add_argument("--only", choices=list(CONFIGS), default=None)
     ap.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     ap.add_argument("--json", default=None, help="also write the figures here")
     return ap.parse_args(argv)
@@ -82,7 +90,7 @@ def load_avg():
 def build_case(name, tmp, torch, lwfm_ref):
     """(reference encoder, weight file, onnx file) with random weights."""
     from bench_all import export_model
-    cfg = lwfm_ref.make_config() if name == "resnet18" else dict(lwfm_ref.DN4_CONFIG)
+    cfg = CONFIGS[name](lwfm_ref)
     npz, model = export_model(tmp, cfg, torch, f"{name}.npz")
     ref = model.feature_extractor if cfg["method"] == "lwfm-spm" else model
     onnx = Path(tmp) / f"{name}.onnx"
@@ -180,7 +188,7 @@ def main(argv=None):
           f"load {load_avg():.2f} at start")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("resnet18", "conv64f"):
+        for name in CONFIGS:
             if args.only and name != args.only:
                 continue
             ref, npz, onnx = build_case(name, tmp, torch, lwfm_ref)

@@ -456,17 +456,28 @@ done:
     return st;
 }
 
+/* Transformed weights take (m + 2)^2 / 9 times the direct ones (4x at
+ * m = 4): a conv whose copy would pass this stays direct, so that a weight
+ * file cannot make a load hold several times its own size. ResNet-18's
+ * largest is 26 MiB. */
+#define WINOGRAD_MAX_BYTES ((size_t)64 << 20)
+
 /* Whether op runs on the Winograd kernels: fp32 3x3 stride-1 pad-1 convs
- * with eval-mode BatchNorm, in the nChw8c layout of AVX2 (on AVX-512 the
- * layout is nChw16c and oneDNN's own kernels run), channels in multiples of
- * the kernels' blocks. LWFM_WINOGRAD=0 keeps oneDNN's direct convolution (a
- * diagnostic switch for benchmarks and parity checks). */
+ * with eval-mode BatchNorm, channels in multiples of the kernels' blocks,
+ * in the nChw8c layout of AVX2. On AVX-512 (nChw16c) oneDNN's own kernels
+ * run unless LWFM_WINOGRAD=1: ours would be AVX2 code there, not yet
+ * measured against them. LWFM_WINOGRAD=0 keeps oneDNN's direct convolution
+ * everywhere (a diagnostic switch for benchmarks and parity checks). */
 static int use_winograd(const lwfm__net *net, const lwfm__op *op) {
     const char *env = getenv("LWFM_WINOGRAD");
     if (env && env[0] == '0') return 0;
+    const int forced = env && env[0] == '1';
+    const int layout_ok = net->act_tag == dnnl_nChw8c || (forced && net->act_tag == dnnl_nChw16c);
     return op->kind == LWFM_OP_CONV && net->precision == LWFM_PRECISION_FP32 && !op->bn_g &&
-           !op->q && net->act_tag == dnnl_nChw8c && op->kh == 3 && op->kw == 3 && op->sh == 1 &&
+           !op->q && layout_ok && op->ic % (net->act_tag == dnnl_nChw16c ? 16 : 8) == 0 &&
+           op->kh == 3 && op->kw == 3 && op->sh == 1 &&
            op->sw == 1 && op->ph == 1 && op->pw == 1 && op->ic % 8 == 0 && op->oc % 16 == 0 &&
+           (size_t)op->ic * op->oc * 36 * sizeof(float) <= WINOGRAD_MAX_BYTES &&
            lwfm__wino_cpu_ok();
 }
 
@@ -485,7 +496,8 @@ static lwfm_status finalise_weights(lwfm__net *net) {
         f32_bytes += ((size_t)op->oc * op->ic * op->kh * op->kw + (size_t)op->oc) * sizeof(float);
         if (use_winograd(net, op)) {
             if ((st = lwfm__wino_create(&op->wino, op->w_plain, op->oc, op->ic,
-                                        lwfm__wino_pick_tile(oh[i], ow[i]))))
+                                        lwfm__wino_pick_tile(oh[i], ow[i]),
+                                        net->act_tag == dnnl_nChw16c ? 16 : 8)))
                 return st;
             held += lwfm__wino_bytes(op->wino) + (size_t)op->oc * sizeof(float);
             lwfm__free(op->w_plain);

@@ -6,9 +6,9 @@
  * a * a independent GEMMs, one per point p of the transformed tile:
  *     M_p[tile][oc] = sum_ic V_p[tile][ic] * U_p[ic][oc]
  * where V = B^T d B per tile and input channel, U = G g G^T per filter. The
- * three stages are the input transform (nChw8c -> V), the GEMMs (one AVX2
- * kernel, 6 tiles x 16 output channels per step) and the output transform
- * (M -> Y, plus bias, residual sum and activation, -> nChw8c). */
+ * three stages are the input transform (nChw8c or nChw16c -> V), the GEMMs
+ * (one AVX2 kernel, 6 tiles x 16 output channels per step) and the output
+ * transform (M -> Y, plus bias, residual sum and activation, -> the map). */
 #include "backbone/winograd.h"
 
 #include <immintrin.h>
@@ -25,6 +25,7 @@
 struct lwfm__wino {
     int m, a, points; /* output tile m x m, input tile a x a, points = a * a */
     int ic, oc;
+    int blk;                /* activation layout nChw<blk>c: 8 or 16 */
     float *u;               /* U: [points][oc / 16][ic][16] */
 };
 
@@ -127,8 +128,8 @@ static void transform_filter(const lwfm__wino *wg, const double gm[MAX_A][3], co
         }
 }
 
-lwfm_status lwfm__wino_create(lwfm__wino **out, const float *w, int oc, int ic, int m) {
-    if (m < 2 || m > 4 || ic % 8 || oc % COLS)
+lwfm_status lwfm__wino_create(lwfm__wino **out, const float *w, int oc, int ic, int m, int blk) {
+    if (m < 2 || m > 4 || (blk != 8 && blk != 16) || ic % blk || oc % COLS)
         return lwfm__error(LWFM_ERR_INTERNAL, "Winograd: unsupported shape");
     lwfm__wino *wg = calloc(1, sizeof *wg);
     if (!wg) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory (Winograd weights)");
@@ -137,6 +138,7 @@ lwfm_status lwfm__wino_create(lwfm__wino **out, const float *w, int oc, int ic, 
     wg->points = wg->a * wg->a;
     wg->ic = ic;
     wg->oc = oc;
+    wg->blk = blk;
     wg->u = lwfm__alloc((size_t)wg->points * ic * oc * sizeof(float));
     if (!wg->u) {
         free(wg);
@@ -189,7 +191,7 @@ size_t lwfm__wino_scratch(const lwfm__wino *wg, int64_t n, int64_t h, int64_t w)
  * tile size: a and bt are constants there and the zeros of B^T vanish. */
 #define INLINE static inline __attribute__((always_inline))
 AVX2 INLINE void input_tile_a(const int a, const float bt[MAX_A][MAX_A], const float *map,
-                              int64_t h, int64_t w, int64_t y0, int64_t x0, float *v,
+                              int pix, int64_t h, int64_t w, int64_t y0, int64_t x0, float *v,
                               int64_t point_stride) {
     __m256 d[MAX_A][MAX_A], tmp[MAX_A][MAX_A];
     const int inside = y0 >= 0 && x0 >= 0 && y0 + a <= h && x0 + a <= w;
@@ -199,7 +201,7 @@ AVX2 INLINE void input_tile_a(const int a, const float bt[MAX_A][MAX_A], const f
         for (int j = 0; j < a; j++) {
             int64_t y = y0 + i, x = x0 + j;
             d[i][j] = inside || (y >= 0 && y < h && x >= 0 && x < w)
-                          ? _mm256_loadu_ps(map + (y * w + x) * 8)
+                          ? _mm256_loadu_ps(map + (y * w + x) * pix)
                           : _mm256_setzero_ps();
         }
 #pragma GCC unroll 6
@@ -224,13 +226,21 @@ AVX2 INLINE void input_tile_a(const int a, const float bt[MAX_A][MAX_A], const f
         }
 }
 
-AVX2 static void input_tile(int m, const float *map, int64_t h, int64_t w, int64_t y0, int64_t x0,
-                            float *v, int64_t point_stride) {
+AVX2 static void input_tile(int m, const float *map, int pix, int64_t h, int64_t w, int64_t y0,
+                            int64_t x0, float *v, int64_t point_stride) {
     switch (m) {
-    case 2: input_tile_a(4, kBT[0], map, h, w, y0, x0, v, point_stride); break;
-    case 3: input_tile_a(5, kBT[1], map, h, w, y0, x0, v, point_stride); break;
-    default: input_tile_a(6, kBT[2], map, h, w, y0, x0, v, point_stride); break;
+    case 2: input_tile_a(4, kBT[0], map, pix, h, w, y0, x0, v, point_stride); break;
+    case 3: input_tile_a(5, kBT[1], map, pix, h, w, y0, x0, v, point_stride); break;
+    default: input_tile_a(6, kBT[2], map, pix, h, w, y0, x0, v, point_stride); break;
     }
+}
+
+/* Offset of channels 8 c8 .. 8 c8 + 7 of image img, pixel (0, 0), in an
+ * nChw<blk>c map of `chans` channels; pixels are then blk floats apart. */
+static inline int64_t block_offset(int64_t img, int64_t c8, int64_t chans, int64_t h, int64_t w,
+                                   int blk) {
+    int64_t c = c8 * 8;
+    return (img * (chans / blk) + c / blk) * h * w * blk + c % blk;
 }
 
 /* The tiles [t0, t0 + tn) of the batch, all input channels, into V (rows
@@ -242,8 +252,8 @@ AVX2 static void input_transform(const lwfm__wino *wg, const float *src, int64_t
     for (int64_t job = 0; job < tn * cb_n; job++) {
         int64_t r = job / cb_n, cb = job % cb_n, t = t0 + r;
         int64_t img = t / (th * tw), ty = t / tw % th, tx = t % tw;
-        const float *map = src + (img * cb_n + cb) * h * w * 8;
-        input_tile(wg->m, map, h, w, ty * wg->m - 1, tx * wg->m - 1, v + r * wg->ic + cb * 8,
+        const float *map = src + block_offset(img, cb, wg->ic, h, w, wg->blk);
+        input_tile(wg->m, map, wg->blk, h, w, ty * wg->m - 1, tx * wg->m - 1, v + r * wg->ic + cb * 8,
                    tn * wg->ic);
     }
 }
@@ -305,7 +315,7 @@ typedef struct epilogue {
  * residual and activation, written where the tile lies inside the map.
  * Inlined per tile size, as input_tile_a. */
 AVX2 INLINE void output_tile_a(const int a, const float at[MAX_A][MAX_A], const float *mo,
-                               int64_t point_stride, float *map, int64_t h, int64_t w,
+                               int64_t point_stride, float *map, int pix, int64_t h, int64_t w,
                                int64_t y0, int64_t x0, const epilogue *ep) {
     const int m = a - 2;
     __m256 mm[MAX_A][MAX_A], tmp[MAX_A][MAX_A];
@@ -335,7 +345,7 @@ AVX2 INLINE void output_tile_a(const int a, const float at[MAX_A][MAX_A], const 
 #pragma GCC unroll 6
             for (int k = 0; k < a; k++)
                 if (at[c][k] != 0.0f) s = _mm256_fmadd_ps(_mm256_set1_ps(at[c][k]), tmp[r][k], s);
-            float *out = map + ((y0 + r) * w + x0 + c) * 8;
+            float *out = map + ((y0 + r) * w + x0 + c) * pix;
             if (ep->accumulate) s = _mm256_add_ps(s, _mm256_loadu_ps(out));
             if (ep->activate) { /* NaN stays NaN (max / min return their 2nd operand) */
                 __m256 neg = _mm256_mul_ps(_mm256_min_ps(zero, s), slope);
@@ -345,12 +355,12 @@ AVX2 INLINE void output_tile_a(const int a, const float at[MAX_A][MAX_A], const 
         }
 }
 
-AVX2 static void output_tile(int m, const float *mo, int64_t point_stride, float *map, int64_t h,
-                             int64_t w, int64_t y0, int64_t x0, const epilogue *ep) {
+AVX2 static void output_tile(int m, const float *mo, int64_t point_stride, float *map, int pix,
+                             int64_t h, int64_t w, int64_t y0, int64_t x0, const epilogue *ep) {
     switch (m) {
-    case 2: output_tile_a(4, kAT[0], mo, point_stride, map, h, w, y0, x0, ep); break;
-    case 3: output_tile_a(5, kAT[1], mo, point_stride, map, h, w, y0, x0, ep); break;
-    default: output_tile_a(6, kAT[2], mo, point_stride, map, h, w, y0, x0, ep); break;
+    case 2: output_tile_a(4, kAT[0], mo, point_stride, map, pix, h, w, y0, x0, ep); break;
+    case 3: output_tile_a(5, kAT[1], mo, point_stride, map, pix, h, w, y0, x0, ep); break;
+    default: output_tile_a(6, kAT[2], mo, point_stride, map, pix, h, w, y0, x0, ep); break;
     }
 }
 
@@ -363,8 +373,8 @@ AVX2 static void output_transform(const lwfm__wino *wg, const float *mo, int64_t
         int64_t img = t / (th * tw), ty = t / tw % th, tx = t % tw;
         epilogue ep = *all;
         ep.bias += ob * 8;
-        float *map = dst + (img * ob_n + ob) * h * w * 8;
-        output_tile(wg->m, mo + r * wg->oc + ob * 8, tn * wg->oc, map, h, w, ty * wg->m, tx * wg->m,
+        float *map = dst + block_offset(img, ob, wg->oc, h, w, wg->blk);
+        output_tile(wg->m, mo + r * wg->oc + ob * 8, tn * wg->oc, map, wg->blk, h, w, ty * wg->m, tx * wg->m,
                     &ep);
     }
 }

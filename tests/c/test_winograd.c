@@ -1,7 +1,7 @@
 /* Tests of the Winograd convolution (lib/backbone/winograd.c) against a plain
  * direct convolution in double precision:
  *
- *  (a) every tile size m = 2, 3, 4 on maps whose sides are and are not
+ *  (a) every tile size m = 2, 3, 4, in nChw8c and nChw16c, on maps whose sides are and are not
  *      multiples of m (1x1 up to 23x17), channel counts 8..256, with bias,
  *      with and without the residual sum, no activation / ReLU / LeakyReLU;
  *      the error must stay within a few times that of a float32 direct
@@ -27,9 +27,10 @@ typedef struct conv_case {
     int n, ic, oc, h, w;
 } conv_case;
 
-/* NCHW index <-> nChw8c */
+/* Index of (img, c, y, x) in nChw<g_blk>c, the layout under test */
+static int g_blk = 8;
 static size_t blk(int c_n, int h, int w, int img, int c, int y, int x) {
-    return ((((size_t)img * (c_n / 8) + c / 8) * h + y) * w + x) * 8 + c % 8;
+    return ((((size_t)img * (c_n / g_blk) + c / g_blk) * h + y) * w + x) * g_blk + c % g_blk;
 }
 
 /* out[img][o][y][x] = act(sum w x + bias + (acc ? init : 0)) in double; and
@@ -123,7 +124,7 @@ static void check_case(const conv_case *cc, int m) {
     fill(wt, (size_t)cc->oc * cc->ic * 9, 1.0f / sqrtf(9.0f * cc->ic));
     fill(bias, (size_t)cc->oc, 0.5f);
     lwfm__wino *wg = NULL;
-    EXPECT(lwfm__wino_create(&wg, wt, cc->oc, cc->ic, m) == LWFM_OK);
+    EXPECT(lwfm__wino_create(&wg, wt, cc->oc, cc->ic, m, g_blk) == LWFM_OK);
     if (!wg) return;
     static const struct {
         int acc, act;
@@ -136,9 +137,9 @@ static void check_case(const conv_case *cc, int m) {
         /* the bound: float32 direct convolution's own error, times 8, plus
          * float32 rounding of the output's scale */
         double bound = 8.0 * e32 + 4.0 * 1.2e-7 * scale;
-        printf("m=%d n=%d ic=%3d oc=%3d %2dx%-2d acc=%d act=%d: max error %.2e (float32 direct "
-               "%.2e, bound %.2e)\n",
-               m, cc->n, cc->ic, cc->oc, cc->h, cc->w, modes[k].acc, modes[k].act, e, e32, bound);
+        printf("m=%d nChw%dc n=%d ic=%3d oc=%3d %2dx%-2d acc=%d act=%d: max error %.2e (float32 "
+               "direct %.2e, bound %.2e)\n",
+               m, g_blk, cc->n, cc->ic, cc->oc, cc->h, cc->w, modes[k].acc, modes[k].act, e, e32, bound);
         EXPECT(e <= bound);
         if (k == 3 && cc->n > 1) check_split(wg, cc, x, bias, init, y);
         free(y);
@@ -158,6 +159,12 @@ int main(void) {
     };
     for (int m = 2; m <= 4; m++)
         for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) check_case(&cases[c], m);
+    /* the AVX-512 layout, where the channel counts allow it */
+    g_blk = 16;
+    for (int m = 2; m <= 4; m++)
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
+            if (cases[c].ic % 16 == 0) check_case(&cases[c], m);
+    g_blk = 8;
 
     /* (c) fewest multiplies: m = 3 for ResNet-18's 3x3, 6x6 and 21x21 maps,
      * m = 4 for 11x11 and 42x42 */
@@ -177,7 +184,7 @@ int main(void) {
         fill(wt, 16 * 8 * 9, 0.3f);
         x[blk(8, 5, 5, 0, 3, 2, 2)] = NAN;
         lwfm__wino *nw = NULL;
-        EXPECT(lwfm__wino_create(&nw, wt, 16, 8, 3) == LWFM_OK);
+        EXPECT(lwfm__wino_create(&nw, wt, 16, 8, 3, 8) == LWFM_OK);
         float *y = nw ? run(nw, &cc, x, bias, init, 0, 1, 0.0f) : NULL;
         for (int o = 0; y && o < 16; o++) EXPECT(isnan(y[blk(16, 5, 5, 0, o, 2, 2)]));
         free(y);
@@ -186,9 +193,11 @@ int main(void) {
 
     lwfm__wino *wg = NULL;
     float w[16 * 8 * 9] = {0};
-    EXPECT(lwfm__wino_create(&wg, w, 16, 12, 3) == LWFM_ERR_INTERNAL && !wg);
-    EXPECT(lwfm__wino_create(&wg, w, 8, 8, 3) == LWFM_ERR_INTERNAL && !wg);
-    EXPECT(lwfm__wino_create(&wg, w, 16, 8, 5) == LWFM_ERR_INTERNAL && !wg);
+    EXPECT(lwfm__wino_create(&wg, w, 16, 12, 3, 8) == LWFM_ERR_INTERNAL && !wg);
+    EXPECT(lwfm__wino_create(&wg, w, 8, 8, 3, 8) == LWFM_ERR_INTERNAL && !wg);
+    EXPECT(lwfm__wino_create(&wg, w, 16, 8, 5, 8) == LWFM_ERR_INTERNAL && !wg);
+    EXPECT(lwfm__wino_create(&wg, w, 16, 8, 3, 16) == LWFM_ERR_INTERNAL && !wg);
+    EXPECT(lwfm__wino_create(&wg, w, 16, 8, 3, 4) == LWFM_ERR_INTERNAL && !wg);
     printf("%d checks, %d failed\n", checks, fails);
     return fails != 0;
 }
