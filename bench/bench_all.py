@@ -404,8 +404,9 @@ def bench_memory(args, np, torch, lwfm, lwfm_ref, tmp, results):
            "episode peak / PyTorch's", "process peak"], rows,
           f"Backbone weights: file tensors {file_bytes / 2**20:.2f} MiB (f32, BatchNorm "
           f"separate); held by the library {held32 / 2**20:.2f} MiB in fp32 "
-          f"and {held16 / 2**20:.2f} MiB in bf16 (BatchNorm folded, one copy in oneDNN's "
-          f"layout, the plain copy freed at load). RSS over 30 more episodes: first "
+          f"and {held16 / 2**20:.2f} MiB in bf16 (BatchNorm folded, one copy in the compute "
+          f"layout: oneDNN's, or the Winograd transform, up to 4x the plain size, of 3 x 3 "
+          f"convolutions on AVX2; the plain copy freed at load). RSS over 30 more episodes: first "
           f"{mb(rss[0])}, last {mb(rss[-1])}, max {mb(max(rss))} MiB (workspace reused). "
           f"Deltas of VmRSS / VmHWM (reset through /proc/self/clear_refs) over the step, taken "
           f"after the imports: the first load includes each runtime's lazy start (oneDNN, "

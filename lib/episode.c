@@ -208,7 +208,7 @@ LWFM_API lwfm_status lwfm_support_prepare(lwfm_support **out, lwfm_model *model,
     lwfm_status st;
     lwfm_support *s;
     if ((st = lwfm__support_begin(model, support_labels, n_support, way, &s))) return st;
-    int64_t C, fh, fw;
+    int64_t C = 0, fh = 0, fw = 0; /* read below even when the images are refused */
     st = lwfm__check_images(model, "support images", support, n_support, channels, height, width,
                             &C, &fh, &fw);
     if (!st) st = lwfm__check_positions("support images", fh, fw);
