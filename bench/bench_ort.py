@@ -6,7 +6,7 @@ PyTorch, in one run, on the same threads, alternating rep by rep.
     PYTHONPATH=bindings/python LWFM_LIBRARY=build/liblwfm.so \\
         /usr/bin/python3 bench/bench_ort.py [--reps 9] [--only resnet18] [--json FILE]
 
-For each backbone (ResNet-18 taps [7, 8] fs 3; Conv-64F 21 x 21; ResNet-12 taps [2, 3] fs 3) the
+For each backbone (ResNet-18 taps [7, 8] fs 3; Conv-64F 21 x 21; ResNet-12 taps [2, 3] fs 5) the
 reference encoder (bindings/python/lwfm_ref, random weights and BatchNorm
 statistics) is exported to ONNX (opset 13, batch 80) and written as a libLWFM
 weight file; the three engines' features are checked against each other, then
@@ -44,12 +44,13 @@ import ort_anchor  # noqa: E402
 
 BATCH, SIZE = 80, 84
 # The backbones timed: ResNet-18 as LWFM-SPM uses it (taps [7, 8], fs 3),
-# Conv-64F as DN4 does (21 x 21), ResNet-12 with LWFM-SPM taps [2, 3], fs 3.
+# Conv-64F as DN4 does (21 x 21), ResNet-12 with LWFM-SPM taps [2, 3], fs 5
+# (its 10 x 10 and 5 x 5 maps: ONNX export needs bins that divide them).
 CONFIGS = {
     "resnet18": lambda ref: ref.make_config(),
     "conv64f": lambda ref: dict(ref.DN4_CONFIG),
     "resnet12": lambda ref: ref.make_config(backbone="resnet12", hyperpixel_ids=[2, 3],
-                                            feature_size=3),
+                                            feature_size=5),
 }
 SCENARIOS = (("quiet-1", 1, False), ("quiet-2", 2, False), ("busy-2", 2, True))
 
