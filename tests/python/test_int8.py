@@ -444,3 +444,24 @@ def test_quantize_statistics_command(lwfm, tmp_path):
     r = quantize("--percentile", "99", "--output", str(tmp_path / "x.npz"))
     assert r.returncode == 2 and "not mse" in r.stderr and not (tmp_path / "x.npz").exists()
     assert quantize("--statistic", "entropy").returncode == 2
+
+
+def test_bundled_rcn_runs_int8_but_not_with_batch_statistics(lwfm, tmp_path):
+    """models/omniglot-rcn.npz carries quant/ members (eval-mode BatchNorm:
+    int8 loads, features within FEATURE_L2_MAX of fp32's: measured
+    0.055-0.088 on these random images, 0.012-0.016 on training drawings);
+    the authors' transductive mode (batch statistics) is refused in
+    int8 as in bf16, with LWFM_ERR_UNSUPPORTED, not run in fp32 silently."""
+    from lwfm.weights import load_weights, save_weights
+    rcn = ROOT / "models" / "omniglot-rcn.npz"
+    x = np.random.default_rng(4).uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32)
+    with lwfm.Model(rcn) as m32, lwfm.Model(rcn, precision="int8") as m8:
+        assert m8.precision == "int8"
+        err = _l2(m8.features(x), m32.features(x))
+    assert 0 < err.max() <= FEATURE_L2_MAX, err
+    tensors, config = load_weights(str(rcn))
+    batch = tmp_path / "rcn-batch.npz"
+    save_weights(batch, tensors, dict(config, batch_norm="batch", query_batch=25))
+    with pytest.raises(lwfm.Error, match="fp32 only") as e:
+        lwfm.Model(batch, precision="int8")
+    assert e.value.status_name == "unsupported configuration"
