@@ -689,7 +689,7 @@ static lwfm_status histograms_run(lwfm_model *m, const float *images, int64_t n,
                                   int64_t w, size_t n_feat, const float *limits, int64_t bins,
                                   uint64_t *counts, size_t n_counts) {
     float *feat = lwfm__alloc(n_feat * sizeof(float));
-    uint64_t *tmp = calloc(n_counts, sizeof(uint64_t));
+    uint64_t *tmp = calloc(n_counts ? n_counts : 1, sizeof(uint64_t));
     lwfm__net_ctx *ctx = NULL;
     lwfm_status st =
         !feat || !tmp ? lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory") : pool_take(m, &ctx);

@@ -171,7 +171,9 @@ void lwfm__quant_observe(const float *src, int64_t n, size_t bytes, float *range
 static int64_t hist_bin(float x, double scale, int64_t bins) {
     /* x * scale + bins / 2: 0 falls exactly on the boundary bins / 2 */
     double b = floor((double)x * scale + 0.5 * (double)bins);
-    return b < 0.0 ? 0 : b >= (double)bins ? bins - 1 : (int64_t)b;
+    /* !(b >= 0) also takes NaN (no finite image makes one, but converting
+     * it to an integer would be undefined) */
+    return !(b >= 0.0) ? 0 : b >= (double)bins ? bins - 1 : (int64_t)b;
 }
 
 void lwfm__quant_histogram(const float *src, int64_t n, size_t bytes, size_t logical, float limit,
