@@ -6,8 +6,9 @@ CPU runs it), same run.
         /usr/bin/python3 bench/bench_int8.py [--threads 1] [--reps 15] \\
         [--model NAME=PATH ...]
 
-Each model is calibrated (lwfm.quantize's steps) on 16 random images unless
-the file already has its ``quant/`` members; then the features of one batch
+Each model is calibrated (``lwfm.quantize --statistic image-max``'s steps:
+the ranges do not change the speed) on 16 random images unless the file
+already has its ``quant/`` members; then the features of one batch
 (default 80 images: a 5-way 1-shot 15-query episode) are timed, the
 precisions alternating rep by rep so that machine noise hits them alike.
 Prints images/s (medians of wall time) and int8 / fp32, by wall time and

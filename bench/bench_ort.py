@@ -21,10 +21,10 @@ three scenarios:
 and the ratios the performance issue asks for are printed: libLWFM fp32 /
 ONNX Runtime fp32 per scenario, and busy-2 libLWFM against its own quiet-1.
 Times are medians of wall-clock seconds; nothing here asserts a time. int8
-is timed on a copy of the weight file calibrated the way `lwfm.quantize` does
-it (on random images: the weights are random, accuracy is not measured
-here); bf16 where the CPU has it (AVX-512 with BF16), otherwise reported as
-refused.
+is timed on a copy of the weight file calibrated as `lwfm.quantize --statistic
+image-max` does it (on random images: the weights are random, accuracy is
+not measured here, and the ranges do not change the speed); bf16 where the
+CPU has it (AVX-512 with BF16), otherwise reported as refused.
 """
 
 import argparse
@@ -100,10 +100,10 @@ def build_case(name, tmp, torch, lwfm_ref):
 
 
 def calibrate_int8(lwfm, npz):
-    """A copy of `npz` with int8 ranges (lwfm.quantize's members) measured on
-    32 random images: the weights are random too, so this times int8, it
-    does not rate its accuracy (docs/benchmarks.md#int8 does, on trained
-    models)."""
+    """A copy of `npz` with int8 ranges (as `lwfm.quantize --statistic
+    image-max` computes them) measured on 32 random images: the weights are
+    random too, so this times int8, it does not rate its accuracy
+    (docs/benchmarks.md#int8 does, on trained models)."""
     import numpy as np
     from lwfm.quantize import quant_members, write_with_members
     x = np.random.default_rng(1).standard_normal((32, 3, SIZE, SIZE)).astype(np.float32)

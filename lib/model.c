@@ -682,3 +682,58 @@ LWFM_API lwfm_status lwfm_model_convolution_ranges(const lwfm_model *model, cons
     return ranges_run((lwfm_model *)model, images, n, height, width, (size_t)(n * c * fh * fw),
                       ranges, n_ranges);
 }
+
+/* The forward with its histograms, into scratch counts added to `counts`
+ * only when the whole batch ran. */
+static lwfm_status histograms_run(lwfm_model *m, const float *images, int64_t n, int64_t h,
+                                  int64_t w, size_t n_feat, const float *limits, int64_t bins,
+                                  uint64_t *counts, size_t n_counts) {
+    float *feat = lwfm__alloc(n_feat * sizeof(float));
+    uint64_t *tmp = calloc(n_counts ? n_counts : 1, sizeof(uint64_t));
+    lwfm__net_ctx *ctx = NULL;
+    lwfm_status st =
+        !feat || !tmp ? lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory") : pool_take(m, &ctx);
+    if (!st) {
+        st = lwfm__net_histograms(ctx, images, n, h, w, feat, limits, bins, tmp);
+        pool_give(m, ctx);
+    }
+    if (!st)
+        for (size_t i = 0; i < n_counts; i++) counts[i] += tmp[i];
+    lwfm__free(feat);
+    free(tmp);
+    return st;
+}
+
+#define LWFM_MAX_HIST_BINS (1 << 24)
+
+LWFM_API lwfm_status lwfm_model_convolution_histograms(const lwfm_model *model, const float *images,
+                                                       int64_t n, int64_t channels, int64_t height,
+                                                       int64_t width, const float *limits,
+                                                       int64_t bins, uint64_t *counts,
+                                                       size_t capacity) {
+    lwfm__error_clear();
+    if (!model || !limits || !counts)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "model, limits or counts is NULL");
+    if (model->precision != LWFM_PRECISION_FP32)
+        return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                           "convolution histograms are measured on the model loaded in fp32");
+    if (bins < 2 || bins > LWFM_MAX_HIST_BINS)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "bins = %lld, must be 2 .. %d",
+                           (long long)bins, LWFM_MAX_HIST_BINS);
+    const int convs = lwfm__net_convs(model->net);
+    for (int i = 0; i < convs; i++)
+        if (!(isfinite(limits[i]) && limits[i] > 0.0f))
+            return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "limits[%d] = %g, must be finite and > 0",
+                               i, (double)limits[i]);
+    int64_t c, fh, fw;
+    lwfm_status st =
+        lwfm__check_images(model, "images", images, n, channels, height, width, &c, &fh, &fw);
+    if (st) return st;
+    const size_t n_counts = (size_t)convs * (size_t)bins;
+    if (capacity < n_counts)
+        return lwfm__error(LWFM_ERR_BUFFER_TOO_SMALL,
+                           "counts buffer holds %zu entries, %d x %lld needed", capacity, convs,
+                           (long long)bins);
+    return histograms_run((lwfm_model *)model, images, n, height, width, (size_t)(n * c * fh * fw),
+                          limits, bins, counts, n_counts);
+}

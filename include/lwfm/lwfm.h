@@ -416,6 +416,26 @@ LWFM_API lwfm_status lwfm_model_convolution_ranges(const lwfm_model *model, cons
                                                    int64_t n, int64_t channels, int64_t height,
                                                    int64_t width, float *ranges, size_t capacity);
 
+/** int8 calibration, value histograms: run the backbone on `n`
+ *  normalised images (as lwfm_model_features()) and, for every value x that
+ *  convolution i reads, add 1 to `counts[i * bins + b]`, where b is x's bin
+ *  among `bins` equal bins over [-limits[i], limits[i]]:
+ *  b = floor((x / limits[i] + 1) * bins / 2), values outside that interval
+ *  counted in the first or last bin. `counts` is added to, not
+ *  overwritten, so that calls on successive batches accumulate; it holds
+ *  `capacity` >= lwfm_model_convolutions(model) * `bins` entries. `limits`
+ *  holds lwfm_model_convolutions(model) finite positive floats (e.g. the
+ *  largest of lwfm_model_convolution_ranges() over the images); `bins` is
+ *  2 .. 16777216. The model must be loaded in fp32 (LWFM_ERR_UNSUPPORTED
+ *  otherwise). `python3 -m lwfm.quantize` chooses the `quant/` ranges from
+ *  these. On failure `counts` is untouched. Thread-safe (concurrent calls
+ *  must not share `counts`). */
+LWFM_API lwfm_status lwfm_model_convolution_histograms(const lwfm_model *model, const float *images,
+                                                       int64_t n, int64_t channels, int64_t height,
+                                                       int64_t width, const float *limits,
+                                                       int64_t bins, uint64_t *counts,
+                                                       size_t capacity);
+
 /** @} */
 
 /* ------------------------------------------------------------------------- */

@@ -669,6 +669,11 @@ struct lwfm__net_ctx {
      * (n x n_convs), image `ranges_base` first; NULL otherwise */
     float *ranges;
     int64_t ranges_base;
+    /* calibration (lwfm__net_histograms): counts[conv * hist_bins + b] of
+     * the values each conv reads, bins over [-limit, limit]; NULL otherwise */
+    uint64_t *hist;
+    const float *hist_limits;
+    int64_t hist_bins;
     /* Image-parallel mode (forward_lanes): one single-threaded child context
      * per OpenMP thread, made on first use. */
     lwfm__net_ctx **lanes;
@@ -1142,6 +1147,16 @@ static lwfm_status op_input(lwfm__net_ctx *ctx, plan *p, const lwfm__op *op, pla
                             ctx->ranges + ctx->ranges_base * ctx->net->n_convs + op->conv_index,
                             ctx->net->n_convs);
     }
+    if (ctx->hist && op->kind == LWFM_OP_CONV) {
+        const dnnl_memory_desc_t *md;
+        DNNL_CHECK(dnnl_stream_wait(ctx->stream), "stream wait");
+        DNNL_CHECK(dnnl_memory_get_memory_desc(po->src, &md), "memory desc");
+        /* the logical size: blocked layouts pad channels with zeros */
+        const size_t logical = (size_t)(md->dims[1] * md->dims[2] * md->dims[3]);
+        lwfm__quant_histogram(src, p->n, dnnl_memory_desc_get_size(md), logical,
+                              ctx->hist_limits[op->conv_index], ctx->hist_bins,
+                              ctx->hist + op->conv_index * ctx->hist_bins);
+    }
     if (!po->q_reorder) return LWFM_OK;
     dnnl_memory_set_data_handle(po->q_from, src);
     dnnl_memory_set_data_handle(po->q_to, ctx->q_tmp);
@@ -1335,5 +1350,22 @@ lwfm_status lwfm__net_ranges(lwfm__net_ctx *ctx, const float *x, int64_t n, int6
     ctx->ranges = ranges;
     st = forward_chunks(ctx, x, n, h, w, out, C * fh * fw);
     ctx->ranges = NULL;
+    return st;
+}
+
+lwfm_status lwfm__net_histograms(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h,
+                                 int64_t w, float *out, const float *limits, int64_t bins,
+                                 uint64_t *counts) {
+    if (ctx->net->precision != LWFM_PRECISION_FP32)
+        return lwfm__error(LWFM_ERR_UNSUPPORTED,
+                           "input histograms are measured on the model loaded in fp32");
+    int64_t C, fh, fw;
+    lwfm_status st = lwfm__net_out_shape(ctx->net, h, w, &C, &fh, &fw);
+    if (st) return st;
+    ctx->hist = counts;
+    ctx->hist_limits = limits;
+    ctx->hist_bins = bins;
+    st = forward_chunks(ctx, x, n, h, w, out, C * fh * fw);
+    ctx->hist = NULL;
     return st;
 }

@@ -69,4 +69,11 @@ const char *lwfm__net_conv_name(const lwfm__net *net, int i);
 lwfm_status lwfm__net_ranges(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h, int64_t w,
                              float *out, float *ranges);
 
+/* int8 calibration: lwfm__net_forward on the fp32 net, also adding to
+ * counts[i * bins + b] how many values convolution i reads fall in bin b of
+ * `bins` equal bins over [-limits[i], limits[i]] (outside: the end bins). */
+lwfm_status lwfm__net_histograms(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h,
+                                 int64_t w, float *out, const float *limits, int64_t bins,
+                                 uint64_t *counts);
+
 #endif

@@ -110,6 +110,11 @@ void lwfm__quant_round_weights(lwfm__op *op);
  * all, image-major) into ranges[k * stride]. */
 void lwfm__quant_observe(const float *src, int64_t n, size_t bytes, float *ranges,
                          int64_t stride);
+/* Adds to counts[b] the values of `src` (n images of `bytes` f32 bytes in
+ * all, image-major, `logical` values each and zero padding after them in
+ * storage order or not) in bin b of `bins` over [-limit, limit]. */
+void lwfm__quant_histogram(const float *src, int64_t n, size_t bytes, size_t logical, float limit,
+                           int64_t bins, uint64_t *counts);
 
 /* The builders of the backbone table (table.c). */
 lwfm_status lwfm__build_resnet18(lwfm__net *net, const lwfm__backbone *bb,

@@ -167,3 +167,24 @@ void lwfm__quant_observe(const float *src, int64_t n, size_t bytes, float *range
         ranges[k * stride] = m;
     }
 }
+
+static int64_t hist_bin(float x, double scale, int64_t bins) {
+    /* x * scale + bins / 2: 0 falls exactly on the boundary bins / 2 */
+    double b = floor((double)x * scale + 0.5 * (double)bins);
+    /* !(b >= 0) also takes NaN (no finite image makes one, but converting
+     * it to an integer would be undefined) */
+    return !(b >= 0.0) ? 0 : b >= (double)bins ? bins - 1 : (int64_t)b;
+}
+
+void lwfm__quant_histogram(const float *src, int64_t n, size_t bytes, size_t logical, float limit,
+                           int64_t bins, uint64_t *counts) {
+    const size_t per = bytes / sizeof(float) / (size_t)n;
+    const double scale = 0.5 * (double)bins / (double)limit;
+    for (size_t i = 0; i < per * (size_t)n; i++) counts[hist_bin(src[i], scale, bins)]++;
+    /* A blocked layout stores its padding channels as zeros (oneDNN keeps
+     * them zero): take them back out of the bin of 0 (a percentile of the
+     * values would otherwise count them). */
+    const uint64_t pad = (uint64_t)(per - (logical < per ? logical : per)) * (uint64_t)n;
+    uint64_t *zero = &counts[hist_bin(0.0f, scale, bins)];
+    *zero -= pad < *zero ? pad : *zero;
+}

@@ -80,6 +80,10 @@ int main(void) {
     EXPECT(lwfm_model_convolution_name(NULL, 0) == NULL);
     EXPECT(lwfm_model_convolution_ranges(NULL, &x, 1, 3, 84, 84, &y, 1) ==
            LWFM_ERR_INVALID_ARGUMENT);
+    uint64_t counts[2] = {7, 7};
+    EXPECT(lwfm_model_convolution_histograms(NULL, &x, 1, 3, 84, 84, &y, 2, counts, 2) ==
+               LWFM_ERR_INVALID_ARGUMENT &&
+           counts[0] == 7 && counts[1] == 7);
 
     /* log callback: silent by default, receives messages once installed */
     lwfm_set_log_callback(on_log, &log_calls, LWFM_LOG_DEBUG);

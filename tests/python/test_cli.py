@@ -735,6 +735,8 @@ def test_bench_quick_table(cli, tiny):
     assert lines[0].split("|")[1:-1] == columns
     if not bf16:     # measured fp32 only, and said why
         assert "bf16 not measured: " in res.stderr and "AVX-512" in res.stderr
+    # the random model has no int8 calibration: left out, the reason named
+    assert "int8 not measured: " in res.stderr and "lwfm.quantize" in res.stderr
     rows = [[c.strip() for c in l.split("|")[1:-1]] for l in lines[2:]]
     assert [r[0] for r in rows] == [
         "backbone, 80 images", "episode 5-way 1-shot 15q", "episode 5-way 5-shot 15q",
@@ -754,6 +756,28 @@ def test_bench_quick_table(cli, tiny):
     res = run(cli, "bench", "--model", tiny, "--precision", "fp16", check=2)
     assert "--precision takes 'fp32', 'bf16' or 'int8', got 'fp16'" in res.stderr
     assert run(cli, "bench", check=2).stderr.startswith("lwfm: --model is required")
+
+
+def test_bench_measures_int8_when_calibrated(cli, tiny, tmp_path):
+    """`lwfm bench` (--precision both) adds int8 and its ratio to fp32 for a
+    file with quant/ members; --json has its figures."""
+    import lwfm
+    from lwfm.quantize import quant_members, write_with_members
+    calibrated = tmp_path / "tiny-int8.npz"
+    with lwfm.Model(tiny) as m:
+        x = np.random.default_rng(0).standard_normal((4,) + m.input_shape).astype(np.float32)
+        members = quant_members(m.convolution_names(), m.convolution_ranges(x), 100.0)
+    write_with_members(str(tiny), str(calibrated), members)
+    res = run(cli, "bench", "--model", calibrated, "--quick", "--reps", "1", check=0)
+    head = [c.strip() for c in
+            [l for l in res.stdout.splitlines() if l.startswith("|")][0].split("|")[1:-1]]
+    bf16 = cpu_runs_bf16()
+    assert head == ["measure", "unit", "fp32"] + (["bf16"] if bf16 else []) + \
+        ["int8"] + (["bf16 / fp32"] if bf16 else []) + ["int8 / fp32"]
+    assert "int8 not measured" not in res.stderr
+    js = json.loads(run(cli, "bench", "--model", calibrated, "--quick", "--reps", "1", "--json",
+                        check=0).stdout)
+    assert len(js["int8"]) == 8 and all(v > 0 for v in js["int8"].values())
 
 
 @pytest.mark.skipif(not OMNIGLOT.exists(), reason="Omniglot is not in ../shared/data")

@@ -1,7 +1,8 @@
 /* `lwfm bench`: the standard speed measurements on this machine, with the
- * public API only (no Python): backbone throughput in fp32 and bf16, episode
- * times, the metric's share of them, and streaming queries against a
- * prepared support set. Inputs are random (fixed seed): speed does not
+ * public API only (no Python): backbone throughput, episode times, the
+ * metric's share of them, and streaming queries against a prepared support
+ * set, in fp32, bf16 and int8 (each where the CPU and the
+ * model run it). Inputs are random (fixed seed): speed does not
  * depend on pixel values. See docs/cli.md and docs/benchmarks.md.
  * Stages: parse -> options -> load (models, inputs) -> measure -> print
  * (table / JSON). */
@@ -49,13 +50,16 @@ const cli_command cli_cmd_bench = {
     "bench",
     "speed of this machine: backbone, episodes, streaming queries",
     "[--model] MODEL.npz [options]",
-    "Speed of the model on this machine, fp32 and bf16 side by side:\n"
+    "Speed of the model on this machine, fp32, bf16 and int8 side by side\n"
+    "(with --precision both, bf16 where the CPU runs it, int8 where the model\n"
+    "has its calibration, the quant/ members of 'python3 -m lwfm.quantize';\n"
+    "a precision left out is named on stderr with the reason):\n"
     "backbone images/s (a 5-way 1-shot 15-query episode's 80 images), episode\n"
     "times (5-way 1-shot and 5-shot, 15 queries per class), the metric's share\n"
     "of the backbone's time, and streaming queries (images/s scoring batches\n"
     "of 1, 16 and 75 queries against a prepared 5-way 5-shot support set).\n"
     "Each figure is the median of --reps timed repetitions after one warm-up;\n"
-    "fp32 and bf16 alternate repetition by repetition. Inputs are random.\n",
+    "The precisions alternate repetition by repetition. Inputs are random.\n",
     kOptions,
     sizeof kOptions / sizeof kOptions[0],
     22,
@@ -170,19 +174,26 @@ static double stream_images(int m) {
     return m == M_S1 ? 75.0 : m == M_S16 ? 64.0 : 75.0;
 }
 
-/* Whether the model loads in bf16 here. The library refuses the precision
- * where it cannot run it (a CPU without AVX-512, a batch-statistics model);
- * the default "both" then measures fp32 alone and says why on stderr. */
-static int bf16_available(const char *path) {
+static const char *precision_name(lwfm_precision p) {
+    return p == LWFM_PRECISION_BF16 ? "bf16" : p == LWFM_PRECISION_INT8 ? "int8" : "fp32";
+}
+
+/* Whether the model loads in precision `p` here. The library refuses bf16
+ * where it cannot run it (a CPU without AVX-512, a batch-statistics model)
+ * and int8 without the file's calibration (LWFM_ERR_MISSING_KEY) or for a
+ * backbone it does not quantise; the default "both" then leaves `p` out and
+ * says why on stderr. */
+static int precision_available(const char *path, lwfm_precision p) {
     lwfm_model *model = NULL;
     lwfm_load_options *opts = NULL;
     lwfm_status st = lwfm_load_options_create(&opts);
-    if (!st) st = lwfm_load_options_set_precision(opts, LWFM_PRECISION_BF16);
+    if (!st) st = lwfm_load_options_set_precision(opts, p);
     if (!st) st = lwfm_model_load(&model, path, opts);
     lwfm_load_options_destroy(opts);
     lwfm_model_destroy(model);
-    if (st != LWFM_ERR_UNSUPPORTED) return 1; /* other errors surface at the real load */
-    fprintf(stderr, "lwfm bench: bf16 not measured: %s\n", lwfm_last_error());
+    if (st != LWFM_ERR_UNSUPPORTED && st != LWFM_ERR_MISSING_KEY)
+        return 1; /* other errors surface at the real load */
+    fprintf(stderr, "lwfm bench: %s not measured: %s\n", precision_name(p), lwfm_last_error());
     return 0;
 }
 
@@ -190,18 +201,21 @@ static int bf16_available(const char *path) {
 
 typedef struct bench_settings {
     int n_prec;
-    lwfm_precision precs[2];
+    lwfm_precision precs[3]; /* fp32 first when several */
     int64_t reps;
     int threads; /* the OpenMP threads the library will use */
 } bench_settings;
 
-/* The checked options (with --precision both, whether bf16 loads here):
+/* The checked options (with --precision both, whether bf16 and int8 load):
  * 0, or EXIT_USAGE after a usage message. */
 static int check_options(bench_options *o, bench_settings *s) {
     if (cli_model_arg("bench", &o->model, o->given, 1)) return EXIT_USAGE;
     if (!strcmp(o->precision, "both")) {
         s->precs[s->n_prec++] = LWFM_PRECISION_FP32;
-        if (bf16_available(o->model)) s->precs[s->n_prec++] = LWFM_PRECISION_BF16;
+        if (precision_available(o->model, LWFM_PRECISION_BF16))
+            s->precs[s->n_prec++] = LWFM_PRECISION_BF16;
+        if (precision_available(o->model, LWFM_PRECISION_INT8))
+            s->precs[s->n_prec++] = LWFM_PRECISION_INT8;
     } else {
         if (cli_precision("bench", o->precision, &s->precs[0])) return EXIT_USAGE;
         s->n_prec = 1;
@@ -221,14 +235,14 @@ static int check_options(bench_options *o, bench_settings *s) {
 typedef struct bench_run {
     const bench_options *o;
     const bench_settings *s;
-    bench_model bm[2];
-    lwfm_support *sets[2];
+    bench_model bm[3];
+    lwfm_support *sets[3];
     workload wl;
-    double *times, result[2][M_COUNT];
+    double *times, result[3][M_COUNT];
 } bench_run;
 
 static void run_free(bench_run *r) {
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < 3; p++) {
         lwfm_support_destroy(r->sets[p]);
         lwfm_model_destroy(r->bm[p].model);
     }
@@ -263,7 +277,7 @@ static int alloc_workload(bench_run *r) {
     wl->logits = malloc(75 * 5 * sizeof(float));
     wl->l1 = malloc(5 * sizeof(int32_t));
     wl->l5 = malloc(25 * sizeof(int32_t));
-    r->times = malloc((size_t)r->s->reps * 2 * M_COUNT * sizeof *r->times);
+    r->times = malloc((size_t)r->s->reps * 3 * M_COUNT * sizeof *r->times);
     if (!wl->s1 || !wl->s5 || !wl->q || !wl->f_s1 || !wl->f_s5 || !wl->f_q || !wl->feat_tmp ||
         !wl->logits || !wl->l1 || !wl->l5 || !r->times) {
         cli_error("bench", NULL, "out of memory");
@@ -273,7 +287,7 @@ static int alloc_workload(bench_run *r) {
 }
 
 /* The random inputs, their labels, the fp32 model's features of them (the
- * metric is f32 in both precisions; the share is taken against each one's
+ * metric is f32 in every precision; the share is taken against each one's
  * backbone) and the prepared support sets. 0, or -1 after the error. */
 static int fill_workload(bench_run *r) {
     workload *wl = &r->wl;
@@ -372,10 +386,6 @@ static int measure_all(bench_run *r) {
 
 /* ---- print ------------------------------------------------------------------ */
 
-static const char *precision_name(lwfm_precision p) {
-    return p == LWFM_PRECISION_BF16 ? "bf16" : p == LWFM_PRECISION_INT8 ? "int8" : "fp32";
-}
-
 static void print_json(const bench_run *r) {
     const bench_settings *s = r->s;
     const workload *wl = &r->wl;
@@ -393,8 +403,8 @@ static void print_json(const bench_run *r) {
     printf("}\n");
 }
 
-/* A Markdown table: a row per measurement, a column per precision (and their
- * ratio when both were measured). */
+/* A Markdown table: a row per measurement, a column per precision (and each
+ * other precision's ratio to fp32 when several were measured). */
 static void print_table(const bench_run *r) {
     const bench_settings *s = r->s;
     const workload *wl = &r->wl;
@@ -404,15 +414,15 @@ static void print_table(const bench_run *r) {
            (long long)wl->h, (long long)wl->w, s->threads, (long long)s->reps);
     printf("| measure | unit |");
     for (int p = 0; p < n_prec; p++) printf(" %s |", precision_name(s->precs[p]));
-    if (n_prec == 2) printf(" bf16 / fp32 |");
+    for (int p = 1; p < n_prec; p++) printf(" %s / fp32 |", precision_name(s->precs[p]));
     printf("\n|---|---|");
-    for (int p = 0; p < n_prec + (n_prec == 2); p++) printf("---|");
+    for (int p = 0; p < 2 * n_prec - 1; p++) printf("---|");
     printf("\n");
     for (int m = 0; m < M_COUNT; m++) {
         printf("| %s | %s |", kNames[m], kUnits[m]);
         for (int p = 0; p < n_prec; p++)
             printf(" %.*f |", r->result[p][m] >= 100 ? 1 : 2, r->result[p][m]);
-        if (n_prec == 2) printf(" %.2f |", r->result[1][m] / r->result[0][m]);
+        for (int p = 1; p < n_prec; p++) printf(" %.2f |", r->result[p][m] / r->result[0][m]);
         printf("\n");
     }
 }

@@ -135,6 +135,8 @@ def _declare(lib):
     fn("lwfm_model_convolutions", _i64, _p)
     fn("lwfm_model_convolution_name", ctypes.c_char_p, _p, _i64)
     fn("lwfm_model_convolution_ranges", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _size)
+    fn("lwfm_model_convolution_histograms", st, _p, _fptr, _i64, _i64, _i64, _i64, _fptr, _i64,
+       ctypes.POINTER(ctypes.c_uint64), _size)
     fn("lwfm_model_preprocess", st, _p, _p, ctypes.c_int, _i64, _i64, _i64, _i64, _fptr, _size)
     _i32p = ctypes.POINTER(ctypes.c_int32)
     fn("lwfm_episode_score", st, _p, _fptr, _i64, _i32p, _fptr, _i64, _i64, _i64, _i64, _i64,
@@ -698,6 +700,35 @@ class Model:
             out = np.empty((n, lib.lwfm_model_convolutions(m)), dtype=np.float32)
             _check(lib.lwfm_model_convolution_ranges(m, _fp(x), n, c, h, w, _fp(out), out.size))
         return out
+
+    def convolution_histograms(self, images, limits, bins, counts=None):
+        """Histograms of the values each backbone convolution reads: uint64
+        (len(convolution_names()), bins), bin b of convolution i counting
+        the values in [-limits[i] + 2 b limits[i] / bins, ... + 2 limits[i] / bins)
+        (values beyond +-limits[i] in the end bins). ``counts``, when given
+        (that shape, uint64, C-contiguous), is added to in place and
+        returned: successive batches accumulate. The int8 calibration
+        (``lwfm.quantize``); the model must be loaded in fp32."""
+        x = _as_images(images)
+        n, c, h, w = x.shape
+        with self._use() as m:
+            lib = _library()
+            k = lib.lwfm_model_convolutions(m)
+            lim = np.ascontiguousarray(limits, dtype=np.float32)
+            if lim.shape != (k,):
+                raise ValueError(f"limits: shape {lim.shape}, expected ({k},)")
+            bins = int(bins)
+            if counts is None:
+                counts = np.zeros((k, max(bins, 0)), dtype=np.uint64)
+            elif (not isinstance(counts, np.ndarray) or counts.dtype != np.uint64
+                  or counts.shape != (k, bins) or not counts.flags.c_contiguous
+                  or not counts.flags.writeable):
+                raise ValueError(f"counts: must be a writeable C-contiguous uint64 array of "
+                                 f"shape ({k}, {bins})")
+            ptr = counts.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64))
+            _check(lib.lwfm_model_convolution_histograms(m, _fp(x), n, c, h, w, _fp(lim), bins,
+                                                         ptr, counts.size))
+        return counts
 
     def episode_score(self, support, support_labels, query, way=None):
         """Logits (n_query, way) float32 of one episode from images.
