@@ -1338,17 +1338,23 @@ const char *lwfm__net_conv_name(const lwfm__net *net, int i) {
     return NULL;
 }
 
-lwfm_status lwfm__net_ranges(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h, int64_t w,
-                             float *out, float *ranges) {
+/* A calibration pass: the fp32 forward on this thread, one chunk at a time
+ * (ranges_base is the chunk's), with the context's observer (ranges or
+ * histograms, read in op_input) set by the caller. */
+static lwfm_status observed_forward(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h,
+                                    int64_t w, float *out, const char *what) {
     if (ctx->net->precision != LWFM_PRECISION_FP32)
-        return lwfm__error(LWFM_ERR_UNSUPPORTED,
-                           "input ranges are measured on the model loaded in fp32");
+        return lwfm__error(LWFM_ERR_UNSUPPORTED, "input %s are measured on the model loaded in fp32",
+                           what);
     int64_t C, fh, fw;
     lwfm_status st = lwfm__net_out_shape(ctx->net, h, w, &C, &fh, &fw);
-    if (st) return st;
-    /* one chunk at a time on this thread: ranges_base is the chunk's */
+    return st ? st : forward_chunks(ctx, x, n, h, w, out, C * fh * fw);
+}
+
+lwfm_status lwfm__net_ranges(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h, int64_t w,
+                             float *out, float *ranges) {
     ctx->ranges = ranges;
-    st = forward_chunks(ctx, x, n, h, w, out, C * fh * fw);
+    lwfm_status st = observed_forward(ctx, x, n, h, w, out, "ranges");
     ctx->ranges = NULL;
     return st;
 }
@@ -1356,16 +1362,10 @@ lwfm_status lwfm__net_ranges(lwfm__net_ctx *ctx, const float *x, int64_t n, int6
 lwfm_status lwfm__net_histograms(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h,
                                  int64_t w, float *out, const float *limits, int64_t bins,
                                  uint64_t *counts) {
-    if (ctx->net->precision != LWFM_PRECISION_FP32)
-        return lwfm__error(LWFM_ERR_UNSUPPORTED,
-                           "input histograms are measured on the model loaded in fp32");
-    int64_t C, fh, fw;
-    lwfm_status st = lwfm__net_out_shape(ctx->net, h, w, &C, &fh, &fw);
-    if (st) return st;
     ctx->hist = counts;
     ctx->hist_limits = limits;
     ctx->hist_bins = bins;
-    st = forward_chunks(ctx, x, n, h, w, out, C * fh * fw);
+    lwfm_status st = observed_forward(ctx, x, n, h, w, out, "histograms");
     ctx->hist = NULL;
     return st;
 }

@@ -190,6 +190,22 @@ size_t lwfm__wino_scratch(const lwfm__wino *wg, int64_t n, int64_t h, int64_t w)
  * map (zero outside), V written to each point's row `t`. Inlined for each
  * tile size: a and bt are constants there and the zeros of B^T vanish. */
 #define INLINE static inline __attribute__((always_inline))
+/* out[i][j] = sum_k mat[i][k] in[k][j] (i < rows, j < a): the left product
+ * of both transforms. Inlined with a constant mat, whose zeros vanish. */
+AVX2 INLINE void left_product(const int rows, const int a, const float mat[MAX_A][MAX_A],
+                              __m256 in[MAX_A][MAX_A], __m256 out[MAX_A][MAX_A]) {
+#pragma GCC unroll 6
+    for (int i = 0; i < rows; i++)
+#pragma GCC unroll 6
+        for (int j = 0; j < a; j++) {
+            __m256 s = _mm256_setzero_ps();
+#pragma GCC unroll 6
+            for (int k = 0; k < a; k++)
+                if (mat[i][k] != 0.0f) s = _mm256_fmadd_ps(_mm256_set1_ps(mat[i][k]), in[k][j], s);
+            out[i][j] = s;
+        }
+}
+
 AVX2 INLINE void input_tile_a(const int a, const float bt[MAX_A][MAX_A], const float *map,
                               int pix, int64_t h, int64_t w, int64_t y0, int64_t x0, float *v,
                               int64_t point_stride) {
@@ -204,16 +220,7 @@ AVX2 INLINE void input_tile_a(const int a, const float bt[MAX_A][MAX_A], const f
                           ? _mm256_loadu_ps(map + (y * w + x) * pix)
                           : _mm256_setzero_ps();
         }
-#pragma GCC unroll 6
-    for (int i = 0; i < a; i++)
-#pragma GCC unroll 6
-        for (int j = 0; j < a; j++) {
-            __m256 s = _mm256_setzero_ps();
-#pragma GCC unroll 6
-            for (int k = 0; k < a; k++)
-                if (bt[i][k] != 0.0f) s = _mm256_fmadd_ps(_mm256_set1_ps(bt[i][k]), d[k][j], s);
-            tmp[i][j] = s;
-        }
+    left_product(a, a, bt, d, tmp);
 #pragma GCC unroll 6
     for (int i = 0; i < a; i++)
 #pragma GCC unroll 6
@@ -324,16 +331,7 @@ AVX2 INLINE void output_tile_a(const int a, const float at[MAX_A][MAX_A], const 
 #pragma GCC unroll 6
         for (int j = 0; j < a; j++)
             mm[i][j] = _mm256_loadu_ps(mo + (int64_t)(i * a + j) * point_stride);
-#pragma GCC unroll 4
-    for (int r = 0; r < m; r++)
-#pragma GCC unroll 6
-        for (int j = 0; j < a; j++) {
-            __m256 s = _mm256_setzero_ps();
-#pragma GCC unroll 6
-            for (int k = 0; k < a; k++)
-                if (at[r][k] != 0.0f) s = _mm256_fmadd_ps(_mm256_set1_ps(at[r][k]), mm[k][j], s);
-            tmp[r][j] = s;
-        }
+    left_product(m, a, at, mm, tmp);
     const __m256 bias = _mm256_loadu_ps(ep->bias), zero = _mm256_setzero_ps(),
                  slope = _mm256_set1_ps(ep->slope);
 #pragma GCC unroll 4
