@@ -17,10 +17,11 @@
 
 #include "core/core.h"
 #include "core/omp_compat.h"
+#include "core/panel_gemm.h"
 
 #define MAX_A 6 /* input tile side for m = 4 */
-#define ROWS 6  /* tiles per GEMM kernel step */
-#define COLS 16 /* output channels per GEMM kernel step (two AVX2 vectors) */
+#define COLS LWFM_PANEL_COLS /* output channels per panel of U */
+#define ROWS 6 /* tiles per step of the panel kernel: blocks are multiples of it */
 
 struct lwfm__wino {
     int m, a, points; /* output tile m x m, input tile a x a, points = a * a */
@@ -57,8 +58,7 @@ static const float kAT[3][MAX_A][MAX_A] = {
 
 int lwfm__wino_cpu_ok(void) {
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return lwfm__panel_gemm_avx2(); /* the transforms are AVX2 code too */
 #else
     return 0;
 #endif
@@ -265,28 +265,6 @@ AVX2 static void input_transform(const lwfm__wino *wg, const float *src, int64_t
     }
 }
 
-/* c[r][0..16) = sum_k v[r][k] * u[k][0..16) for `rows` rows (inlined with a
- * constant row count, so the accumulators stay in registers). */
-AVX2 static inline __attribute__((always_inline)) void gemm_rows(int rows, const float *v,
-                                                                 int64_t ldv, const float *u,
-                                                                 int64_t k_n, float *c,
-                                                                 int64_t ldc) {
-    __m256 acc[ROWS][2];
-    for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < k_n; k++) {
-        __m256 u0 = _mm256_loadu_ps(u + k * COLS), u1 = _mm256_loadu_ps(u + k * COLS + 8);
-        for (int r = 0; r < rows; r++) {
-            __m256 b = _mm256_broadcast_ss(v + r * ldv + k);
-            acc[r][0] = _mm256_fmadd_ps(b, u0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(b, u1, acc[r][1]);
-        }
-    }
-    for (int r = 0; r < rows; r++) {
-        _mm256_storeu_ps(c + r * ldc, acc[r][0]);
-        _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
-    }
-}
-
 /* M_p = V_p U_p for every point p: the jobs are (point, 16-channel panel)
  * pairs; each panel of U (ic x 16) is reused by all the tiles. */
 AVX2 static void gemms(const lwfm__wino *wg, const float *v, float *mo, int64_t t_all) {
@@ -298,17 +276,7 @@ AVX2 static void gemms(const lwfm__wino *wg, const float *v, float *mo, int64_t 
         int64_t p = job / panels, j = job % panels;
         const float *u = wg->u + job * ic * COLS, *vp = v + p * t_all * ic;
         float *mp = mo + p * t_all * oc + j * COLS;
-        int64_t t = 0;
-        for (; t + ROWS <= t_all; t += ROWS)
-            gemm_rows(ROWS, vp + t * ic, ic, u, ic, mp + t * oc, oc);
-        switch (t_all - t) {
-        case 5: gemm_rows(5, vp + t * ic, ic, u, ic, mp + t * oc, oc); break;
-        case 4: gemm_rows(4, vp + t * ic, ic, u, ic, mp + t * oc, oc); break;
-        case 3: gemm_rows(3, vp + t * ic, ic, u, ic, mp + t * oc, oc); break;
-        case 2: gemm_rows(2, vp + t * ic, ic, u, ic, mp + t * oc, oc); break;
-        case 1: gemm_rows(1, vp + t * ic, ic, u, ic, mp + t * oc, oc); break;
-        default: break;
-        }
+        lwfm__panel_gemm(u, ic, t_all, vp, ic, mp, oc, COLS, 0);
     }
 }
 

@@ -377,7 +377,7 @@ static void spm_layout(const lwfm_model *m, int64_t n, int64_t P, lwfm__prep_lay
                         (size_t)P * (size_t)ly->n * sizeof(float)},
         .type = {'f', 'f', 'f', 'f'},
         .scratch_bytes =
-            spm ? lwfm__matcher_tmp_floats(lwfm__spm_matcher(m), ly, P) * sizeof(float) : 0};
+            spm ? lwfm__matcher_tmp_floats(lwfm__spm_matcher(m), ly) * sizeof(float) : 0};
 }
 
 static void spm_bind(lwfm__prep *prep) {
@@ -402,21 +402,17 @@ lwfm_status lwfm__lwfm_spm_prepare(const lwfm_model *m, const float *feats, int6
     for (int64_t i = 0; i < n; i++)
         lwfm__lwe_prepare_image(ly, feats + i * C * P, p->X + i * P * C, p->U + i * P * C);
     LWFM_PROF_ADD(LWFM_PROF_LWE, tp);
-    lwfm_status st = LWFM_OK;
     if (spm) {
         tp = LWFM_PROF_T0();
-        st = lwfm__matcher_apply(lwfm__spm_matcher(m), ly, n, P, p->X, p->G, p->gn, p->mem.buf[4]);
+        lwfm__matcher_apply(lwfm__spm_matcher(m), ly, n, P, p->X, p->G, p->gn, p->mem.buf[4]);
         LWFM_PROF_ADD(LWFM_PROF_MATCHER, tp);
         if (p->mem.owned) {
             lwfm__free(p->mem.buf[4]);
             p->mem.buf[4] = NULL;
         }
     }
-    if (st)
-        lwfm__prep_release((lwfm__prep *)p);
-    else
-        *out = (lwfm__prep *)p;
-    return st;
+    *out = (lwfm__prep *)p;
+    return LWFM_OK;
 }
 
 static lwfm_status spm_pair_ready(const lwfm_model *m, lwfm__pair_kind kind) {

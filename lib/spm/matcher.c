@@ -8,16 +8,10 @@
 #include "core/core.h"
 #include "core/vec.h"
 #include "core/omp_compat.h"
+#include "core/panel_gemm.h"
 #include "spm/assign.h"
 
 #define COS_EPS 1e-8
-/* Rows of position vectors per matcher GEMM. */
-
-/* out (cols x rows) = in (rows x cols)^T */
-static void transpose(const float *in, int rows, int cols, float *out) {
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) out[(size_t)c * rows + r] = in[(size_t)r * cols + c];
-}
 
 lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const lwfm__layers *ly,
                                int learnable) {
@@ -34,14 +28,15 @@ lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const 
         int64_t s1[2] = {h, d}, s2[2] = {d, h};
         lwfm_status st;
         m->hid[l] = h;
+        /* x W^T with W (out x in): B(i, j) = W[j][i] */
         snprintf(key, sizeof key, "matchers.%d.linear.0.weight", l);
         if ((st = lwfm__archive_get_f32(ar, key, 2, s1, &w))) return st;
-        if (!(m->w1[l] = lwfm__alloc((size_t)h * d * sizeof(float)))) goto oom;
-        transpose(w, h, d, m->w1[l]);
+        if (!(m->w1[l] = lwfm__alloc(lwfm__panels_floats(d, h) * sizeof(float)))) goto oom;
+        lwfm__panels_pack(w, 1, d, d, h, m->w1[l]);
         snprintf(key, sizeof key, "matchers.%d.linear.2.weight", l);
         if ((st = lwfm__archive_get_f32(ar, key, 2, s2, &w))) return st;
-        if (!(m->w2[l] = lwfm__alloc((size_t)h * d * sizeof(float)))) goto oom;
-        transpose(w, d, h, m->w2[l]);
+        if (!(m->w2[l] = lwfm__alloc(lwfm__panels_floats(h, d) * sizeof(float)))) goto oom;
+        lwfm__panels_pack(w, 1, h, h, d, m->w2[l]);
     }
     return LWFM_OK;
 oom:
@@ -56,70 +51,66 @@ void lwfm__matcher_free(lwfm__matcher *m) {
     memset(m, 0, sizeof *m);
 }
 
-size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, int64_t P) {
+/* Position rows per step of a thread: a multiple of the panel kernel's 6,
+ * and enough that each panel of the weights (read from L2 or memory) serves
+ * many rows, while the step's rows of X stay in L2. */
+#define MATCHER_ROWS 96
+
+size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly) {
     int h = 0;
     for (int l = 0; l < ly->n; l++)
         if (m->hid[l] > h) h = m->hid[l];
-    return (size_t)omp_get_max_threads() * (size_t)P * (size_t)(h > 0 ? h : 1);
+    return (size_t)omp_get_max_threads() * MATCHER_ROWS * (size_t)(h > 0 ? h : 1);
 }
 
-/* One block of rows: G_l = relu(relu(X_l W1^T) W2^T) + X_l (or X_l when not
- * learnable) and the norms. oneDNN's GEMM runs single-threaded here. */
-LWFM_MULTIARCH static int matcher_block(const lwfm__matcher *m, const lwfm__layers *ly,
+/* Rows [0, rows) of X: G_l = relu(relu(X_l W1^T) W2^T) + X_l (or X_l when
+ * not learnable) and the norms |G_l|. The ReLUs are fused in the GEMMs. */
+LWFM_MULTIARCH static void matcher_rows(const lwfm__matcher *m, const lwfm__layers *ly,
                                         int64_t rows, const float *X, float *G, float *gnorm,
                                         float *tmp) {
     const int C = ly->C, L = ly->n;
     for (int l = 0; l < L; l++) {
         const int off = ly->off[l], d = ly->dim[l], h = m->hid[l];
         if (m->learnable) {
-            if (dnnl_sgemm('N', 'N', rows, h, d, 1.0f, X + off, C, m->w1[l], h, 0.0f, tmp, h) !=
-                dnnl_success)
-                return -1;
-            for (int64_t i = 0; i < rows * h; i++) tmp[i] = tmp[i] > 0.0f ? tmp[i] : 0.0f;
-            if (dnnl_sgemm('N', 'N', rows, d, h, 1.0f, tmp, h, m->w2[l], d, 0.0f, G + off, C) !=
-                dnnl_success)
-                return -1;
+            lwfm__panels_gemm(m->w1[l], d, h, rows, X + off, C, tmp, h, 1);
+            lwfm__panels_gemm(m->w2[l], h, d, rows, tmp, h, G + off, C, 1);
         }
         for (int64_t r = 0; r < rows; r++) {
             const float *x = X + r * C + off;
             float *g = G + r * C + off;
             if (m->learnable) {
 #pragma omp simd
-                for (int c = 0; c < d; c++) g[c] = (g[c] > 0.0f ? g[c] : 0.0f) + x[c];
+                for (int c = 0; c < d; c++) g[c] += x[c];
             } else {
                 memcpy(g, x, sizeof(float) * (size_t)d);
             }
             gnorm[r * L + l] = sqrtf(lwfm__dot(g, g, d));
         }
     }
-    return 0;
 }
 
-lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t n,
-                                int64_t P, const float *X, float *G, float *gnorm, float *tmp) {
+void lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t n, int64_t P,
+                         const float *X, float *G, float *gnorm, float *tmp) {
     const int C = ly->C, L = ly->n;
-    int h = 1, failed = 0;
+    const int64_t rows = n * P;
+    int h = 1;
     for (int l = 0; l < L; l++)
         if (m->hid[l] > h) h = m->hid[l];
-    /* One GEMM per image: oneDNN's GEMM rounds a row differently depending on
-     * how many rows share the call and where the row falls among them, so
-     * blocks spanning images would make an image's g_l(X) depend on the
-     * images prepared with it and on the thread count (a grown or saved
-     * support set must equal one prepared whole, on any number of threads). */
-#pragma omp parallel
+    /* Every position row is computed alone by the panel GEMM (one FMA
+     * sequence per element), so the threads split the rows evenly, across
+     * images: an image's g_l(X) does not depend on the images prepared with
+     * it or on the thread count (a grown or saved support set equals one
+     * prepared whole). Each thread walks its rows in steps of MATCHER_ROWS. */
+#pragma omp parallel if (rows > 2 * MATCHER_ROWS / 3)
     {
-        float *mine = tmp + (size_t)omp_get_thread_num() * (size_t)P * (size_t)h;
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            if (failed) continue;
-            if (matcher_block(m, ly, P, X + i * P * C, G + i * P * C, gnorm + i * P * L, mine)) {
-#pragma omp atomic write
-                failed = 1;
-            }
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t first = rows * t / nt, last = rows * (t + 1) / nt;
+        float *mine = tmp + (size_t)t * MATCHER_ROWS * (size_t)h;
+        for (int64_t r0 = first; r0 < last; r0 += MATCHER_ROWS) {
+            const int64_t nr = last - r0 < MATCHER_ROWS ? last - r0 : MATCHER_ROWS;
+            matcher_rows(m, ly, nr, X + r0 * C, G + r0 * C, gnorm + r0 * L, mine);
         }
     }
-    if (failed) return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: sgemm (matcher) failed");
-    return LWFM_OK;
 }
 
 size_t lwfm__spm_work_doubles(int P) {

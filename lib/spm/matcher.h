@@ -3,7 +3,6 @@
 #ifndef LWFM_SPM_MATCHER_H
 #define LWFM_SPM_MATCHER_H
 
-#include <dnnl.h>
 #include <stdint.h>
 
 #include "io/npz.h"
@@ -12,8 +11,8 @@
 typedef struct lwfm__matcher {
     int learnable;            /* 0: g is the identity */
     int hid[LWFM_MAX_TAPS];   /* d_l / 2 */
-    float *w1[LWFM_MAX_TAPS]; /* W1^T: (d, hid) row-major */
-    float *w2[LWFM_MAX_TAPS]; /* W2^T: (hid, d) row-major */
+    float *w1[LWFM_MAX_TAPS]; /* W1^T (d x hid) in panels (core/panel_gemm.h) */
+    float *w2[LWFM_MAX_TAPS]; /* W2^T (hid x d) in panels */
 } lwfm__matcher;
 
 /* Load `matchers.{l}.linear.0.weight` (d/2, d) and `.linear.2.weight`
@@ -22,16 +21,16 @@ lwfm_status lwfm__matcher_load(lwfm__matcher *m, const lwfm__archive *ar, const 
                                int learnable);
 void lwfm__matcher_free(lwfm__matcher *m);
 
-/* Floats of scratch lwfm__matcher_apply needs for images of P positions
- * (one image's hidden activations per OpenMP thread). */
-size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly, int64_t P);
+/* Floats of scratch lwfm__matcher_apply needs (a step's hidden activations
+ * per OpenMP thread; independent of the image count and size). */
+size_t lwfm__matcher_tmp_floats(const lwfm__matcher *m, const lwfm__layers *ly);
 
 /* G = g_l(X) on each layer's slice of the n x P position vectors of n
  * images (row stride C, as lwfm__lwe_prepare_image lays them out);
  * gnorm[r * L + l] = |G_l(r)|. An image's results depend on that image
  * alone (not on n, its place among them or the thread count). */
-lwfm_status lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t n,
-                                int64_t P, const float *X, float *G, float *gnorm, float *tmp);
+void lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t n, int64_t P,
+                         const float *X, float *G, float *gnorm, float *tmp);
 
 /* Step 7 for one pair and one layer: assignment on the cost 1 - R (R as in
  * lwfm__lwe_attention), then c_a = cos(g(u_a), g(v_sigma(a))) and the sum of
