@@ -44,69 +44,75 @@ LWFM_MULTIARCH void lwfm__lwe_prepare_image(const lwfm__layers *ly, const float 
     }
 }
 
-/* exp(x) for x <= 0 (softmax arguments after the max is subtracted) on 16
+/* exp(x) for x <= 0 (softmax arguments after the max is subtracted) on 8
  * lanes, to about 2 ulp: 2^n p(r) with n = round(x / ln 2) taken from the
  * low bits of x / ln 2 + 1.5 * 2^23 (no float-to-int conversion, so a NaN
  * stays a NaN without undefined behaviour), r = x - n ln 2 in
  * [-ln2/2, ln2/2] and a degree-6 polynomial. Below -87 the result is
  * exp(-87) (never denormal). */
-LWFM_VEC_INLINE lwfm__v16 exp_nonpos(lwfm__v16 x) {
-    const lwfm__v16 lo = LWFM_V16(-87.0f), magic = LWFM_V16(12582912.0f);
-    const lwfm__v16i below = x < lo;
-    x = lwfm__v16_select(below, lo, x);
-    const lwfm__v16 t = x * LWFM_V16(1.44269504088896341f) + magic;
-    const lwfm__v16 n = t - magic;
-    const lwfm__v16 r =
-        x - n * LWFM_V16(0.693145751953125f) - n * LWFM_V16(1.42860682030941723212e-6f);
-    lwfm__v16 p = LWFM_V16(1.0f / 720.0f);
-    p = p * r + LWFM_V16(1.0f / 120.0f);
-    p = p * r + LWFM_V16(1.0f / 24.0f);
-    p = p * r + LWFM_V16(1.0f / 6.0f);
-    p = p * r + LWFM_V16(0.5f);
-    p = p * r + LWFM_V16(1.0f);
-    p = p * r + LWFM_V16(1.0f);
-    const lwfm__v16i bits = ((lwfm__v16i)t - (lwfm__v16i)magic + 127) << 23; /* 2^n */
-    return p * (lwfm__v16)bits;
+LWFM_VEC_INLINE lwfm__v8 exp_nonpos(lwfm__v8 x) {
+    const lwfm__v8 lo = LWFM_V8(-87.0f), magic = LWFM_V8(12582912.0f);
+    const lwfm__v8i below = x < lo;
+    x = lwfm__v8_select(below, lo, x);
+    const lwfm__v8 t = x * LWFM_V8(1.44269504088896341f) + magic;
+    const lwfm__v8 n = t - magic;
+    const lwfm__v8 r =
+        x - n * LWFM_V8(0.693145751953125f) - n * LWFM_V8(1.42860682030941723212e-6f);
+    lwfm__v8 p = LWFM_V8(1.0f / 720.0f);
+    p = p * r + LWFM_V8(1.0f / 120.0f);
+    p = p * r + LWFM_V8(1.0f / 24.0f);
+    p = p * r + LWFM_V8(1.0f / 6.0f);
+    p = p * r + LWFM_V8(0.5f);
+    p = p * r + LWFM_V8(1.0f);
+    p = p * r + LWFM_V8(1.0f);
+    const lwfm__v8i bits = ((lwfm__v8i)t - (lwfm__v8i)magic + 127) << 23; /* 2^n */
+    return p * (lwfm__v8)bits;
 }
 
 /* Steps 3-4 along the rows of a rows x n block M (leading dimension ldm)
  * made of n / rows square pair blocks side by side: each column is
  * standardised over the rows (unbiased variance) and soft-maxed over them at
  * temperature t_attn; out[s * rows + r] = sum of row r of the result over
- * the s-th block's columns. Columns are processed 16 at a time in vector
+ * the s-th block's columns. Columns are processed 8 at a time in vector
  * registers, so one pass covers several pair blocks. Single precision is
  * ample: correlations lie in [-1, 1]. work: rows * n floats. */
 LWFM_MULTIARCH static void softmax_rows_blocksum(const float *M, int64_t ldm, int rows, int n,
                                                  float t_attn, float *out, float *work) {
     float *E = work; /* rows x n: the soft-maxed block */
-    const lwfm__v16 inv_r = LWFM_V16(1.0f / (float)rows);
+    const lwfm__v8 inv_r = LWFM_V8(1.0f / (float)rows);
     const float inv_r1 = 1.0f / (float)(rows - 1); /* rows >= 2 */
-    for (int c0 = 0; c0 < n; c0 += 16) {
-        const int k = n - c0 < 16 ? n - c0 : 16;
-        lwfm__v16 mean = {0}, var = {0}, scale, mx = LWFM_V16(-INFINITY), sum = {0};
-        for (int r = 0; r < rows; r++) mean += lwfm__v16_loadn(M + r * ldm + c0, k);
+    for (int c0 = 0; c0 < n; c0 += 8) {
+        const int k = n - c0 < 8 ? n - c0 : 8;
+        lwfm__v8 mean = {0}, var = {0}, scale, mx = LWFM_V8(-INFINITY), sum = {0};
+        for (int r = 0; r < rows; r++) mean += lwfm__v8_loadn(M + r * ldm + c0, k);
         mean *= inv_r;
         for (int r = 0; r < rows; r++) {
-            const lwfm__v16 d = lwfm__v16_loadn(M + r * ldm + c0, k) - mean;
+            const lwfm__v8 d = lwfm__v8_loadn(M + r * ldm + c0, k) - mean;
             var += d * d;
         }
-        for (int i = 0; i < 16; i++)
-            scale[i] = 1.0f / (sqrtf(var[i] * inv_r1 + (float)VAR_EPS) * t_attn);
-        for (int r = 0; r < rows; r++) {
-            const lwfm__v16 z = (lwfm__v16_loadn(M + r * ldm + c0, k) - mean) * scale;
-            const lwfm__v16i up = z > mx;
-            mx = lwfm__v16_select(up, z, mx);
-            lwfm__v16_storen(E + (size_t)r * n + c0, z, k);
+        { /* through arrays, so the loop vectorises (lane by lane, GCC goes through the stack) */
+            float vr[8], sc[8];
+            *(lwfm__v8u *)vr = var;
+#pragma omp simd
+            for (int i = 0; i < 8; i++)
+                sc[i] = 1.0f / (sqrtf(vr[i] * inv_r1 + (float)VAR_EPS) * t_attn);
+            scale = lwfm__v8_load(sc);
         }
         for (int r = 0; r < rows; r++) {
-            const lwfm__v16 e = exp_nonpos(lwfm__v16_loadn(E + (size_t)r * n + c0, k) - mx);
+            const lwfm__v8 z = (lwfm__v8_loadn(M + r * ldm + c0, k) - mean) * scale;
+            const lwfm__v8i up = z > mx;
+            mx = lwfm__v8_select(up, z, mx);
+            lwfm__v8_storen(E + (size_t)r * n + c0, z, k);
+        }
+        for (int r = 0; r < rows; r++) {
+            const lwfm__v8 e = exp_nonpos(lwfm__v8_loadn(E + (size_t)r * n + c0, k) - mx);
             sum += e;
-            lwfm__v16_storen(E + (size_t)r * n + c0, e, k);
+            lwfm__v8_storen(E + (size_t)r * n + c0, e, k);
         }
-        const lwfm__v16 inv = LWFM_V16(1.0f) / sum; /* lanes past k: exp(0) sums, unused */
+        const lwfm__v8 inv = LWFM_V8(1.0f) / sum; /* lanes past k: exp(0) sums, unused */
         for (int r = 0; r < rows; r++)
-            lwfm__v16_storen(E + (size_t)r * n + c0,
-                             lwfm__v16_loadn(E + (size_t)r * n + c0, k) * inv, k);
+            lwfm__v8_storen(E + (size_t)r * n + c0,
+                             lwfm__v8_loadn(E + (size_t)r * n + c0, k) * inv, k);
     }
     for (int r = 0; r < rows; r++) {
         const float *e = E + (size_t)r * n;

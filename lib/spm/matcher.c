@@ -101,7 +101,7 @@ void lwfm__matcher_apply(const lwfm__matcher *m, const lwfm__layers *ly, int64_t
      * images: an image's g_l(X) does not depend on the images prepared with
      * it or on the thread count (a grown or saved support set equals one
      * prepared whole). Each thread walks its rows in steps of MATCHER_ROWS. */
-#pragma omp parallel if (rows > 2 * MATCHER_ROWS / 3)
+#pragma omp parallel if (rows > 6) /* even one image's rows are worth splitting */
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         const int64_t first = rows * t / nt, last = rows * (t + 1) / nt;
