@@ -12,6 +12,7 @@
 
 #include "core/core.h"
 #include "core/omp_compat.h"
+#include "core/panel_gemm.h"
 #include "core/profile.h"
 #include "core/vec.h"
 #include "methods/lwfm_spm.h"
@@ -78,6 +79,7 @@ typedef struct pair_scratch {
     float *wqacc; /* block x slots x L x P: per query and open class, sum over the
                      class's supports of the query weights */
     float *qv;    /* C */
+    float *panel; /* C x 16: 16 support positions of one layer, packed for the GEMM */
     double *macc; /* block x slots: per query and open class, sum of SPM scores */
     double *spm;
     int *sigma;
@@ -85,37 +87,38 @@ typedef struct pair_scratch {
 
 /* Offsets (floats) of a pair_scratch slice's float arrays, in order; the
  * last entry is the total (see scratch_bind). */
-static void scratch_layout(int64_t slots, int C, int L, int P, spm_cut cut, size_t off[9]) {
+static void scratch_layout(int64_t slots, int C, int L, int P, spm_cut cut, size_t off[10]) {
     const size_t N = (size_t)cut.chunk * P, B = (size_t)cut.block;
-    const size_t sizes[8] = {B * P * N * L,
+    const size_t sizes[9] = {B * P * N * L,
                              (size_t)L * P * N,
                              (size_t)L * N,
                              (size_t)L * N,
                              LWFM_LWE_WORK_FLOATS(P, cut.chunk),
                              B * slots * C,
                              B * slots * L * P,
-                             (size_t)C};
+                             (size_t)C,
+                             lwfm__panels_floats(C, LWFM_PANEL_COLS)};
     off[0] = 0;
-    for (int i = 0; i < 8; i++) off[i + 1] = off[i] + (sizes[i] + 15) / 16 * 16;
+    for (int i = 0; i < 9; i++) off[i + 1] = off[i] + (sizes[i] + 15) / 16 * 16;
 }
 
 static size_t scratch_bytes(int64_t slots, int C, int L, int P, spm_cut cut) {
-    size_t off[9];
+    size_t off[10];
     scratch_layout(slots, C, L, P, cut, off);
     size_t doubles = (size_t)cut.block * slots + lwfm__spm_work_doubles(P);
-    size_t bytes = off[8] * sizeof(float) + doubles * sizeof(double) + (size_t)P * sizeof(int);
+    size_t bytes = off[9] * sizeof(float) + doubles * sizeof(double) + (size_t)P * sizeof(int);
     return (bytes + 63) / 64 * 64; /* each thread's slice starts 64-byte aligned */
 }
 
 static void scratch_bind(pair_scratch *ps, char *base, int64_t slots, int C, int L, int P,
                          spm_cut cut) {
-    size_t off[9];
+    size_t off[10];
     scratch_layout(slots, C, L, P, cut, off);
     float *f = (float *)base;
-    float **dst[8] = {&ps->rt,   &ps->rs,   &ps->ws,    &ps->wq,
-                      &ps->attn, &ps->sacc, &ps->wqacc, &ps->qv};
-    for (int i = 0; i < 8; i++) *dst[i] = f + off[i];
-    double *d = (double *)(f + off[8]);
+    float **dst[9] = {&ps->rt,   &ps->rs,   &ps->ws, &ps->wq,   &ps->attn,
+                      &ps->sacc, &ps->wqacc, &ps->qv, &ps->panel};
+    for (int i = 0; i < 9; i++) *dst[i] = f + off[i];
+    double *d = (double *)(f + off[9]);
     ps->macc = d;
     ps->spm = d + (size_t)cut.block * slots;
     ps->sigma = (int *)(ps->spm + lwfm__spm_work_doubles(P));
@@ -234,11 +237,26 @@ LWFM_MULTIARCH static void score_chunk(const score_job *job, const spm_prep *Q, 
     }
 }
 
+/* rt (rows x n, ldt) = the correlations of `rows` query position vectors
+ * (uq, row stride C) with n support position vectors (us, row stride C),
+ * over d channels: the panel GEMM, 16 support positions at a time packed
+ * into `panel` (d x 16 floats). Each correlation is one fixed sequence of
+ * fused multiply-adds, so a query's logits do not depend on the queries
+ * scored with it, the blocks or the thread count (oneDNN's sgemm rounds a
+ * row differently with the call's shape). */
+static void correlate(const float *uq, int64_t rows, const float *us, int64_t n, int d, int C,
+                      float *rt, int64_t ldt, float *panel) {
+    for (int64_t j = 0; j < n; j += LWFM_PANEL_COLS) {
+        const int cols = n - j < LWFM_PANEL_COLS ? (int)(n - j) : LWFM_PANEL_COLS;
+        lwfm__panels_pack(us + j * C, 1, C, d, cols, panel);
+        lwfm__panel_gemm(panel, d, rows, uq, C, rt + j, ldt, cols, 0);
+    }
+}
+
 /* Thread t of nt: its contiguous range of queries, in blocks; each block
- * goes through the supports a chunk at a time (one GEMM per layer and
- * chunk), then its logits are finished. Returns 0, or -1 when oneDNN's GEMM
- * failed. */
-static int score_range(const score_job *job, int t, int nt) {
+ * goes through the supports a chunk at a time (one product per layer and
+ * chunk), then its logits are finished. */
+static void score_range(const score_job *job, int t, int nt) {
     const lwfm_model *m = job->m;
     const spm_prep *S = job->S, *Q = job->Q;
     const lwfm__layers *ly = &m->layers;
@@ -250,8 +268,7 @@ static int score_range(const score_job *job, int t, int nt) {
     double tt = LWFM_PROF_T0();
     scratch_bind(&ps, job->scratch + job->sd * (size_t)t, slots, C, L, P, job->cut);
     for (int l = 0; l < L; l++) RT[l] = ps.rt + (size_t)l * job->cut.block * P * ldt;
-    int bad = 0;
-    for (int64_t q0 = first; q0 < last && !bad; q0 += job->cut.block) {
+    for (int64_t q0 = first; q0 < last; q0 += job->cut.block) {
         const int64_t nq = last - q0 < job->cut.block ? last - q0 : job->cut.block;
         /* finish_class zeroes a slot it is done with: a block's queries start
          * from zeroed slots after the first */
@@ -260,19 +277,16 @@ static int score_range(const score_job *job, int t, int nt) {
             memset(ps.wqacc, 0, sizeof(float) * (size_t)nq * slots * L * P);
             memset(ps.macc, 0, sizeof(double) * (size_t)nq * slots);
         }
-        for (int64_t j0 = 0; j0 < S->n && !bad; j0 += job->cut.chunk) {
+        for (int64_t j0 = 0; j0 < S->n; j0 += job->cut.chunk) {
             const int64_t ns = S->n - j0 < job->cut.chunk ? S->n - j0 : job->cut.chunk;
-            for (int l = 0; l < L && !bad; l++)
-                bad = dnnl_sgemm('N', 'T', nq * P, ns * P, ly->dim[l], 1.0f,
-                                 Q->U + q0 * P * C + ly->off[l], C,
-                                 S->U + j0 * P * C + ly->off[l], C, 0.0f, RT[l],
-                                 ldt) != dnnl_success;
-            for (int64_t qi = 0; qi < nq && !bad; qi++)
+            for (int l = 0; l < L; l++)
+                correlate(Q->U + q0 * P * C + ly->off[l], nq * P, S->U + j0 * P * C + ly->off[l],
+                          ns * P, ly->dim[l], C, RT[l], ldt, ps.panel);
+            for (int64_t qi = 0; qi < nq; qi++)
                 score_chunk(job, Q, q0 + qi, qi, j0, ns, RT, ldt, &ps);
         }
     }
     LWFM_PROF_ADD(LWFM_PROF_PAIRS_THREAD, tt);
-    return bad ? -1 : 0;
 }
 
 /* Logits (Q->n x way) of prepared queries against a prepared support set.
@@ -282,11 +296,9 @@ static int score_range(const score_job *job, int t, int nt) {
  * chunk's support positions, then the chunk's pairs are scored while they
  * are in cache. Logits of class c depend only on class c's supports (spec
  * steps 6-8), so per-class sums carry over from chunk to chunk and nothing
- * of size "whole gallery x positions" is ever held. oneDNN's GEMM runs
- * single-threaded inside the parallel region, and tall (query-row)
- * products are the shape it runs fastest. With one thread's worth of
- * queries no parallel region is opened: inside a one-thread (inactive)
- * region oneDNN would start a nested team of its own on every call. */
+ * of size "whole gallery x positions" is ever held. Every correlation is
+ * one fixed FMA sequence (correlate), so a query's logits are the same
+ * whether it is scored alone or among others, on any number of threads. */
 static lwfm_status spm_score(const lwfm_model *m, const lwfm__prep *Sp, const int32_t *labels,
                              const int64_t *count, int64_t way, const lwfm__prep *Qp, float *logits,
                              lwfm__arena *arena) {
@@ -316,19 +328,14 @@ static lwfm_status spm_score(const lwfm_model *m, const lwfm__prep *Sp, const in
     if (!job.scratch)
         return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory scoring %lld queries",
                            (long long)Q->n);
-    int failed = 0;
     double tp = LWFM_PROF_T0();
     if (threads == 1) {
-        failed = score_range(&job, 0, 1);
+        score_range(&job, 0, 1);
     } else {
 #pragma omp parallel num_threads(threads)
-        if (score_range(&job, omp_get_thread_num(), omp_get_num_threads())) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        score_range(&job, omp_get_thread_num(), omp_get_num_threads());
     }
     LWFM_PROF_ADD(LWFM_PROF_PAIRS, tp);
-    if (failed) return lwfm__error(LWFM_ERR_BACKEND, "oneDNN: sgemm (layer correlations) failed");
     return LWFM_OK;
 }
 

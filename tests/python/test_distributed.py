@@ -73,7 +73,7 @@ def test_classify_is_one_process(client, mini, tmp_path):
     classes, logits, probs = _one_process(model, support, queries)
     res = ld.classify(client, str(model), str(support), queries, top=3, chunk=8)
     assert res.paths == queries and res.classes == classes
-    # chunks of a multiple of 4 images: the backbone's own batches, so the same bits
+    # a query's logits do not depend on the queries scored with it: the same bits
     np.testing.assert_array_equal(res.logits, logits)
     np.testing.assert_array_equal(res.probabilities, probs)
     rows = res.rows()
@@ -89,7 +89,10 @@ def test_classify_is_one_process(client, mini, tmp_path):
 
 @needs_mini
 def test_classify_survives_a_killed_worker(client, mini):
-    support, queries = mini
+    support, _ = mini
+    # 400 queries (100 tasks of 4): the job must outlast the first completed
+    # task by far, so that a worker is caught holding tasks
+    queries = [f for files in _mini_files(20, 200, 20).values() for f in files]
     model = MODELS / "lwfm_tiny.npz"
     _, logits, _ = _one_process(model, support, queries)
     pids = client.run(os.getpid)
@@ -104,12 +107,27 @@ def test_classify_survives_a_killed_worker(client, mini):
 
     res = ld.classify(client, str(model), str(support), queries, chunk=4, progress=kill_once)
     if not killed:  # a timing race, not a result: say so instead of passing
-        pytest.skip("the job ended before a worker could be caught holding tasks "
-                    "(the Winograd backbone runs this small job too fast)")
+        pytest.skip("the job ended before a worker could be caught holding tasks")
     victim = killed[0]
     np.testing.assert_array_equal(res.logits, logits)
     client.wait_for_workers(2)
     assert pids[victim] not in client.run(os.getpid).values()  # a new process took its place
+
+
+@needs_mini
+def test_classify_repeated_files(client, mini):
+    """The same chunk of files twice is one Dask task (one key): both places
+    get its rows, and the progress count reaches the number of chunks."""
+    support, queries = mini
+    model = MODELS / "lwfm_tiny.npz"
+    twice = queries[:8] + queries[:8] + queries[8:11]
+    _, logits, _ = _one_process(model, support, twice)
+    seen = []
+    res = ld.classify(client, str(model), str(support), twice, chunk=4,
+                      progress=lambda done, total: seen.append((done, total)))
+    assert res.paths == twice
+    np.testing.assert_array_equal(res.logits, logits)
+    assert seen[-1] == (5, 5)
 
 
 def test_classify_sharded_merges(client, tmp_path):

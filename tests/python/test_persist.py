@@ -307,6 +307,30 @@ def test_prepared_sets_do_not_depend_on_threads_or_batch(method_model, tmp_path)
     assert one.to_bytes() == whole
 
 
+def test_logits_do_not_depend_on_threads_or_query_batch(method_model, tmp_path):
+    """A query's logits against a prepared set are the same bits whether it
+    is scored alone, in odd batches or all at once, on 1 and 2 OpenMP
+    threads (a Dask job or a stream cuts queries anywhere)."""
+    m = method_model
+    support, labels, _ = episode(m, shots=(3, 2, 2), seed=4)
+    # 30 queries: at this size oneDNN's sgemm, which the correlations used,
+    # rounded some logits of a query scored alone differently
+    query = np.random.default_rng(5).standard_normal((30,) + m.input_shape).astype(np.float32)
+    sup = m.prepare_support(support, labels)
+    whole = sup.score(query)
+    alone = np.concatenate([sup.score(query[i:i + 1]) for i in range(len(query))])
+    odd = np.concatenate([sup.score(query[i:i + 7]) for i in range(0, len(query), 7)])
+    assert np.array_equal(alone, whole) and np.array_equal(odd, whole)
+    (tmp_path / "q.pickle").write_bytes(pickle.dumps((sup, query)))
+    code = ("import pickle, sys; s, q = pickle.load(open(sys.argv[1], 'rb')); "
+            "sys.stdout.write(s.score(q).tobytes().hex())")
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads)
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "q.pickle")],
+                             capture_output=True, text=True, check=True, env=env).stdout
+        assert bytes.fromhex(out) == whole.tobytes(), f"{threads} thread(s)"
+
+
 def test_int8_sets_save_load_and_are_bound_to_their_precision(lib, tmp_path):
     """A set prepared by an int8 model (the bundled Omniglot model has its
     quant/ members) saves and loads bit-identically and pickles; the same

@@ -608,13 +608,19 @@ def _run(client, futures, progress) -> list:
     """Results of ``futures`` in order; the first task error is raised at
     once (the others are cancelled). ``progress(done, total)`` after each."""
     d = _dask()
-    index = {f.key: i for i, f in enumerate(futures)}
+    # equal tasks (the same chunk of files twice) share one key, and Dask
+    # runs and reports them once: each key fills every place it holds
+    index: Dict[Any, List[int]] = {}
+    for i, f in enumerate(futures):
+        index.setdefault(f.key, []).append(i)
     out: List[Any] = [None] * len(futures)
     done = 0
     try:
-        for fut in d.as_completed(futures):
-            out[index[fut.key]] = fut.result()
-            done += 1
+        for fut in d.as_completed(list({f.key: f for f in futures}.values())):
+            result = fut.result()
+            for i in index[fut.key]:
+                out[i] = result
+            done += len(index[fut.key])
             if progress:
                 progress(done, len(futures))
     except BaseException:
