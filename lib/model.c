@@ -12,6 +12,7 @@
 
 struct lwfm_load_options {
     lwfm_precision precision;
+    lwfm_convolutions convolutions;
     lwfm__npz_limits limits;
 };
 
@@ -45,6 +46,19 @@ LWFM_API lwfm_status lwfm_load_options_set_precision(lwfm_load_options *options,
         precision != LWFM_PRECISION_INT8)
         return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "unknown precision %d", (int)precision);
     options->precision = precision;
+    return LWFM_OK;
+}
+
+LWFM_API lwfm_status lwfm_load_options_set_convolutions(lwfm_load_options *options,
+                                                        lwfm_convolutions convolutions) {
+    lwfm__error_clear();
+    if (!options) return lwfm__error(LWFM_ERR_INVALID_ARGUMENT, "options is NULL");
+    if (convolutions != LWFM_CONVOLUTIONS_AUTO && convolutions != LWFM_CONVOLUTIONS_DIRECT &&
+        convolutions != LWFM_CONVOLUTIONS_WINOGRAD)
+        return lwfm__error(LWFM_ERR_INVALID_ARGUMENT,
+                           "unknown convolutions %d (auto 0, direct 1, winograd 2)",
+                           (int)convolutions);
+    options->convolutions = convolutions;
     return LWFM_OK;
 }
 
@@ -167,7 +181,9 @@ static lwfm_status model_from_archive(lwfm_model **out, lwfm__archive *ar,
     m->precision = opts ? opts->precision : LWFM_PRECISION_FP32;
     if ((st = lwfm__config_read(&m->cfg, ar))) goto fail;
     if ((st = fingerprint_archive(ar, m->fingerprint))) goto fail;
-    if ((st = lwfm__net_build(&m->net, &m->cfg, ar, m->precision))) goto fail;
+    if ((st = lwfm__net_build(&m->net, &m->cfg, ar, m->precision,
+                              opts ? opts->convolutions : LWFM_CONVOLUTIONS_AUTO)))
+        goto fail;
     if (dnnl_engine_create(&m->engine, dnnl_cpu, 0) != dnnl_success) {
         st = lwfm__error(LWFM_ERR_BACKEND, "oneDNN: engine create failed");
         goto fail;

@@ -135,6 +135,22 @@ typedef enum lwfm_precision {
     LWFM_PRECISION_INT8 = 2
 } lwfm_precision;
 
+/** How an fp32 backbone runs its 3x3 stride-1 convolutions, chosen at load
+ *  time (lwfm_load_options_set_convolutions()). Results agree to float32
+ *  rounding (docs/internals.md, "Winograd"); each choice is deterministic. */
+typedef enum lwfm_convolutions {
+    /** Winograd F(m x m, 3 x 3) where it was measured faster: CPUs with AVX2
+     *  and FMA but no AVX-512; oneDNN's direct convolution elsewhere */
+    LWFM_CONVOLUTIONS_AUTO = 0,
+    /** oneDNN's direct convolution everywhere: the least memory (ResNet-18
+     *  holds about 45 MB of weights instead of 113 MB) and the fastest load,
+     *  at a lower speed on AVX2 CPUs */
+    LWFM_CONVOLUTIONS_DIRECT = 1,
+    /** Winograd on every CPU with AVX2 and FMA, AVX-512 ones included (not
+     *  measured against oneDNN's AVX-512 kernels); direct on the others */
+    LWFM_CONVOLUTIONS_WINOGRAD = 2
+} lwfm_convolutions;
+
 /** Log levels for the log callback. */
 typedef enum lwfm_log_level {
     LWFM_LOG_DEBUG = 0,
@@ -202,6 +218,13 @@ LWFM_API void lwfm_load_options_destroy(lwfm_load_options *options);
  *  LWFM_ERR_MISSING_KEY (the message names the tool that adds them). */
 LWFM_API lwfm_status lwfm_load_options_set_precision(lwfm_load_options *options,
                                                      lwfm_precision precision);
+
+/** How the fp32 backbone runs its 3x3 stride-1 convolutions (default
+ *  LWFM_CONVOLUTIONS_AUTO); bf16 and int8 backbones always use oneDNN's. The
+ *  environment variable LWFM_WINOGRAD=0 or 1 overrides AUTO only (a
+ *  diagnostic switch). Unknown values: LWFM_ERR_INVALID_ARGUMENT. */
+LWFM_API lwfm_status lwfm_load_options_set_convolutions(lwfm_load_options *options,
+                                                        lwfm_convolutions convolutions);
 
 /** Upper bound on the total decompressed size of all arrays in a weight file,
  *  in bytes (default 1 GiB), and on their size once converted (float16 arrays

@@ -462,17 +462,26 @@ done:
  * largest is 26 MiB. */
 #define WINOGRAD_MAX_BYTES ((size_t)64 << 20)
 
+/* The load option, with LWFM_WINOGRAD=0 / 1 overriding AUTO only (a
+ * diagnostic switch for benchmarks and parity checks). */
+static lwfm_convolutions convolutions_wanted(const lwfm__net *net) {
+    if (net->convolutions != LWFM_CONVOLUTIONS_AUTO) return net->convolutions;
+    const char *env = getenv("LWFM_WINOGRAD");
+    if (env && env[0] == '0') return LWFM_CONVOLUTIONS_DIRECT;
+    if (env && env[0] == '1') return LWFM_CONVOLUTIONS_WINOGRAD;
+    return LWFM_CONVOLUTIONS_AUTO;
+}
+
 /* Whether op runs on the Winograd kernels: fp32 3x3 stride-1 pad-1 convs
  * with eval-mode BatchNorm, channels in multiples of the kernels' blocks,
- * in the nChw8c layout of AVX2. On AVX-512 (nChw16c) oneDNN's own kernels
- * run unless LWFM_WINOGRAD=1: ours would be AVX2 code there, not yet
- * measured against them. LWFM_WINOGRAD=0 keeps oneDNN's direct convolution
- * everywhere (a diagnostic switch for benchmarks and parity checks). */
+ * on CPUs with AVX2 and FMA. AUTO takes them in the nChw8c layout of AVX2
+ * only: on AVX-512 (nChw16c) oneDNN's own kernels run unless WINOGRAD is
+ * asked for, ours being AVX2 code there, not yet measured against them. */
 static int use_winograd(const lwfm__net *net, const lwfm__op *op) {
-    const char *env = getenv("LWFM_WINOGRAD");
-    if (env && env[0] == '0') return 0;
-    const int forced = env && env[0] == '1';
-    const int layout_ok = net->act_tag == dnnl_nChw8c || (forced && net->act_tag == dnnl_nChw16c);
+    const lwfm_convolutions want = convolutions_wanted(net);
+    if (want == LWFM_CONVOLUTIONS_DIRECT) return 0;
+    const int layout_ok = net->act_tag == dnnl_nChw8c ||
+                          (want == LWFM_CONVOLUTIONS_WINOGRAD && net->act_tag == dnnl_nChw16c);
     return op->kind == LWFM_OP_CONV && net->precision == LWFM_PRECISION_FP32 && !op->bn_g &&
            !op->q && layout_ok && op->ic % (net->act_tag == dnnl_nChw16c ? 16 : 8) == 0 &&
            op->kh == 3 && op->kw == 3 && op->sh == 1 &&
@@ -487,6 +496,7 @@ static lwfm_status finalise_weights(lwfm__net *net) {
     lwfm_status st = LWFM_OK;
     int64_t oh[256], ow[256];
     size_t held = 0, f32_bytes = 0;
+    int winograd = 0;
     if ((st = walk_shapes(net, net->canonical_h, net->canonical_w, oh, ow))) return st;
     for (int i = 0; i < net->n_ops; i++) {
         lwfm__op *op = &net->ops[i];
@@ -500,6 +510,7 @@ static lwfm_status finalise_weights(lwfm__net *net) {
                                         net->act_tag == dnnl_nChw16c ? 16 : 8)))
                 return st;
             held += lwfm__wino_bytes(op->wino) + (size_t)op->oc * sizeof(float);
+            winograd++;
             lwfm__free(op->w_plain);
             op->w_plain = NULL;
             continue;
@@ -520,21 +531,24 @@ static lwfm_status finalise_weights(lwfm__net *net) {
         op->w_plain = NULL;
     }
     /* one copy, in the compute layout (bench/bench_all.py reads this line) */
-    lwfm__log(LWFM_LOG_DEBUG, "backbone weights held: %zu bytes (%s, BatchNorm folded; %zu as f32)",
+    lwfm__log(LWFM_LOG_DEBUG,
+              "backbone weights held: %zu bytes (%s, BatchNorm folded; %zu as f32); "
+              "%d convolutions as Winograd",
               held,
               net->precision == LWFM_PRECISION_BF16   ? "bf16"
               : net->precision == LWFM_PRECISION_INT8 ? "int8"
                                                       : "f32",
-              f32_bytes);
+              f32_bytes, winograd);
     return LWFM_OK;
 }
 
 lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm__archive *ar,
-                            lwfm_precision precision) {
+                            lwfm_precision precision, lwfm_convolutions convolutions) {
     lwfm_status st = LWFM_OK;
     lwfm__net *net = calloc(1, sizeof *net);
     if (!net) return lwfm__error(LWFM_ERR_OUT_OF_MEMORY, "out of memory");
     net->precision = precision;
+    net->convolutions = convolutions;
     net->bn_batch = cfg->bn_batch;
     if (net->bn_batch && precision != LWFM_PRECISION_FP32) {
         free(net);

@@ -40,9 +40,10 @@ const lwfm__backbone *lwfm__backbone_get(lwfm__backbone_kind kind);
 const lwfm__backbone *lwfm__backbone_find(const char *name);
 
 /* Build the backbone described by cfg from the archive tensors (names are
- * lwfm__backbone_prefix(cfg) + the backbone's own keys). */
+ * lwfm__backbone_prefix(cfg) + the backbone's own keys); `convolutions`:
+ * the load option (which fp32 3x3 convolutions run as Winograd). */
 lwfm_status lwfm__net_build(lwfm__net **out, const lwfm__config *cfg, const lwfm__archive *ar,
-                            lwfm_precision precision);
+                            lwfm_precision precision, lwfm_convolutions convolutions);
 void lwfm__net_free(lwfm__net *net);
 
 /* Output feature shape for an input of h x w: channels, fh, fw. */

@@ -55,6 +55,7 @@ typedef struct lwfm__op {
 struct lwfm__net {
     dnnl_engine_t engine;
     lwfm_precision precision;
+    lwfm_convolutions convolutions; /* the load option (use_winograd) */
     int bn_batch; /* BatchNorm with batch statistics (rcn's transductive mode) */
     int in_channels;
     lwfm__op *ops;

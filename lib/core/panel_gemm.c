@@ -14,12 +14,16 @@ size_t lwfm__panels_floats(int64_t k, int64_t n) {
 void lwfm__panels_pack(const float *b, int64_t stride_k, int64_t stride_n, int64_t k, int64_t n,
                        float *out) {
     const int64_t panels = (n + COLS - 1) / COLS;
+    /* a column at a time: the callers' B columns are contiguous (stride_k 1) */
     for (int64_t p = 0; p < panels; p++)
-        for (int64_t i = 0; i < k; i++)
-            for (int j = 0; j < COLS; j++) {
-                const int64_t col = p * COLS + j;
-                out[(p * k + i) * COLS + j] = col < n ? b[i * stride_k + col * stride_n] : 0.0f;
-            }
+        for (int j = 0; j < COLS; j++) {
+            const int64_t col = p * COLS + j;
+            float *o = out + p * k * COLS + j;
+            if (col < n)
+                for (int64_t i = 0; i < k; i++) o[i * COLS] = b[i * stride_k + col * stride_n];
+            else
+                for (int64_t i = 0; i < k; i++) o[i * COLS] = 0.0f;
+        }
 }
 
 /* The reference sequence: acc = fma(a_i, b_i, acc) for i = 0 .. k-1 from 0. */

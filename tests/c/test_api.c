@@ -64,6 +64,15 @@ int main(void) {
     EXPECT(strcmp(lwfm_last_error(), "") == 0); /* cleared by a successful call */
     EXPECT(lwfm_load_options_set_max_total_bytes(opts, 0) == LWFM_ERR_INVALID_ARGUMENT);
     EXPECT(lwfm_load_options_set_max_total_bytes(NULL, 10) == LWFM_ERR_INVALID_ARGUMENT);
+    EXPECT(lwfm_load_options_set_convolutions(opts, (lwfm_convolutions)3) ==
+           LWFM_ERR_INVALID_ARGUMENT);
+    EXPECT(strstr(lwfm_last_error(), "unknown convolutions 3") != NULL);
+    EXPECT(lwfm_load_options_set_convolutions(opts, (lwfm_convolutions)-1) ==
+           LWFM_ERR_INVALID_ARGUMENT);
+    EXPECT(lwfm_load_options_set_convolutions(NULL, LWFM_CONVOLUTIONS_AUTO) ==
+           LWFM_ERR_INVALID_ARGUMENT);
+    EXPECT(lwfm_load_options_set_convolutions(opts, LWFM_CONVOLUTIONS_DIRECT) == LWFM_OK);
+    EXPECT(lwfm_load_options_set_convolutions(opts, LWFM_CONVOLUTIONS_WINOGRAD) == LWFM_OK);
     lwfm_load_options_destroy(opts);
     lwfm_load_options_destroy(NULL);
     lwfm_model_destroy(NULL);

@@ -140,9 +140,11 @@ def _digest(*parts: bytes) -> str:
 
 def _model_payload(model: Model) -> _Shipped:
     """What is shipped for ``model``: the model pickled (by value: its weight
-    file's bytes and load options), named by its fingerprint and precision."""
+    file's bytes and load options), named by its fingerprint and the load
+    options that change its bits (a worker keeps one model per name)."""
     data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
-    return _Shipped(f"{model.fingerprint}/{model.precision}", data, pickle.loads)
+    return _Shipped(f"{model.fingerprint}/{model.precision}/{model.convolutions}", data,
+                    pickle.loads)
 
 
 def _support_from_prepared(data: bytes, model: Model) -> SupportSet:
