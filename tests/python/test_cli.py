@@ -793,6 +793,24 @@ def test_int8_option(cli, tiny):
     assert js["episodes"] == 3 and 0 <= js["accuracy"] <= 100
 
 
+def test_convolutions_option(cli, tiny, tree):
+    """--convolutions on classify, eval and bench: direct and winograd give
+    logits within float32 rounding of the default (test_convolutions.py);
+    bad values are usage errors."""
+    root = tree[0]
+    base = ["classify", "--model", tiny, "--support", root / "support", "--query",
+            root / "queries", "--json"]
+    for cmd in (base, ["eval", "--model", tiny, "--data", OMNIGLOT], ["bench", tiny]):
+        res = run(cli, *cmd, "--convolutions", "fft", check=2)
+        assert "--convolutions takes 'auto', 'direct' or 'winograd', got 'fft'" in res.stderr
+    auto = json.loads(run(cli, *base, check=0).stdout)
+    la = np.array([q["logits"] for q in auto["queries"]])
+    for choice in ("direct", "winograd"):
+        out = json.loads(run(cli, *base, "--convolutions", choice, check=0).stdout)
+        lc = np.array([q["logits"] for q in out["queries"]])
+        assert np.abs(lc - la).max() <= 2e-5 * np.abs(la).max(), choice
+
+
 @needs_bf16
 def test_precision_option(cli, tiny, tree):
     """--precision on classify and eval: bf16 runs and its logits stay close to

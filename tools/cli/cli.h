@@ -277,10 +277,13 @@ char *find_model(const char *name);
 /* The folders find_model() searches, for messages. */
 void model_search_path(char *buf, size_t cap);
 /* The same with a backbone precision (`--precision`). */
-lwfm_model *load_model_precision(const char *path, lwfm_precision precision);
+lwfm_model *load_model_precision(const char *path, lwfm_precision precision,
+                                  lwfm_convolutions convolutions);
 /* Parse a --precision value ("fp32", "bf16" or "int8"); 0, or EXIT_USAGE after a
  * usage message. */
 int cli_precision(const char *cmd, const char *text, lwfm_precision *out);
+/* --convolutions auto|direct|winograd: 0, or EXIT_USAGE after the message. */
+int cli_convolutions(const char *cmd, const char *text, lwfm_convolutions *out);
 /* Decode + preprocess one file into out (model input floats). 0 / -1 + err. */
 int preprocess_file(const lwfm_model *model, const char *path, float *out, size_t count, char *err,
                     size_t cap);

@@ -25,7 +25,7 @@ static int omp_get_max_threads(void) {
 #endif
 
 typedef struct bench_options {
-    const char *model, *given, *precision, *threads, *reps;
+    const char *model, *given, *precision, *convolutions, *threads, *reps;
     int quick, json;
 } bench_options;
 
@@ -34,6 +34,11 @@ static const cli_opt kOptions[] = {
      offsetof(bench_options, model)},
     {"--precision", "P", "both", "fp32, bf16, int8 or both", CLI_VALUE,
      offsetof(bench_options, precision)},
+    {"--convolutions", "C", "auto",
+     "3x3 convolutions of an fp32 backbone: auto (default,\n"
+     "Winograd where measured faster), direct (oneDNN's: the\n"
+     "least memory) or winograd",
+     CLI_VALUE, offsetof(bench_options, convolutions)},
     {"--threads", "N", NULL, "OpenMP threads (default: OMP_NUM_THREADS or all cores)", CLI_VALUE,
      offsetof(bench_options, threads)},
     {"--reps", "R", NULL, "timed repetitions (default 5; --quick: 2)", CLI_VALUE,
@@ -202,6 +207,7 @@ static int precision_available(const char *path, lwfm_precision p) {
 typedef struct bench_settings {
     int n_prec;
     lwfm_precision precs[3]; /* fp32 first when several */
+    lwfm_convolutions convolutions;
     int64_t reps;
     int threads; /* the OpenMP threads the library will use */
 } bench_settings;
@@ -209,7 +215,9 @@ typedef struct bench_settings {
 /* The checked options (with --precision both, whether bf16 and int8 load):
  * 0, or EXIT_USAGE after a usage message. */
 static int check_options(bench_options *o, bench_settings *s) {
-    if (cli_model_arg("bench", &o->model, o->given, 1)) return EXIT_USAGE;
+    if (cli_model_arg("bench", &o->model, o->given, 1) ||
+        cli_convolutions("bench", o->convolutions, &s->convolutions))
+        return EXIT_USAGE;
     if (!strcmp(o->precision, "both")) {
         s->precs[s->n_prec++] = LWFM_PRECISION_FP32;
         if (precision_available(o->model, LWFM_PRECISION_BF16))
@@ -321,7 +329,9 @@ static int load(bench_run *r) {
     workload *wl = &r->wl;
     for (int p = 0; p < r->s->n_prec; p++) {
         r->bm[p].precision = r->s->precs[p];
-        if (!(r->bm[p].model = load_model_precision(r->o->model, r->s->precs[p]))) return -1;
+        if (!(r->bm[p].model =
+                  load_model_precision(r->o->model, r->s->precs[p], r->s->convolutions)))
+            return -1;
     }
     wl->way = 5;
     lwfm_model_input_shape(r->bm[0].model, &wl->c, &wl->h, &wl->w);

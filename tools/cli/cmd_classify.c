@@ -9,7 +9,7 @@
 #include "cli.h"
 
 typedef struct classify_options {
-    const char *model, *given, *support, *on_bad, *explain, *precision, *threads;
+    const char *model, *given, *support, *on_bad, *explain, *precision, *convolutions, *threads;
     const char *unknown_threshold;
     cli_list queries;
     int unknown, json;
@@ -39,6 +39,11 @@ static const cli_opt kOptions[] = {
      CLI_VALUE, offsetof(classify_options, explain)},
     {"--precision", "P", "fp32", "backbone arithmetic: fp32 (default), bf16 or int8", CLI_VALUE,
      offsetof(classify_options, precision)},
+    {"--convolutions", "C", "auto",
+     "3x3 convolutions of an fp32 backbone: auto (default,\n"
+     "Winograd where measured faster), direct (oneDNN's: the\n"
+     "least memory) or winograd",
+     CLI_VALUE, offsetof(classify_options, convolutions)},
     {"--threads", "N", NULL, "OpenMP threads (default: OMP_NUM_THREADS or all cores)", CLI_VALUE,
      offsetof(classify_options, threads)},
     {"--unknown", NULL, NULL,
@@ -73,7 +78,8 @@ const cli_command cli_cmd_classify = {
 /* ---- options ---------------------------------------------------------------- */
 
 /* The checked options: 0, or EXIT_USAGE after a usage message. */
-static int check_options(classify_options *o, lwfm_precision *precision) {
+static int check_options(classify_options *o, lwfm_precision *precision,
+                         lwfm_convolutions *convolutions) {
     if (cli_model_arg("classify", &o->model, o->given, 0)) return EXIT_USAGE;
     if (cli_threads("classify", o->threads)) return EXIT_USAGE;
     const char *missing = !o->model       ? "--model"
@@ -82,7 +88,9 @@ static int check_options(classify_options *o, lwfm_precision *precision) {
                                           : NULL;
     if (missing) return cli_usage_error("classify", "%s is required", missing);
     if (o->explain && !*o->explain) return cli_usage_error("classify", "--explain needs a folder");
-    if (cli_precision("classify", o->precision, precision)) return EXIT_USAGE;
+    if (cli_precision("classify", o->precision, precision) ||
+        cli_convolutions("classify", o->convolutions, convolutions))
+        return EXIT_USAGE;
     if (strcmp(o->on_bad, "fail") && strcmp(o->on_bad, "skip"))
         return cli_usage_error("classify", "--on-bad takes 'fail' or 'skip', got '%s'", o->on_bad);
     return 0;
@@ -309,9 +317,9 @@ static int load_query(classify_run *r, const char *query) {
 
 /* The model, the threshold, the explainer, the support set and the
  * queries. 0, or an exit status after the error. */
-static int load(classify_run *r, lwfm_precision precision) {
+static int load(classify_run *r, lwfm_precision precision, lwfm_convolutions convolutions) {
     const classify_options *o = r->o;
-    r->model = load_model_precision(o->model, precision);
+    r->model = load_model_precision(o->model, precision, convolutions);
     if (!r->model) return EXIT_RUNTIME;
     int code = unknown_threshold(r->model, o->unknown, o->unknown_threshold, &r->threshold);
     if (code) return code;
@@ -470,7 +478,8 @@ static int cmd_classify(int argc, char **argv) {
     int code;
     if (cli_parse_command(&cli_cmd_classify, argc, argv, &o, &code)) return code;
     lwfm_precision precision = LWFM_PRECISION_FP32;
-    if (check_options(&o, &precision)) {
+    lwfm_convolutions convolutions = LWFM_CONVOLUTIONS_AUTO;
+    if (check_options(&o, &precision, &convolutions)) {
         cli_free_options(&cli_cmd_classify, &o);
         return EXIT_USAGE;
     }
@@ -478,7 +487,7 @@ static int cmd_classify(int argc, char **argv) {
     r.o = &o;
     r.skip_bad = !strcmp(o.on_bad, "skip");
     r.threshold = -1.0;
-    int rc = load(&r, precision);
+    int rc = load(&r, precision, convolutions);
     if (!rc) rc = score(&r) ? EXIT_RUNTIME : 0;
     if (!rc) {
         if (o.json)

@@ -14,7 +14,7 @@
 #include "cli.h"
 
 typedef struct eval_options {
-    const char *model, *given, *data, *on_bad, *precision, *threads;
+    const char *model, *given, *data, *on_bad, *precision, *convolutions, *threads;
     const char *way, *shot, *query, *episodes, *seed;
     int list, json, quiet;
 } eval_options;
@@ -38,6 +38,11 @@ static const cli_opt kOptions[] = {
      offsetof(eval_options, seed)},
     {"--precision", "P", "fp32", "backbone arithmetic: fp32 (default), bf16 or int8", CLI_VALUE,
      offsetof(eval_options, precision)},
+    {"--convolutions", "C", "auto",
+     "3x3 convolutions of an fp32 backbone: auto (default,\n"
+     "Winograd where measured faster), direct (oneDNN's: the\n"
+     "least memory) or winograd",
+     CLI_VALUE, offsetof(eval_options, convolutions)},
     {"--threads", "N", NULL, "OpenMP threads (default: OMP_NUM_THREADS or all cores)", CLI_VALUE,
      offsetof(eval_options, threads)},
     {"--on-bad", "fail|skip", "fail",
@@ -333,6 +338,7 @@ typedef struct eval_settings {
     int64_t way, shot, query, episodes;
     uint64_t seed;
     lwfm_precision precision;
+    lwfm_convolutions convolutions;
     int skip_bad;
 } eval_settings;
 
@@ -341,6 +347,7 @@ static int check_options(eval_options *o, eval_settings *s) {
     if (cli_model_arg("eval", &o->model, o->given, 0) || cli_threads("eval", o->threads))
         return EXIT_USAGE;
     if (cli_precision("eval", o->precision, &s->precision) ||
+        cli_convolutions("eval", o->convolutions, &s->convolutions) ||
         cli_int("eval", "--way", o->way, o->list ? 1 : 2, 1 << 20, &s->way) ||
         cli_int("eval", "--shot", o->shot, 1, 1 << 20, &s->shot) ||
         cli_int("eval", "--query", o->query, 1, 1 << 20, &s->query) ||
@@ -411,7 +418,7 @@ static int load(eval_run *r) {
     if (dataset_open(&r->ds, o->data)) return -1;
     r->have_ds = 1;
     if (!o->list) {
-        r->model = load_model_precision(o->model, s->precision);
+        r->model = load_model_precision(o->model, s->precision, s->convolutions);
         if (!r->model) return -1;
         lwfm_model_input_shape(r->model, &r->c, &r->h, &r->w);
         r->per = (size_t)(r->c * r->h * r->w);

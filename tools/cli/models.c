@@ -107,7 +107,7 @@ char *model_config_json(const lwfm_model *model) {
 }
 
 lwfm_model *load_model(const char *path) {
-    return load_model_precision(path, LWFM_PRECISION_FP32);
+    return load_model_precision(path, LWFM_PRECISION_FP32, LWFM_CONVOLUTIONS_AUTO);
 }
 
 /* "zip" for a PyTorch zip checkpoint (torch.save since 1.6: a zip with
@@ -134,11 +134,13 @@ static const char *pytorch_checkpoint(const char *path) {
     return kind;
 }
 
-lwfm_model *load_model_precision(const char *path, lwfm_precision precision) {
+lwfm_model *load_model_precision(const char *path, lwfm_precision precision,
+                                  lwfm_convolutions convolutions) {
     lwfm_model *model = NULL;
     lwfm_load_options *opts = NULL;
     lwfm_status st = lwfm_load_options_create(&opts);
     if (!st) st = lwfm_load_options_set_precision(opts, precision);
+    if (!st) st = lwfm_load_options_set_convolutions(opts, convolutions);
     char *file = find_model(path); /* a name like "omniglot": models.c */
     if (!st) st = file ? lwfm_model_load(&model, file, opts) : LWFM_ERR_OUT_OF_MEMORY;
     free(file);

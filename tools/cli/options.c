@@ -84,6 +84,19 @@ int cli_precision(const char *cmd, const char *text, lwfm_precision *out) {
     return 0;
 }
 
+int cli_convolutions(const char *cmd, const char *text, lwfm_convolutions *out) {
+    if (!strcmp(text, "auto"))
+        *out = LWFM_CONVOLUTIONS_AUTO;
+    else if (!strcmp(text, "direct"))
+        *out = LWFM_CONVOLUTIONS_DIRECT;
+    else if (!strcmp(text, "winograd"))
+        *out = LWFM_CONVOLUTIONS_WINOGRAD;
+    else
+        return cli_usage_error(cmd, "--convolutions takes 'auto', 'direct' or 'winograd', got '%s'",
+                               text);
+    return 0;
+}
+
 /* ---- option tables ----------------------------------------------------------- */
 
 static void *field(void *opts, size_t offset) {
