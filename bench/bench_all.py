@@ -306,18 +306,20 @@ def mem_child(args):
     if kind.startswith("lib"):
         import lwfm
         precision = "bf16" if kind.endswith("bf16") else "fp32"
+        convolutions = "direct" if kind.endswith("direct") else "auto"
         log = LogCapture(level=0)
         lwfm._library()
         base = _status_kb("VmRSS")
         _reset_hwm()
-        model = lwfm.Model(path, precision=precision)
+        model = lwfm.Model(path, precision=precision, convolutions=convolutions)
         res["load_peak_kb"] = _status_kb("VmHWM") - base
         res["load_rss_kb"] = _status_kb("VmRSS") - base
         held = [int(re.search(r"held: (\d+) bytes", l).group(1))
                 for l in log.lines if "weights held" in l]
         res["weights_held_bytes"] = held[0] if held else None
         base = _status_kb("VmRSS")
-        again = lwfm.Model(path, precision=precision)  # one more model: its own cost
+        again = lwfm.Model(path, precision=precision,
+                           convolutions=convolutions)  # one more model: its own cost
         res["load_again_kb"] = _status_kb("VmRSS") - base
         again.close()
         if "episode" in kind or "repeat" in kind:
@@ -378,7 +380,15 @@ def bench_memory(args, np, torch, lwfm, lwfm_ref, tmp, results):
     path, model = export_model(tmp, cfg, torch, "mem.npz")
     file_bytes = sum(v.detach().numpy().nbytes for k, v in model.state_dict().items()
                      if k.startswith("feature_extractor.") and v.dtype == torch.float32)
-    kinds = ["ref-episode", "lib-episode", "lib-episode-bf16"]
+    labels = {"ref-episode": "PyTorch reference", "lib-episode": "libLWFM fp32",
+              "lib-episode-direct": "libLWFM fp32, convolutions=\"direct\"",
+              "lib-episode-bf16": "libLWFM bf16"}
+    kinds = ["ref-episode", "lib-episode", "lib-episode-direct"]
+    try:  # bf16 only where the library runs it (CPUs with AVX-512)
+        lwfm.Model(path, precision="bf16").close()
+        kinds.append("lib-episode-bf16")
+    except lwfm.Error as e:
+        print(f"(memory: bf16 left out: {e})")
     runs = {k: [] for k in kinds}
     for _ in range(1 if args.quick else 2):  # alternate; keep the smaller of the peaks
         for k in kinds:
@@ -388,15 +398,15 @@ def bench_memory(args, np, torch, lwfm, lwfm_ref, tmp, results):
     mb = lambda kb: f"{kb / 1024:.1f}"  # noqa: E731
     ref = best["ref-episode"]
     rows = []
-    for k, label in (("ref-episode", "PyTorch reference"), ("lib-episode", "libLWFM fp32"),
-                     ("lib-episode-bf16", "libLWFM bf16")):
-        r = best[k]
+    for k in kinds:
+        r, label = best[k], labels[k]
         rows.append([label, mb(r["load_peak_kb"]), mb(r["load_rss_kb"]), mb(r["load_again_kb"]),
                      mb(r["episode_peak_kb"]), f"{r['episode_peak_kb'] / ref['episode_peak_kb']:.2f}",
                      mb(r["process_peak_kb"])])
     rss = rep["repeat_rss_kb"]
     held32 = best["lib-episode"]["weights_held_bytes"]
-    held16 = best["lib-episode-bf16"]["weights_held_bytes"]
+    held_direct = best["lib-episode-direct"]["weights_held_bytes"]
+    held16 = best["lib-episode-bf16"]["weights_held_bytes"] if "lib-episode-bf16" in best else None
     table("Memory: loading the default model, one 5-way 5-shot 15-query episode (100 images "
           "of 3 x 84 x 84), MiB, each in a fresh process",
           ["", "first load: peak", "first load: kept", "one more model: kept",
@@ -404,7 +414,9 @@ def bench_memory(args, np, torch, lwfm, lwfm_ref, tmp, results):
            "episode peak / PyTorch's", "process peak"], rows,
           f"Backbone weights: file tensors {file_bytes / 2**20:.2f} MiB (f32, BatchNorm "
           f"separate); held by the library {held32 / 2**20:.2f} MiB in fp32 "
-          f"and {held16 / 2**20:.2f} MiB in bf16 (BatchNorm folded, one copy in the compute "
+          f"({held_direct / 2**20:.2f} MiB with convolutions=\"direct\")"
+          + (f" and {held16 / 2**20:.2f} MiB in bf16" if held16 else "") +
+          f" (BatchNorm folded, one copy in the compute "
           f"layout: oneDNN's, or the Winograd transform, up to 4x the plain size, of 3 x 3 "
           f"convolutions on AVX2; the plain copy freed at load). RSS over 30 more episodes: first "
           f"{mb(rss[0])}, last {mb(rss[-1])}, max {mb(max(rss))} MiB (workspace reused). "
@@ -413,7 +425,7 @@ def bench_memory(args, np, torch, lwfm, lwfm_ref, tmp, results):
           f"libgomp threads; PyTorch's own is in its import); the episode is the first one "
           f"after loading (primitive creation and workspace growth included).")
     results["memory"] = dict(runs=best, repeat_rss_kb=rss, file_backbone_bytes=file_bytes,
-                             held_fp32=held32, held_bf16=held16)
+                             held_fp32=held32, held_fp32_direct=held_direct, held_bf16=held16)
 
 
 # ---------------------------------------------------------------------------
