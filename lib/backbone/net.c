@@ -1352,14 +1352,12 @@ const char *lwfm__net_conv_name(const lwfm__net *net, int i) {
     return NULL;
 }
 
-/* A calibration pass: the fp32 forward on this thread, one chunk at a time
+/* A calibration pass: the forward on this thread, one chunk at a time
  * (ranges_base is the chunk's), with the context's observer (ranges or
- * histograms, read in op_input) set by the caller. */
+ * histograms, read in op_input) set by the caller. The public calls
+ * (lib/model.c) refuse models not loaded in fp32. */
 static lwfm_status observed_forward(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h,
-                                    int64_t w, float *out, const char *what) {
-    if (ctx->net->precision != LWFM_PRECISION_FP32)
-        return lwfm__error(LWFM_ERR_UNSUPPORTED, "input %s are measured on the model loaded in fp32",
-                           what);
+                                    int64_t w, float *out) {
     int64_t C, fh, fw;
     lwfm_status st = lwfm__net_out_shape(ctx->net, h, w, &C, &fh, &fw);
     return st ? st : forward_chunks(ctx, x, n, h, w, out, C * fh * fw);
@@ -1368,7 +1366,7 @@ static lwfm_status observed_forward(lwfm__net_ctx *ctx, const float *x, int64_t 
 lwfm_status lwfm__net_ranges(lwfm__net_ctx *ctx, const float *x, int64_t n, int64_t h, int64_t w,
                              float *out, float *ranges) {
     ctx->ranges = ranges;
-    lwfm_status st = observed_forward(ctx, x, n, h, w, out, "ranges");
+    lwfm_status st = observed_forward(ctx, x, n, h, w, out);
     ctx->ranges = NULL;
     return st;
 }
@@ -1379,7 +1377,7 @@ lwfm_status lwfm__net_histograms(lwfm__net_ctx *ctx, const float *x, int64_t n, 
     ctx->hist = counts;
     ctx->hist_limits = limits;
     ctx->hist_bins = bins;
-    lwfm_status st = observed_forward(ctx, x, n, h, w, out, "histograms");
+    lwfm_status st = observed_forward(ctx, x, n, h, w, out);
     ctx->hist = NULL;
     return st;
 }

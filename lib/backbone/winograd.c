@@ -206,6 +206,17 @@ AVX2 INLINE void left_product(const int rows, const int a, const float mat[MAX_A
         }
 }
 
+/* init + sum_k mat[j][k] row[k] (k < a): one entry of the right product
+ * (x mat^T) of both transforms, inlined with a constant mat likewise. */
+AVX2 INLINE __m256 right_entry(const int a, const float mat[MAX_A][MAX_A], int j,
+                               const __m256 row[MAX_A], __m256 init) {
+    __m256 s = init;
+#pragma GCC unroll 6
+    for (int k = 0; k < a; k++)
+        if (mat[j][k] != 0.0f) s = _mm256_fmadd_ps(_mm256_set1_ps(mat[j][k]), row[k], s);
+    return s;
+}
+
 AVX2 INLINE void input_tile_a(const int a, const float bt[MAX_A][MAX_A], const float *map,
                               int pix, int64_t h, int64_t w, int64_t y0, int64_t x0, float *v,
                               int64_t point_stride) {
@@ -224,13 +235,9 @@ AVX2 INLINE void input_tile_a(const int a, const float bt[MAX_A][MAX_A], const f
 #pragma GCC unroll 6
     for (int i = 0; i < a; i++)
 #pragma GCC unroll 6
-        for (int j = 0; j < a; j++) {
-            __m256 s = _mm256_setzero_ps();
-#pragma GCC unroll 6
-            for (int k = 0; k < a; k++)
-                if (bt[j][k] != 0.0f) s = _mm256_fmadd_ps(_mm256_set1_ps(bt[j][k]), tmp[i][k], s);
-            _mm256_storeu_ps(v + (int64_t)(i * a + j) * point_stride, s);
-        }
+        for (int j = 0; j < a; j++)
+            _mm256_storeu_ps(v + (int64_t)(i * a + j) * point_stride,
+                             right_entry(a, bt, j, tmp[i], _mm256_setzero_ps()));
 }
 
 AVX2 static void input_tile(int m, const float *map, int pix, int64_t h, int64_t w, int64_t y0,
@@ -307,10 +314,7 @@ AVX2 INLINE void output_tile_a(const int a, const float at[MAX_A][MAX_A], const 
 #pragma GCC unroll 4
         for (int c = 0; c < m; c++) {
             if (y0 + r >= h || x0 + c >= w) continue;
-            __m256 s = bias;
-#pragma GCC unroll 6
-            for (int k = 0; k < a; k++)
-                if (at[c][k] != 0.0f) s = _mm256_fmadd_ps(_mm256_set1_ps(at[c][k]), tmp[r][k], s);
+            __m256 s = right_entry(a, at, c, tmp[r], bias);
             float *out = map + ((y0 + r) * w + x0 + c) * pix;
             if (ep->accumulate) s = _mm256_add_ps(s, _mm256_loadu_ps(out));
             if (ep->activate) { /* NaN stays NaN (max / min return their 2nd operand) */

@@ -282,6 +282,8 @@ lwfm_model *load_model_precision(const char *path, lwfm_precision precision,
 /* Parse a --precision value ("fp32", "bf16" or "int8"); 0, or EXIT_USAGE after a
  * usage message. */
 int cli_precision(const char *cmd, const char *text, lwfm_precision *out);
+/* The name cli_precision reads for p. */
+const char *cli_precision_name(lwfm_precision p);
 /* --convolutions auto|direct|winograd: 0, or EXIT_USAGE after the message. */
 int cli_convolutions(const char *cmd, const char *text, lwfm_convolutions *out);
 /* Decode + preprocess one file into out (model input floats). 0 / -1 + err. */

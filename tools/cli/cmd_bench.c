@@ -179,10 +179,6 @@ static double stream_images(int m) {
     return m == M_S1 ? 75.0 : m == M_S16 ? 64.0 : 75.0;
 }
 
-static const char *precision_name(lwfm_precision p) {
-    return p == LWFM_PRECISION_BF16 ? "bf16" : p == LWFM_PRECISION_INT8 ? "int8" : "fp32";
-}
-
 /* Whether the model loads in precision `p` here. The library refuses bf16
  * where it cannot run it (a CPU without AVX-512, a batch-statistics model)
  * and int8 without the file's calibration (LWFM_ERR_MISSING_KEY) or for a
@@ -198,15 +194,18 @@ static int precision_available(const char *path, lwfm_precision p) {
     lwfm_model_destroy(model);
     if (st != LWFM_ERR_UNSUPPORTED && st != LWFM_ERR_MISSING_KEY)
         return 1; /* other errors surface at the real load */
-    fprintf(stderr, "lwfm bench: %s not measured: %s\n", precision_name(p), lwfm_last_error());
+    fprintf(stderr, "lwfm bench: %s not measured: %s\n", cli_precision_name(p),
+            lwfm_last_error());
     return 0;
 }
 
 /* ---- options ---------------------------------------------------------------- */
 
+#define N_PRECISIONS 3 /* fp32, bf16, int8: the most one run measures */
+
 typedef struct bench_settings {
     int n_prec;
-    lwfm_precision precs[3]; /* fp32 first when several */
+    lwfm_precision precs[N_PRECISIONS]; /* fp32 first when several */
     lwfm_convolutions convolutions;
     int64_t reps;
     int threads; /* the OpenMP threads the library will use */
@@ -243,14 +242,14 @@ static int check_options(bench_options *o, bench_settings *s) {
 typedef struct bench_run {
     const bench_options *o;
     const bench_settings *s;
-    bench_model bm[3];
-    lwfm_support *sets[3];
+    bench_model bm[N_PRECISIONS];
+    lwfm_support *sets[N_PRECISIONS];
     workload wl;
-    double *times, result[3][M_COUNT];
+    double *times, result[N_PRECISIONS][M_COUNT];
 } bench_run;
 
 static void run_free(bench_run *r) {
-    for (int p = 0; p < 3; p++) {
+    for (int p = 0; p < N_PRECISIONS; p++) {
         lwfm_support_destroy(r->sets[p]);
         lwfm_model_destroy(r->bm[p].model);
     }
@@ -285,7 +284,7 @@ static int alloc_workload(bench_run *r) {
     wl->logits = malloc(75 * 5 * sizeof(float));
     wl->l1 = malloc(5 * sizeof(int32_t));
     wl->l5 = malloc(25 * sizeof(int32_t));
-    r->times = malloc((size_t)r->s->reps * 3 * M_COUNT * sizeof *r->times);
+    r->times = malloc((size_t)r->s->reps * N_PRECISIONS * M_COUNT * sizeof *r->times);
     if (!wl->s1 || !wl->s5 || !wl->q || !wl->f_s1 || !wl->f_s5 || !wl->f_q || !wl->feat_tmp ||
         !wl->logits || !wl->l1 || !wl->l5 || !r->times) {
         cli_error("bench", NULL, "out of memory");
@@ -405,7 +404,7 @@ static void print_json(const bench_run *r) {
            method_name(lwfm_model_method(r->bm[0].model)), s->threads, (long long)s->reps,
            (long long)wl->c, (long long)wl->h, (long long)wl->w);
     for (int p = 0; p < s->n_prec; p++) {
-        printf(", \"%s\": {", precision_name(s->precs[p]));
+        printf(", \"%s\": {", cli_precision_name(s->precs[p]));
         for (int m = 0; m < M_COUNT; m++)
             printf("%s\"%s\": %.6g", m ? ", " : "", kKeys[m], r->result[p][m]);
         printf("}");
@@ -423,8 +422,8 @@ static void print_table(const bench_run *r) {
            r->o->model, method_name(lwfm_model_method(r->bm[0].model)), (long long)wl->c,
            (long long)wl->h, (long long)wl->w, s->threads, (long long)s->reps);
     printf("| measure | unit |");
-    for (int p = 0; p < n_prec; p++) printf(" %s |", precision_name(s->precs[p]));
-    for (int p = 1; p < n_prec; p++) printf(" %s / fp32 |", precision_name(s->precs[p]));
+    for (int p = 0; p < n_prec; p++) printf(" %s |", cli_precision_name(s->precs[p]));
+    for (int p = 1; p < n_prec; p++) printf(" %s / fp32 |", cli_precision_name(s->precs[p]));
     printf("\n|---|---|");
     for (int p = 0; p < 2 * n_prec - 1; p++) printf("---|");
     printf("\n");

@@ -84,6 +84,10 @@ int cli_precision(const char *cmd, const char *text, lwfm_precision *out) {
     return 0;
 }
 
+const char *cli_precision_name(lwfm_precision p) {
+    return p == LWFM_PRECISION_BF16 ? "bf16" : p == LWFM_PRECISION_INT8 ? "int8" : "fp32";
+}
+
 int cli_convolutions(const char *cmd, const char *text, lwfm_convolutions *out) {
     if (!strcmp(text, "auto"))
         *out = LWFM_CONVOLUTIONS_AUTO;

@@ -204,11 +204,11 @@ STATISTICS = ("mse", "values", "image-max")
 
 def choose_ranges(statistic: str, percentile: Optional[float], model, ds, items
                   ) -> Tuple[np.ndarray, Optional[float]]:
-    """The input range of every convolution, and the percentile used."""
+    """The input range of every convolution, and the percentile used
+    (checked by :func:`quantize` before any work)."""
     ranges = measure_ranges(model, ds, items)
     if statistic == "image-max":
         p = 100.0 if percentile is None else percentile
-        _check_percentile(p)
         return np.percentile(ranges, p, axis=0), p
     limits = ranges.max(axis=0)
     # a dead input (zero on every image): any range works, see quant_members
@@ -216,7 +216,6 @@ def choose_ranges(statistic: str, percentile: Optional[float], model, ds, items
     counts = measure_histograms(model, ds, items, limits)
     if statistic == "values":
         p = 99.99 if percentile is None else percentile
-        _check_percentile(p)
         return np.array([value_percentile_range(c, l, p) for c, l in zip(counts, limits)]), p
     return np.array([mse_range(c, l) for c, l in zip(counts, limits)]), None
 
